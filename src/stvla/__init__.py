@@ -1,0 +1,7 @@
+"""stvla: spatial and temporal visual traces for vision-language-action robot policies.
+
+Layers, each importing only from the ones above it in this list:
+geometry -> traces -> envs -> data -> policies -> train / evaluate / benchmark -> cli.
+"""
+
+__version__ = "0.1.0"

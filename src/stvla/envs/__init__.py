@@ -1,0 +1,31 @@
+"""Simulated robot environments with RGB, metric depth and camera geometry (gymnasium API).
+
+Each Meta-World task is registered with gymnasium as `stvla/<task>`, for example
+`gymnasium.make("stvla/pick-place-v3", image_size=128)`.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+
+from stvla.envs.instructions import INSTRUCTIONS
+from stvla.envs.metaworld_env import (
+    CAMERAS,
+    CONTROL_MODE,
+    IMAGE_SIZES,
+    MT10_TASKS,
+    ROBOT_TYPE,
+    TASKS,
+    EnvConfig,
+    MetaWorldRGBDEnv,
+    make_env,
+)
+
+for _task in TASKS:
+    if f"stvla/{_task}" not in gym.registry:
+        gym.register(f"stvla/{_task}", entry_point=make_env, kwargs={"task": _task}, disable_env_checker=True)
+
+__all__ = [
+    "CAMERAS", "CONTROL_MODE", "IMAGE_SIZES", "INSTRUCTIONS", "MT10_TASKS", "ROBOT_TYPE", "TASKS",
+    "EnvConfig", "MetaWorldRGBDEnv", "make_env",
+]

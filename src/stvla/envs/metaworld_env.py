@@ -1,0 +1,246 @@
+"""Meta-World (MuJoCo) as a gymnasium environment with RGB, metric depth and camera geometry.
+
+Every one of Meta-World's 50 v3 tasks is available by name. Observations are flat dicts with
+dotted keys (LeRobot style):
+
+    rgb                (H, W, 3) uint8
+    depth              (H, W) float32, metres along the optical axis, far background clipped
+    camera.intrinsics  (3, 3) float64
+    camera.pose        (4, 4) float64, world-from-camera, OpenCV axes
+    ee.position        (3,) float64, the point between the fingers, world frame
+    ee.pixel           (2,) float64, ee.position projected into the image as (u, v)
+    proprio            (4,) float32, hand position (3) + gripper opening (1)
+    instruction        str, one English sentence per task
+
+The action is Meta-World's 4-D (dx, dy, dz, gripper) in [-1, 1]. `info` carries `success` and the
+sub-goal signals `near_object` and `grasped`. Episodes never terminate on their own; they are
+truncated after `max_episode_steps`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import warnings
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from stvla import geometry
+from stvla.envs.instructions import INSTRUCTIONS
+
+TASKS: tuple[str, ...] = tuple(INSTRUCTIONS)
+MT10_TASKS: tuple[str, ...] = (
+    "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
+    "drawer-close-v3", "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3",
+    "window-close-v3",
+)
+CAMERAS: tuple[str, ...] = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
+IMAGE_SIZES: tuple[int, ...] = (64, 96, 128, 160, 192, 224, 256)
+# Meta-World mounts its corner cameras upside down; we roll them 180 degrees about the optical axis.
+_UPSIDE_DOWN_CAMERAS = ("corner", "corner2", "corner3", "corner4")
+ROBOT_TYPE = "sawyer"
+# The scripted experts warn on every step that their gains are high; the env clips their actions anyway.
+warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
+CONTROL_MODE = "end-effector delta position control"
+
+
+@dataclass
+class EnvConfig:
+    task: str = "pick-place-v3"  # Meta-World v3 task name (see stvla.envs.TASKS)
+    camera: str = "corner3"  # MuJoCo camera to render from (see stvla.envs.CAMERAS)
+    image_size: int = 128  # square image side in pixels (see stvla.envs.IMAGE_SIZES)
+    depth_max: float = 4.0  # metres; depth beyond this (the far background) is clipped to it
+    max_episode_steps: int = 500  # steps before the episode is truncated (Meta-World's limit is 500)
+
+    def validate(self) -> None:
+        """Raise a ValueError that lists the valid choices when a field is out of range."""
+        if self.task not in INSTRUCTIONS:
+            raise ValueError(f"unknown task {self.task!r}; valid tasks: {', '.join(TASKS)}")
+        if self.camera not in CAMERAS:
+            raise ValueError(f"unknown camera {self.camera!r}; valid cameras: {', '.join(CAMERAS)}")
+        if self.image_size not in IMAGE_SIZES:
+            raise ValueError(
+                f"unsupported image_size {self.image_size}; valid sizes: {', '.join(map(str, IMAGE_SIZES))}"
+            )
+        if not 0.1 <= self.depth_max <= 100.0:
+            raise ValueError(f"depth_max must be in [0.1, 100] metres, got {self.depth_max}")
+        if not 1 <= self.max_episode_steps <= 500:
+            raise ValueError(f"max_episode_steps must be in [1, 500], got {self.max_episode_steps}")
+
+
+def _make_metaworld(task: str):
+    from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE
+
+    mw_env = ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE[f"{task}-goal-observable"](seed=0)
+    # Randomised starts drawn from the env's own seeded RNG, so that seed(s) fixes the start.
+    mw_env._freeze_rand_vec = False
+    mw_env.seeded_rand_vec = True
+    return mw_env
+
+
+def _make_expert(task: str):
+    from metaworld.policies import ENV_POLICY_MAP
+
+    return ENV_POLICY_MAP[task]()
+
+
+class MetaWorldRGBDEnv(gym.Env):
+    """One Meta-World task rendered from one camera with RGB and metric depth (see module docs)."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
+
+    def __init__(self, config: EnvConfig | None = None, render_mode: str | None = "rgb_array", **overrides: Any):
+        config = config or EnvConfig()
+        if overrides:
+            config = EnvConfig(**{**config.__dict__, **overrides})
+        config.validate()
+        self.config = config
+        self.render_mode = render_mode
+        self.instruction = INSTRUCTIONS[config.task]
+        self._mw = _make_metaworld(config.task)
+        self._expert = _make_expert(config.task)
+        self._state = np.zeros(39)
+        self._steps = 0
+
+        model = self._mw.model
+        size = config.image_size
+        # Fast offscreen rendering: no multisampling and a tiny shadow map (set before the renderer exists).
+        model.vis.quality.offsamples = 0
+        model.vis.quality.shadowsize = 0
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, size)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, size)
+        self._camera_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, config.camera)
+        if config.camera in _UPSIDE_DOWN_CAMERAS:
+            # Quaternion product with a 180 degree turn about the camera's own z (optical) axis.
+            rolled = np.zeros(4)
+            mujoco.mju_mulQuat(rolled, model.cam_quat[self._camera_id].copy(), np.array([0.0, 0.0, 0.0, 1.0]))
+            model.cam_quat[self._camera_id] = rolled
+        self._renderer = mujoco.Renderer(model, size, size)
+        _track_for_exit(self)
+        for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
+            self._renderer.scene.flags[flag] = False
+        self.intrinsics = geometry.intrinsics_from_fov(float(model.cam_fovy[self._camera_id]), size, size)
+
+        image = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
+        self.observation_space = gym.spaces.Dict(
+            {
+                "rgb": image,
+                "depth": gym.spaces.Box(0.0, config.depth_max, (size, size), np.float32),
+                "camera.intrinsics": gym.spaces.Box(-np.inf, np.inf, (3, 3), np.float64),
+                "camera.pose": gym.spaces.Box(-np.inf, np.inf, (4, 4), np.float64),
+                "ee.position": gym.spaces.Box(-np.inf, np.inf, (3,), np.float64),
+                "ee.pixel": gym.spaces.Box(-np.inf, np.inf, (2,), np.float64),
+                "proprio": gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
+                "instruction": gym.spaces.Text(max_length=256, charset=_INSTRUCTION_CHARSET),
+            }
+        )
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+
+    # --- gymnasium API ---------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        """Start an episode. The same `seed` always gives the same start (object and goal positions)."""
+        super().reset(seed=seed)
+        if seed is not None:
+            # Meta-World ignores reset(seed=...): its start positions come from the RNG seed() sets.
+            self._mw.seed(int(seed))
+        self._state, _ = self._mw.reset()
+        self._steps = 0
+        return self._observation(), {"success": False, "near_object": False, "grasped": False}
+
+    def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
+        action = np.asarray(action, dtype=np.float32)
+        if action.shape != (4,):
+            raise ValueError(f"action must have shape (4,), got {action.shape}")
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"action must be finite, got {action}")
+        self._state, reward, _, _, mw_info = self._mw.step(np.clip(action, -1.0, 1.0))
+        self._steps += 1
+        info = {
+            "success": bool(mw_info.get("success", 0.0)),
+            "near_object": bool(mw_info.get("near_object", 0.0)),
+            "grasped": bool(mw_info.get("grasp_success", 0.0)),
+        }
+        truncated = self._steps >= self.config.max_episode_steps
+        return self._observation(), float(reward), False, truncated, info
+
+    def render(self) -> np.ndarray:
+        return self._render_rgb_depth()[0]
+
+    def close(self) -> None:
+        if getattr(self, "_renderer", None) is not None:
+            self._renderer.close()
+            self._renderer = None
+        _LIVE_ENVS.discard(self)
+
+    # --- extras ------------------------------------------------------------------------------------
+    def expert_action(self) -> np.ndarray:
+        """The Meta-World scripted expert's action for the current state."""
+        return np.clip(np.asarray(self._expert.get_action(self._state), dtype=np.float32), -1.0, 1.0)
+
+    @property
+    def camera_pose(self) -> np.ndarray:
+        """World-from-camera 4x4 transform with OpenCV axes (MuJoCo cameras look along their -z)."""
+        data = self._mw.data
+        rotation = data.cam_xmat[self._camera_id].reshape(3, 3) @ np.diag([1.0, -1.0, -1.0])
+        return geometry.pose_from_rotation_translation(rotation, data.cam_xpos[self._camera_id])
+
+    @property
+    def ee_position(self) -> np.ndarray:
+        return np.asarray(self._mw.tcp_center, dtype=np.float64).copy()
+
+    def _render_rgb_depth(self) -> tuple[np.ndarray, np.ndarray]:
+        renderer = self._renderer
+        renderer.update_scene(self._mw.data, camera=self._camera_id)
+        rgb = renderer.render().copy()
+        renderer.enable_depth_rendering()
+        depth = renderer.render().astype(np.float32)
+        renderer.disable_depth_rendering()
+        np.minimum(depth, self.config.depth_max, out=depth)
+        return rgb, depth
+
+    def _observation(self) -> dict[str, Any]:
+        rgb, depth = self._render_rgb_depth()
+        pose = self.camera_pose
+        ee = self.ee_position
+        return {
+            "rgb": rgb,
+            "depth": depth,
+            "camera.intrinsics": self.intrinsics.copy(),
+            "camera.pose": pose,
+            "ee.position": ee,
+            "ee.pixel": geometry.project_world_points(ee, self.intrinsics, pose),
+            "proprio": self._state[:4].astype(np.float32),
+            "instruction": self.instruction,
+        }
+
+
+# Renderers left to the garbage collector at interpreter exit outlive their EGL display and print
+# errors. MuJoCo registers the display's teardown when the first renderer is made; an exit hook
+# registered after it runs before it (atexit is last-in, first-out) and closes every live env.
+_LIVE_ENVS: "weakref.WeakSet[MetaWorldRGBDEnv]" = weakref.WeakSet()
+
+
+def _close_live_envs() -> None:
+    for env in list(_LIVE_ENVS):
+        env.close()
+
+
+def _track_for_exit(env: MetaWorldRGBDEnv) -> None:
+    if not _LIVE_ENVS and not getattr(_track_for_exit, "registered", False):
+        atexit.register(_close_live_envs)
+        _track_for_exit.registered = True
+    _LIVE_ENVS.add(env)
+
+_INSTRUCTION_CHARSET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ,.-'")
+
+
+def make_env(task: str = "pick-place-v3", **config_fields: Any) -> MetaWorldRGBDEnv:
+    """Create the RGB-D environment for one task, e.g. `make_env("push-v3", image_size=224)`."""
+    return MetaWorldRGBDEnv(EnvConfig(task=task, **config_fields))
