@@ -46,8 +46,6 @@ IMAGE_SIZES: tuple[int, ...] = (64, 96, 128, 160, 192, 224, 256)
 # Meta-World mounts its corner cameras upside down; we roll them 180 degrees about the optical axis.
 _UPSIDE_DOWN_CAMERAS = ("corner", "corner2", "corner3", "corner4")
 ROBOT_TYPE = "sawyer"
-# The scripted experts warn on every step that their gains are high; the env clips their actions anyway.
-warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
 CONTROL_MODE = "end-effector delta position control"
 
 
@@ -182,7 +180,11 @@ class MetaWorldRGBDEnv(gym.Env):
     # --- extras ------------------------------------------------------------------------------------
     def expert_action(self) -> np.ndarray:
         """The Meta-World scripted expert's action for the current state."""
-        return np.clip(np.asarray(self._expert.get_action(self._state), dtype=np.float32), -1.0, 1.0)
+        with warnings.catch_warnings():
+            # The experts warn on every step that their gains are high; we clip their actions anyway.
+            warnings.simplefilter("ignore", UserWarning)
+            action = self._expert.get_action(self._state)
+        return np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
 
     @property
     def camera_pose(self) -> np.ndarray:

@@ -1,0 +1,97 @@
+"""The `stvla` command line: a thin layer over library functions a user can also call from Python.
+
+    stvla collect --task pick-place-v3 --episodes 50 --out DIR [--workers 2] [--resume]
+    stvla info DIR
+    stvla view DIR --episode K --out FILE.mp4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from stvla.config import add_config_arguments, config_from_arguments  # noqa: E402
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from stvla.data import CollectConfig, collect
+
+    config = config_from_arguments(CollectConfig, args)
+    summary = collect(config)
+    print(summary.table())
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from stvla.data import dataset_summary
+
+    summary = dataset_summary(args.dataset)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    success = summary["success_rate"]
+    print(f"dataset      {summary['root']} (LeRobot {summary['codebase_version']}, robot {summary['robot_type']}, "
+          f"{summary['fps']} fps)")
+    print(f"episodes     {summary['episodes']}")
+    print(f"frames       {summary['frames']}")
+    print(f"success rate {'n/a' if success is None else f'{100 * success:.1f}%'} (expert, over kept episodes)")
+    print("tasks:")
+    for task, row in summary["per_task"].items():
+        rate = "n/a" if row["success_rate"] is None else f"{100 * row['success_rate']:.0f}%"
+        print(f"  {task:28s} {row['episodes']:5d} episodes {row['frames']:7d} frames  success {rate}")
+    print("features:")
+    for key, feature in summary["features"].items():
+        print(f"  {key:32s} {feature['dtype']:8s} {feature['shape']}")
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from stvla.data.view import render_episode_video
+
+    out = render_episode_video(args.dataset, args.episode, args.out)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from stvla.data.collect import CollectConfig
+
+    parser = argparse.ArgumentParser(prog="stvla", description="Visual traces for vision-language-action policies.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    collect = commands.add_parser("collect", help="collect scripted-expert demonstrations into a LeRobot v3 dataset")
+    add_config_arguments(collect, CollectConfig)
+    collect.set_defaults(run=_collect)
+
+    info = commands.add_parser("info", help="summarise a dataset (episodes, frames, tasks, features, success)")
+    info.add_argument("dataset", help="dataset directory")
+    info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    info.set_defaults(run=_info)
+
+    view = commands.add_parser("view", help="render an episode as RGB beside colour-mapped depth (mp4)")
+    view.add_argument("dataset", help="dataset directory")
+    view.add_argument("--episode", type=int, default=0, help="episode index (default: 0)")
+    view.add_argument("--out", required=True, help="output .mp4 path")
+    view.set_defaults(run=_view)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from stvla.data.store import DatasetError
+
+    try:
+        return args.run(args)
+    except (DatasetError, ValueError, FileNotFoundError, FileExistsError, KeyError, IndexError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"stvla {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

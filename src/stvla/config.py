@@ -1,0 +1,124 @@
+"""Dataclass configs on the command line, and saved as JSON beside what they produced.
+
+`add_config_arguments(parser, Config)` adds one `--field` option per dataclass field (nested
+dataclasses become `--outer.inner`), with the field's trailing `# comment` as its help text; unknown
+options are an error, never silently ignored. `config_from_arguments` builds the dataclass back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import re
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+_FIELD_COMMENT = re.compile(r"^\s*(\w+)\s*:[^#]*#\s*(.+)$")
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """The trailing `# comment` of each field line in a dataclass's source."""
+    comments: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        for line in source.splitlines():
+            match = _FIELD_COMMENT.match(line)
+            if match:
+                comments[match.group(1)] = match.group(2).strip()
+    return comments
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _field_type(cls: type, name: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    hint = hints[name]
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if len(args) == 1 else str
+    return hint
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """Add `--prefix.field` options for every field of dataclass `cls` (recursively)."""
+    comments = field_comments(cls)
+    for f in dataclasses.fields(cls):
+        kind = _field_type(cls, f.name)
+        flag = f"--{prefix}{f.name}"
+        if dataclasses.is_dataclass(kind):
+            add_config_arguments(parser, kind, prefix=f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        help_text = f"{comments.get(f.name, '')} (default: {default})"
+        dest = f"{prefix}{f.name}"
+        if kind is bool:
+            # `--flag` alone means true; `--flag false` is accepted too.
+            parser.add_argument(flag, dest=dest, type=_parse_bool, nargs="?", const=True,
+                                default=argparse.SUPPRESS, help=help_text, metavar="BOOL")
+        else:
+            parser.add_argument(flag, dest=dest, type=kind if kind in (int, float, str) else str,
+                                default=argparse.SUPPRESS, help=help_text)
+
+
+def config_from_arguments(cls: type[T], namespace: argparse.Namespace, base: T | None = None, prefix: str = "") -> T:
+    """Build a `cls` from parsed options; fields not given keep `base`'s (or the class default) value."""
+    given = vars(namespace)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        kind = _field_type(cls, f.name)
+        current = getattr(base, f.name) if base is not None else None
+        if dataclasses.is_dataclass(kind):
+            values[f.name] = config_from_arguments(kind, namespace, current, prefix=f"{prefix}{f.name}.")
+        elif f"{prefix}{f.name}" in given:
+            values[f.name] = given[f"{prefix}{f.name}"]
+        elif base is not None:
+            values[f.name] = current
+    return cls(**values)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
+    """Build a dataclass from a dict, refusing unknown keys (a typo is an error, not a new field)."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ValueError(f"{source}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
+    values = {}
+    for name, value in data.items():
+        kind = _field_type(cls, name)
+        values[name] = config_from_dict(kind, value, f"{source}.{name}") if dataclasses.is_dataclass(kind) else value
+    return cls(**values)
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+
+
+def load_config(cls: type[T], path: str | Path) -> T:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read config {path}: {error}") from error
+    return config_from_dict(cls, data, str(path))

@@ -1,0 +1,275 @@
+"""Collect expert demonstrations from the simulator into an episode store.
+
+Each episode is one scripted-expert rollout from a seeded random start. Seeds are a pure function of
+(task, attempt number, split), so a collection is reproducible, `--resume` continues where a killed
+run stopped, and training seeds never meet evaluation seeds.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from stvla.data.store import EpisodeStore, EpisodeWriter
+from stvla.envs import INSTRUCTIONS, MT10_TASKS, ROBOT_TYPE, TASKS, EnvConfig, MetaWorldRGBDEnv
+
+FPS = 80  # Meta-World control rate: 5 MuJoCo steps of 2.5 ms per action
+RGB_KEY = "observation.images.rgb"
+DEPTH_KEY = "observation.depth"
+# Dataset feature key <- environment observation key.
+OBSERVATION_KEYS = {
+    RGB_KEY: "rgb",
+    DEPTH_KEY: "depth",
+    "observation.state": "proprio",
+    "observation.ee.position": "ee.position",
+    "observation.ee.pixel": "ee.pixel",
+    "observation.camera.intrinsics": "camera.intrinsics",
+    "observation.camera.pose": "camera.pose",
+}
+SEEDS_PER_TASK = 100_000
+EVAL_SEED_OFFSET = 50_000  # evaluation starts use attempts >= this; training ones stay below it
+
+
+def episode_seed(task: str, attempt: int, split: str = "train") -> int:
+    """The environment seed of a task's `attempt`-th episode; train and eval seeds never overlap."""
+    if split not in ("train", "eval"):
+        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+    if not 0 <= attempt < EVAL_SEED_OFFSET:
+        raise ValueError(f"attempt must be in [0, {EVAL_SEED_OFFSET}), got {attempt}")
+    offset = EVAL_SEED_OFFSET if split == "eval" else 0
+    return TASKS.index(task) * SEEDS_PER_TASK + offset + attempt
+
+
+def dataset_features(image_size: int) -> dict[str, dict]:
+    """The LeRobot feature entries of a dataset collected at `image_size`."""
+    hw = [image_size, image_size]
+    return {
+        RGB_KEY: {"dtype": "video", "shape": [*hw, 3], "names": ["height", "width", "channels"]},
+        DEPTH_KEY: {"dtype": "float32", "shape": hw, "names": ["height", "width"]},
+        "observation.state": {"dtype": "float32", "shape": [4], "names": ["x", "y", "z", "gripper"]},
+        "observation.ee.position": {"dtype": "float32", "shape": [3], "names": ["x", "y", "z"]},
+        "observation.ee.pixel": {"dtype": "float32", "shape": [2], "names": ["u", "v"]},
+        "observation.camera.intrinsics": {"dtype": "float32", "shape": [3, 3], "names": None},
+        "observation.camera.pose": {"dtype": "float32", "shape": [4, 4], "names": None},
+        "action": {"dtype": "float32", "shape": [4], "names": ["dx", "dy", "dz", "gripper"]},
+        "next.reward": {"dtype": "float32", "shape": [1], "names": None},
+        "next.success": {"dtype": "bool", "shape": [1], "names": None},
+        "next.near_object": {"dtype": "bool", "shape": [1], "names": None},
+        "next.grasped": {"dtype": "bool", "shape": [1], "names": None},
+    }
+
+
+@dataclass
+class CollectConfig:
+    task: str = "pick-place-v3"  # Meta-World task name; several comma-separated, or "mt10"
+    episodes: int = 50  # episodes to keep per task
+    out: str = "runs/data"  # dataset directory (LeRobot v3 layout)
+    workers: int = 1  # simulator processes
+    resume: bool = False  # continue an existing dataset at `out` up to `episodes` per task
+    keep_failures: bool = False  # keep episodes in which the expert failed (they are counted either way)
+    camera: str = "corner3"  # camera to render from
+    image_size: int = 128  # square image side in pixels
+    depth_max: float = 4.0  # metres; far background clipped to this
+    max_steps: int = 500  # steps before an episode is cut off
+    max_attempts_factor: float = 3.0  # give up on a task after episodes * this attempts
+
+    def task_list(self) -> list[str]:
+        names = [t.strip() for t in self.task.split(",") if t.strip()]
+        if [n.lower() for n in names] == ["mt10"]:
+            names = list(MT10_TASKS)
+        unknown = [t for t in names if t not in TASKS]
+        if unknown or not names:
+            raise ValueError(f"unknown task(s) {unknown or self.task!r}; valid tasks: mt10, {', '.join(TASKS)}")
+        return names
+
+    def env_config(self, task: str) -> EnvConfig:
+        config = EnvConfig(task=task, camera=self.camera, image_size=self.image_size,
+                           depth_max=self.depth_max, max_episode_steps=self.max_steps)
+        config.validate()
+        return config
+
+
+@dataclass
+class ExpertEpisode:
+    """One expert rollout: frame-major arrays per dataset feature, and how it ended."""
+
+    task: str
+    attempt: int
+    seed: int
+    frames: dict[str, np.ndarray]
+    success: bool
+    reached_near_object: bool
+    reached_grasp: bool
+
+    @property
+    def length(self) -> int:
+        return len(self.frames["action"])
+
+
+def run_expert_episode(env: MetaWorldRGBDEnv, seed: int, attempt: int = 0) -> ExpertEpisode:
+    """Roll out the scripted expert from the seeded start until success or truncation."""
+    obs, _ = env.reset(seed=seed)
+    steps: dict[str, list] = {key: [] for key in dataset_features(env.config.image_size)}
+    success = False
+    while True:
+        action = env.expert_action()
+        next_obs, reward, _, truncated, info = env.step(action)
+        for key, obs_key in OBSERVATION_KEYS.items():
+            steps[key].append(obs[obs_key])
+        steps["action"].append(action)
+        steps["next.reward"].append(reward)
+        steps["next.success"].append(info["success"])
+        steps["next.near_object"].append(info["near_object"])
+        steps["next.grasped"].append(info["grasped"])
+        obs = next_obs
+        if info["success"]:
+            success = True
+            break
+        if truncated:
+            break
+    features = dataset_features(env.config.image_size)
+    frames = {key: np.asarray(values, dtype=_numpy_dtype(features[key])) for key, values in steps.items()}
+    return ExpertEpisode(env.config.task, attempt, seed, frames, success,
+                         bool(frames["next.near_object"].any()), bool(frames["next.grasped"].any()))
+
+
+def _numpy_dtype(feature: dict) -> str:
+    return "uint8" if feature["dtype"] == "video" else feature["dtype"]
+
+
+# Worker side: one env per task per process, created on first use.
+_WORKER_ENVS: dict[tuple, MetaWorldRGBDEnv] = {}
+
+
+def _collect_in_worker(job: tuple[dict, int, int]) -> ExpertEpisode:
+    env_fields, seed, attempt = job
+    key = tuple(sorted(env_fields.items()))
+    if key not in _WORKER_ENVS:
+        _WORKER_ENVS[key] = MetaWorldRGBDEnv(EnvConfig(**env_fields))
+    return run_expert_episode(_WORKER_ENVS[key], seed, attempt)
+
+
+@dataclass
+class TaskSummary:
+    attempted: int = 0
+    succeeded: int = 0
+    kept: int = 0
+    dropped: int = 0
+    frames: int = 0
+
+
+@dataclass
+class CollectSummary:
+    out: str
+    tasks: dict[str, TaskSummary] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def frames(self) -> int:
+        return sum(t.frames for t in self.tasks.values())
+
+    @property
+    def expert_success_rate(self) -> float:
+        attempted = sum(t.attempted for t in self.tasks.values())
+        return sum(t.succeeded for t in self.tasks.values()) / attempted if attempted else float("nan")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"out": self.out, "seconds": self.seconds, "frames": self.frames,
+                "expert_success_rate": self.expert_success_rate,
+                "tasks": {name: asdict(t) for name, t in self.tasks.items()}}
+
+    def table(self) -> str:
+        lines = [f"{'task':28s} {'attempted':>9s} {'succeeded':>9s} {'kept':>5s} {'dropped':>7s} {'frames':>7s}"]
+        for name, t in self.tasks.items():
+            lines.append(f"{name:28s} {t.attempted:9d} {t.succeeded:9d} {t.kept:5d} {t.dropped:7d} {t.frames:7d}")
+        fps = self.frames / self.seconds if self.seconds > 0 else float("nan")
+        lines.append(f"expert success {100 * self.expert_success_rate:.1f}% of attempts this run; "
+                     f"{self.frames} frames in {self.seconds:.1f} s ({fps:.1f} frames/s) -> {self.out}")
+        return "\n".join(lines)
+
+
+def _planned_jobs(config: CollectConfig, task: str, start_attempt: int) -> Iterator[tuple[dict, int, int]]:
+    """Attempts of one task from `start_attempt` on; the caller stops consuming once it has enough."""
+    env_fields = asdict(config.env_config(task))
+    limit = max(int(config.episodes * config.max_attempts_factor), config.episodes + 1)
+    for attempt in range(start_attempt, limit):
+        yield env_fields, episode_seed(task, attempt), attempt
+
+
+def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
+    """Collect `config.episodes` expert episodes per task into `config.out` (see CollectConfig)."""
+    tasks = config.task_list()
+    if config.episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {config.episodes}")
+    if config.workers < 1:
+        raise ValueError(f"workers must be >= 1, got {config.workers}")
+    writer = EpisodeWriter.create_or_resume(config.out, FPS, dataset_features(config.image_size), ROBOT_TYPE,
+                                            resume=config.resume)
+    done = Counter(row["env_task"] for row in writer.episodes)
+    next_attempt = {task: 1 + max((row["attempt"] for row in writer.episodes if row["env_task"] == task), default=-1)
+                    for task in tasks}
+    summary = CollectSummary(config.out, {task: TaskSummary() for task in tasks})
+    started = time.perf_counter()
+    bar = tqdm(total=config.episodes * len(tasks), initial=sum(min(done[t], config.episodes) for t in tasks),
+               desc="collect", unit="ep", disable=not progress, dynamic_ncols=True)
+    # Spawned (not forked) workers: a forked process would inherit the parent's OpenGL state.
+    pool = mp.get_context("spawn").Pool(config.workers) if config.workers > 1 else None
+    try:
+        for task in tasks:
+            if done[task] >= config.episodes:
+                continue
+            jobs = _planned_jobs(config, task, next_attempt[task])
+            results = pool.imap(_collect_in_worker, jobs) if pool else map(_collect_in_worker, jobs)
+            for episode in results:  # in attempt order, whatever the worker count: reproducible indices
+                stats = summary.tasks[task]
+                stats.attempted += 1
+                stats.succeeded += episode.success
+                if episode.success or config.keep_failures:
+                    writer.add_episode(episode.frames, INSTRUCTIONS[task], {
+                        "env_task": task, "seed": episode.seed, "attempt": episode.attempt,
+                        "success": episode.success, "near_object": episode.reached_near_object,
+                        "grasped": episode.reached_grasp,
+                    })
+                    stats.kept += 1
+                    stats.frames += episode.length
+                    done[task] += 1
+                    bar.update(1)
+                else:
+                    stats.dropped += 1
+                bar.set_postfix(task=task, expert_success=f"{stats.succeeded}/{stats.attempted}")
+                if done[task] >= config.episodes:
+                    break
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.terminate()  # stop attempts submitted ahead that are no longer needed
+            pool.join()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def dataset_summary(root: str | Path) -> dict[str, Any]:
+    """What `stvla info` prints: episodes, frames, tasks, features, expert success rate."""
+    store = EpisodeStore(root)
+    store.verify()
+    episodes = store.episodes
+    per_task: dict[str, dict[str, Any]] = {}
+    if len(episodes):
+        for task, group in episodes.groupby(episodes["env_task"] if "env_task" in episodes else
+                                            episodes["tasks"].map(lambda t: t[0])):
+            per_task[str(task)] = {"episodes": int(len(group)), "frames": int(group["length"].sum()),
+                                   "success_rate": float(group["success"].mean()) if "success" in group else None}
+    success = float(episodes["success"].mean()) if "success" in episodes and len(episodes) else None
+    return {
+        "root": str(root), "codebase_version": store.info["codebase_version"], "robot_type": store.info["robot_type"],
+        "fps": store.fps, "episodes": store.num_episodes, "frames": store.num_frames, "tasks": store.tasks,
+        "per_task": per_task, "success_rate": success,
+        "features": {k: {"dtype": f["dtype"], "shape": f["shape"]} for k, f in store.features.items()},
+    }

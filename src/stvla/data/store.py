@@ -1,0 +1,456 @@
+"""Episode store in the LeRobotDataset v3 on-disk layout: a writer that survives being killed, and a reader.
+
+Layout (the same files, `meta/info.json` keys and parquet schemas that LeRobot 0.6's own writer makes):
+
+    meta/info.json                                  codebase_version v3.0, fps, features, totals, paths
+    meta/stats.json                                 per-feature min/max/mean/std/count/q01..q99
+    meta/tasks.parquet                              task string (index) -> task_index
+    meta/episodes/chunk-000/file-000.parquet        one row per episode: length, file indices, stats
+    data/chunk-CCC/file-FFF.parquet                 one row per frame
+    videos/<video key>/chunk-CCC/file-FFF.mp4       RGB streams
+
+Choices of ours, all valid v3:
+- One data file and one video file per episode. LeRobot packs episodes into ~100 MB files; a file per
+  episode lets a killed collection keep every finished episode (each file is written to a temporary
+  name and renamed) and makes the episode the unit of resume.
+- Depth is a float32 (H, W) feature in the data parquet (zstd with byte-stream-split): lossless, not
+  a lossy video. Its stats are global scalars, not per pixel.
+- `meta/episodes` is rewritten after each episode and is the record of what is finished; the reader
+  trusts it, and any data or video file it does not list is an unfinished leftover.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stvla.data.video import VideoSettings, read_video, write_video
+
+CODEBASE_VERSION = "v3.0"
+CHUNKS_SIZE = 1000
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_META_PATH = "meta/episodes/chunk-000/file-000.parquet"
+INDEX_FEATURES = {
+    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+    "index": {"dtype": "int64", "shape": [1], "names": None},
+    "task_index": {"dtype": "int64", "shape": [1], "names": None},
+}
+QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+STAT_NAMES = ("min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99")
+
+
+class DatasetError(ValueError):
+    """A dataset on disk is missing a file, or a file or field is not what the layout requires."""
+
+
+# --- small helpers --------------------------------------------------------------------------------
+def _atomic_write_bytes(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    _atomic_write_bytes(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=4) + "\n"))
+
+
+def _write_parquet(path: Path, table: pa.Table, float_columns: list[str] | None = None) -> None:
+    # Byte-stream-split lets zstd compress float maps (depth) about twice as well, losslessly.
+    _atomic_write_bytes(path, lambda tmp: pq.write_table(
+        table, tmp, compression="zstd", use_byte_stream_split=float_columns or False))
+
+
+def _chunk_and_file(episode_index: int) -> tuple[int, int]:
+    return episode_index // CHUNKS_SIZE, episode_index % CHUNKS_SIZE
+
+
+def _hf_feature(feature: dict) -> dict:
+    """The `datasets` feature type LeRobot derives from one of our feature entries."""
+    dtype, shape = feature["dtype"], list(feature["shape"])
+    if shape == [1]:
+        return {"dtype": dtype, "_type": "Value"}
+    if len(shape) == 1:
+        return {"feature": {"dtype": dtype, "_type": "Value"}, "length": shape[0], "_type": "List"}
+    return {"shape": shape, "dtype": dtype, "_type": f"Array{len(shape)}D"}
+
+
+def _arrow_column(values: np.ndarray, feature: dict) -> pa.Array:
+    """A frame-major numpy array as an Arrow column: scalars plain, arrays as nested fixed-size lists."""
+    values = np.ascontiguousarray(values, dtype=np.dtype(feature["dtype"]))
+    shape = list(feature["shape"])
+    if shape == [1]:
+        return pa.array(values.reshape(-1))
+    column = pa.array(values.reshape(-1))
+    for size in reversed(shape):
+        column = pa.FixedSizeListArray.from_arrays(column, size)
+    return column
+
+
+def _numpy_column(column: pa.ChunkedArray, feature: dict, path: Path, key: str) -> np.ndarray:
+    shape = list(feature["shape"])
+    flat = column.combine_chunks()
+    for _ in range(len(shape) if shape != [1] else 0):
+        flat = flat.flatten()
+    values = flat.to_numpy(zero_copy_only=False)
+    try:
+        return values.reshape(len(column), *([] if shape == [1] else shape)).astype(feature["dtype"], copy=False)
+    except ValueError as error:
+        raise DatasetError(f"{path}: column {key!r} does not have shape {shape} per frame") from error
+
+
+def episode_stats(frames: dict[str, np.ndarray], features: dict[str, dict]) -> dict[str, dict[str, np.ndarray]]:
+    """LeRobot-style statistics of one episode: images per channel in [0, 1], depth global, others per element."""
+    stats = {}
+    for key, feature in features.items():
+        values = frames[key]
+        if feature["dtype"] in ("video", "image"):
+            x = values.reshape(-1, 3).astype(np.float64) / 255.0
+            reshape = (3, 1, 1)
+        elif len(feature["shape"]) >= 2 and feature["shape"] != [1]:
+            x = values.reshape(-1, 1).astype(np.float64)  # depth maps: one global value per stat
+            reshape = (1,)
+        else:
+            x = values.reshape(len(values), -1).astype(np.float64)
+            reshape = tuple(feature["shape"])
+        # Quantiles of a subsample keep stats cheap on image-sized features; min/max/mean stay exact.
+        sample = x if len(x) <= 200_000 else x[np.linspace(0, len(x) - 1, 200_000).astype(int)]
+        qs = np.quantile(sample, QUANTILES, axis=0)
+        stats[key] = {
+            "min": x.min(0).reshape(reshape),
+            "max": x.max(0).reshape(reshape),
+            "mean": x.mean(0).reshape(reshape),
+            "std": x.std(0).reshape(reshape),
+            "count": np.array([len(values)]),
+            **{name: q.reshape(reshape) for name, q in zip(STAT_NAMES[5:], qs)},
+        }
+    return stats
+
+
+def aggregate_stats(per_episode: list[dict[str, dict[str, np.ndarray]]]) -> dict[str, dict[str, np.ndarray]]:
+    """Combine episode stats: exact min/max/mean/std (pooled variance), count-weighted quantiles."""
+    combined = {}
+    for key in per_episode[0]:
+        items = [episode[key] for episode in per_episode]
+        counts = np.array([float(item["count"][0]) for item in items])
+        weights = (counts / counts.sum()).reshape(-1, *[1] * items[0]["mean"].ndim)
+        means = np.stack([item["mean"] for item in items])
+        mean = (weights * means).sum(0)
+        second = (weights * (np.stack([item["std"] for item in items]) ** 2 + means**2)).sum(0)
+        combined[key] = {
+            "min": np.min([item["min"] for item in items], axis=0),
+            "max": np.max([item["max"] for item in items], axis=0),
+            "mean": mean,
+            "std": np.sqrt(np.maximum(second - mean**2, 0.0)),
+            "count": np.array([int(counts.sum())]),
+            **{name: (weights * np.stack([item[name] for item in items])).sum(0) for name in STAT_NAMES[5:]},
+        }
+    return combined
+
+
+# --- writer --------------------------------------------------------------------------------------
+@dataclass
+class EpisodeWriter:
+    """Appends episodes to a dataset directory; every finished episode is on disk and readable.
+
+    `features` maps a key to {"dtype", "shape", "names"}, dtype "video" for RGB streams, as in
+    LeRobot's info.json. Index features (timestamp, frame_index, ...) are added automatically.
+    """
+
+    root: Path
+    fps: int
+    features: dict[str, dict]
+    robot_type: str
+    video: VideoSettings = VideoSettings()
+
+    @classmethod
+    def create_or_resume(cls, root: str | Path, fps: int, features: dict[str, dict], robot_type: str,
+                         resume: bool = False, video: VideoSettings = VideoSettings()) -> "EpisodeWriter":
+        """Start a new dataset at `root`, or with `resume` continue the one there (same features required)."""
+        root = Path(root)
+        writer = cls(root, fps, features, robot_type, video)
+        if (root / "meta" / "info.json").exists():
+            if not resume:
+                raise FileExistsError(f"{root} already holds a dataset; pass resume to continue it or choose another path")
+            existing = EpisodeStore(root)
+            ours = {**features, **INDEX_FEATURES}
+            mismatched = sorted(k for k in set(ours) | set(existing.features)
+                                if {f: ours.get(k, {}).get(f) for f in ("dtype", "shape")}
+                                != {f: existing.features.get(k, {}).get(f) for f in ("dtype", "shape")})
+            if mismatched or existing.fps != fps:
+                raise DatasetError(f"{root}: cannot resume, the dataset was written with other settings "
+                                   f"(features {mismatched}, fps {existing.fps} vs {fps})")
+            writer._episodes = existing.episodes.to_dict("records")
+            writer._tasks = list(existing.tasks)
+            writer._stats = [existing.episode_stats(i) for i in range(existing.num_episodes)]
+        else:
+            root.mkdir(parents=True, exist_ok=True)
+            writer._episodes, writer._tasks, writer._stats = [], [], []
+        return writer
+
+    @property
+    def all_features(self) -> dict[str, dict]:
+        return {**self.features, **INDEX_FEATURES}
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._episodes)
+
+    @property
+    def episodes(self) -> list[dict]:
+        return list(self._episodes)
+
+    def add_episode(self, frames: dict[str, np.ndarray], task: str, extra: dict[str, Any] | None = None) -> int:
+        """Write one episode (frame-major arrays per feature key) and return its episode index.
+
+        `extra` holds scalar per-episode fields kept as extra columns of meta/episodes (e.g. seed).
+        """
+        missing = sorted(set(self.features) - set(frames))
+        if missing:
+            raise ValueError(f"episode is missing features {missing}")
+        length = len(next(iter(frames.values())))
+        for key, feature in self.features.items():
+            expected = (length, *feature["shape"]) if feature["shape"] != [1] else (length,)
+            shape = np.shape(frames[key])
+            if shape != expected and not (feature["shape"] == [1] and shape == (length, 1)):
+                raise ValueError(f"feature {key!r}: expected shape {expected}, got {shape}")
+        if length == 0:
+            raise ValueError("an episode needs at least one frame")
+
+        episode_index = self.num_episodes
+        if task not in self._tasks:
+            self._tasks.append(task)
+        start = sum(e["length"] for e in self._episodes)
+        chunk, file = _chunk_and_file(episode_index)
+        frames = {
+            **frames,
+            "timestamp": np.arange(length, dtype=np.float32) / self.fps,
+            "frame_index": np.arange(length, dtype=np.int64),
+            "episode_index": np.full(length, episode_index, dtype=np.int64),
+            "index": np.arange(start, start + length, dtype=np.int64),
+            "task_index": np.full(length, self._tasks.index(task), dtype=np.int64),
+        }
+        row: dict[str, Any] = {
+            "episode_index": episode_index, "tasks": [task], "length": length,
+            "data/chunk_index": chunk, "data/file_index": file,
+            "dataset_from_index": start, "dataset_to_index": start + length,
+        }
+        for key, feature in self.features.items():
+            if feature["dtype"] == "video":
+                write_video(self.root / VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file),
+                            frames[key], self.fps, self.video)
+                row.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
+                            f"videos/{key}/from_timestamp": 0.0, f"videos/{key}/to_timestamp": length / self.fps})
+        self._write_data_file(self.root / DATA_PATH.format(chunk_index=chunk, file_index=file), frames)
+
+        stats = episode_stats(frames, self.all_features)
+        for key, values in stats.items():
+            for name, value in values.items():
+                row[f"stats/{key}/{name}"] = value.tolist()
+        row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0, **(extra or {})})
+        self._episodes.append(row)
+        self._stats.append(stats)
+        self._write_meta()
+        return episode_index
+
+    def _write_data_file(self, path: Path, frames: dict[str, np.ndarray]) -> None:
+        data_features = {k: f for k, f in self.all_features.items() if f["dtype"] not in ("video", "image")}
+        table = pa.table({key: _arrow_column(frames[key], f) for key, f in data_features.items()})
+        hf = {"info": {"features": {key: _hf_feature(f) for key, f in data_features.items()}}}
+        table = table.replace_schema_metadata({"huggingface": json.dumps(hf)})
+        _write_parquet(path, table, [k for k, f in data_features.items() if f["dtype"].startswith("float")])
+
+    def _write_meta(self) -> None:
+        # Order matters for a kill at any instant: the episodes table, written last, is the record
+        # of what is finished; the files before it only ever describe a superset or the same set.
+        tasks = pd.DataFrame({"task_index": range(len(self._tasks))}, index=pd.Index(self._tasks, name="task"))
+        _atomic_write_bytes(self.root / "meta" / "tasks.parquet", lambda tmp: tasks.to_parquet(tmp))
+        stats = aggregate_stats(self._stats)
+        _write_json(self.root / "meta" / "stats.json",
+                    {k: {n: v.tolist() for n, v in s.items()} for k, s in stats.items()})
+        total_frames = sum(e["length"] for e in self._episodes)
+        features = {}
+        for key, feature in self.all_features.items():
+            features[key] = dict(feature)
+            if feature["dtype"] == "video":
+                h, w, c = feature["shape"]
+                features[key]["info"] = {
+                    "video.height": h, "video.width": w, "video.codec": self.video.codec_name,
+                    "video.pix_fmt": self.video.pix_fmt, "video.fps": self.fps, "video.channels": c,
+                    "has_audio": False, "video.g": self.video.gop, "video.crf": self.video.crf,
+                    "is_depth_map": False,
+                }
+        _write_json(self.root / "meta" / "info.json", {
+            "codebase_version": CODEBASE_VERSION,
+            "fps": self.fps,
+            "features": features,
+            "total_episodes": self.num_episodes,
+            "total_frames": total_frames,
+            "total_tasks": len(self._tasks),
+            "chunks_size": CHUNKS_SIZE,
+            "data_files_size_in_mb": 100,
+            "video_files_size_in_mb": 200,
+            "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH,
+            "robot_type": self.robot_type,
+            "splits": {"train": f"0:{self.num_episodes}"},
+        })
+        _write_parquet(self.root / EPISODES_META_PATH, pa.Table.from_pylist(self._episodes))
+
+
+# --- reader --------------------------------------------------------------------------------------
+class EpisodeStore:
+    """Reads a dataset in the LeRobot v3 layout: any frame, window of frames or whole episode.
+
+    Missing or truncated files raise a DatasetError that names the file; nothing is silently shorter.
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        info_path = self.root / "meta" / "info.json"
+        if not info_path.is_file():
+            raise DatasetError(f"not a dataset: {info_path} is missing")
+        try:
+            self.info = json.loads(info_path.read_text())
+        except json.JSONDecodeError as error:
+            raise DatasetError(f"{info_path} is not valid JSON: {error}") from error
+        for field in ("codebase_version", "fps", "features", "robot_type", "data_path"):
+            if field not in self.info:
+                raise DatasetError(f"{info_path}: field {field!r} is missing")
+        if not str(self.info["codebase_version"]).startswith("v3"):
+            raise DatasetError(f"{info_path}: codebase_version {self.info['codebase_version']!r} is not v3")
+        self.features: dict[str, dict] = self.info["features"]
+        self.fps: int = int(self.info["fps"])
+        self.episodes = self._read_table(self.root / EPISODES_META_PATH).to_pandas()
+        tasks_path = self.root / "meta" / "tasks.parquet"
+        self.tasks: list[str] = list(self._read_table(tasks_path).to_pandas().sort_values("task_index").index)
+        if len(self.episodes) > int(self.info.get("total_episodes", len(self.episodes))):
+            raise DatasetError(f"{info_path}: total_episodes is {self.info['total_episodes']} but "
+                               f"{EPISODES_META_PATH} lists {len(self.episodes)} episodes")
+        self._cache: dict[int, dict[str, np.ndarray]] = {}
+
+    # --- what the dataset holds -------------------------------------------------------------------
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.episodes["length"].sum()) if len(self.episodes) else 0
+
+    @property
+    def video_keys(self) -> list[str]:
+        return [k for k, f in self.features.items() if f["dtype"] == "video"]
+
+    def episode_length(self, episode: int) -> int:
+        return int(self.episodes.iloc[self._check_episode(episode)]["length"])
+
+    def episode_meta(self, episode: int) -> dict[str, Any]:
+        """The meta/episodes row of one episode (lengths, file indices, extra fields such as seed)."""
+        row = self.episodes.iloc[self._check_episode(episode)]
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items() if not k.startswith("stats/")}
+
+    def episode_stats(self, episode: int) -> dict[str, dict[str, np.ndarray]]:
+        row = self.episodes.iloc[self._check_episode(episode)]
+        stats: dict[str, dict[str, np.ndarray]] = {}
+        for column, value in row.items():
+            if column.startswith("stats/"):
+                _, key, name = column.split("/")  # feature keys hold dots, never slashes
+                stats.setdefault(key, {})[name] = np.array(_to_nested_list(value), dtype=np.float64)
+        return stats
+
+    def data_path(self, episode: int) -> Path:
+        row = self.episodes.iloc[self._check_episode(episode)]
+        return self.root / self.info["data_path"].format(
+            chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"]))
+
+    def video_path(self, episode: int, key: str) -> Path:
+        row = self.episodes.iloc[self._check_episode(episode)]
+        return self.root / self.info["video_path"].format(
+            video_key=key, chunk_index=int(row[f"videos/{key}/chunk_index"]),
+            file_index=int(row[f"videos/{key}/file_index"]))
+
+    # --- reading ----------------------------------------------------------------------------------
+    def episode(self, episode: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Every frame of one episode: {feature key: (T, ...) array}; videos decoded to uint8 RGB."""
+        episode = self._check_episode(episode)
+        wanted = list(keys) if keys is not None else list(self.features)
+        unknown = sorted(set(wanted) - set(self.features))
+        if unknown:
+            raise KeyError(f"unknown features {unknown}; this dataset has {sorted(self.features)}")
+        cached = self._cache.get(episode, {})
+        todo = [k for k in wanted if k not in cached]
+        length = self.episode_length(episode)
+        data_keys = [k for k in todo if self.features[k]["dtype"] not in ("video", "image")]
+        if data_keys:
+            path = self.data_path(episode)
+            table = self._read_table(path, columns=data_keys)
+            if table.num_rows != length:
+                raise DatasetError(f"{path} holds {table.num_rows} rows, expected {length} (truncated?)")
+            for key in data_keys:
+                cached[key] = _numpy_column(table.column(key), self.features[key], path, key)
+        for key in todo:
+            if self.features[key]["dtype"] == "video":
+                cached[key] = read_video(self.video_path(episode, key), expected_frames=length)
+        # Keep only the most recent episode decoded: windows of one episode are read in sequence.
+        self._cache = {episode: cached}
+        return {k: cached[k] for k in wanted}
+
+    def frames(self, episode: int, start: int, stop: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Frames start..stop-1 of an episode (a window); the range must lie inside the episode."""
+        length = self.episode_length(episode)
+        if not 0 <= start < stop <= length:
+            raise IndexError(f"window [{start}, {stop}) is outside episode {episode} of length {length}")
+        return {k: v[start:stop] for k, v in self.episode(episode, keys).items()}
+
+    def frame(self, episode: int, index: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """One frame of an episode."""
+        return {k: v[0] for k, v in self.frames(episode, index, index + 1, keys).items()}
+
+    def verify(self) -> None:
+        """Check that every listed episode's files exist and hold the listed number of frames."""
+        for episode in range(self.num_episodes):
+            length = self.episode_length(episode)
+            path = self.data_path(episode)
+            if not path.is_file():
+                raise DatasetError(f"data file missing: {path} (episode {episode})")
+            try:
+                rows = pq.ParquetFile(path).metadata.num_rows
+            except (pa.ArrowException, OSError) as error:
+                raise DatasetError(f"cannot read {path}: {error}") from error
+            if rows != length:
+                raise DatasetError(f"{path} holds {rows} rows, expected {length}")
+            for key in self.video_keys:
+                read_video(self.video_path(episode, key), expected_frames=length)
+
+    # --- internals ---------------------------------------------------------------------------------
+    def _check_episode(self, episode: int) -> int:
+        if not 0 <= episode < self.num_episodes:
+            raise IndexError(f"episode {episode} out of range: {self.root} holds {self.num_episodes} episodes")
+        return int(episode)
+
+    @staticmethod
+    def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
+        if not path.is_file():
+            raise DatasetError(f"file missing: {path}")
+        try:
+            return pq.read_table(path, columns=columns)
+        except (pa.ArrowException, OSError) as error:
+            raise DatasetError(f"cannot read {path} (truncated or corrupt?): {error}") from error
+
+
+def _to_nested_list(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return [_to_nested_list(v) for v in value]
+    return value

@@ -1,0 +1,98 @@
+"""The Meta-World RGB-D environment: observation contract, geometry agreement, seeding, errors."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from stvla import geometry
+from stvla.envs import INSTRUCTIONS, TASKS, EnvConfig, make_env
+
+
+@pytest.fixture(scope="module")
+def pick_place_env():
+    env = make_env("pick-place-v3", image_size=64)
+    yield env
+    env.close()
+
+
+def test_all_fifty_tasks_have_instructions_and_experts():
+    from metaworld.policies import ENV_POLICY_MAP
+
+    assert len(TASKS) == 50
+    assert set(TASKS) <= set(ENV_POLICY_MAP)
+    assert all(len(INSTRUCTIONS[t].split()) >= 3 for t in TASKS)
+
+
+def test_observation_shapes_and_dtypes(pick_place_env):
+    obs, info = pick_place_env.reset(seed=0)
+    assert obs["rgb"].shape == (64, 64, 3) and obs["rgb"].dtype == np.uint8
+    assert obs["depth"].shape == (64, 64) and obs["depth"].dtype == np.float32
+    assert obs["camera.intrinsics"].shape == (3, 3) and obs["camera.pose"].shape == (4, 4)
+    assert obs["ee.position"].shape == (3,) and obs["ee.pixel"].shape == (2,)
+    assert obs["proprio"].shape == (4,) and obs["proprio"].dtype == np.float32
+    assert obs["instruction"] == INSTRUCTIONS["pick-place-v3"]
+    assert pick_place_env.observation_space.contains(obs)
+    assert 0.0 < obs["depth"].min() and obs["depth"].max() <= pick_place_env.config.depth_max
+    assert set(info) >= {"success", "near_object", "grasped"}
+
+
+def test_depth_at_end_effector_pixel_matches_camera_frame_depth(pick_place_env):
+    obs, _ = pick_place_env.reset(seed=3)
+    errors = []
+    for _ in range(40):
+        obs, *_ = pick_place_env.step(pick_place_env.expert_action())
+        u, v = np.round(obs["ee.pixel"]).astype(int)
+        assert 0 <= u < 64 and 0 <= v < 64
+        true_z = geometry.world_to_camera(obs["ee.position"], obs["camera.pose"])[2]
+        # The point between the fingers is empty space; the fingers either side of it share its depth.
+        window = obs["depth"][max(v - 2, 0):v + 3, max(u - 2, 0):u + 3]
+        errors.append(float(np.abs(window - true_z).min()))
+    assert np.median(errors) < 0.02 and max(errors) < 0.05, errors
+
+
+def test_pose_is_a_rigid_transform_with_the_camera_looking_at_the_table(pick_place_env):
+    obs, _ = pick_place_env.reset(seed=1)
+    R = obs["camera.pose"][:3, :3]
+    np.testing.assert_allclose(R.T @ R, np.eye(3), atol=1e-6)
+    assert np.linalg.det(R) == pytest.approx(1.0, abs=1e-6)
+    # The rolled camera is upright: world "up" points towards the top of the image (-v).
+    up_in_camera = R.T @ np.array([0.0, 0.0, 1.0])
+    assert up_in_camera[1] < 0
+
+
+def test_same_seed_same_start_and_different_seed_differs(pick_place_env):
+    first, _ = pick_place_env.reset(seed=7)
+    again, _ = pick_place_env.reset(seed=7)
+    other, _ = pick_place_env.reset(seed=8)
+    np.testing.assert_array_equal(first["rgb"], again["rgb"])
+    np.testing.assert_array_equal(first["depth"], again["depth"])
+    assert not np.array_equal(first["rgb"], other["rgb"])
+
+
+def test_expert_solves_reach_and_reports_success():
+    env = make_env("reach-v3", image_size=64, max_episode_steps=200)
+    env.reset(seed=0)
+    for _ in range(200):
+        _, _, terminated, truncated, info = env.step(env.expert_action())
+        assert not terminated
+        if info["success"] or truncated:
+            break
+    env.close()
+    assert info["success"]
+
+
+def test_bad_configuration_lists_valid_choices():
+    with pytest.raises(ValueError, match="valid tasks: .*reach-v3"):
+        EnvConfig(task="reach").validate()
+    with pytest.raises(ValueError, match="valid cameras: .*corner3"):
+        EnvConfig(camera="front").validate()
+    with pytest.raises(ValueError, match="valid sizes: .*128"):
+        EnvConfig(image_size=100).validate()
+
+
+def test_gymnasium_registration_and_truncation():
+    env = gym.make("stvla/reach-v3", image_size=64, max_episode_steps=3)
+    env.reset(seed=0)
+    flags = [env.step(env.action_space.sample())[3] for _ in range(3)]
+    env.close()
+    assert flags == [False, False, True]
