@@ -8,6 +8,7 @@ run stopped, and training seeds never meet evaluation seeds.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -195,12 +196,24 @@ class CollectSummary:
         return "\n".join(lines)
 
 
-def _planned_jobs(config: CollectConfig, task: str, start_attempt: int) -> Iterator[tuple[dict, int, int]]:
-    """Attempts of one task from `start_attempt` on; the caller stops consuming once it has enough."""
+def _attempt_batches(config: CollectConfig, task: str, start_attempt: int, done: int) -> Iterator[list[tuple[dict, int, int]]]:
+    """Attempts of one task in batches of exactly as many as are still missing.
+
+    Batches, not one long stream: a pool consumes its whole input at once, and attempts submitted
+    beyond what is needed would keep the workers busy after the task is complete.
+    """
     env_fields = asdict(config.env_config(task))
     limit = max(int(config.episodes * config.max_attempts_factor), config.episodes + 1)
-    for attempt in range(start_attempt, limit):
-        yield env_fields, episode_seed(task, attempt), attempt
+    attempt = start_attempt
+    while done < config.episodes and attempt < limit:
+        batch = list(range(attempt, min(attempt + config.episodes - done, limit)))
+        done = yield [(env_fields, episode_seed(task, a), a) for a in batch]
+        attempt = batch[-1] + 1
+
+
+def _single_threaded_renderer() -> None:
+    # Mesa's software renderer starts a thread per core; with one simulator per core they only contend.
+    os.environ["LP_NUM_THREADS"] = "1"
 
 
 def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
@@ -220,14 +233,13 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
     bar = tqdm(total=config.episodes * len(tasks), initial=sum(min(done[t], config.episodes) for t in tasks),
                desc="collect", unit="ep", disable=not progress, dynamic_ncols=True)
     # Spawned (not forked) workers: a forked process would inherit the parent's OpenGL state.
-    pool = mp.get_context("spawn").Pool(config.workers) if config.workers > 1 else None
+    pool = (mp.get_context("spawn").Pool(config.workers, initializer=_single_threaded_renderer)
+            if config.workers > 1 else None)
     try:
         for task in tasks:
             if done[task] >= config.episodes:
                 continue
-            jobs = _planned_jobs(config, task, next_attempt[task])
-            results = pool.imap(_collect_in_worker, jobs) if pool else map(_collect_in_worker, jobs)
-            for episode in results:  # in attempt order, whatever the worker count: reproducible indices
+            for episode in _rollouts(pool, _attempt_batches(config, task, next_attempt[task], done[task]), done, task):
                 stats = summary.tasks[task]
                 stats.attempted += 1
                 stats.succeeded += episode.success
@@ -244,15 +256,25 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
                 else:
                     stats.dropped += 1
                 bar.set_postfix(task=task, expert_success=f"{stats.succeeded}/{stats.attempted}")
-                if done[task] >= config.episodes:
-                    break
     finally:
         bar.close()
         if pool is not None:
-            pool.terminate()  # stop attempts submitted ahead that are no longer needed
+            pool.terminate()
             pool.join()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _rollouts(pool, batches, done: Counter, task: str) -> Iterator[ExpertEpisode]:
+    """Run batches of attempts (in a pool if given) and yield episodes in attempt order."""
+    try:
+        batch = next(batches)
+        while True:
+            # Ordered results, whatever the worker count: episode indices are reproducible.
+            yield from (pool.imap(_collect_in_worker, batch) if pool else map(_collect_in_worker, batch))
+            batch = batches.send(done[task])
+    except StopIteration:
+        return
 
 
 def dataset_summary(root: str | Path) -> dict[str, Any]:

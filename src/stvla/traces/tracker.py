@@ -1,0 +1,382 @@
+"""Online point trackers: one update per new frame, a ring buffer of the last b positions per point.
+
+A tracker follows N point slots from frame to frame. Each update propagates the points from the
+previous frame to the new one only (never a re-run over the buffer), so the work per update does not
+depend on the buffer length b. Points that are lost (tracking failed, forward-backward check failed,
+left the image) are re-seeded at once in the same slot, and a re-seeded slot starts a fresh history.
+
+    tracker = LucasKanadeTracker(TrackerConfig(buffer_length=30, num_points=400))
+    for rgb in frames:
+        state = tracker.update(rgb)      # TrackState: positions (T, N, 2), visible (T, N), age (N,)
+
+`PointTracker` is the interface the rest of the toolkit sees; `FlowTracker` holds the buffering and
+re-seeding shared by every frame-to-frame tracker, which only has to say how points move from one
+frame to the next (`LucasKanadeTracker`: sparse pyramidal LK; `DenseFlowTracker`: DIS dense flow).
+A windowed tracker such as CoTracker would implement `PointTracker` directly.
+
+Pixel convention (as in stvla.geometry): (u, v) = (column, row), pixel centres at integers.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+SEEDINGS: tuple[str, ...] = ("grid", "features")
+DIS_PRESETS: dict[str, int] = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+@dataclass
+class TrackerConfig:
+    buffer_length: int = 30  # b: frames of history kept per point (the trace window)
+    num_points: int = 400  # N: point slots tracked at once
+    seeding: str = "grid"  # where lost points restart: "grid" (emptiest cells of a regular grid) or "features"
+    lk_window: int = 15  # Lucas-Kanade window side in pixels (odd)
+    pyramid_levels: int = 2  # Lucas-Kanade pyramid levels above the full image (0 = single scale)
+    lk_iterations: int = 20  # Lucas-Kanade iterations per pyramid level at most
+    fb_threshold_px: float | None = 1.0  # forward-backward error above which a point is dropped; None = no check
+    dis_preset: str = "medium"  # DenseFlowTracker only: DIS preset ("ultrafast", "fast", "medium")
+
+    def __post_init__(self) -> None:
+        if self.buffer_length < 2:
+            raise ValueError(f"buffer_length must be >= 2 (a trace needs two frames), got {self.buffer_length}")
+        if self.num_points < 1:
+            raise ValueError(f"num_points must be >= 1, got {self.num_points}")
+        if self.seeding not in SEEDINGS:
+            raise ValueError(f"unknown seeding {self.seeding!r}; valid: {', '.join(SEEDINGS)}")
+        if self.lk_window < 3 or self.lk_window % 2 == 0:
+            raise ValueError(f"lk_window must be an odd number >= 3, got {self.lk_window}")
+        if not 0 <= self.pyramid_levels <= 8:
+            raise ValueError(f"pyramid_levels must be in [0, 8], got {self.pyramid_levels}")
+        if self.lk_iterations < 1:
+            raise ValueError(f"lk_iterations must be >= 1, got {self.lk_iterations}")
+        if self.fb_threshold_px is not None and not self.fb_threshold_px > 0:
+            raise ValueError(f"fb_threshold_px must be > 0 or None, got {self.fb_threshold_px}")
+        if self.dis_preset not in DIS_PRESETS:
+            raise ValueError(f"unknown dis_preset {self.dis_preset!r}; valid: {', '.join(DIS_PRESETS)}")
+
+
+@dataclass(frozen=True)
+class TrackState:
+    """A snapshot of the buffered tracks, oldest frame first (T <= b frames so far since reset)."""
+
+    positions: np.ndarray  # (T, N, 2) float32 pixel positions (u, v)
+    visible: np.ndarray  # (T, N) bool: the slot's current point was tracked and inside the image then
+    age: np.ndarray  # (N,) int32: consecutive frames the slot's current point has been tracked (1 = new)
+    frame_count: int  # frames given to update() since the last reset()
+
+    @property
+    def latest(self) -> np.ndarray:
+        """(N, 2) positions in the newest frame."""
+        return self.positions[-1]
+
+
+class RingBuffer:
+    """The last `length` items of a fixed shape, stored in place; a push costs one item's copy."""
+
+    def __init__(self, length: int, item_shape: tuple[int, ...], dtype: np.dtype | type, fill: float = 0) -> None:
+        self.data = np.full((length, *item_shape), fill, dtype=dtype)
+        self.fill = fill
+        self.write_index = 0
+        self.count = 0
+
+    def __len__(self) -> int:
+        return min(self.count, self.data.shape[0])
+
+    def clear(self) -> None:
+        self.data.fill(self.fill)
+        self.write_index = 0
+        self.count = 0
+
+    def push(self, item: np.ndarray) -> None:
+        self.data[self.write_index] = item
+        self.write_index = (self.write_index + 1) % self.data.shape[0]
+        self.count += 1
+
+    def chronological(self) -> np.ndarray:
+        """A copy of the stored items, oldest first."""
+        n = len(self)
+        if n < self.data.shape[0]:
+            return self.data[:n].copy()
+        return np.concatenate([self.data[self.write_index:], self.data[: self.write_index]])
+
+
+class PointTracker(abc.ABC):
+    """What a point tracker offers: one update per new frame, buffered tracks, a reset per episode."""
+
+    config: TrackerConfig
+    flow_calls: int  # optical-flow computations so far: lets tests check the work per update
+
+    @abc.abstractmethod
+    def update(self, frame: np.ndarray) -> TrackState:
+        """Track the points into `frame` (uint8 RGB (H, W, 3) or grey (H, W)) and return the new state."""
+
+    @abc.abstractmethod
+    def reset(self, points: np.ndarray | None = None) -> None:
+        """Forget every track. With `points` (M, 2), slots 0..M-1 start at them on the next frame."""
+
+    @property
+    @abc.abstractmethod
+    def state(self) -> TrackState | None:
+        """The state after the last update (None before the first frame)."""
+
+    @property
+    def buffer_length(self) -> int:
+        return self.config.buffer_length
+
+
+def to_grey(frame: np.ndarray, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """A validated frame as a contiguous uint8 grey image; raises ValueError on a bad frame."""
+    if not isinstance(frame, np.ndarray):
+        raise ValueError(f"frame must be a numpy array, got {type(frame).__name__}")
+    if frame.dtype != np.uint8:
+        raise ValueError(
+            f"frame must be uint8 RGB (H, W, 3) or grey (H, W); got dtype {frame.dtype} with shape {frame.shape}"
+        )
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        grey = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
+    elif frame.ndim == 2:
+        grey = np.ascontiguousarray(frame)
+    else:
+        raise ValueError(f"frame must be uint8 RGB (H, W, 3) or grey (H, W); got shape {frame.shape}")
+    if grey.shape[0] < 2 or grey.shape[1] < 2:
+        raise ValueError(f"frame must be at least 2 x 2 pixels, got shape {frame.shape}")
+    if expected_hw is not None and grey.shape != expected_hw:
+        raise ValueError(
+            f"frame size changed mid-stream: expected (H, W) = {expected_hw} as in the first frame since "
+            f"reset(), got {grey.shape}; call reset() before feeding frames of another size"
+        )
+    return grey
+
+
+def grid_shape(num_points: int, height: int, width: int) -> tuple[int, int]:
+    """(rows, cols) of the smallest grid with square-ish cells and at least `num_points` cells."""
+    cols = max(1, int(np.ceil(np.sqrt(num_points * width / height))))
+    rows = int(np.ceil(num_points / cols))
+    return rows, cols
+
+
+def grid_cell_centres(rows: int, cols: int, height: int, width: int) -> np.ndarray:
+    """(rows * cols, 2) float32 cell centres (u, v), row-major."""
+    v, u = np.mgrid[0:rows, 0:cols]
+    centres = np.stack([(u + 0.5) * width / cols - 0.5, (v + 0.5) * height / rows - 0.5], axis=-1)
+    return centres.reshape(-1, 2).astype(np.float32)
+
+
+def inside_image(points: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(N,) bool: finite and within the image (pixel centres 0..W-1, 0..H-1)."""
+    u, v = points[:, 0], points[:, 1]
+    with np.errstate(invalid="ignore"):
+        return (u >= 0) & (u <= width - 1) & (v >= 0) & (v <= height - 1)
+
+
+class FlowTracker(PointTracker):
+    """Ring-buffered tracks and re-seeding for trackers that move points from one frame to the next.
+
+    Subclasses implement `_propagate(prev, new, points) -> (new_points, ok)`, counting their flow calls,
+    and may override `_prepare(grey)` to precompute what they need of each frame (once per frame).
+    """
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        self.config = config or TrackerConfig()
+        self.flow_calls = 0
+        n, b = self.config.num_points, self.config.buffer_length
+        self._positions = RingBuffer(b, (n, 2), np.float32)
+        self._visible = RingBuffer(b, (n,), bool, fill=False)
+        self._age = np.zeros(n, dtype=np.int32)
+        self._seed_points: np.ndarray | None = None
+        self._prev = None
+        self._hw: tuple[int, int] | None = None
+        self._grid: np.ndarray | None = None
+        self._grid_cols = 1
+        self._state: TrackState | None = None
+
+    @property
+    def state(self) -> TrackState | None:
+        return self._state
+
+    def reset(self, points: np.ndarray | None = None) -> None:
+        if points is not None:
+            points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+            if len(points) > self.config.num_points:
+                raise ValueError(f"got {len(points)} seed points but the tracker has {self.config.num_points} slots")
+            if not np.all(np.isfinite(points)):
+                raise ValueError("seed points must be finite")
+        self._seed_points = points
+        self._positions.clear()
+        self._visible.clear()
+        self._age[:] = 0
+        self._prev = None
+        self._hw = None
+        self._state = None
+
+    def update(self, frame: np.ndarray) -> TrackState:
+        grey = to_grey(frame, self._hw)
+        if self._hw is None:
+            self._start(grey)
+        else:
+            self._track(grey)
+        positions, visible = self._positions.chronological(), self._visible.chronological()
+        # Slots re-seeded inside the window hold an older point's history there: hide it.
+        frames_ago = np.arange(len(positions) - 1, -1, -1)[:, None]
+        visible &= frames_ago < self._age[None, :]
+        self._state = TrackState(positions, visible, self._age.copy(), self._positions.count)
+        return self._state
+
+    # --- internals ---------------------------------------------------------------------------------
+    def _start(self, grey: np.ndarray) -> None:
+        h, w = grey.shape
+        self._hw = (h, w)
+        rows, self._grid_cols = grid_shape(self.config.num_points, h, w)
+        self._grid = grid_cell_centres(rows, self._grid_cols, h, w)
+        points = np.zeros((self.config.num_points, 2), dtype=np.float32)
+        lost = np.ones(self.config.num_points, dtype=bool)
+        if self._seed_points is not None:
+            given = self._seed_points
+            points[: len(given)] = given
+            lost[: len(given)] = ~inside_image(given, h, w)
+        self._reseed(grey, points, lost)
+        self._record(self._prepare(grey), points, np.ones_like(lost))
+
+    def _track(self, grey: np.ndarray) -> None:
+        h, w = grey.shape
+        prev_points = self._positions.data[(self._positions.write_index - 1) % self._positions.data.shape[0]]
+        prepared = self._prepare(grey)
+        points, ok = self._propagate(self._prev, prepared, prev_points)
+        lost = ~(ok & inside_image(points, h, w))
+        points = np.where(lost[:, None], prev_points, points).astype(np.float32)
+        self._reseed(grey, points, lost)
+        self._record(prepared, points, lost)
+
+    def _record(self, prepared, points: np.ndarray, reseeded: np.ndarray) -> None:
+        self._age = np.where(reseeded, 1, self._age + 1).astype(np.int32)
+        self._positions.push(points)
+        # Every slot holds a tracked, in-image point after re-seeding; trackers that estimate
+        # occlusion would store False here for hidden points.
+        self._visible.push(True)
+        self._prev = prepared
+
+    def _reseed(self, grey: np.ndarray, points: np.ndarray, lost: np.ndarray) -> None:
+        """Write new start positions into `points` for the `lost` slots (in place)."""
+        n_lost = int(lost.sum())
+        if n_lost == 0:
+            return
+        new = np.empty((0, 2), dtype=np.float32)
+        if self.config.seeding == "features":
+            new = self._feature_seeds(grey, points[~lost], n_lost)
+        if len(new) < n_lost:
+            new = np.concatenate([new, self._grid_seeds(np.concatenate([points[~lost], new]), n_lost - len(new))])
+        points[lost] = new
+
+    def _grid_seeds(self, live: np.ndarray, count: int) -> np.ndarray:
+        """`count` grid cell centres, emptiest cells first, so coverage stays even as points drift."""
+        h, w = self._hw
+        rows = len(self._grid) // self._grid_cols
+        col = np.clip((live[:, 0] + 0.5) * self._grid_cols / w, 0, self._grid_cols - 1).astype(np.int64)
+        row = np.clip((live[:, 1] + 0.5) * rows / h, 0, rows - 1).astype(np.int64)
+        occupancy = np.bincount(row * self._grid_cols + col, minlength=len(self._grid))
+        if len(live) == 0 and count < len(self._grid):
+            # A fresh start: spread the points evenly over the cells rather than filling the top rows.
+            cells = np.linspace(0, len(self._grid), count, endpoint=False).astype(np.int64)
+        else:
+            cells = np.argsort(occupancy, kind="stable")[:count]
+        return self._grid[cells]
+
+    def _feature_seeds(self, grey: np.ndarray, live: np.ndarray, count: int) -> np.ndarray:
+        """Up to `count` Shi-Tomasi corners away from the live points."""
+        h, w = grey.shape
+        spacing = max(2, int(np.sqrt(h * w / self.config.num_points) / 2))
+        mask = np.full((h, w), 255, dtype=np.uint8)
+        for u, v in np.round(live).astype(int):
+            cv2.circle(mask, (int(u), int(v)), spacing, 0, -1)
+        corners = cv2.goodFeaturesToTrack(grey, count, 0.01, spacing, mask=mask)
+        return np.empty((0, 2), np.float32) if corners is None else corners.reshape(-1, 2).astype(np.float32)
+
+    def _prepare(self, grey: np.ndarray):
+        """What `_propagate` needs of a frame; kept as the previous frame for the next update."""
+        return grey
+
+    @abc.abstractmethod
+    def _propagate(self, prev, new, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Move (N, 2) points between two prepared frames: new points and an ok mask (N,)."""
+
+
+class LucasKanadeTracker(FlowTracker):
+    """Sparse pyramidal Lucas-Kanade from the previous frame, with a forward-backward check.
+
+    Each frame's image pyramid is built once and reused by the forward pass into it, the backward pass
+    out of it and the next update's forward pass.
+    """
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        super().__init__(config)
+        c = self.config
+        self._lk = dict(
+            winSize=(c.lk_window, c.lk_window),
+            maxLevel=c.pyramid_levels,
+            criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, c.lk_iterations, 0.01),
+        )
+
+    def _prepare(self, grey: np.ndarray):
+        _, pyramid = cv2.buildOpticalFlowPyramid(grey, self._lk["winSize"], self._lk["maxLevel"])
+        return pyramid
+
+    def _propagate(self, prev, new, points):
+        forward, ok, _ = cv2.calcOpticalFlowPyrLK(prev, new, points.reshape(-1, 1, 2), None, **self._lk)
+        self.flow_calls += 1
+        ok = ok.reshape(-1).astype(bool)
+        if self.config.fb_threshold_px is not None:
+            back, ok_back, _ = cv2.calcOpticalFlowPyrLK(new, prev, forward, None, **self._lk)
+            self.flow_calls += 1
+            fb_error = np.linalg.norm(back.reshape(-1, 2) - points, axis=1)
+            ok &= ok_back.reshape(-1).astype(bool) & (fb_error <= self.config.fb_threshold_px)
+        return forward.reshape(-1, 2), ok
+
+
+class DenseFlowTracker(FlowTracker):
+    """DIS dense optical flow from the previous frame, sampled at the points (bilinear).
+
+    With a forward-backward check it computes the backward flow too and drops points whose round
+    trip misses by more than the threshold.
+    """
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        super().__init__(config)
+        self._dis = cv2.DISOpticalFlow_create(DIS_PRESETS[self.config.dis_preset])
+
+    def _propagate(self, prev, new, points):
+        flow = self._dis.calc(prev, new, None)
+        self.flow_calls += 1
+        forward = points + sample_field(flow, points)
+        ok = np.all(np.isfinite(forward), axis=1)
+        if self.config.fb_threshold_px is not None:
+            back_flow = self._dis.calc(new, prev, None)
+            self.flow_calls += 1
+            back = forward + sample_field(back_flow, forward)
+            ok &= np.linalg.norm(back - points, axis=1) <= self.config.fb_threshold_px
+        return forward.astype(np.float32), ok
+
+
+def sample_field(field: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Bilinear samples (N, C) of an (H, W, C) float32 field at (N, 2) points (u, v), edges replicated."""
+    map_u = np.ascontiguousarray(points[:, 0], dtype=np.float32).reshape(-1, 1)
+    map_v = np.ascontiguousarray(points[:, 1], dtype=np.float32).reshape(-1, 1)
+    samples = cv2.remap(field, map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return samples.reshape(len(points), -1)
+
+
+TRACKERS: dict[str, type[FlowTracker]] = {"lk": LucasKanadeTracker, "dense": DenseFlowTracker}
+
+
+def make_tracker(name: str = "lk", config: TrackerConfig | None = None) -> PointTracker:
+    """A tracker by name ("lk" or "dense"); an unknown name raises a ValueError listing the valid ones."""
+    if name not in TRACKERS:
+        raise ValueError(f"unknown tracker {name!r}; valid: {', '.join(TRACKERS)}")
+    return TRACKERS[name](config)
