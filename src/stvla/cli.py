@@ -3,6 +3,8 @@
     stvla collect --task pick-place-v3 --episodes 50 --out DIR [--workers 2] [--resume]
     stvla info DIR
     stvla view DIR --episode K --out FILE.mp4
+    stvla trace DIR|VIDEO --episode K --variant C --buffer 30 --out FILE.mp4
+    stvla train --policy st --dataset DIR [--init CKPT] [--lora.rank 32]
 """
 
 from __future__ import annotations
@@ -58,8 +60,28 @@ def _view(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trace(args: argparse.Namespace) -> int:
+    from stvla.data.view import render_trace_video
+    from stvla.traces import SelectionConfig, TraceConfig, TrackerConfig
+
+    config = TraceConfig(variant=args.variant, tracker=TrackerConfig(buffer_length=args.buffer),
+                         selection=SelectionConfig(adaptive=args.adaptive))
+    out = render_trace_video(args.source, args.out, config, episode=args.episode)
+    print(f"wrote {out}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from stvla.train import TrainConfig, train
+
+    policy_dir = train(config_from_arguments(TrainConfig, args))
+    print(f"policy saved to {policy_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from stvla.data.collect import CollectConfig
+    from stvla.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="stvla", description="Visual traces for vision-language-action policies.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--episode", type=int, default=0, help="episode index (default: 0)")
     view.add_argument("--out", required=True, help="output .mp4 path")
     view.set_defaults(run=_view)
+
+    trace = commands.add_parser("trace", help="video of the online tracer along an episode or a video file")
+    trace.add_argument("source", help="dataset directory, or a plain video file (RGB only)")
+    trace.add_argument("--episode", type=int, default=0, help="episode index in a dataset (default: 0)")
+    trace.add_argument("--variant", default="C", help="depth drawing variant A, B or C (default: C)")
+    trace.add_argument("--buffer", type=int, default=30, help="frames of history behind each trace (default: 30)")
+    trace.add_argument("--adaptive", action="store_true", help="adaptive traces for slow motion")
+    trace.add_argument("--out", required=True, help="output .mp4 path")
+    trace.set_defaults(run=_trace)
+
+    train = commands.add_parser("train", help="train a policy (stage 1), or LoRA fine-tune one (stage 2, --init)")
+    add_config_arguments(train, TrainConfig)
+    train.set_defaults(run=_train)
     return parser
 
 

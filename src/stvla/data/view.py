@@ -1,4 +1,5 @@
-"""`stvla view`: play back a recorded episode as RGB beside colour-mapped depth, end effector marked."""
+"""Videos of recordings for people: `stvla view` (RGB | depth, end effector marked) and `stvla trace`
+(RGB with traces | depth | traced depth, from the same online tracer a policy runs)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 
 from stvla.data.collect import DEPTH_KEY, RGB_KEY
 from stvla.data.store import EpisodeStore
-from stvla.data.video import write_video
+from stvla.data.video import read_video, write_video
+from stvla.traces import OnlineTracer, TraceConfig
 from stvla.visualize import colorize_depth, mark_point, panels
 
 EE_PIXEL_KEY = "observation.ee.pixel"
@@ -27,4 +29,34 @@ def render_episode_video(root: str | Path, episode: int, out: str | Path, height
     ])
     out = Path(out)
     write_video(out, video, fps=min(store.fps, 30))
+    return out
+
+
+def render_trace_video(source: str | Path, out: str | Path, trace_config: TraceConfig, episode: int = 0,
+                       height: int = 256) -> Path:
+    """Write an mp4 of the online tracer run along a recording, as a policy would run it.
+
+    `source` is a dataset directory (panels: RGB with traces | depth | traced depth) or a plain video
+    file (RGB only: the traces on RGB).
+    """
+    source = Path(source)
+    tracer = OnlineTracer(trace_config)
+    tracer.reset()
+    if source.is_dir():
+        frames = EpisodeStore(source).episode(episode, [RGB_KEY, DEPTH_KEY, "observation.camera.intrinsics"])
+        rgbs, depths = frames[RGB_KEY], frames[DEPTH_KEY]
+        depth_min, depth_max = float(np.nanpercentile(depths, 1)), float(np.nanmax(depths))
+        # Trace values (variant B's marker) may lie outside the scene's range: clip them into the colour scale.
+        video = []
+        for rgb, depth, intrinsics in zip(rgbs, depths, frames["observation.camera.intrinsics"]):
+            step = tracer.step(rgb, depth, intrinsics=intrinsics)
+            video.append(panels([step.traced_rgb, colorize_depth(depth, depth_min, depth_max),
+                                 colorize_depth(np.clip(step.traced_depth, depth_min, depth_max), depth_min, depth_max)],
+                                ["rgb + traces", "depth", f"traced depth ({trace_config.variant})"], height))
+    else:
+        rgbs = read_video(source)
+        no_depth = np.zeros(rgbs.shape[1:3], np.float32)
+        video = [panels([tracer.step(rgb, no_depth).traced_rgb], ["rgb + traces"], height) for rgb in rgbs]
+    out = Path(out)
+    write_video(out, np.stack(video), fps=30)
     return out

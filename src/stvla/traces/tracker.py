@@ -4,6 +4,8 @@ A tracker follows N point slots from frame to frame. Each update propagates the 
 previous frame to the new one only (never a re-run over the buffer), so the work per update does not
 depend on the buffer length b. Points that are lost (tracking failed, forward-backward check failed,
 left the image) are re-seeded at once in the same slot, and a re-seeded slot starts a fresh history.
+A point whose own 3x3 patch has not changed is held still (see `FlowTracker`), so static background
+does not creep along beside moving edges.
 
     tracker = LucasKanadeTracker(TrackerConfig(buffer_length=30, num_points=400))
     for rgb in frames:
@@ -26,6 +28,9 @@ import cv2
 import numpy as np
 
 SEEDINGS: tuple[str, ...] = ("grid", "features")
+# Side of the patch the zero-motion check compares: small, so that a moving edge a few pixels away
+# (which drags the flow solver's larger window along) does not count as the point's own change.
+STILL_PATCH = 3
 DIS_PRESETS: dict[str, int] = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -38,10 +43,13 @@ class TrackerConfig:
     buffer_length: int = 30  # b: frames of history kept per point (the trace window)
     num_points: int = 400  # N: point slots tracked at once
     seeding: str = "grid"  # where lost points restart: "grid" (emptiest cells of a regular grid) or "features"
-    lk_window: int = 15  # Lucas-Kanade window side in pixels (odd)
+    lk_window: int = 9  # Lucas-Kanade window side in pixels (odd); small windows hug small moving parts
     pyramid_levels: int = 2  # Lucas-Kanade pyramid levels above the full image (0 = single scale)
     lk_iterations: int = 20  # Lucas-Kanade iterations per pyramid level at most
+    lk_min_eigen: float = 1e-4  # LK drops points whose window's gradients are weaker (flat or 1-D texture)
     fb_threshold_px: float | None = 1.0  # forward-backward error above which a point is dropped; None = no check
+    max_patch_error: float | None = 20.0  # LK only: drop a point whose window changes more (grey levels); None = off
+    static_tolerance: float | None = 1.0  # hold a point until its 3x3 patch changes by more than this (grey levels)
     dis_preset: str = "medium"  # DenseFlowTracker only: DIS preset ("ultrafast", "fast", "medium")
 
     def __post_init__(self) -> None:
@@ -57,8 +65,14 @@ class TrackerConfig:
             raise ValueError(f"pyramid_levels must be in [0, 8], got {self.pyramid_levels}")
         if self.lk_iterations < 1:
             raise ValueError(f"lk_iterations must be >= 1, got {self.lk_iterations}")
+        if not self.lk_min_eigen > 0:
+            raise ValueError(f"lk_min_eigen must be > 0, got {self.lk_min_eigen}")
         if self.fb_threshold_px is not None and not self.fb_threshold_px > 0:
             raise ValueError(f"fb_threshold_px must be > 0 or None, got {self.fb_threshold_px}")
+        if self.max_patch_error is not None and not self.max_patch_error > 0:
+            raise ValueError(f"max_patch_error must be > 0 or None, got {self.max_patch_error}")
+        if self.static_tolerance is not None and not self.static_tolerance >= 0:
+            raise ValueError(f"static_tolerance must be >= 0 or None, got {self.static_tolerance}")
         if self.dis_preset not in DIS_PRESETS:
             raise ValueError(f"unknown dis_preset {self.dis_preset!r}; valid: {', '.join(DIS_PRESETS)}")
 
@@ -180,8 +194,10 @@ def inside_image(points: np.ndarray, height: int, width: int) -> np.ndarray:
 class FlowTracker(PointTracker):
     """Ring-buffered tracks and re-seeding for trackers that move points from one frame to the next.
 
-    Subclasses implement `_propagate(prev, new, points) -> (new_points, ok)`, counting their flow calls,
-    and may override `_prepare(grey)` to precompute what they need of each frame (once per frame).
+    Subclasses implement `_propagate(prev, new, points) -> (new_points, ok)`, counting their flow calls.
+    A zero-motion check then holds still every point whose own 3x3 patch has not changed since it last
+    moved: beside a moving edge, or in a near 1-D texture such as wood grain, a flow solver slides
+    static points along, and those slides would otherwise become traces.
     """
 
     def __init__(self, config: TrackerConfig | None = None) -> None:
@@ -191,6 +207,8 @@ class FlowTracker(PointTracker):
         self._positions = RingBuffer(b, (n, 2), np.float32)
         self._visible = RingBuffer(b, (n,), bool, fill=False)
         self._age = np.zeros(n, dtype=np.int32)
+        self._anchor = np.zeros((n, STILL_PATCH * STILL_PATCH), dtype=np.float32)  # patch when last moved
+        self._pending = np.zeros((n, 2), dtype=np.float32)  # motion measured while held still
         self._seed_points: np.ndarray | None = None
         self._prev = None
         self._hw: tuple[int, int] | None = None
@@ -243,25 +261,41 @@ class FlowTracker(PointTracker):
             points[: len(given)] = given
             lost[: len(given)] = ~inside_image(given, h, w)
         self._reseed(grey, points, lost)
-        self._record(self._prepare(grey), points, np.ones_like(lost))
+        self._record(grey, points, reseeded=np.ones_like(lost), moved=np.ones_like(lost))
 
     def _track(self, grey: np.ndarray) -> None:
         h, w = grey.shape
         prev_points = self._positions.data[(self._positions.write_index - 1) % self._positions.data.shape[0]]
-        prepared = self._prepare(grey)
-        points, ok = self._propagate(self._prev, prepared, prev_points)
+        points, ok = self._propagate(self._prev, grey, prev_points)
+        moved = np.ones_like(ok)
+        if self.config.static_tolerance is not None:
+            points, moved = self._hold_still(grey, prev_points, points)
         lost = ~(ok & inside_image(points, h, w))
         points = np.where(lost[:, None], prev_points, points).astype(np.float32)
         self._reseed(grey, points, lost)
-        self._record(prepared, points, lost)
+        self._record(grey, points, reseeded=lost, moved=moved | lost)
 
-    def _record(self, prepared, points: np.ndarray, reseeded: np.ndarray) -> None:
+    def _hold_still(self, grey: np.ndarray, start: np.ndarray, tracked: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(points, moved): points stay put until their own patch changes since they last moved.
+
+        The motion measured while a point is held is summed and applied when it moves, so a slow
+        motion (sub-threshold change per frame) is delayed by a few frames, never lost.
+        """
+        self._pending += np.nan_to_num(tracked - start)
+        patch = sample_windows(grey, start, STILL_PATCH)
+        moved = np.abs(patch - self._anchor).mean(axis=1) > self.config.static_tolerance
+        return np.where(moved[:, None], start + self._pending, start).astype(np.float32), moved
+
+    def _record(self, grey: np.ndarray, points: np.ndarray, reseeded: np.ndarray, moved: np.ndarray) -> None:
+        if self.config.static_tolerance is not None:
+            self._anchor[moved] = sample_windows(grey, points[moved], STILL_PATCH)
+            self._pending[moved] = 0.0
         self._age = np.where(reseeded, 1, self._age + 1).astype(np.int32)
         self._positions.push(points)
         # Every slot holds a tracked, in-image point after re-seeding; trackers that estimate
         # occlusion would store False here for hidden points.
         self._visible.push(True)
-        self._prev = prepared
+        self._prev = grey
 
     def _reseed(self, grey: np.ndarray, points: np.ndarray, lost: np.ndarray) -> None:
         """Write new start positions into `points` for the `lost` slots (in place)."""
@@ -299,20 +333,16 @@ class FlowTracker(PointTracker):
         corners = cv2.goodFeaturesToTrack(grey, count, 0.01, spacing, mask=mask)
         return np.empty((0, 2), np.float32) if corners is None else corners.reshape(-1, 2).astype(np.float32)
 
-    def _prepare(self, grey: np.ndarray):
-        """What `_propagate` needs of a frame; kept as the previous frame for the next update."""
-        return grey
-
     @abc.abstractmethod
     def _propagate(self, prev, new, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Move (N, 2) points between two prepared frames: new points and an ok mask (N,)."""
+        """Move (N, 2) points from grey frame `prev` to grey frame `new`: new points and an ok mask (N,)."""
 
 
 class LucasKanadeTracker(FlowTracker):
     """Sparse pyramidal Lucas-Kanade from the previous frame, with a forward-backward check.
 
-    Each frame's image pyramid is built once and reused by the forward pass into it, the backward pass
-    out of it and the next update's forward pass.
+    (OpenCV's Python binding cannot take prebuilt pyramids, so each pass builds its own; at 128 px
+    that is a small part of the cost next to the per-point iterations.)
     """
 
     def __init__(self, config: TrackerConfig | None = None) -> None:
@@ -322,16 +352,15 @@ class LucasKanadeTracker(FlowTracker):
             winSize=(c.lk_window, c.lk_window),
             maxLevel=c.pyramid_levels,
             criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, c.lk_iterations, 0.01),
+            minEigThreshold=c.lk_min_eigen,
         )
 
-    def _prepare(self, grey: np.ndarray):
-        _, pyramid = cv2.buildOpticalFlowPyramid(grey, self._lk["winSize"], self._lk["maxLevel"])
-        return pyramid
-
     def _propagate(self, prev, new, points):
-        forward, ok, _ = cv2.calcOpticalFlowPyrLK(prev, new, points.reshape(-1, 1, 2), None, **self._lk)
+        forward, ok, patch_error = cv2.calcOpticalFlowPyrLK(prev, new, points.reshape(-1, 1, 2), None, **self._lk)
         self.flow_calls += 1
         ok = ok.reshape(-1).astype(bool)
+        if self.config.max_patch_error is not None:
+            ok &= patch_error.reshape(-1) <= self.config.max_patch_error
         if self.config.fb_threshold_px is not None:
             back, ok_back, _ = cv2.calcOpticalFlowPyrLK(new, prev, forward, None, **self._lk)
             self.flow_calls += 1
@@ -370,6 +399,17 @@ def sample_field(field: np.ndarray, points: np.ndarray) -> np.ndarray:
     map_v = np.ascontiguousarray(points[:, 1], dtype=np.float32).reshape(-1, 1)
     samples = cv2.remap(field, map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return samples.reshape(len(points), -1)
+
+
+def sample_windows(image: np.ndarray, centres: np.ndarray, side: int) -> np.ndarray:
+    """(N, side * side) float32 bilinear samples of a grey image in square windows around (N, 2) centres."""
+    if len(centres) == 0:
+        return np.empty((0, side * side), dtype=np.float32)
+    offsets = np.arange(side, dtype=np.float32) - (side - 1) / 2.0
+    du, dv = (o.ravel() for o in np.meshgrid(offsets, offsets))
+    map_u = (centres[:, :1] + du[None]).astype(np.float32)
+    map_v = (centres[:, 1:2] + dv[None]).astype(np.float32)
+    return cv2.remap(image.astype(np.float32), map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 TRACKERS: dict[str, type[FlowTracker]] = {"lk": LucasKanadeTracker, "dense": DenseFlowTracker}

@@ -1,0 +1,183 @@
+"""What every policy is: a registered name, a dataclass config, LeRobot's training and control calls,
+and safetensors checkpoints that reload exactly.
+
+    loss, logs = policy.forward(batch)     # training
+    policy.reset(); action = policy.select_action(obs)   # closed-loop control, one env step each
+    policy.save_pretrained(path); same = load_policy(path)
+
+`model_inputs` is the single place where numpy frames become model tensors, used by the training
+data pipeline and by `select_action` alike, so that control sees exactly what training saw.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from stvla.config import config_from_dict
+from stvla.policies.text import instruction_embeddings
+from stvla.policies.vla import SmallVLA, VLAConfig
+from stvla.traces import OnlineTracer, TraceConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class PolicyConfig:
+    vla: VLAConfig = field(default_factory=VLAConfig)  # the shared small VLA model
+
+
+@dataclass
+class TracedPolicyConfig(PolicyConfig):
+    traces: TraceConfig = field(default_factory=TraceConfig)  # online tracker, selection and drawing
+
+
+class Policy(nn.Module):
+    """Base of the registered policies; subclasses set `name`, `config_class` and the input choices."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
+    depth_source: ClassVar[str] = "raw"  # which depth feeds Ego3D: "raw" or "traced"
+    uses_traced_rgb: ClassVar[bool] = False  # TraceVLA's second, traced image
+
+    def __init__(self, config: PolicyConfig | None = None):
+        super().__init__()
+        self.config = config or self.config_class()
+        self.model = SmallVLA(self.config.vla)
+        self.tracer = OnlineTracer(self.trace_config) if self.trace_config is not None else None
+        self.last_trace = None  # the tracer's output of the latest control step (for videos)
+        self._queue: deque[np.ndarray] = deque()
+
+    # --- what the policy consumes --------------------------------------------------------------------
+    @property
+    def trace_config(self) -> TraceConfig | None:
+        return getattr(self.config, "traces", None)
+
+    def prompt(self, instruction: str, traced: bool) -> str:
+        """The text the language encoder sees (TraceVLA changes it when traces are shown)."""
+        return instruction
+
+    def fit_statistics(self, actions: np.ndarray, states: np.ndarray) -> None:
+        """Fit the action normaliser, the adaptive action grid and the state normaliser on training data."""
+        actions_t = torch.as_tensor(actions, dtype=torch.float32)
+        self.model.action_normalizer.fit_(actions_t)
+        self.model.tokenizer.fit(self.model.action_normalizer.normalize(actions_t))
+        self.model.state_normalizer.fit_(torch.as_tensor(states, dtype=torch.float32))
+
+    def model_inputs(self, frames: dict[str, np.ndarray], prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Numpy frames (batch-major) -> model tensors.
+
+        `frames` holds "rgb" (B, H, W, 3) uint8, "depth" (B, H, W) (raw or traced, per `depth_source`),
+        "intrinsics" (B, 3, 3), "state" (B, S), and for TraceVLA "rgb_traced" (B, H, W, 3) uint8.
+        """
+        def image(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
+
+        embeddings = instruction_embeddings(prompts)
+        batch = {
+            "observation.images.rgb": image(frames["rgb"]),
+            "observation.depth": torch.from_numpy(np.ascontiguousarray(frames["depth"], dtype=np.float32)),
+            "observation.camera.intrinsics": torch.from_numpy(np.asarray(frames["intrinsics"], dtype=np.float32)),
+            "observation.state": torch.from_numpy(np.asarray(frames["state"], dtype=np.float32)),
+            "observation.language": torch.from_numpy(np.stack([embeddings[p] for p in prompts])),
+        }
+        if self.uses_traced_rgb:
+            batch["observation.images.rgb_traced"] = image(frames["rgb_traced"])
+        return batch
+
+    # --- LeRobot-style calls ---------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.model.loss(batch)
+
+    def reset(self) -> None:
+        """Start a new episode: empty the action queue and the tracker's buffer."""
+        self._queue.clear()
+        self.last_trace = None
+        if self.tracer is not None:
+            self.tracer.reset()
+
+    @torch.no_grad()
+    def select_action(self, obs: dict[str, Any]) -> np.ndarray:
+        """One action for the env observation `obs` (see stvla.envs); the tracker steps every call."""
+        traced_depth, traced_rgb, has_traces = obs["depth"], obs["rgb"], False
+        if self.tracer is not None:
+            self.last_trace = self.tracer.step(obs["rgb"], obs["depth"], intrinsics=obs["camera.intrinsics"])
+            has_traces = len(self.last_trace.traces) > 0
+            traced_depth = self.last_trace.traced_depth
+            if self.uses_traced_rgb and has_traces:
+                traced_rgb = self.last_trace.traced_rgb
+        if not self._queue:
+            frames = {
+                "rgb": obs["rgb"][None],
+                "depth": (traced_depth if self.depth_source == "traced" else obs["depth"])[None],
+                "intrinsics": obs["camera.intrinsics"][None],
+                "state": obs["proprio"][None],
+                "rgb_traced": traced_rgb[None],
+            }
+            was_training = self.training
+            self.eval()
+            chunk = self.model.predict_chunk(self.model_inputs(frames, [self.prompt(obs["instruction"], has_traces)]))
+            self.train(was_training)
+            self._queue.extend(chunk[0, : self.config.vla.n_action_steps].numpy())
+        return self._queue.popleft()
+
+    # --- checkpoints -------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json (type + config) and model.safetensors (weights, normalisers, action grid)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE))
+        (directory / CONFIG_FILE).write_text(json.dumps({"type": self.name, "config": asdict(self.config)}, indent=2))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "Policy":
+        """Reload a checkpoint of this policy type exactly (use `load_policy` for any type)."""
+        policy_type, config = read_checkpoint_config(directory)
+        if policy_type != cls.name:
+            raise ValueError(f"{directory} holds a {policy_type!r} policy, not {cls.name!r}")
+        policy = cls(config_from_dict(cls.config_class, config, str(Path(directory) / CONFIG_FILE)))
+        policy.load_weights(directory, strict=True)
+        return policy
+
+    def load_weights(self, directory: str | Path, strict: bool = False) -> list[str]:
+        """Load the model weights of a checkpoint (e.g. a SpatialVLA base into an ST-VLA policy).
+
+        Shapes must match; with strict=False, parameters that only this policy has (TraceVLA's
+        separator) keep their initial values. Returns the names of those parameters.
+        """
+        path = Path(directory) / WEIGHTS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint weights missing: {path}")
+        state = load_file(str(path))
+        own = self.model.state_dict()
+        mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+        if mismatched:
+            raise ValueError(f"{path}: shapes differ from this policy's for {mismatched[:5]} "
+                             f"(checkpoint {[tuple(state[k].shape) for k in mismatched[:5]]}, "
+                             f"policy {[tuple(own[k].shape) for k in mismatched[:5]]})")
+        result = self.model.load_state_dict(state, strict=strict)
+        if result.unexpected_keys:
+            raise ValueError(f"{path}: weights this policy does not have: {result.unexpected_keys[:5]}")
+        return list(result.missing_keys)
+
+
+def read_checkpoint_config(directory: str | Path) -> tuple[str, dict]:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"not a policy checkpoint: {path} is missing")
+    data = json.loads(path.read_text())
+    for key in ("type", "config"):
+        if key not in data:
+            raise ValueError(f"{path}: field {key!r} is missing")
+    return data["type"], data["config"]

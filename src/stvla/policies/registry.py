@@ -1,0 +1,29 @@
+"""Policies by name: `make_policy("st")`, `load_policy(checkpoint_dir)`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stvla.policies.base import Policy, read_checkpoint_config
+from stvla.policies.spatialvla import SpatialVLAPolicy
+from stvla.policies.st import STPolicy
+from stvla.policies.tracevla import TraceVLAPolicy
+
+POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (SpatialVLAPolicy, TraceVLAPolicy, STPolicy)}
+
+
+def policy_class(name: str) -> type[Policy]:
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; valid policies: {', '.join(POLICIES)}")
+    return POLICIES[name]
+
+
+def make_policy(name: str, config=None) -> Policy:
+    """A new, untrained policy of type `name` with `config` (or the type's default config)."""
+    return policy_class(name)(config)
+
+
+def load_policy(directory: str | Path) -> Policy:
+    """Reload any saved policy (its type is read from the checkpoint's config.json)."""
+    policy_type, _ = read_checkpoint_config(directory)
+    return policy_class(policy_type).from_pretrained(directory)

@@ -1,0 +1,138 @@
+"""The small vision-language-action model all our policies share, and its configuration.
+
+Token sequence fed to the transformer trunk:
+
+    [language] [state] [image patches (+ Ego3D of depth)] ([separator] [traced-image patches]) [action queries]
+
+- image patches: `ConvPatchEncoder` (SigLIP's place), one token per patch;
+- Ego3D: SpatialVLA's 3D position encoding of the (raw or traced) depth, added token by token;
+- language: a frozen sentence embedding (all-MiniLM-L6-v2) projected to one token;
+- a second image with a learned separator token, for TraceVLA's [original, traced] pair;
+- one learned query per action of the chunk; each reads out the adaptive-grid tokens of its step
+  (translation over the spherical grid, gripper) as classification logits.
+
+The policies (spatialvla, tracevla, st) differ only in which inputs they feed, so the same
+checkpoint can move between them (ST-VLA fine-tunes a SpatialVLA-style base).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stvla.policies.action_tokenizer import ActionGridConfig, AdaptiveActionGrid
+from stvla.policies.ego3d import Ego3DConfig, Ego3DEncoder
+from stvla.policies.image_encoder import ConvPatchEncoder, ImageEncoderConfig
+from stvla.policies.normalizer import ActionNormalizer, StateNormalizer
+from stvla.policies.trunk import Trunk, TrunkConfig
+
+TEXT_DIM = 384  # all-MiniLM-L6-v2 sentence embedding width
+
+
+@dataclass
+class VLAConfig:
+    image_size: int = 128  # input image side in pixels (the dataset's)
+    patch_size: int = 16  # image and Ego3D patch side in pixels
+    width: int = 128  # token width throughout
+    use_ego3d: bool = True  # add Ego3D position tokens of the depth to the image tokens
+    two_images: bool = False  # TraceVLA: encode [original, traced] joined by a separator token
+    chunk_size: int = 4  # actions predicted per forward pass
+    n_action_steps: int = 4  # actions of a chunk executed before predicting again
+    action_dim: int = 4  # robot action dimension (Meta-World: dx, dy, dz, gripper)
+    state_dim: int = 4  # proprio dimension (hand position, gripper opening)
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # patch encoder
+    ego3d: Ego3DConfig = field(default_factory=Ego3DConfig)  # 3D position encoder of depth
+    trunk: TrunkConfig = field(default_factory=TrunkConfig)  # transformer trunk
+    grid: ActionGridConfig = field(default_factory=ActionGridConfig)  # adaptive action grid tokenizer
+
+    def validate(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if not 1 <= self.n_action_steps <= self.chunk_size:
+            raise ValueError(f"n_action_steps must be in [1, chunk_size={self.chunk_size}], got {self.n_action_steps}")
+        if self.width != self.trunk.width or self.width != self.image.width:
+            raise ValueError(f"width {self.width} must equal trunk.width {self.trunk.width} and image.width "
+                             f"{self.image.width}")
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+class SmallVLA(nn.Module):
+    """Inputs -> chunk of action-token logits (see module docs). Owns its normalisers and tokenizer."""
+
+    def __init__(self, config: VLAConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        width = config.width
+        self.image_encoder = ConvPatchEncoder(config.image, config.patch_size)
+        self.ego3d = Ego3DEncoder(config.ego3d, width) if config.use_ego3d else None
+        self.language = nn.Linear(TEXT_DIM, width)
+        self.state = nn.Linear(config.state_dim, width)
+        self.patch_position = nn.Parameter(torch.randn(1, config.num_patches, width) * 0.02)
+        self.image_index = nn.Parameter(torch.randn(2, 1, width) * 0.02)  # which of the two images
+        self.separator = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.action_queries = nn.Parameter(torch.randn(1, config.chunk_size, width) * 0.02)
+        self.trunk = Trunk(config.trunk)
+        self.action_normalizer = ActionNormalizer(config.action_dim)
+        self.state_normalizer = StateNormalizer(config.state_dim)
+        self.tokenizer = AdaptiveActionGrid(config.grid)
+        self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in self.tokenizer.num_classes.items()})
+
+    # --- encoding ------------------------------------------------------------------------------------
+    def encode_image(self, images: torch.Tensor, index: int, depth: torch.Tensor | None,
+                     intrinsics: torch.Tensor | None) -> torch.Tensor:
+        tokens = self.image_encoder(images) + self.patch_position + self.image_index[index]
+        if self.ego3d is not None:
+            tokens = tokens + self.ego3d(depth, intrinsics, self.config.patch_size)
+        return tokens
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Logits per action-token kind, each (B, chunk_size, classes)."""
+        images = batch["observation.images.rgb"]
+        size = self.config.image_size
+        if images.shape[-2:] != (size, size):
+            raise ValueError(f"this policy was built for {size}x{size} images, got {tuple(images.shape[-2:])}")
+        depth = batch.get("observation.depth")
+        intrinsics = batch.get("observation.camera.intrinsics")
+        if self.ego3d is not None and (depth is None or intrinsics is None):
+            raise ValueError("this policy encodes depth: the batch needs observation.depth and "
+                             "observation.camera.intrinsics")
+        parts = [
+            self.language(batch["observation.language"]).unsqueeze(1),
+            self.state(self.state_normalizer.normalize(batch["observation.state"])).unsqueeze(1),
+            self.encode_image(images, 0, depth, intrinsics),
+        ]
+        if self.config.two_images:
+            traced = batch["observation.images.rgb_traced"]
+            parts += [self.separator.expand(len(images), -1, -1), self.encode_image(traced, 1, depth, intrinsics)]
+        parts.append(self.action_queries.expand(len(images), -1, -1))
+        hidden = self.trunk(torch.cat(parts, dim=1))[:, -self.config.chunk_size:]
+        return {name: head(hidden) for name, head in self.heads.items()}
+
+    # --- training and inference -------------------------------------------------------------------------
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Cross-entropy of the action tokens of every non-padded step of the chunk."""
+        logits = self(batch)
+        targets = self.tokenizer.encode(self.action_normalizer.normalize(batch["action"]))
+        valid = ~batch["action_is_pad"]
+        losses, logs = [], {}
+        for name, kind_logits in logits.items():
+            loss = F.cross_entropy(kind_logits[valid], targets[name][valid])
+            losses.append(loss)
+            logs[f"loss_{name}"] = float(loss.detach())
+            logs[f"acc_{name}"] = float((kind_logits[valid].argmax(-1) == targets[name][valid]).float().mean())
+        total = torch.stack(losses).sum()
+        logs["loss"] = float(total.detach())
+        return total, logs
+
+    @torch.no_grad()
+    def predict_chunk(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, chunk_size, action_dim) actions in robot units: the most likely token of each kind."""
+        tokens = {name: logits.argmax(-1) for name, logits in self(batch).items()}
+        return self.action_normalizer.unnormalize(self.tokenizer.decode(tokens))

@@ -1,0 +1,46 @@
+"""Visual traces: track points online, choose the moving ones, draw them into depth or onto RGB.
+
+Layer 2 of stvla (numpy + OpenCV, no torch; imports only stvla.geometry).
+
+- tracker:   `PointTracker` interface; `LucasKanadeTracker` (default) and `DenseFlowTracker`, one
+             frame-to-frame update per frame into a ring buffer of the last b positions.
+- selection: `TraceSelector`: TraceVLA's rule (K moving points seen throughout the window), with an
+             adaptive mode that still traces slow motion.
+- drawing:   `draw_traces_rgb` (TraceVLA style) and `draw_traces_depth` with the ST-VLA variants
+             "A" (own depth), "B" (constant marker), "C" (nearest-object depth, the default).
+- lift:      traces as 3D camera-frame points.
+- pipeline:  `OnlineTracer`, the one object policies, viewers and the dataset cacher step per frame.
+"""
+
+from stvla.traces.drawing import (
+    DEPTH_VARIANTS,
+    DepthDrawConfig,
+    draw_traces_depth,
+    draw_traces_rgb,
+    object_depth,
+    trace_colors,
+    trace_mask,
+)
+from stvla.traces.lift import lift_traces, sample_depth, valid_depth
+from stvla.traces.pipeline import OnlineTracer, TraceConfig, TraceOutput
+from stvla.traces.selection import SelectionConfig, Trace, TraceSelector, active_points, mean_step_motion
+from stvla.traces.tracker import (
+    TRACKERS,
+    DenseFlowTracker,
+    FlowTracker,
+    LucasKanadeTracker,
+    PointTracker,
+    RingBuffer,
+    TrackerConfig,
+    TrackState,
+    make_tracker,
+)
+
+__all__ = [
+    "DEPTH_VARIANTS", "TRACKERS",
+    "DenseFlowTracker", "DepthDrawConfig", "FlowTracker", "LucasKanadeTracker", "OnlineTracer", "PointTracker",
+    "RingBuffer", "SelectionConfig", "Trace", "TraceConfig", "TraceOutput", "TraceSelector", "TrackState",
+    "TrackerConfig",
+    "active_points", "draw_traces_depth", "draw_traces_rgb", "lift_traces", "make_tracker", "mean_step_motion",
+    "object_depth", "sample_depth", "trace_colors", "trace_mask", "valid_depth",
+]

@@ -1,0 +1,104 @@
+"""Training samples: frames of a recorded dataset, with the inputs a given policy consumes.
+
+Reads through the decoded cache (and the traced cache when the policy uses traces), so no epoch
+decodes video or re-runs the tracker. The order of samples is a pure function of (seed, step), which
+is what makes a resumed run reach the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stvla.data.cache import DecodedCache
+from stvla.data.collect import DEPTH_KEY, RGB_KEY
+from stvla.data.store import EpisodeStore
+from stvla.data.traced import INTRINSICS_KEY, TracedCache
+from stvla.policies.base import Policy
+
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+
+
+class TrainingSamples:
+    """Batches for `policy` from the dataset at `root`: model inputs + action chunks with a pad mask."""
+
+    def __init__(self, root: str | Path, policy: Policy, progress: bool = True):
+        store = EpisodeStore(root)
+        self._check_compatible(store, policy)
+        self.policy = policy
+        self.decoded = DecodedCache(root, [RGB_KEY, DEPTH_KEY, INTRINSICS_KEY, STATE_KEY, ACTION_KEY,
+                                           "task_index"], progress=progress)
+        self.traced = None
+        if policy.tracer is not None:
+            self.traced = TracedCache(root, policy.trace_config, with_rgb=policy.uses_traced_rgb, progress=progress)
+        self.instructions = store.tasks
+        self.chunk_size = policy.config.vla.chunk_size
+        # For every frame, the frame indices of its action chunk and which of them lie past the episode end.
+        ends = np.repeat(self.decoded.episode_starts + self.decoded.episode_lengths, self.decoded.episode_lengths)
+        wanted = np.arange(len(self.decoded))[:, None] + np.arange(self.chunk_size)[None]
+        self.chunk_is_pad = wanted >= ends[:, None]
+        self.chunk_index = np.minimum(wanted, ends[:, None] - 1)
+
+    def __len__(self) -> int:
+        return len(self.decoded)
+
+    @property
+    def actions(self) -> np.ndarray:
+        return np.asarray(self.decoded.arrays[ACTION_KEY])
+
+    @property
+    def states(self) -> np.ndarray:
+        return np.asarray(self.decoded.arrays[STATE_KEY])
+
+    def indices_for_step(self, step: int, batch_size: int, seed: int) -> np.ndarray:
+        """The frame indices of training step `step`: epoch-wise permutations seeded by (seed, epoch)."""
+        per_epoch = max(len(self) // batch_size, 1)
+        epoch, position = divmod(step, per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(len(self))
+        return np.sort(order[position * batch_size:(position + 1) * batch_size])
+
+    def batch(self, indices: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Model inputs for frames `indices`, plus "action" (B, chunk, D) and "action_is_pad" (B, chunk)."""
+        arrays = self.decoded.arrays
+        frames = {"rgb": arrays[RGB_KEY][indices], "intrinsics": arrays[INTRINSICS_KEY][indices],
+                  "state": arrays[STATE_KEY][indices], "depth": arrays[DEPTH_KEY][indices]}
+        traced_shown = np.zeros(len(indices), dtype=bool)
+        if self.traced is not None:
+            traced_shown = np.asarray(self.traced.arrays["has_traces"][indices])
+            if self.policy.depth_source == "traced":
+                frames["depth"] = self.traced.arrays["traced_depth"][indices]
+            if self.policy.uses_traced_rgb:
+                # TraceVLA: a share of the samples is shown [original, original] with the plain prompt.
+                if rng is not None:
+                    traced_shown &= rng.random(len(indices)) >= self.policy.config.untraced_fraction
+                traced_rgb = np.asarray(self.traced.arrays["traced_rgb"][indices]).copy()
+                traced_rgb[~traced_shown] = frames["rgb"][~traced_shown]
+                frames["rgb_traced"] = traced_rgb
+        tasks = np.asarray(arrays["task_index"][indices])
+        prompts = [self.policy.prompt(self.instructions[int(t)], bool(shown)) for t, shown in zip(tasks, traced_shown)]
+        batch = self.policy.model_inputs(frames, prompts)
+        batch["action"] = torch.from_numpy(np.asarray(arrays[ACTION_KEY][self.chunk_index[indices]], np.float32))
+        batch["action_is_pad"] = torch.from_numpy(self.chunk_is_pad[indices])
+        return batch
+
+    @staticmethod
+    def _check_compatible(store: EpisodeStore, policy: Policy) -> None:
+        features = store.features
+        vla = policy.config.vla
+        where = f"dataset {store.root}"
+        if policy.config.vla.use_ego3d and (DEPTH_KEY not in features or INTRINSICS_KEY not in features):
+            raise ValueError(f"{where} has no {DEPTH_KEY} / {INTRINSICS_KEY}: policy {policy.name!r} needs depth "
+                             f"and camera intrinsics")
+        size = features[RGB_KEY]["shape"][:2] if RGB_KEY in features else None
+        if size != [vla.image_size, vla.image_size]:
+            raise ValueError(f"{where} has {RGB_KEY} of size {size}; policy {policy.name!r} was built for "
+                             f"{vla.image_size}x{vla.image_size} images")
+        action_shape = features.get(ACTION_KEY, {}).get("shape")
+        if action_shape != [vla.action_dim]:
+            raise ValueError(f"{where} has actions of shape {action_shape}; the policy expects [{vla.action_dim}]")
+        state_shape = features.get(STATE_KEY, {}).get("shape")
+        if state_shape != [vla.state_dim]:
+            raise ValueError(f"{where} has {STATE_KEY} of shape {state_shape}; the policy expects [{vla.state_dim}]")

@@ -1,0 +1,221 @@
+"""Training, read top to bottom: stage 1 trains every weight; stage 2 (`--init CKPT`) adds LoRA adapters
+to every linear layer of the trunk and trains only them.
+
+Outputs in `out/`:
+    train_config.json           this run's TrainConfig
+    checkpoint/                 the latest training state (model, optimiser, schedule, step); resumable
+    policy/                     the final policy (LoRA merged): config.json + model.safetensors
+
+A run killed at any point restarts from `checkpoint/` when called again with the same `out`, and
+reaches the same weights as an uninterrupted run: the data order is a function of (seed, step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from stvla.config import config_from_dict, config_to_dict, load_config, save_config
+from stvla.policies.base import Policy, read_checkpoint_config
+from stvla.policies.registry import make_policy, policy_class
+from stvla.policies.vla import VLAConfig
+from stvla.train.samples import TrainingSamples
+
+
+@dataclass
+class LoraSettings:
+    rank: int = 32  # LoRA rank in stage 2 (with --init); 0 fine-tunes every weight instead
+    alpha: float = 32.0  # LoRA scale numerator (the update is scaled by alpha / rank)
+    dropout: float = 0.0  # dropout on the LoRA input
+
+
+@dataclass
+class TrainConfig:
+    policy: str = "st"  # policy type: spatialvla, tracevla or st
+    dataset: str = ""  # dataset directory (LeRobot v3 layout, from `stvla collect`)
+    out: str = "runs/train"  # output directory (resumes if it holds a checkpoint)
+    init: str = ""  # stage 2: a policy checkpoint to start from (its normalisers and action grid are kept)
+    lora: LoraSettings = field(default_factory=LoraSettings)  # stage-2 adapters
+    variant: str = "C"  # traced policies: depth drawing variant A, B or C
+    buffer: int = 30  # traced policies: frames of history behind each trace (b)
+    steps: int = 2000  # optimiser steps
+    batch_size: int = 32  # samples per step
+    lr: float = 0.0  # peak learning rate; 0 picks 3e-4 for full training, 1e-3 for LoRA
+    weight_decay: float = 0.01  # AdamW weight decay
+    warmup_steps: int = 100  # linear warm-up before the cosine decay
+    seed: int = 0  # seeds the weights' initialisation and the data order
+    save_every: int = 250  # steps between training checkpoints
+    threads: int = 2  # torch CPU threads
+
+    @property
+    def stage(self) -> int:
+        return 2 if self.init else 1
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.stage == 2 and self.lora.rank > 0
+
+    @property
+    def peak_lr(self) -> float:
+        return self.lr or (1e-3 if self.uses_lora else 3e-4)
+
+
+def build_policy(config: TrainConfig, image_size: int) -> Policy:
+    """The policy this run trains, at the dataset's image size and with the run's trace settings.
+
+    In stage 2 the model's shape comes from the `--init` checkpoint (so its weights fit), except for
+    what the policy type itself needs (TraceVLA's second image).
+    """
+    cls = policy_class(config.policy)
+    policy_config = cls.config_class()
+    if config.init:
+        _, init_config = read_checkpoint_config(config.init)
+        init_vla = config_from_dict(VLAConfig, init_config["vla"], f"{config.init}/config.json")
+        policy_config.vla = dataclasses.replace(init_vla, two_images=policy_config.vla.two_images)
+    policy_config.vla = dataclasses.replace(policy_config.vla, image_size=image_size)
+    if hasattr(policy_config, "traces"):
+        traces = policy_config.traces
+        policy_config.traces = dataclasses.replace(
+            traces, variant=config.variant, tracker=dataclasses.replace(traces.tracker, buffer_length=config.buffer))
+    return make_policy(config.policy, policy_config)
+
+
+def add_lora(policy: Policy, settings: LoraSettings) -> None:
+    """Wrap every linear layer of the trunk with LoRA adapters and freeze everything else."""
+    from peft import LoraConfig, get_peft_model
+
+    trunk = policy.model.trunk
+    lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                      target_modules=trunk.lora_target_modules())
+    for parameter in policy.parameters():
+        parameter.requires_grad_(False)
+    policy.model.trunk = get_peft_model(trunk, lora)  # only the adapters are trainable
+
+
+def merge_lora(policy: Policy) -> None:
+    """Fold the adapters into the trunk's weights (a plain trunk again, for export)."""
+    if hasattr(policy.model.trunk, "merge_and_unload"):
+        policy.model.trunk = policy.model.trunk.merge_and_unload()
+
+
+def cosine_schedule(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+# --- training state on disk (safetensors + JSON, no pickle) --------------------------------------------
+def save_training_state(directory: Path, policy: Policy, optimizer: torch.optim.Optimizer, step: int) -> None:
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().contiguous() for k, v in policy.model.state_dict().items()}, str(tmp / "model.safetensors"))
+    optimizer_state = optimizer.state_dict()
+    tensors = {f"{pid}.{name}": value.contiguous() for pid, slots in optimizer_state["state"].items()
+               for name, value in slots.items()}
+    tensors["torch_rng"] = torch.get_rng_state()
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "state.json").write_text(json.dumps({"step": step, "param_groups": optimizer_state["param_groups"]}))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+
+
+def load_training_state(directory: Path, policy: Policy, optimizer: torch.optim.Optimizer) -> int:
+    policy.model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    tensors = load_file(str(directory / "optimizer.safetensors"))
+    meta = json.loads((directory / "state.json").read_text())
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key != "torch_rng":
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["torch_rng"])
+    return int(meta["step"])
+
+
+def train(config: TrainConfig, progress: bool = True, stop_after: int | None = None) -> Path:
+    """Train as configured; returns the final policy directory. `stop_after` ends early (for tests)."""
+    if not config.dataset:
+        raise ValueError("a dataset is required (--dataset DIR)")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "train_config.json"
+    if (out / "checkpoint").exists() and config_path.exists():
+        saved = load_config(TrainConfig, config_path)
+        if config_to_dict(saved) != config_to_dict(config):
+            raise ValueError(f"{out} holds a run with another configuration ({config_path}); "
+                             f"use another --out or the same settings to resume")
+    save_config(config, config_path)
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+    from stvla.data.store import EpisodeStore
+
+    image_size = EpisodeStore(config.dataset).features["observation.images.rgb"]["shape"][0]
+    policy = build_policy(config, image_size)
+    samples = TrainingSamples(config.dataset, policy, progress=progress)
+    if config.init:
+        fresh = policy.load_weights(config.init)
+        if fresh and progress:
+            print(f"parameters new to {config.policy} (not in {config.init}): {fresh}")
+        expected = read_checkpoint_config(config.init)[1]["vla"]["action_dim"]
+        if expected != samples.actions.shape[1]:
+            raise ValueError(f"{config.init} was trained for {expected}-D actions, the dataset has "
+                             f"{samples.actions.shape[1]}-D")
+    else:
+        policy.fit_statistics(samples.actions, samples.states)
+    if config.uses_lora:
+        add_lora(policy, config.lora)
+    policy.train()
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.peak_lr, weight_decay=config.weight_decay)
+    step = 0
+    if (out / "checkpoint").exists():
+        step = load_training_state(out / "checkpoint", policy, optimizer)
+    # Created after a resume's optimiser state is loaded, so the schedule continues at `step`.
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: cosine_schedule(i, config.warmup_steps, config.steps), last_epoch=step - 1)
+
+    bar = tqdm(total=config.steps, initial=step, desc=f"train {config.policy} stage {config.stage}", unit="step",
+               disable=not progress, dynamic_ncols=True)
+    log_path = out / "train_log.jsonl"
+    started = time.perf_counter()
+    while step < config.steps and (stop_after is None or step < stop_after):
+        indices = samples.indices_for_step(step, config.batch_size, config.seed)
+        batch = samples.batch(indices, np.random.default_rng([config.seed, step, 1]))
+        loss, logs = policy(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        schedule.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{logs['loss']:.3f}")
+        if step % 25 == 0 or step == config.steps:
+            with log_path.open("a") as log:
+                log.write(json.dumps({"step": step, "lr": schedule.get_last_lr()[0],
+                                      "samples_per_s": 25 * config.batch_size / max(time.perf_counter() - started, 1e-9),
+                                      **logs}) + "\n")
+            started = time.perf_counter()
+        if step % config.save_every == 0 or step == config.steps:
+            save_training_state(out / "checkpoint", policy, optimizer, step)
+    bar.close()
+    if step < config.steps:
+        return out / "checkpoint"
+    merge_lora(policy)
+    policy.eval()
+    return policy.save_pretrained(out / "policy")
