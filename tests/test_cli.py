@@ -44,3 +44,27 @@ def test_collect_command_and_errors(tmp_path, capsys):
     assert "info.json is missing" in capsys.readouterr().err
     assert main(["view", str(out), "--episode", "5", "--out", str(tmp_path / "v.mp4")]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_trace_writes_three_panels_with_traces(small_dataset, tmp_path, capsys):
+    root, _ = small_dataset
+    out = tmp_path / "trace.mp4"
+    # Episode 2 is pick-place: the arm moves, so adaptive traces appear.
+    assert main(["trace", str(root), "--episode", "2", "--variant", "B", "--adaptive", "--out", str(out)]) == 0
+    video = read_video(out).astype(int)
+    assert video.shape[1:] == (256, 768, 3)
+    # Below the panel titles (which differ): the depth panel and the traced depth panel.
+    depth_panel, traced_panel = video[:, 24:, 256:512], video[:, 24:, 512:]
+    changed = np.abs(depth_panel - traced_panel).max(axis=(1, 2, 3)) > 60
+    assert changed[:5].sum() == 0  # no traces during the first steps
+    assert changed.sum() >= 5  # later, the traces show in the traced depth panel
+
+    # A plain video file: RGB only, one panel.
+    plain = tmp_path / "plain.mp4"
+    assert main(["trace", str(out), "--buffer", "7", "--out", str(plain)]) == 0
+    assert read_video(plain).shape == video.shape  # the same frames, traced again (RGB panel only)
+
+    assert main(["trace", str(root), "--variant", "D", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "valid: A, B, C" in capsys.readouterr().err
+    assert main(["trace", str(root), "--buffer", "1", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "buffer_length" in capsys.readouterr().err
