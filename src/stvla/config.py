@@ -73,9 +73,25 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str
             # `--flag` alone means true; `--flag false` is accepted too.
             parser.add_argument(flag, dest=dest, type=_parse_bool, nargs="?", const=True,
                                 default=argparse.SUPPRESS, help=help_text, metavar="BOOL")
+        elif typing.get_origin(kind) is tuple:
+            # `--model.image.channels 32,64,96`
+            parser.add_argument(flag, dest=dest, type=_tuple_parser(kind), default=argparse.SUPPRESS,
+                                help=help_text, metavar="A,B,...")
         else:
             parser.add_argument(flag, dest=dest, type=kind if kind in (int, float, str) else str,
                                 default=argparse.SUPPRESS, help=help_text)
+
+
+def _tuple_parser(kind: Any):
+    """A parser of comma-separated values for a `tuple[T, ...]` or `tuple[T, T, T]` field."""
+    element = next((a for a in typing.get_args(kind) if a is not Ellipsis), str)
+
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(element(part) for part in text.strip("()[] ").split(",") if part.strip())
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {element.__name__} values, got {text!r}") from error
+    return parse
 
 
 def config_from_arguments(cls: type[T], namespace: argparse.Namespace, base: T | None = None, prefix: str = "") -> T:

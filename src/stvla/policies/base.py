@@ -68,10 +68,11 @@ class Policy(nn.Module):
 
     def fit_statistics(self, actions: np.ndarray, states: np.ndarray) -> None:
         """Fit the action normaliser, the adaptive action grid and the state normaliser on training data."""
-        actions_t = torch.as_tensor(actions, dtype=torch.float32)
+        # Copies: the inputs may be read-only memory maps of the training cache.
+        actions_t = torch.from_numpy(np.array(actions, dtype=np.float32))
         self.model.action_normalizer.fit_(actions_t)
         self.model.tokenizer.fit(self.model.action_normalizer.normalize(actions_t))
-        self.model.state_normalizer.fit_(torch.as_tensor(states, dtype=torch.float32))
+        self.model.state_normalizer.fit_(torch.from_numpy(np.array(states, dtype=np.float32)))
 
     def model_inputs(self, frames: dict[str, np.ndarray], prompts: list[str]) -> dict[str, torch.Tensor]:
         """Numpy frames (batch-major) -> model tensors.

@@ -38,7 +38,7 @@ class VLAConfig:
     patch_size: int = 16  # image and Ego3D patch side in pixels
     width: int = 128  # token width throughout
     use_ego3d: bool = True  # add Ego3D position tokens of the depth to the image tokens
-    two_images: bool = False  # TraceVLA: encode [original, traced] joined by a separator token
+    two_images: bool = False  # TraceVLA: encode [original, traced] joined by a separator token (set by the policy type)
     chunk_size: int = 4  # actions predicted per forward pass
     n_action_steps: int = 4  # actions of a chunk executed before predicting again
     action_dim: int = 4  # robot action dimension (Meta-World: dx, dy, dz, gripper)
@@ -53,6 +53,9 @@ class VLAConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if not 1 <= self.n_action_steps <= self.chunk_size:
             raise ValueError(f"n_action_steps must be in [1, chunk_size={self.chunk_size}], got {self.n_action_steps}")
+        if self.grid.action_dim != self.action_dim:
+            raise ValueError(f"action_dim {self.action_dim} differs from the action grid's {self.grid.action_dim}-D "
+                             f"layout (grid.translation_dims, grid.gripper_dim, grid.rotation_dims)")
         if self.width != self.trunk.width or self.width != self.image.width:
             raise ValueError(f"width {self.width} must equal trunk.width {self.trunk.width} and image.width "
                              f"{self.image.width}")

@@ -25,9 +25,10 @@ ACTION_KEY = "action"
 class TrainingSamples:
     """Batches for `policy` from the dataset at `root`: model inputs + action chunks with a pad mask."""
 
-    def __init__(self, root: str | Path, policy: Policy, progress: bool = True):
+    def __init__(self, root: str | Path, policy: Policy, progress: bool = True, checkpoint: str | None = None):
+        """`checkpoint` names where the policy's shape came from, for error messages."""
         store = EpisodeStore(root)
-        self._check_compatible(store, policy)
+        self._check_compatible(store, policy, checkpoint)
         self.policy = policy
         self.decoded = DecodedCache(root, [RGB_KEY, DEPTH_KEY, INTRINSICS_KEY, STATE_KEY, ACTION_KEY,
                                            "task_index"], progress=progress)
@@ -85,10 +86,11 @@ class TrainingSamples:
         return batch
 
     @staticmethod
-    def _check_compatible(store: EpisodeStore, policy: Policy) -> None:
+    def _check_compatible(store: EpisodeStore, policy: Policy, checkpoint: str | None) -> None:
         features = store.features
         vla = policy.config.vla
         where = f"dataset {store.root}"
+        expects = f"checkpoint {checkpoint} expects" if checkpoint else "the policy expects"
         if policy.config.vla.use_ego3d and (DEPTH_KEY not in features or INTRINSICS_KEY not in features):
             raise ValueError(f"{where} has no {DEPTH_KEY} / {INTRINSICS_KEY}: policy {policy.name!r} needs depth "
                              f"and camera intrinsics")
@@ -98,7 +100,7 @@ class TrainingSamples:
                              f"{vla.image_size}x{vla.image_size} images")
         action_shape = features.get(ACTION_KEY, {}).get("shape")
         if action_shape != [vla.action_dim]:
-            raise ValueError(f"{where} has actions of shape {action_shape}; the policy expects [{vla.action_dim}]")
+            raise ValueError(f"{where} has actions of shape {action_shape}; {expects} [{vla.action_dim}]")
         state_shape = features.get(STATE_KEY, {}).get("shape")
         if state_shape != [vla.state_dim]:
-            raise ValueError(f"{where} has {STATE_KEY} of shape {state_shape}; the policy expects [{vla.state_dim}]")
+            raise ValueError(f"{where} has {STATE_KEY} of shape {state_shape}; {expects} [{vla.state_dim}]")

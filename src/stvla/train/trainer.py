@@ -47,6 +47,7 @@ class TrainConfig:
     out: str = "runs/train"  # output directory (resumes if it holds a checkpoint)
     init: str = ""  # stage 2: a policy checkpoint to start from (its normalisers and action grid are kept)
     lora: LoraSettings = field(default_factory=LoraSettings)  # stage-2 adapters
+    model: VLAConfig = field(default_factory=VLAConfig)  # stage 1: the model's shape (image_size comes from the dataset; stage 2 keeps the checkpoint's)
     variant: str = "C"  # traced policies: depth drawing variant A, B or C
     buffer: int = 30  # traced policies: frames of history behind each trace (b)
     steps: int = 2000  # optimiser steps
@@ -79,9 +80,13 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
     """
     cls = policy_class(config.policy)
     policy_config = cls.config_class()
+    policy_config.vla = dataclasses.replace(config.model, two_images=policy_config.vla.two_images)
     if config.init:
         _, init_config = read_checkpoint_config(config.init)
         init_vla = config_from_dict(VLAConfig, init_config["vla"], f"{config.init}/config.json")
+        if init_vla.image_size != image_size:
+            raise ValueError(f"checkpoint {config.init} was built for {init_vla.image_size}x{init_vla.image_size} "
+                             f"images; dataset {config.dataset} has {image_size}x{image_size}")
         policy_config.vla = dataclasses.replace(init_vla, two_images=policy_config.vla.two_images)
     policy_config.vla = dataclasses.replace(policy_config.vla, image_size=image_size)
     if hasattr(policy_config, "traces"):
@@ -155,7 +160,8 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
     config_path = out / "train_config.json"
     if (out / "checkpoint").exists() and config_path.exists():
         saved = load_config(TrainConfig, config_path)
-        if config_to_dict(saved) != config_to_dict(config):
+        # Compared as JSON: tuples come back from the file as lists.
+        if json.dumps(config_to_dict(saved)) != json.dumps(config_to_dict(config)):
             raise ValueError(f"{out} holds a run with another configuration ({config_path}); "
                              f"use another --out or the same settings to resume")
     save_config(config, config_path)
@@ -166,15 +172,12 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
 
     image_size = EpisodeStore(config.dataset).features["observation.images.rgb"]["shape"][0]
     policy = build_policy(config, image_size)
-    samples = TrainingSamples(config.dataset, policy, progress=progress)
+    samples = TrainingSamples(config.dataset, policy, progress=progress,
+                              checkpoint=config.init or None)
     if config.init:
         fresh = policy.load_weights(config.init)
         if fresh and progress:
             print(f"parameters new to {config.policy} (not in {config.init}): {fresh}")
-        expected = read_checkpoint_config(config.init)[1]["vla"]["action_dim"]
-        if expected != samples.actions.shape[1]:
-            raise ValueError(f"{config.init} was trained for {expected}-D actions, the dataset has "
-                             f"{samples.actions.shape[1]}-D")
     else:
         policy.fit_statistics(samples.actions, samples.states)
     if config.uses_lora:

@@ -1,0 +1,150 @@
+"""Training: the loss falls, LoRA trains only its adapters, a killed run resumes to the same weights,
+checkpoints reload to identical actions, and mismatched inputs are refused with clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from stvla.cli import main
+from stvla.envs import make_env
+from stvla.policies.action_tokenizer import ActionGridConfig
+from stvla.policies.base import WEIGHTS_FILE
+from stvla.policies.image_encoder import ImageEncoderConfig
+from stvla.policies.registry import load_policy, make_policy
+from stvla.policies.st import STPolicy
+from stvla.policies.trunk import TrunkConfig
+from stvla.policies.vla import VLAConfig
+from stvla.train import TrainConfig, train
+from stvla.train.samples import TrainingSamples
+
+# A model small enough that tests train it in seconds.
+TINY = VLAConfig(image_size=64, width=32, image=ImageEncoderConfig(channels=(8, 16), width=32),
+                 trunk=TrunkConfig(width=32, depth=2, heads=2))
+
+
+def tiny_config(dataset, out, **changes) -> TrainConfig:
+    config = TrainConfig(policy="spatialvla", dataset=str(dataset), out=str(out), model=TINY, steps=30,
+                         batch_size=8, warmup_steps=5, save_every=10, lr=3e-3)
+    return dataclasses.replace(config, **changes)
+
+
+@pytest.fixture(scope="module")
+def stage1(small_dataset, tmp_path_factory):
+    """A tiny stage-1 spatialvla policy trained on the small dataset."""
+    root, _ = small_dataset
+    out = tmp_path_factory.mktemp("stage1")
+    return train(tiny_config(root, out), progress=False)
+
+
+def fixed_batch_loss(policy, dataset) -> float:
+    samples = TrainingSamples(dataset, policy, progress=False)
+    policy.eval()
+    with torch.no_grad():
+        loss, _ = policy(samples.batch(np.arange(0, len(samples), 3)))
+    return float(loss)
+
+
+def test_training_lowers_the_loss(stage1, small_dataset):
+    root, _ = small_dataset
+    trained = load_policy(stage1)
+    untrained = make_policy("spatialvla", trained.config)
+    untrained.model.load_state_dict(trained.model.state_dict())  # same normalisers and action grid ...
+    torch.manual_seed(0)
+    fresh = make_policy("spatialvla", trained.config)
+    for name, buffer in trained.model.named_buffers():  # ... but freshly initialised weights
+        dict(fresh.model.named_buffers())[name].copy_(buffer)
+    assert fixed_batch_loss(trained, root) < 0.8 * fixed_batch_loss(fresh, root)
+    log = [json.loads(line) for line in (stage1.parent / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 30 and np.isfinite(log[-1]["loss"])
+    assert json.loads((stage1.parent / "train_config.json").read_text())["model"]["width"] == 32
+
+
+def test_killed_run_resumes_to_the_same_weights(small_dataset, tmp_path):
+    root, _ = small_dataset
+    whole = train(tiny_config(root, tmp_path / "whole", steps=20), progress=False)
+    config = tiny_config(root, tmp_path / "killed", steps=20)
+    partial = train(config, progress=False, stop_after=14)  # "killed" after step 14; last save at 10
+    assert json.loads((partial / "state.json").read_text())["step"] == 10
+    resumed = train(config, progress=False)
+    a, b = load_file(str(whole / WEIGHTS_FILE)), load_file(str(resumed / WEIGHTS_FILE))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # The same out with other settings is refused rather than mixed.
+    with pytest.raises(ValueError, match="another configuration"):
+        train(dataclasses.replace(config, lr=1e-2, steps=40), progress=False)
+
+
+def test_lora_trains_only_the_adapters(stage1, small_dataset, tmp_path):
+    root, _ = small_dataset
+    config = tiny_config(root, tmp_path / "st", policy="st", init=str(stage1), steps=12, lr=1e-2)
+    config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, rank=4))
+    checkpoint = train(config, progress=False, stop_after=10)  # the unmerged training state
+    base, state = load_file(str(stage1 / WEIGHTS_FILE)), load_file(str(checkpoint / "model.safetensors"))
+    adapters = [k for k in state if "lora_" in k]
+    assert adapters and any(k.endswith("lora_B.default.weight") and state[k].abs().sum() > 0 for k in adapters)
+    for key, value in state.items():
+        if "lora_" in key:
+            continue
+        original = key.replace("base_model.model.", "").replace(".base_layer", "")
+        assert torch.equal(value, base[original]), f"{key} changed during LoRA training"
+    # The exported policy has the adapters merged into a plain trunk that differs from the base.
+    policy_dir = train(config, progress=False)
+    merged = load_file(str(policy_dir / WEIGHTS_FILE))
+    assert merged.keys() == base.keys()
+    assert not torch.equal(merged["trunk.blocks.0.attn.q_proj.weight"], base["trunk.blocks.0.attn.q_proj.weight"])
+    assert torch.equal(merged["image_encoder.stages.0.weight"], base["image_encoder.stages.0.weight"])
+    assert load_policy(policy_dir).name == "st"
+
+
+def test_save_load_gives_identical_actions(stage1, tmp_path):
+    policy = load_policy(stage1)
+    st = make_policy("st", dataclasses.replace(STPolicy.config_class(), vla=policy.config.vla))
+    st.load_weights(stage1, strict=True)
+    reloaded = load_policy(st.save_pretrained(tmp_path / "st"))
+    env = make_env("pick-place-v3", image_size=64)
+    actions = {}
+    for name, candidate in (("saved", st), ("reloaded", reloaded)):
+        obs, _ = env.reset(seed=123)
+        candidate.reset()
+        actions[name] = []
+        for _ in range(12):  # three action chunks, with traces once the tracker has history
+            action = candidate.select_action(obs)
+            actions[name].append(action)
+            obs, *_ = env.step(action)
+    env.close()
+    assert np.array_equal(np.stack(actions["saved"]), np.stack(actions["reloaded"]))
+    assert np.all(np.isfinite(actions["saved"])) and np.stack(actions["saved"]).shape == (12, 4)
+
+
+def test_mismatched_inputs_are_refused(stage1, small_dataset, tmp_path):
+    root, _ = small_dataset
+    with pytest.raises(ValueError, match="holds a 'spatialvla' policy, not 'st'"):
+        STPolicy.from_pretrained(stage1)
+    # A dataset at another image size than the checkpoint.
+    other = tmp_path / "other"
+    assert main(["collect", "--task", "reach-v3", "--episodes", "1", "--image_size", "128", "--out", str(other)]) == 0
+    with pytest.raises(ValueError, match="built for 64x64 images; dataset .* has 128x128"):
+        train(tiny_config(other, tmp_path / "a", init=str(stage1)), progress=False)
+    # A checkpoint trained for another action dimension (a 7-D arm: translation, rotation, gripper).
+    arm = dataclasses.replace(TINY, action_dim=7, grid=ActionGridConfig(has_rotation=True, gripper_dim=6))
+    seven = make_policy("spatialvla", dataclasses.replace(load_policy(stage1).config, vla=arm))
+    seven.fit_statistics(np.random.default_rng(0).uniform(-1, 1, (200, 7)), np.zeros((200, 4)))
+    seven.save_pretrained(tmp_path / "seven")
+    with pytest.raises(ValueError, match=r"actions of shape \[4\]; checkpoint .*seven expects \[7\]"):
+        train(tiny_config(root, tmp_path / "b", init=str(tmp_path / "seven")), progress=False)
+    # A dataset without depth for a depth policy.
+    no_depth = tmp_path / "no_depth"
+    shutil.copytree(root, no_depth)
+    info_path = no_depth / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    del info["features"]["observation.depth"]
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="has no observation.depth"):
+        train(tiny_config(no_depth, tmp_path / "c"), progress=False)
