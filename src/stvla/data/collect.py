@@ -80,6 +80,7 @@ class CollectConfig:
     depth_max: float = 4.0  # metres; far background clipped to this
     max_steps: int = 500  # steps before an episode is cut off
     max_attempts_factor: float = 3.0  # give up on a task after episodes * this attempts
+    first_attempt: int = 0  # attempt index (hence seed) of each task's first episode: another value, other starts
 
     def task_list(self) -> list[str]:
         names = [t.strip() for t in self.task.split(",") if t.strip()]
@@ -203,7 +204,7 @@ def _attempt_batches(config: CollectConfig, task: str, start_attempt: int, done:
     beyond what is needed would keep the workers busy after the task is complete.
     """
     env_fields = asdict(config.env_config(task))
-    limit = max(int(config.episodes * config.max_attempts_factor), config.episodes + 1)
+    limit = config.first_attempt + max(int(config.episodes * config.max_attempts_factor), config.episodes + 1)
     attempt = start_attempt
     while done < config.episodes and attempt < limit:
         batch = list(range(attempt, min(attempt + config.episodes - done, limit)))
@@ -226,7 +227,8 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
     writer = EpisodeWriter.create_or_resume(config.out, FPS, dataset_features(config.image_size), ROBOT_TYPE,
                                             resume=config.resume)
     done = Counter(row["env_task"] for row in writer.episodes)
-    next_attempt = {task: 1 + max((row["attempt"] for row in writer.episodes if row["env_task"] == task), default=-1)
+    next_attempt = {task: 1 + max((row["attempt"] for row in writer.episodes if row["env_task"] == task),
+                                  default=config.first_attempt - 1)
                     for task in tasks}
     summary = CollectSummary(config.out, {task: TaskSummary() for task in tasks})
     started = time.perf_counter()

@@ -80,15 +80,16 @@ class Policy(nn.Module):
         `frames` holds "rgb" (B, H, W, 3) uint8, "depth" (B, H, W) (raw or traced, per `depth_source`),
         "intrinsics" (B, 3, 3), "state" (B, S), and for TraceVLA "rgb_traced" (B, H, W, 3) uint8.
         """
+        # np.array copies: the frames may be read-only memory maps or the caller's observation arrays.
         def image(x: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
+            return torch.from_numpy(np.array(x, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
 
         embeddings = instruction_embeddings(prompts)
         batch = {
             "observation.images.rgb": image(frames["rgb"]),
-            "observation.depth": torch.from_numpy(np.ascontiguousarray(frames["depth"], dtype=np.float32)),
-            "observation.camera.intrinsics": torch.from_numpy(np.asarray(frames["intrinsics"], dtype=np.float32)),
-            "observation.state": torch.from_numpy(np.asarray(frames["state"], dtype=np.float32)),
+            "observation.depth": torch.from_numpy(np.array(frames["depth"], dtype=np.float32)),
+            "observation.camera.intrinsics": torch.from_numpy(np.array(frames["intrinsics"], dtype=np.float32)),
+            "observation.state": torch.from_numpy(np.array(frames["state"], dtype=np.float32)),
             "observation.language": torch.from_numpy(np.stack([embeddings[p] for p in prompts])),
         }
         if self.uses_traced_rgb:
