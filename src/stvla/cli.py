@@ -5,6 +5,8 @@
     stvla view DIR --episode K --out FILE.mp4
     stvla trace DIR|VIDEO --episode K --variant C --buffer 30 --out FILE.mp4
     stvla train --policy st --dataset DIR [--init CKPT] [--lora.rank 32]
+    stvla eval --policy CKPT --tasks pick-place-v3,push-v3 --episodes 50 --out DIR
+    stvla bench [--quick]
 """
 
 from __future__ import annotations
@@ -79,6 +81,32 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from stvla.evaluate import EvalConfig, evaluate
+
+    config = config_from_arguments(EvalConfig, args)
+    info = evaluate(config)
+    print(f"{'task':28s} {'episodes':>8s}  {'success [95% CI]':>20s}  {'sub-goal':>8s}")
+    for task, row in [*info["per_task"].items(), ("overall", info["overall"])]:
+        low, high = row["ci95"]
+        print(f"{task:28s} {row['episodes']:8d}  {100 * row['success_rate']:5.1f}% [{100 * low:4.1f}, {100 * high:5.1f}]"
+              f"  {100 * row['subgoal_rate']:7.1f}%")
+    videos = [e["video"] for e in info["episodes"] if e["video"]]
+    print(f"results: {config.out}/eval_info.json" + (f"; a video: {videos[0]}" if videos else ""))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from stvla.benchmark.protocol import BenchConfig, quick_preset, run_bench
+
+    # --quick starts from the reduced protocol; any other option given still overrides it.
+    base = quick_preset() if getattr(args, "quick", False) else None
+    config = config_from_arguments(BenchConfig, args, base=base)
+    results = run_bench(config)
+    print(f"target tasks: {', '.join(results['targets'])}; results in {config.results_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from stvla.data.collect import CollectConfig
     from stvla.train import TrainConfig
@@ -113,6 +141,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a policy (stage 1), or LoRA fine-tune one (stage 2, --init)")
     add_config_arguments(train, TrainConfig)
     train.set_defaults(run=_train)
+
+    from stvla.evaluate import EvalConfig
+
+    evaluation = commands.add_parser("eval", help="closed-loop evaluation of a policy on held-out seeds")
+    add_config_arguments(evaluation, EvalConfig)
+    evaluation.set_defaults(run=_eval)
+
+    from stvla.benchmark.protocol import BenchConfig
+
+    bench = commands.add_parser("bench", help="the paper-reproduction benchmark, end to end, cached and resumable")
+    add_config_arguments(bench, BenchConfig)
+    bench.set_defaults(run=_bench)
     return parser
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from stvla.data.store import EpisodeStore, EpisodeWriter
-from stvla.envs import INSTRUCTIONS, MT10_TASKS, ROBOT_TYPE, TASKS, EnvConfig, MetaWorldRGBDEnv
+from stvla.envs import INSTRUCTIONS, ROBOT_TYPE, TASKS, EnvConfig, MetaWorldRGBDEnv, parse_tasks
 
 FPS = 80  # Meta-World control rate: 5 MuJoCo steps of 2.5 ms per action
 RGB_KEY = "observation.images.rgb"
@@ -83,13 +83,7 @@ class CollectConfig:
     first_attempt: int = 0  # attempt index (hence seed) of each task's first episode: another value, other starts
 
     def task_list(self) -> list[str]:
-        names = [t.strip() for t in self.task.split(",") if t.strip()]
-        if [n.lower() for n in names] == ["mt10"]:
-            names = list(MT10_TASKS)
-        unknown = [t for t in names if t not in TASKS]
-        if unknown or not names:
-            raise ValueError(f"unknown task(s) {unknown or self.task!r}; valid tasks: mt10, {', '.join(TASKS)}")
-        return names
+        return parse_tasks(self.task)
 
     def env_config(self, task: str) -> EnvConfig:
         config = EnvConfig(task=task, camera=self.camera, image_size=self.image_size,

@@ -19,6 +19,7 @@ from stvla.envs.metaworld_env import (
     EnvConfig,
     MetaWorldRGBDEnv,
     make_env,
+    parse_tasks,
 )
 
 for _task in TASKS:
@@ -27,5 +28,5 @@ for _task in TASKS:
 
 __all__ = [
     "CAMERAS", "CONTROL_MODE", "IMAGE_SIZES", "INSTRUCTIONS", "MT10_TASKS", "ROBOT_TYPE", "TASKS",
-    "EnvConfig", "MetaWorldRGBDEnv", "make_env",
+    "EnvConfig", "MetaWorldRGBDEnv", "make_env", "parse_tasks",
 ]

@@ -243,6 +243,17 @@ def _track_for_exit(env: MetaWorldRGBDEnv) -> None:
 _INSTRUCTION_CHARSET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ,.-'")
 
 
+def parse_tasks(text: str) -> list[str]:
+    """Comma-separated task names, or "mt10", as a checked list (an unknown name lists the valid ones)."""
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if [n.lower() for n in names] == ["mt10"]:
+        names = list(MT10_TASKS)
+    unknown = [t for t in names if t not in TASKS]
+    if unknown or not names:
+        raise ValueError(f"unknown task(s) {unknown or text!r}; valid tasks: mt10, {', '.join(TASKS)}")
+    return names
+
+
 def make_env(task: str = "pick-place-v3", **config_fields: Any) -> MetaWorldRGBDEnv:
     """Create the RGB-D environment for one task, e.g. `make_env("push-v3", image_size=224)`."""
     return MetaWorldRGBDEnv(EnvConfig(task=task, **config_fields))

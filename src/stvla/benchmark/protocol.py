@@ -1,0 +1,260 @@
+"""`stvla bench`: the paper-reproduction protocol of DESIGN.md, end to end, as cached cells.
+
+    collect pre-training set (MT10 x 50)  ->  stage 1: spatialvla base  ->  base success on every
+    pre-training task, choose the 4 targets closest to 50%  ->  collect fine-tuning set (4 x 13,
+    other seeds)  ->  every row: stage-2 LoRA fine-tune (or the base, zero-shot)  ->  evaluate on
+    held-out seeds  ->  tables and claims (stvla.benchmark.report)
+
+Large things (datasets, checkpoints, videos) live under `out`; the small result of every selection
+and evaluation cell lives under `results` (committed to the repository), so the table resumes on
+another machine without re-running what has finished there. Cells are keyed by their configuration:
+the checkpoint a cell starts from enters by the hash of its weights, not its path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stvla.benchmark.cells import Cell, config_hash
+from stvla.benchmark.record import RESULTS_SUBDIR
+from stvla.config import config_to_dict
+from stvla.data import CollectConfig, collect
+from stvla.evaluate import EvalConfig, evaluate
+from stvla.policies.base import WEIGHTS_FILE
+from stvla.policies.registry import load_policy, make_policy
+from stvla.policies.vla import VLAConfig
+from stvla.train import TrainConfig, train
+
+FINETUNE_FIRST_ATTEMPT = 1000  # fine-tuning episodes start here: other starts than the pre-training set's
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the tables: a policy type, its trace setting, and whether it is fine-tuned."""
+
+    key: str  # file-name-safe identifier
+    label: str  # what the table shows
+    policy: str  # registered policy type
+    finetuned: bool  # stage-2 LoRA on the fine-tuning set; False = the base as it is (zero-shot)
+    variant: str = "C"  # depth drawing variant (traced policies)
+    buffer: int = 30  # trace buffer b (traced policies)
+    main: bool = False  # a main-table row: fine-tuned with every seed of `seeds`
+
+
+ROWS: tuple[Row, ...] = (
+    Row("base-zero-shot", "base zero-shot", "spatialvla", finetuned=False, main=True),
+    Row("base-finetuned", "base fine-tuned (no traces)", "spatialvla", finetuned=True, main=True),
+    Row("tracevla", "TraceVLA-style fine-tuned", "tracevla", finetuned=True, main=True),
+    Row("st-C-b30", "ST-VLA fine-tuned (C, b=30)", "st", finetuned=True, variant="C", buffer=30, main=True),
+    Row("zero-shot-traces", "zero-shot traces (base + C, b=30)", "st", finetuned=False, variant="C", buffer=30,
+        main=True),
+    Row("st-A-b30", "ST-VLA variant A (own depth)", "st", finetuned=True, variant="A"),
+    Row("st-B-b30", "ST-VLA variant B (constant)", "st", finetuned=True, variant="B"),
+    Row("st-C-b7", "ST-VLA b=7", "st", finetuned=True, buffer=7),
+    Row("st-C-b15", "ST-VLA b=15", "st", finetuned=True, buffer=15),
+)
+
+
+@dataclass
+class BenchConfig:
+    out: str = "runs/bench"  # working directory: datasets, checkpoints, videos (large; not committed)
+    repo: str = "."  # holds benchmarks/results/ (small per-cell results: commit them, the table resumes anywhere) and BENCHMARKS.md
+    report: bool = True  # write the tables into BENCHMARKS.md and benchmarks/results/<name>.json at the end
+    quick: bool = False  # the reduced protocol (fewer tasks, episodes and steps; under 20 minutes)
+    pretrain_tasks: str = "mt10"  # pre-training tasks, also the candidates for the targets
+    pretrain_episodes: int = 50  # expert episodes per pre-training task
+    base: str = ""  # a stage-1 checkpoint to start from instead of pre-training one here
+    stage1_steps: int = 15000  # stage-1 optimiser steps (batch 32)
+    selection_episodes: int = 20  # evaluation episodes per candidate task when choosing the targets
+    num_targets: int = 4  # target tasks: the candidates whose base success is closest to 50%
+    targets: str = ""  # fixed comma-separated target tasks instead of the selection
+    finetune_episodes: int = 13  # fine-tuning episodes per target task (4 x 13 = 52 as the paper)
+    stage2_steps: int = 2000  # stage-2 optimiser steps per fine-tuned row (batch 32)
+    eval_episodes: int = 50  # evaluation episodes per target task, row and seed
+    max_steps: int = 200  # steps before an evaluation episode counts as failed
+    seeds: str = "0,1,2"  # training seeds of the main-table rows; the other rows use the first
+    rows: str = ""  # comma-separated row keys to run (default: all)
+    workers: int = 2  # simulator processes for collection and evaluation
+    videos: int = 1  # evaluation videos saved per task and cell
+    image_size: int = 128  # camera image side for every dataset and evaluation
+    model: VLAConfig = field(default_factory=VLAConfig)  # the stage-1 model (image_size comes from image_size)
+
+    def seed_list(self) -> list[int]:
+        return [int(s) for s in self.seeds.split(",") if s.strip()]
+
+    def row_list(self) -> list[Row]:
+        if not self.rows:
+            return list(ROWS)
+        wanted = [r.strip() for r in self.rows.split(",") if r.strip()]
+        known = {row.key: row for row in ROWS}
+        unknown = [key for key in wanted if key not in known]
+        if unknown:
+            raise ValueError(f"unknown bench row(s) {unknown}; valid rows: {', '.join(known)}")
+        return [known[key] for key in wanted]
+
+    @property
+    def name(self) -> str:
+        """The results file and report section: `bench` or `bench_quick`."""
+        return "bench_quick" if self.quick else "bench"
+
+    @property
+    def results_dir(self) -> Path:
+        """Where each selection / evaluation cell keeps its small result file."""
+        return Path(self.repo) / RESULTS_SUBDIR / self.name
+
+
+def quick_preset() -> BenchConfig:
+    """The reduced protocol of `stvla bench --quick`: every step of the full one, on a small scale."""
+    return BenchConfig(out="runs/bench-quick", quick=True,
+                       pretrain_tasks="reach-v3,drawer-open-v3,button-press-topdown-v3,window-open-v3",
+                       pretrain_episodes=10, stage1_steps=800, selection_episodes=6, num_targets=2,
+                       finetune_episodes=6, stage2_steps=200, eval_episodes=10, max_steps=120, seeds="0")
+
+
+def weights_hash(checkpoint: str | Path) -> str:
+    return hashlib.sha256((Path(checkpoint) / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+
+
+class Bench:
+    """The protocol's cells for one BenchConfig; `run()` executes what is missing and returns every result."""
+
+    def __init__(self, config: BenchConfig, log=print):
+        self.config = config
+        self.out = Path(config.out)
+        self.results = config.results_dir
+        self.log = log
+
+    # --- data and stage 1 ----------------------------------------------------------------------------
+    def collect_cell(self, name: str, tasks: str, episodes: int, first_attempt: int) -> Path:
+        c = self.config
+        collect_config = CollectConfig(task=tasks, episodes=episodes, out=str(self.out / "data" / name), resume=True,
+                                       workers=c.workers, image_size=c.image_size, first_attempt=first_attempt)
+        cell = Cell(f"data/{name}", self.out / "data" / f"{name}.cell.json", config_to_dict(collect_config))
+        cell.run(lambda: collect(collect_config).as_dict(), self.log)
+        return Path(collect_config.out)
+
+    def base_checkpoint(self) -> Path:
+        """The stage-1 base: given by `base`, or pre-trained here on the pre-training set."""
+        c = self.config
+        if c.base:
+            return Path(c.base)
+        tasks = c.pretrain_tasks if "," not in c.pretrain_tasks else config_hash({"tasks": c.pretrain_tasks})[:8]
+        dataset = self.collect_cell(f"pretrain-{tasks}", c.pretrain_tasks, c.pretrain_episodes, 0)
+        train_config = TrainConfig(policy="spatialvla", dataset=str(dataset), out=str(self.out / "stage1-s0"),
+                                   model=c.model, steps=c.stage1_steps, seed=0)
+        cell = Cell("stage1", self.out / "stage1-s0" / "cell.json", config_to_dict(train_config))
+        return Path(cell.run(lambda: self._train(train_config), self.log)["policy"])
+
+    @staticmethod
+    def _train(train_config: TrainConfig) -> dict[str, Any]:
+        started = time.perf_counter()
+        policy_dir = train(train_config)
+        return {"policy": str(policy_dir), "minutes": (time.perf_counter() - started) / 60}
+
+    # --- target selection ------------------------------------------------------------------------------
+    def targets(self, base: Path) -> tuple[list[str], dict[str, Any] | None]:
+        """The target tasks, fixed by `targets` or chosen as the candidates whose base success (no
+        traces) is closest to 50%; and the selection's evaluation result (None when fixed)."""
+        c = self.config
+        if c.targets:
+            return [t.strip() for t in c.targets.split(",") if t.strip()], None
+        candidates = CollectConfig(task=c.pretrain_tasks).task_list()
+        result = self.evaluation_cell("selection", base, candidates, c.selection_episodes)
+        rates = {task: row["success_rate"] for task, row in result["per_task"].items()}
+        # Closest to 50% first; ties by task order, so the choice is reproducible.
+        ranked = sorted(candidates, key=lambda task: (abs(rates[task] - 0.5), candidates.index(task)))
+        return sorted(ranked[: c.num_targets], key=candidates.index), result
+
+    # --- rows ------------------------------------------------------------------------------------------
+    def row_checkpoint(self, row: Row, seed: int, base: Path, finetune_data: Path) -> Path:
+        """The checkpoint a row evaluates: a stage-2 fine-tune, or the base (with traces for zero-shot traces)."""
+        c = self.config
+        if not row.finetuned:
+            if row.policy == "spatialvla":
+                return base
+            return self._zero_shot_traced(row, base)
+        train_config = TrainConfig(policy=row.policy, dataset=str(finetune_data), init=str(base), variant=row.variant,
+                                   buffer=row.buffer, steps=c.stage2_steps, seed=seed,
+                                   out=str(self.out / "stage2" / f"{row.key}-s{seed}"))
+        key = {**config_to_dict(train_config), "init": weights_hash(base)}
+        cell = Cell(f"stage2/{row.key}-s{seed}", Path(train_config.out) / "cell.json", key)
+        return Path(cell.run(lambda: self._train(train_config), self.log)["policy"])
+
+    def _zero_shot_traced(self, row: Row, base: Path) -> Path:
+        """The base's weights in a traced policy (no fine-tuning): "zero-shot traces"."""
+        directory = self.out / "zero-shot" / f"{row.key}-{weights_hash(base)}"
+        if not (directory / WEIGHTS_FILE).is_file():
+            config = make_policy(row.policy).config
+            config.vla = load_policy(base).config.vla
+            config.traces = dataclasses.replace(
+                config.traces, variant=row.variant,
+                tracker=dataclasses.replace(config.traces.tracker, buffer_length=row.buffer))
+            policy = make_policy(row.policy, config)
+            policy.load_weights(base, strict=True)
+            policy.save_pretrained(directory)
+        return directory
+
+    def evaluation_cell(self, name: str, checkpoint: Path | None, tasks: list[str], episodes: int,
+                        make_checkpoint=None, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Evaluate a checkpoint on `tasks`; the result is kept under `results` (small, committed).
+
+        `identity` is what the checkpoint is (for the cache key); `make_checkpoint` builds it only when
+        the evaluation has not run yet.
+        """
+        c = self.config
+        key = {"name": name, "tasks": tasks, "episodes": episodes, "max_steps": c.max_steps,
+               "image_size": c.image_size,
+               "checkpoint": identity if identity is not None else weights_hash(checkpoint)}
+        cell = Cell(f"eval/{name}", self.results / f"{name}.json", key)
+
+        def work() -> dict[str, Any]:
+            path = checkpoint if checkpoint is not None else make_checkpoint()
+            info = evaluate(EvalConfig(policy=str(path), tasks=",".join(tasks), episodes=episodes,
+                                       max_steps=c.max_steps, workers=c.workers, videos=c.videos,
+                                       out=str(self.out / "eval" / name)))
+            keep = ("task", "attempt", "seed", "success", "subgoal", "steps")
+            return {"per_task": info["per_task"], "overall": info["overall"],
+                    "episodes": [{k: e[k] for k in keep if k in e} for e in info["episodes"]],
+                    "videos": [e["video"] for e in info["episodes"] if e.get("video")]}
+
+        return cell.run(work, self.log)
+
+    def run(self) -> dict[str, Any]:
+        """Every cell, in protocol order; returns {"targets", "selection", "cells": {row: {seed: result}}}."""
+        c = self.config
+        started = time.perf_counter()
+        base = self.base_checkpoint()
+        targets, selection = self.targets(base)
+        self.log(f"[bench] target tasks: {', '.join(targets)}")
+        finetune_data = self.collect_cell("finetune-" + "-".join(targets), ",".join(targets), c.finetune_episodes,
+                                          FINETUNE_FIRST_ATTEMPT)
+        seeds = c.seed_list()
+        cells: dict[str, dict[int, Any]] = {}
+        for row in c.row_list():
+            row_seeds = seeds if (row.main and row.finetuned) else seeds[:1]
+            for seed in row_seeds:
+                identity = {"row": dataclasses.asdict(row), "seed": seed if row.finetuned else None,
+                            "base": weights_hash(base), "stage2_steps": c.stage2_steps if row.finetuned else None,
+                            "finetune": {"tasks": targets, "episodes": c.finetune_episodes} if row.finetuned else None}
+                cells.setdefault(row.key, {})[seed] = self.evaluation_cell(
+                    f"{row.key}-s{seed}", None, targets, c.eval_episodes,
+                    make_checkpoint=lambda row=row, seed=seed: self.row_checkpoint(row, seed, base, finetune_data),
+                    identity=identity)
+        return {"config": config_to_dict(c), "targets": targets, "selection": selection,
+                "cells": cells, "rows": [dataclasses.asdict(r) for r in c.row_list()],
+                "minutes_this_call": (time.perf_counter() - started) / 60, "config_hash": config_hash(config_to_dict(c))}
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    """Run (or resume) the protocol and, with `report`, write the tables; returns every cell's result."""
+    from stvla.benchmark.report import write_report
+
+    results = Bench(config).run()
+    if config.report:
+        write_report(results, config)
+    return results

@@ -1,0 +1,188 @@
+"""The benchmark's tables, claims and plot, from the cells' results.
+
+Success is pooled over a row's seeds (successes / episodes), with a Wilson 95% interval; the mean
+column pools every target task. A claim compares two rows by the difference of their pooled success
+rates with a 95% (Newcombe) interval, and reads "supported" only when that interval lies above zero,
+"contradicted" when it lies below, and "inside the noise" otherwise. A task where every row sits
+below 10% or above 90% is marked as a floor or a ceiling rather than ranked.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from stvla.benchmark.record import RESULTS_SUBDIR, record
+from stvla.evaluate.stats import wilson_interval
+
+# The papers' own figures for the direction of each claim (SimplerEnv WidowX; SPEC.md), shown beside ours.
+CLAIMS = (
+    # (claim, better row, worse row, the papers' figure)
+    ("ST-VLA > SpatialVLA-style base (both fine-tuned)", "st-C-b30", "base-finetuned",
+     "ST-VLA paper: +4 points over SpatialVLA"),
+    ("ST-VLA > TraceVLA-style", "st-C-b30", "tracevla", "ST-VLA paper: +19 points over TraceVLA"),
+    ("variant C > variant A", "st-C-b30", "st-A-b30", "ST-VLA paper, put spoon: 36.4% (C) vs 9.1% (A)"),
+    ("b = 30 > b = 15", "st-C-b30", "st-C-b15", "ST-VLA paper: b = 30 the most stable of 7 / 15 / 30"),
+    ("b = 30 > b = 7", "st-C-b30", "st-C-b7", "ST-VLA paper: b = 30 the most stable of 7 / 15 / 30"),
+    ("zero-shot traces >= fine-tuned without traces", "zero-shot-traces", "base-finetuned",
+     "ST-VLA paper: zero-shot traces match or beat fine-tuning without traces"),
+)
+MAIN_ROWS = ("base-zero-shot", "base-finetuned", "tracevla", "st-C-b30", "zero-shot-traces")
+VARIANT_ROWS = ("st-A-b30", "st-B-b30", "st-C-b30")
+BUFFER_ROWS = ("st-C-b7", "st-C-b15", "st-C-b30")
+
+
+def pooled(results: list[dict[str, Any]], task: str | None = None, metric: str = "success") -> tuple[int, int]:
+    """(successes, episodes) over several cells' episodes, for one task or all."""
+    episodes = [e for r in results for e in r["episodes"] if task is None or e["task"] == task]
+    return sum(bool(e[metric]) for e in episodes), len(episodes)
+
+
+def rate_text(successes: int, n: int) -> str:
+    if n == 0:
+        return "n/a"
+    low, high = wilson_interval(successes, n)
+    return f"{100 * successes / n:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
+
+
+def difference(a: tuple[int, int], b: tuple[int, int]) -> tuple[float, float, float]:
+    """Rate a minus rate b, with Newcombe's 95% interval for a difference of two proportions.
+
+    Built from each rate's Wilson interval, so it stays honest at 0% and 100% where the Wald
+    interval collapses to a point."""
+    (sa, na), (sb, nb) = a, b
+    pa, pb = sa / na, sb / nb
+    (la, ua), (lb, ub) = wilson_interval(sa, na), wilson_interval(sb, nb)
+    diff = pa - pb
+    return diff, diff - math.hypot(pa - la, ub - pb), diff + math.hypot(ua - pa, pb - lb)
+
+
+def verdict(low: float, high: float) -> str:
+    if low > 0:
+        return "supported"
+    if high < 0:
+        return "contradicted"
+    return "inside the noise"
+
+
+def _row_cells(results: dict[str, Any], key: str, first_seed_only: bool = False) -> list[dict[str, Any]]:
+    by_seed = results["cells"].get(key, {})
+    seeds = sorted(by_seed, key=int)
+    return [by_seed[s] for s in (seeds[:1] if first_seed_only else seeds)]
+
+
+def success_table(results: dict[str, Any], keys: tuple[str, ...], labels: dict[str, str], first_seed_only: bool,
+                  metric: str = "success") -> list[str]:
+    """A markdown table: one line per row key present, a column per target task and the mean."""
+    targets = results["targets"]
+    lines = ["| row | seeds | " + " | ".join(targets) + " | mean |", "| --- | --- |" + " --- |" * (len(targets) + 1)]
+    for key in keys:
+        cells = _row_cells(results, key, first_seed_only)
+        if not cells:
+            continue
+        seeds = len(cells)
+        values = [rate_text(*pooled(cells, task, metric)) for task in targets] + [rate_text(*pooled(cells, None, metric))]
+        lines.append(f"| {labels[key]} | {seeds} | " + " | ".join(values) + " |")
+    return lines
+
+
+def floor_ceiling_notes(results: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
+    notes = []
+    for task in results["targets"]:
+        rates = [s / n for s, n in (pooled(_row_cells(results, k), task) for k in keys if _row_cells(results, k)) if n]
+        if rates and max(rates) < 0.10:
+            notes.append(f"- {task}: every row below 10% (floor): no ranking is read into this task.")
+        elif rates and min(rates) > 0.90:
+            notes.append(f"- {task}: every row above 90% (ceiling): no ranking is read into this task.")
+    return notes
+
+
+def claims_table(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    lines = ["| claim | the papers (SimplerEnv) | ours: difference [95% CI], points | verdict |",
+             "| --- | --- | --- | --- |"]
+    verdicts = []
+    for claim, better, worse, theirs in CLAIMS:
+        # Ablation rows have one seed: compare them with the first seed of the main row only.
+        single = better in VARIANT_ROWS + BUFFER_ROWS and worse in VARIANT_ROWS + BUFFER_ROWS
+        a, b = _row_cells(results, better, single), _row_cells(results, worse, single)
+        if not a or not b:
+            continue
+        diff, low, high = difference(pooled(a), pooled(b))
+        outcome = verdict(low, high)
+        verdicts.append({"claim": claim, "difference": diff, "ci95": [low, high], "verdict": outcome})
+        lines.append(f"| {claim} | {theirs} | {100 * diff:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] | {outcome} |")
+    return lines, verdicts
+
+
+def plot_main_rows(results: dict[str, Any], labels: dict[str, str], path: Path) -> Path:
+    """Grouped bars: per target task (and the mean), one bar per main-table row, with 95% intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = results["targets"] + ["mean"]
+    keys = [k for k in MAIN_ROWS if _row_cells(results, k)]
+    fig, ax = plt.subplots(figsize=(1.9 * len(groups) + 2, 3.6))
+    width = 0.8 / max(len(keys), 1)
+    for i, key in enumerate(keys):
+        cells = _row_cells(results, key)
+        counts = [pooled(cells, None if g == "mean" else g) for g in groups]
+        rates = [s / n if n else 0.0 for s, n in counts]
+        intervals = [wilson_interval(s, n) for s, n in counts]
+        errors = [[r - lo for r, (lo, _) in zip(rates, intervals)], [hi - r for r, (_, hi) in zip(rates, intervals)]]
+        xs = [g + (i - (len(keys) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar(xs, [100 * r for r in rates], width, yerr=[[100 * e for e in side] for side in errors],
+               capsize=2, label=labels[key])
+    ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    ax.set_ylabel("success %")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict[str, Any], config) -> Path:
+    """benchmarks/results/<name>.json (every cell's figures) and its BENCHMARKS.md section, plus the plot."""
+    labels = {row["key"]: row["label"] for row in results["rows"]}
+    c = results["config"]
+    repo = Path(config.repo)
+    plot = plot_main_rows(results, labels, repo / RESULTS_SUBDIR / f"{config.name}.png")
+    markdown = []
+    if results.get("selection"):
+        per_task = results["selection"]["per_task"]
+        markdown += [f"Target selection: the base's success without traces, {c['selection_episodes']} episodes per "
+                     f"task; the {c['num_targets']} tasks closest to 50% are the targets.", "",
+                     "| task | base success [95% CI] | target |", "| --- | --- | --- |"]
+        markdown += [f"| {task} | {rate_text(row['successes'], row['episodes'])} | "
+                     f"{'yes' if task in results['targets'] else ''} |" for task, row in per_task.items()]
+    markdown += ["", "**Main table**: success rate % [95% CI], pooled over the training seeds.", ""]
+    markdown += success_table(results, MAIN_ROWS, labels, first_seed_only=False)
+    markdown += floor_ceiling_notes(results, MAIN_ROWS)
+    markdown += ["", "**Sub-goal rate** (near the object or grasped at some step), same rows.", ""]
+    markdown += success_table(results, MAIN_ROWS, labels, first_seed_only=False, metric="subgoal")
+    markdown += ["", "**Trace variants** (first seed of each row).", ""]
+    markdown += success_table(results, VARIANT_ROWS, labels, first_seed_only=True)
+    markdown += ["", "**Trace buffers** (first seed of each row).", ""]
+    markdown += success_table(results, BUFFER_ROWS, labels, first_seed_only=True)
+    claims, verdicts = claims_table(results)
+    markdown += ["", "**The papers' claims on our benchmark.** Their figures are theirs (SimplerEnv, 4B models); "
+                 "ours compare pooled success with a 95% interval of the difference.", ""] + claims
+    markdown += ["", f"![per-task success of the main rows]({plot.relative_to(repo).as_posix()})"]
+    rows = [
+        ("pre-training set", f"{c['pretrain_tasks']}, {c['pretrain_episodes']} expert episodes per task"),
+        ("stage 1 / stage 2 steps (batch 32)", f"{c['stage1_steps']} / {c['stage2_steps']}"),
+        ("target tasks", ", ".join(results["targets"])),
+        ("fine-tuning set", f"{c['finetune_episodes']} episodes per target task"),
+        ("evaluation", f"{c['eval_episodes']} episodes per task, row and seed; at most {c['max_steps']} steps"),
+        ("training seeds (main rows)", c["seeds"]),
+        ("wall time of this call (cached cells not re-run): minutes", f"{results['minutes_this_call']:.1f}"),
+    ]
+    figures = {"targets": results["targets"], "claims": verdicts, "cells": results["cells"],
+               "selection": results.get("selection"), "protocol": c}
+    title = "Paper-reproduction benchmark, reduced (`--quick`)" if config.quick else "Paper-reproduction benchmark"
+    return record(config.name, figures, rows, title, root=repo, markdown=["\n".join(markdown)])

@@ -1,0 +1,236 @@
+"""Closed-loop evaluation: a saved policy in the simulator on held-out seeds, per episode and per task.
+
+    info = evaluate(EvalConfig(policy="runs/st/policy", tasks="pick-place-v3,push-v3", episodes=50))
+
+Outputs in `out/`:
+    eval_config.json        this evaluation's settings
+    episodes.jsonl          one line per finished episode, appended as it finishes (the resume log)
+    eval_info.json          per episode, per task and overall: success and sub-goal rates, 95% intervals
+    success_by_task.png     per-task success with the intervals
+    videos/<task>-ep<k>-<success|failure>.mp4   RGB with the policy's traces | the depth it encoded
+
+Seeds come from `episode_seed(task, attempt, "eval")`, disjoint from every training seed. An
+interrupted evaluation keeps its finished episodes and a second call runs only the missing ones.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from stvla.config import load_config, save_config
+from stvla.data.collect import episode_seed
+from stvla.data.video import write_video
+from stvla.envs import MetaWorldRGBDEnv, make_env, parse_tasks
+from stvla.evaluate.stats import rate_summary
+from stvla.policies.base import Policy
+from stvla.policies.registry import load_policy
+from stvla.visualize import colorize_depth, panels
+
+
+@dataclass
+class EvalConfig:
+    policy: str = ""  # policy checkpoint directory (the `policy/` folder written by `stvla train`)
+    tasks: str = "pick-place-v3"  # comma-separated Meta-World tasks, or "mt10"
+    episodes: int = 50  # evaluation episodes per task, on held-out seeds
+    max_steps: int = 200  # steps before an episode counts as a failure
+    workers: int = 2  # processes, each with its own simulator and copy of the policy
+    out: str = "runs/eval"  # output directory (resumes if it holds finished episodes)
+    videos: int = 2  # episodes per task saved as video (the first ones)
+    camera: str = "corner3"  # camera to render from (the policy's training camera)
+
+    def resume_key(self) -> dict[str, Any]:
+        """The settings an episode's outcome depends on; a resumed run must share them."""
+        return {"policy": str(Path(self.policy).resolve()), "max_steps": self.max_steps, "camera": self.camera}
+
+
+def check_policy_fits_env(policy: Policy, env: MetaWorldRGBDEnv, checkpoint: str) -> None:
+    """A clear error when the checkpoint cannot drive this environment."""
+    action_dim = env.action_space.shape[0]
+    state_dim = env.observation_space["proprio"].shape[0]
+    vla = policy.config.vla
+    if vla.action_dim != action_dim:
+        raise ValueError(f"checkpoint {checkpoint} outputs {vla.action_dim}-D actions; task {env.config.task} "
+                         f"takes {action_dim}-D actions")
+    if vla.state_dim != state_dim:
+        raise ValueError(f"checkpoint {checkpoint} reads a {vla.state_dim}-D proprio state; task "
+                         f"{env.config.task} gives {state_dim}-D")
+
+
+def video_frame(obs: dict[str, Any], policy: Policy, depth_range: tuple[float, float]) -> np.ndarray:
+    """RGB with the policy's traces (if it has any) beside the depth it encodes (traced or raw)."""
+    trace = policy.last_trace
+    rgb = trace.traced_rgb if trace is not None else obs["rgb"]
+    traced = trace is not None and policy.depth_source == "traced"
+    depth = trace.traced_depth if traced else obs["depth"]
+    return panels([rgb, colorize_depth(depth, *depth_range)],
+                  ["rgb + traces" if trace is not None else "rgb", "traced depth" if traced else "depth"])
+
+
+def run_episode(policy: Policy, env: MetaWorldRGBDEnv, task: str, attempt: int, max_steps: int,
+                video: Path | None) -> dict[str, Any]:
+    """One closed-loop episode; success = info["success"] at any step (the episode stops there)."""
+    seed = episode_seed(task, attempt, "eval")
+    obs, _ = env.reset(seed=seed)
+    policy.reset()
+    success = near_object = grasped = False
+    frames: list[np.ndarray] = []
+    depth = obs["depth"]
+    depth_range = (float(np.percentile(depth, 1)), float(depth.max()))  # fixed per episode: stable colours
+    steps = 0
+    while steps < max_steps and not success:
+        action = policy.select_action(obs)
+        if video is not None:
+            frames.append(video_frame(obs, policy, depth_range))
+        obs, _, _, _, info = env.step(action)
+        steps += 1
+        success = bool(info["success"])
+        near_object |= bool(info["near_object"])
+        grasped |= bool(info["grasped"])
+    written = None
+    if video is not None and frames:
+        written = video.with_name(f"{video.name}-{'success' if success else 'failure'}.mp4")
+        write_video(written, np.stack(frames), fps=30)
+    return {"task": task, "attempt": attempt, "seed": seed, "success": success,
+            "subgoal": near_object or grasped, "near_object": near_object, "grasped": grasped, "steps": steps,
+            "video": str(written) if written else None}
+
+
+# Worker side: the policy loaded once per process, one simulator per task.
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(config: dict[str, Any]) -> None:
+    # One thread each: the workers already fill the cores (Mesa and torch would oversubscribe them).
+    os.environ["LP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    _WORKER.clear()
+    _WORKER.update(config=EvalConfig(**config), policy=load_policy(config["policy"]), envs={})
+
+
+def _episode_in_worker(job: tuple[str, int, str | None]) -> dict[str, Any]:
+    task, attempt, video = job
+    config: EvalConfig = _WORKER["config"]
+    envs: dict[str, MetaWorldRGBDEnv] = _WORKER["envs"]
+    if task not in envs:
+        envs[task] = make_env(task, image_size=_WORKER["policy"].config.vla.image_size, camera=config.camera,
+                              max_episode_steps=config.max_steps)
+    return run_episode(_WORKER["policy"], envs[task], task, attempt, config.max_steps,
+                       Path(video) if video else None)
+
+
+def read_finished(path: Path) -> list[dict[str, Any]]:
+    """The episodes of an earlier call (a line cut off by a kill is dropped; it is simply run again)."""
+    if not path.is_file():
+        return []
+    finished = []
+    for line in path.read_text().splitlines():
+        try:
+            finished.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return finished
+
+
+def summarize(episodes: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]:
+    """Per task and overall: success and sub-goal counts, rates and Wilson 95% intervals."""
+    def block(group: list[dict[str, Any]]) -> dict[str, Any]:
+        success = rate_summary(sum(e["success"] for e in group), len(group))
+        subgoal = rate_summary(sum(e["subgoal"] for e in group), len(group))
+        return {**success, "subgoal_rate": subgoal["success_rate"], "subgoal_ci95": subgoal["ci95"],
+                "mean_steps": float(np.mean([e["steps"] for e in group])) if group else float("nan")}
+
+    return {"per_task": {task: block([e for e in episodes if e["task"] == task]) for task in tasks},
+            "overall": block(episodes)}
+
+
+def plot_success(per_task: dict[str, dict[str, Any]], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(per_task)
+    rates = np.array([100 * per_task[t]["success_rate"] for t in tasks])
+    low = np.array([100 * per_task[t]["ci95"][0] for t in tasks])
+    high = np.array([100 * per_task[t]["ci95"][1] for t in tasks])
+    fig, ax = plt.subplots(figsize=(1.2 * len(tasks) + 2, 3.4))
+    ax.bar(range(len(tasks)), rates, yerr=[rates - low, high - rates], capsize=3, color="#4878a8")
+    ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("success % (95% CI)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the evaluation and write its outputs; returns the eval_info dict."""
+    tasks = parse_tasks(config.tasks)
+    if config.episodes < 1 or config.workers < 1 or config.max_steps < 1:
+        raise ValueError(f"episodes, workers and max_steps must be >= 1, got {config.episodes}, {config.workers}, "
+                         f"{config.max_steps}")
+    policy = load_policy(config.policy)
+    env = make_env(tasks[0], image_size=policy.config.vla.image_size, camera=config.camera,
+                   max_episode_steps=config.max_steps)
+    check_policy_fits_env(policy, env, config.policy)
+    env.close()
+
+    out = Path(config.out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    config_path = out / "eval_config.json"
+    if config_path.is_file():
+        earlier = load_config(EvalConfig, config_path)
+        if earlier.resume_key() != config.resume_key():
+            raise ValueError(f"{out} holds an evaluation with other settings ({config_path}: "
+                             f"{earlier.resume_key()}); use another --out")
+    save_config(config, config_path)
+    log_path = out / "episodes.jsonl"
+    finished = {(e["task"], e["attempt"]): e for e in read_finished(log_path)}
+    jobs = [(task, attempt, str(out / "videos" / f"{task}-ep{attempt}") if attempt < config.videos else None)
+            for task in tasks for attempt in range(config.episodes) if (task, attempt) not in finished]
+
+    bar = tqdm(total=len(tasks) * config.episodes, initial=len(tasks) * config.episodes - len(jobs), desc="eval",
+               unit="ep", disable=not progress, dynamic_ncols=True)
+    worker_config = asdict(config)
+    if config.workers == 1 or len(jobs) <= 1:
+        _start_worker(worker_config)
+        results = map(_episode_in_worker, jobs)
+        pool = None
+    else:
+        # Spawned, not forked: a forked child would inherit the parent's OpenGL and torch thread state.
+        pool = mp.get_context("spawn").Pool(min(config.workers, len(jobs)), initializer=_start_worker,
+                                            initargs=(worker_config,))
+        results = pool.imap_unordered(_episode_in_worker, jobs)
+    completed = False
+    try:
+        with log_path.open("a") as log:
+            for episode in results:
+                log.write(json.dumps(episode) + "\n")
+                log.flush()
+                finished[(episode["task"], episode["attempt"])] = episode
+                bar.update(1)
+                wins = sum(e["success"] for e in finished.values())
+                bar.set_postfix(success=f"{wins}/{len(finished)}")
+        completed = True
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close() if completed else pool.terminate()
+            pool.join()
+
+    episodes = [finished[(task, attempt)] for task in tasks for attempt in range(config.episodes)]
+    info = {"config": asdict(config), **summarize(episodes, tasks), "episodes": episodes}
+    plot_success(info["per_task"], out / "success_by_task.png", f"{Path(config.policy).parent.name or config.policy}")
+    (out / "eval_info.json").write_text(json.dumps(info, indent=1) + "\n")
+    return info

@@ -1,0 +1,90 @@
+"""`stvla bench` on a miniature configuration: every stage runs, the report is written, finished cells
+are skipped on a second call and a deleted one is re-run."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from stvla.benchmark.protocol import BenchConfig, quick_preset
+from stvla.benchmark.cells import Cell
+from stvla.policies.image_encoder import ImageEncoderConfig
+from stvla.policies.trunk import TrunkConfig
+from stvla.policies.vla import VLAConfig
+
+TINY = VLAConfig(image_size=64, width=32, image=ImageEncoderConfig(channels=(8, 16), width=32),
+                 trunk=TrunkConfig(width=32, depth=1, heads=2))
+
+
+def test_cell_runs_once_per_configuration(tmp_path):
+    calls = []
+    cell = Cell("x", tmp_path / "x.json", {"a": 1})
+    assert cell.run(lambda: calls.append(1) or {"value": 3}, log=lambda _: None) == {"value": 3}
+    assert cell.run(lambda: calls.append(1) or {"value": 4}, log=lambda _: None) == {"value": 3}
+    assert len(calls) == 1
+    other = Cell("x", tmp_path / "x.json", {"a": 2})  # another configuration: not the stored result
+    assert other.finished() is None
+    (tmp_path / "x.json").write_text("{\"config_hash\": ")  # cut off mid-write: no result
+    assert cell.finished() is None
+
+
+@pytest.fixture(scope="module")
+def miniature(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    config = dataclasses.replace(
+        quick_preset(), out=str(root / "out"), repo=str(root / "repo"), pretrain_tasks="reach-v3,drawer-close-v3",
+        pretrain_episodes=2, stage1_steps=8, selection_episodes=1, num_targets=1, finetune_episodes=2,
+        stage2_steps=4, eval_episodes=2, max_steps=12, workers=1, videos=1, image_size=64, model=TINY,
+        rows="base-zero-shot,base-finetuned,st-C-b30,zero-shot-traces,st-A-b30")
+    logs: list[str] = []
+    return config, run_bench_logged(config, logs), logs
+
+
+def run_bench_logged(config: BenchConfig, logs: list[str]):
+    import stvla.benchmark.protocol as protocol
+
+    bench = protocol.Bench(config, log=logs.append)
+    results = bench.run()
+    from stvla.benchmark.report import write_report
+
+    write_report(results, config)
+    return results
+
+
+def test_quick_miniature_runs_every_stage(miniature):
+    config, results, logs = miniature
+    assert len(results["targets"]) == 1 and results["targets"][0] in ("reach-v3", "drawer-close-v3")
+    assert set(results["cells"]) == {"base-zero-shot", "base-finetuned", "st-C-b30", "zero-shot-traces", "st-A-b30"}
+    for by_seed in results["cells"].values():
+        (cell,) = by_seed.values()
+        assert len(cell["episodes"]) == 2 and cell["per_task"][results["targets"][0]]["episodes"] == 2
+    report = (config.results_dir.parent.parent.parent / "BENCHMARKS.md").read_text()
+    assert "Paper-reproduction benchmark, reduced" in report and "**Main table**" in report
+    assert "ST-VLA > SpatialVLA-style base" in report
+    stored = json.loads((config.results_dir.parent / "bench_quick.json").read_text())
+    assert stored["targets"] == results["targets"] and stored["command"]
+    assert (config.results_dir.parent / "bench_quick.png").is_file()
+
+
+def test_second_call_skips_finished_cells_and_reruns_a_deleted_one(miniature):
+    config, first, _ = miniature
+    logs: list[str] = []
+    again = run_bench_logged(config, logs)
+    assert not [line for line in logs if line.endswith(": running")]
+    assert again["cells"] == first["cells"]
+    (config.results_dir / "st-A-b30-s0.json").unlink()
+    logs.clear()
+    run_bench_logged(config, logs)
+    assert [line for line in logs if line.endswith(": running")] == ["[bench] eval/st-A-b30-s0: running"]
+
+
+def test_difference_interval_and_verdicts():
+    from stvla.benchmark.report import difference, verdict
+
+    diff, low, high = difference((40, 50), (10, 50))
+    assert diff == pytest.approx(0.6) and 0.4 < low < 0.6 < high < 0.8 and verdict(low, high) == "supported"
+    diff, low, high = difference((0, 50), (0, 50))  # both at the floor: an interval, not a point
+    assert diff == 0.0 and low < 0 < high and verdict(low, high) == "inside the noise"
+    assert verdict(*difference((5, 50), (30, 50))[1:]) == "contradicted"

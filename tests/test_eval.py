@@ -1,0 +1,80 @@
+"""Closed-loop evaluation: the interval arithmetic, eval_info.json against its episodes, resume, errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+from stvla.evaluate import EvalConfig, evaluate, wilson_interval
+from stvla.policies.action_tokenizer import ActionGridConfig
+from stvla.policies.image_encoder import ImageEncoderConfig
+from stvla.policies.registry import make_policy
+from stvla.policies.trunk import TrunkConfig
+from stvla.policies.vla import VLAConfig
+
+TINY = VLAConfig(image_size=64, width=32, image=ImageEncoderConfig(channels=(8, 16), width=32),
+                 trunk=TrunkConfig(width=32, depth=1, heads=2))
+
+
+def test_wilson_interval_matches_the_formula():
+    def by_hand(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        return centre - half, centre + half
+
+    for k, n in ((0, 10), (5, 10), (10, 10), (17, 50), (1, 3)):
+        assert wilson_interval(k, n) == pytest.approx(by_hand(k, n), abs=1e-12)
+    assert wilson_interval(5, 10) == pytest.approx((0.2366, 0.7634), abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def save_tiny(directory, policy_type: str = "st", vla: VLAConfig = TINY):
+    config = dataclasses.replace(make_policy(policy_type).config, vla=vla)
+    policy = make_policy(policy_type, config)
+    rng = np.random.default_rng(0)
+    policy.fit_statistics(rng.uniform(-1, 1, (500, vla.action_dim)), rng.normal(size=(500, 4)))
+    return policy.save_pretrained(directory)
+
+
+def test_evaluation_writes_consistent_results_and_resumes(tmp_path):
+    checkpoint = save_tiny(tmp_path / "policy")
+    config = EvalConfig(policy=str(checkpoint), tasks="reach-v3", episodes=1, max_steps=10, workers=1,
+                        out=str(tmp_path / "eval"), videos=1)
+    evaluate(config, progress=False)
+    # Resumes: two new episodes, run by two worker processes.
+    info = evaluate(dataclasses.replace(config, episodes=3, workers=2), progress=False)
+    log = (tmp_path / "eval" / "episodes.jsonl").read_text().splitlines()
+    assert len(log) == 3  # the first episode was not run again
+    stored = json.loads((tmp_path / "eval" / "eval_info.json").read_text())
+    assert stored["per_task"] == info["per_task"]
+    episodes = stored["episodes"]
+    assert [(e["task"], e["attempt"]) for e in episodes] == [("reach-v3", a) for a in range(3)]
+    assert len({e["seed"] for e in episodes}) == 3 and all(1 <= e["steps"] <= 10 for e in episodes)
+    row = stored["per_task"]["reach-v3"]
+    assert row["episodes"] == 3 and row["successes"] == sum(e["success"] for e in episodes)
+    assert row["ci95"] == pytest.approx(list(wilson_interval(row["successes"], 3)))
+    assert stored["overall"]["episodes"] == 3
+    video = episodes[0]["video"]
+    assert video and video.endswith(("-success.mp4", "-failure.mp4")) and episodes[1]["video"] is None
+    assert (tmp_path / "eval" / "success_by_task.png").is_file()
+    # Other settings in the same directory are refused rather than mixed.
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(dataclasses.replace(config, max_steps=20), progress=False)
+
+
+def test_bad_task_and_mismatched_checkpoint_are_refused(tmp_path):
+    checkpoint = save_tiny(tmp_path / "policy", "spatialvla")
+    with pytest.raises(ValueError, match="valid tasks: mt10, "):
+        evaluate(EvalConfig(policy=str(checkpoint), tasks="reach", out=str(tmp_path / "a")), progress=False)
+    arm = dataclasses.replace(TINY, action_dim=7, grid=ActionGridConfig(has_rotation=True, gripper_dim=6))
+    seven = save_tiny(tmp_path / "seven", "spatialvla", arm)
+    with pytest.raises(ValueError, match="outputs 7-D actions; task reach-v3 takes 4-D"):
+        evaluate(EvalConfig(policy=str(seven), tasks="reach-v3", out=str(tmp_path / "b")), progress=False)
