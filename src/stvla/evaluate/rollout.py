@@ -6,6 +6,7 @@ Outputs in `out/`:
     eval_config.json        this evaluation's settings
     episodes.jsonl          one line per finished episode, appended as it finishes (the resume log)
     eval_info.json          per episode, per task and overall: success and sub-goal rates, 95% intervals
+                            (and for LLARVA the predicted trace's error in pixels)
     success_by_task.png     per-task success with the intervals
     videos/<task>-ep<k>-<success|failure>.mp4   RGB with the policy's traces | the depth it encoded
 
@@ -33,6 +34,8 @@ from stvla.envs import MetaWorldRGBDEnv, make_env, parse_tasks
 from stvla.evaluate.stats import rate_summary
 from stvla.policies.base import Policy
 from stvla.policies.registry import load_policy
+from stvla.traces import draw_traces_rgb
+from stvla.traces.future import future_trace_targets, trace_error_px
 from stvla.visualize import colorize_depth, panels
 
 
@@ -66,9 +69,12 @@ def check_policy_fits_env(policy: Policy, env: MetaWorldRGBDEnv, checkpoint: str
 
 
 def video_frame(obs: dict[str, Any], policy: Policy, depth_range: tuple[float, float]) -> np.ndarray:
-    """RGB with the policy's traces (if it has any) beside the depth it encodes (traced or raw)."""
+    """RGB with the policy's traces (if it has any) beside the depth it encodes (traced or raw); a
+    LLARVA policy's predicted future path is drawn on the RGB as an arrow (where it expects to go)."""
     trace = policy.last_trace
     rgb = trace.traced_rgb if trace is not None else obs["rgb"]
+    if policy.predicted_trace is not None:
+        rgb = draw_traces_rgb(rgb, [policy.predicted_trace])
     traced = trace is not None and policy.depth_source == "traced"
     depth = trace.traced_depth if traced else obs["depth"]
     return panels([rgb, colorize_depth(depth, *depth_range)],
@@ -83,11 +89,17 @@ def run_episode(policy: Policy, env: MetaWorldRGBDEnv, task: str, attempt: int, 
     policy.reset()
     success = near_object = grasped = False
     frames: list[np.ndarray] = []
+    path: dict[str, list[np.ndarray]] = {"ee.position": [], "camera.intrinsics": [], "camera.pose": []}
+    predictions: dict[int, np.ndarray] = {}  # step -> predicted future trace (LLARVA)
     depth = obs["depth"]
     depth_range = (float(np.percentile(depth, 1)), float(depth.max()))  # fixed per episode: stable colours
     steps = 0
     while steps < max_steps and not success:
-        action = policy.select_action(obs)
+        action, predicted = policy.select_action(obs, return_trace=True)
+        for key in path:
+            path[key].append(obs[key])
+        if predicted is not None:
+            predictions[steps] = predicted
         if video is not None:
             frames.append(video_frame(obs, policy, depth_range))
         obs, _, _, _, info = env.step(action)
@@ -101,7 +113,18 @@ def run_episode(policy: Policy, env: MetaWorldRGBDEnv, task: str, attempt: int, 
         write_video(written, np.stack(frames), fps=30)
     return {"task": task, "attempt": attempt, "seed": seed, "success": success,
             "subgoal": near_object or grasped, "near_object": near_object, "grasped": grasped, "steps": steps,
-            "video": str(written) if written else None}
+            "trace_error_px": predicted_trace_error(predictions, path), "video": str(written) if written else None}
+
+
+def predicted_trace_error(predictions: dict[int, np.ndarray], path: dict[str, list[np.ndarray]]) -> float | None:
+    """Mean pixel error of the predicted future traces against the path the end effector then took
+    (from each prediction's step to the episode's end, sub-sampled as in training); None without predictions."""
+    if not predictions:
+        return None
+    points = len(next(iter(predictions.values())))
+    targets, masks = future_trace_targets(np.stack(path["ee.position"]), np.stack(path["camera.intrinsics"]),
+                                          np.stack(path["camera.pose"]), points)
+    return float(np.mean([trace_error_px(trace, targets[step], masks[step]) for step, trace in predictions.items()]))
 
 
 # Worker side: the policy loaded once per process, one simulator per task.
@@ -145,8 +168,10 @@ def summarize(episodes: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any
     def block(group: list[dict[str, Any]]) -> dict[str, Any]:
         success = rate_summary(sum(e["success"] for e in group), len(group))
         subgoal = rate_summary(sum(e["subgoal"] for e in group), len(group))
+        trace_errors = [e["trace_error_px"] for e in group if e.get("trace_error_px") is not None]
         return {**success, "subgoal_rate": subgoal["success_rate"], "subgoal_ci95": subgoal["ci95"],
-                "mean_steps": float(np.mean([e["steps"] for e in group])) if group else float("nan")}
+                "mean_steps": float(np.mean([e["steps"] for e in group])) if group else float("nan"),
+                "trace_error_px": float(np.mean(trace_errors)) if trace_errors else None}
 
     return {"per_task": {task: block([e for e in episodes if e["task"] == task]) for task in tasks},
             "overall": block(episodes)}

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from stvla.config import config_from_dict
+from stvla.policies.prompt import HISTORY_LENGTH
 from stvla.policies.text import instruction_embeddings
 from stvla.policies.vla import SmallVLA, VLAConfig
 from stvla.traces import OnlineTracer, TraceConfig
@@ -48,6 +49,7 @@ class Policy(nn.Module):
     config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
     depth_source: ClassVar[str] = "raw"  # which depth feeds Ego3D: "raw" or "traced"
     uses_traced_rgb: ClassVar[bool] = False  # TraceVLA's second, traced image
+    uses_state_history: ClassVar[bool] = False  # LLARVA's prompt: the last HISTORY_LENGTH proprio states
 
     def __init__(self, config: PolicyConfig | None = None):
         super().__init__()
@@ -55,7 +57,10 @@ class Policy(nn.Module):
         self.model = SmallVLA(self.config.vla)
         self.tracer = OnlineTracer(self.trace_config) if self.trace_config is not None else None
         self.last_trace = None  # the tracer's output of the latest control step (for videos)
+        self.predicted_trace: np.ndarray | None = None  # LLARVA: the latest predicted future path, (P, 2) px
         self._queue: deque[np.ndarray] = deque()
+        self._states: deque[np.ndarray] = deque(maxlen=HISTORY_LENGTH)  # this episode's latest proprio states
+        self._rng = np.random.default_rng(0)  # test-time prompt noise, re-seeded every episode
 
     # --- what the policy consumes --------------------------------------------------------------------
     @property
@@ -66,6 +71,13 @@ class Policy(nn.Module):
         """The text the language encoder sees (TraceVLA changes it when traces are shown)."""
         return instruction
 
+    def language_inputs(self, frames: dict[str, np.ndarray], instructions: list[str], traced: np.ndarray,
+                        rng: np.random.Generator | None) -> dict[str, Any]:
+        """The batch entries of the language input: here the cached sentence embedding of each prompt."""
+        prompts = [self.prompt(text, bool(shown)) for text, shown in zip(instructions, traced)]
+        embeddings = instruction_embeddings(prompts)
+        return {"observation.language": torch.from_numpy(np.stack([embeddings[p] for p in prompts]))}
+
     def fit_statistics(self, actions: np.ndarray, states: np.ndarray) -> None:
         """Fit the action normaliser, the adaptive action grid and the state normaliser on training data."""
         # Copies: the inputs may be read-only memory maps of the training cache.
@@ -74,23 +86,25 @@ class Policy(nn.Module):
         self.model.tokenizer.fit(self.model.action_normalizer.normalize(actions_t))
         self.model.state_normalizer.fit_(torch.from_numpy(np.array(states, dtype=np.float32)))
 
-    def model_inputs(self, frames: dict[str, np.ndarray], prompts: list[str]) -> dict[str, torch.Tensor]:
-        """Numpy frames (batch-major) -> model tensors.
+    def model_inputs(self, frames: dict[str, np.ndarray], instructions: list[str], traced: np.ndarray,
+                     rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """Numpy frames (batch-major) -> model inputs.
 
         `frames` holds "rgb" (B, H, W, 3) uint8, "depth" (B, H, W) (raw or traced, per `depth_source`),
-        "intrinsics" (B, 3, 3), "state" (B, S), and for TraceVLA "rgb_traced" (B, H, W, 3) uint8.
+        "intrinsics" (B, 3, 3), "state" (B, S), for TraceVLA "rgb_traced" (B, H, W, 3) uint8 and for
+        LLARVA "state_history" (B, HISTORY_LENGTH, S). `traced` (B,) says which samples show traces;
+        `rng` draws whatever is random in the inputs (LLARVA's prompt noise).
         """
         # np.array copies: the frames may be read-only memory maps or the caller's observation arrays.
         def image(x: np.ndarray) -> torch.Tensor:
             return torch.from_numpy(np.array(x, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
 
-        embeddings = instruction_embeddings(prompts)
         batch = {
             "observation.images.rgb": image(frames["rgb"]),
             "observation.depth": torch.from_numpy(np.array(frames["depth"], dtype=np.float32)),
             "observation.camera.intrinsics": torch.from_numpy(np.array(frames["intrinsics"], dtype=np.float32)),
             "observation.state": torch.from_numpy(np.array(frames["state"], dtype=np.float32)),
-            "observation.language": torch.from_numpy(np.stack([embeddings[p] for p in prompts])),
+            **self.language_inputs(frames, instructions, traced, rng),
         }
         if self.uses_traced_rgb:
             batch["observation.images.rgb_traced"] = image(frames["rgb_traced"])
@@ -101,15 +115,28 @@ class Policy(nn.Module):
         return self.model.loss(batch)
 
     def reset(self) -> None:
-        """Start a new episode: empty the action queue and the tracker's buffer."""
+        """Start a new episode: empty the action queue, the state history and the tracker's buffer."""
         self._queue.clear()
+        self._states.clear()
+        self._rng = np.random.default_rng(0)  # the same noise every episode: reloaded policies act the same
         self.last_trace = None
+        self.predicted_trace = None
         if self.tracer is not None:
             self.tracer.reset()
 
+    def state_history(self) -> np.ndarray:
+        """(HISTORY_LENGTH, S): this episode's latest states, oldest first, zero rows before its start."""
+        states = list(self._states)
+        return np.concatenate([np.zeros((HISTORY_LENGTH - len(states), len(states[-1]))), np.stack(states)])
+
     @torch.no_grad()
-    def select_action(self, obs: dict[str, Any]) -> np.ndarray:
-        """One action for the env observation `obs` (see stvla.envs); the tracker steps every call."""
+    def select_action(self, obs: dict[str, Any], return_trace: bool = False):
+        """One action for the env observation `obs` (see stvla.envs); the tracker steps every call.
+
+        With `return_trace`, returns (action, predicted future trace (P, 2) px or None) instead: LLARVA
+        predicts the end effector's future path with every action chunk.
+        """
+        self._states.append(np.asarray(obs["proprio"], dtype=np.float64))
         traced_depth, traced_rgb, has_traces = obs["depth"], obs["rgb"], False
         if self.tracer is not None:
             self.last_trace = self.tracer.step(obs["rgb"], obs["depth"], intrinsics=obs["camera.intrinsics"])
@@ -124,13 +151,18 @@ class Policy(nn.Module):
                 "intrinsics": obs["camera.intrinsics"][None],
                 "state": obs["proprio"][None],
                 "rgb_traced": traced_rgb[None],
+                "state_history": self.state_history()[None],
             }
             was_training = self.training
             self.eval()
-            chunk = self.model.predict_chunk(self.model_inputs(frames, [self.prompt(obs["instruction"], has_traces)]))
+            inputs = self.model_inputs(frames, [obs["instruction"]], np.array([has_traces]), self._rng)
+            chunk, trace = self.model.predict_chunk(inputs)
             self.train(was_training)
             self._queue.extend(chunk[0, : self.config.vla.n_action_steps].numpy())
-        return self._queue.popleft()
+            if trace is not None:
+                self.predicted_trace = trace[0].numpy()
+        action = self._queue.popleft()
+        return (action, self.predicted_trace) if return_trace else action
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:

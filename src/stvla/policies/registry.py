@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from stvla.policies.base import Policy, read_checkpoint_config
+from stvla.policies.llarva import LLARVAPolicy
 from stvla.policies.spatialvla import SpatialVLAPolicy
 from stvla.policies.st import STPolicy
 from stvla.policies.tracevla import TraceVLAPolicy
 
-POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (SpatialVLAPolicy, TraceVLAPolicy, STPolicy)}
+POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (SpatialVLAPolicy, TraceVLAPolicy, STPolicy, LLARVAPolicy)}
 
 
 def policy_class(name: str) -> type[Policy]:

@@ -2,14 +2,17 @@
 
 Token sequence fed to the transformer trunk:
 
-    [language] [state] [image patches (+ Ego3D of depth)] ([separator] [traced-image patches]) [action queries]
+    [language] [state] [image patches (+ Ego3D of depth)] ([separator] [traced-image patches]) ([trace query])
+    [action queries]
 
 - image patches: `ConvPatchEncoder` (SigLIP's place), one token per patch;
 - Ego3D: SpatialVLA's 3D position encoding of the (raw or traced) depth, added token by token;
-- language: a frozen sentence embedding (all-MiniLM-L6-v2) projected to one token;
+- language: a frozen sentence embedding (all-MiniLM-L6-v2) projected to one token, or (LLARVA) the
+  word pieces of a structured prompt;
 - a second image with a learned separator token, for TraceVLA's [original, traced] pair;
 - one learned query per action of the chunk; each reads out the adaptive-grid tokens of its step
-  (translation over the spherical grid, gripper) as classification logits.
+  (translation over the spherical grid, gripper) as classification logits;
+- LLARVA's trace query reads out the future end-effector path as P pixel positions.
 
 The policies (spatialvla, tracevla, st) differ only in which inputs they feed, so the same
 checkpoint can move between them (ST-VLA fine-tunes a SpatialVLA-style base).
@@ -27,9 +30,11 @@ from stvla.policies.action_tokenizer import ActionGridConfig, AdaptiveActionGrid
 from stvla.policies.ego3d import Ego3DConfig, Ego3DEncoder
 from stvla.policies.image_encoder import ConvPatchEncoder, ImageEncoderConfig
 from stvla.policies.normalizer import ActionNormalizer, StateNormalizer
+from stvla.policies.prompt import PromptTokens
 from stvla.policies.trunk import Trunk, TrunkConfig
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2 sentence embedding width
+LANGUAGE_INPUTS = ("sentence", "prompt")
 
 
 @dataclass
@@ -41,6 +46,10 @@ class VLAConfig:
     two_images: bool = False  # TraceVLA: encode [original, traced] joined by a separator token (set by the policy type)
     chunk_size: int = 4  # actions predicted per forward pass
     n_action_steps: int = 4  # actions of a chunk executed before predicting again
+    language: str = "sentence"  # "sentence": one pooled MiniLM token; "prompt": word pieces of a structured prompt (LLARVA)
+    prompt_max_tokens: int = 256  # "prompt" language: word pieces a prompt may have (more is an error, never cut)
+    trace_points: int = 0  # LLARVA: future end-effector trace points predicted beside the actions (0 = none)
+    trace_loss_weight: float = 1.0  # weight of the trace loss (L1 in image-normalised units) beside the action loss
     action_dim: int = 4  # robot action dimension (Meta-World: dx, dy, dz, gripper)
     state_dim: int = 4  # proprio dimension (hand position, gripper opening)
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # patch encoder
@@ -53,6 +62,10 @@ class VLAConfig:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if not 1 <= self.n_action_steps <= self.chunk_size:
             raise ValueError(f"n_action_steps must be in [1, chunk_size={self.chunk_size}], got {self.n_action_steps}")
+        if self.language not in LANGUAGE_INPUTS:
+            raise ValueError(f"unknown language input {self.language!r}; valid: {', '.join(LANGUAGE_INPUTS)}")
+        if self.trace_points < 0:
+            raise ValueError(f"trace_points must be >= 0, got {self.trace_points}")
         if self.grid.action_dim != self.action_dim:
             raise ValueError(f"action_dim {self.action_dim} differs from the action grid's {self.grid.action_dim}-D "
                              f"layout (grid.translation_dims, grid.gripper_dim, grid.rotation_dims)")
@@ -75,7 +88,13 @@ class SmallVLA(nn.Module):
         width = config.width
         self.image_encoder = ConvPatchEncoder(config.image, config.patch_size)
         self.ego3d = Ego3DEncoder(config.ego3d, width) if config.use_ego3d else None
-        self.language = nn.Linear(TEXT_DIM, width)
+        if config.language == "prompt":
+            self.prompt_tokens = PromptTokens(width, config.prompt_max_tokens)
+        else:
+            self.language = nn.Linear(TEXT_DIM, width)
+        if config.trace_points:
+            self.trace_query = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+            self.trace_head = nn.Linear(width, 2 * config.trace_points)
         self.state = nn.Linear(config.state_dim, width)
         self.patch_position = nn.Parameter(torch.randn(1, config.num_patches, width) * 0.02)
         self.image_index = nn.Parameter(torch.randn(2, 1, width) * 0.02)  # which of the two images
@@ -96,7 +115,8 @@ class SmallVLA(nn.Module):
         return tokens
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Logits per action-token kind, each (B, chunk_size, classes)."""
+        """Logits per action-token kind, each (B, chunk_size, classes); with trace_points, also "trace":
+        (B, trace_points, 2) future end-effector pixels normalised to [0, 1] by the image size."""
         images = batch["observation.images.rgb"]
         size = self.config.image_size
         if images.shape[-2:] != (size, size):
@@ -106,25 +126,52 @@ class SmallVLA(nn.Module):
         if self.ego3d is not None and (depth is None or intrinsics is None):
             raise ValueError("this policy encodes depth: the batch needs observation.depth and "
                              "observation.camera.intrinsics")
+        batch_size = len(images)
+        if self.config.language == "prompt":
+            language, language_mask = self.prompt_tokens(batch["observation.prompt"])
+        else:
+            language = self.language(batch["observation.language"]).unsqueeze(1)
+            language_mask = torch.ones(batch_size, 1, dtype=torch.bool)
         parts = [
-            self.language(batch["observation.language"]).unsqueeze(1),
+            language,
             self.state(self.state_normalizer.normalize(batch["observation.state"])).unsqueeze(1),
             self.encode_image(images, 0, depth, intrinsics),
         ]
         if self.config.two_images:
             traced = batch["observation.images.rgb_traced"]
-            parts += [self.separator.expand(len(images), -1, -1), self.encode_image(traced, 1, depth, intrinsics)]
-        parts.append(self.action_queries.expand(len(images), -1, -1))
-        hidden = self.trunk(torch.cat(parts, dim=1))[:, -self.config.chunk_size:]
-        return {name: head(hidden) for name, head in self.heads.items()}
+            parts += [self.separator.expand(batch_size, -1, -1), self.encode_image(traced, 1, depth, intrinsics)]
+        if self.config.trace_points:
+            parts.append(self.trace_query.expand(batch_size, -1, -1))
+        parts.append(self.action_queries.expand(batch_size, -1, -1))
+        tokens = torch.cat(parts, dim=1)
+        padding = None
+        if not language_mask.all():  # prompts of different lengths: nobody attends to their padding
+            padding = torch.zeros(tokens.shape[:2], dtype=torch.bool)
+            padding[:, : language.shape[1]] = ~language_mask
+        hidden = self.trunk(tokens, padding)
+        out = {name: head(hidden[:, -self.config.chunk_size:]) for name, head in self.heads.items()}
+        if self.config.trace_points:
+            trace = self.trace_head(hidden[:, -self.config.chunk_size - 1])
+            out["trace"] = torch.sigmoid(trace).view(batch_size, self.config.trace_points, 2)
+        return out
 
     # --- training and inference -------------------------------------------------------------------------
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        """Cross-entropy of the action tokens of every non-padded step of the chunk."""
+        """Cross-entropy of the action tokens of every non-padded step of the chunk; with trace_points,
+        plus the weighted L1 distance of the predicted future trace to "trace_target" where "trace_mask"."""
         logits = self(batch)
+        trace = logits.pop("trace", None)
         targets = self.tokenizer.encode(self.action_normalizer.normalize(batch["action"]))
         valid = ~batch["action_is_pad"]
         losses, logs = [], {}
+        if trace is not None:
+            size = self.config.image_size
+            mask = batch["trace_mask"]
+            target = batch["trace_target"] / size
+            trace_loss = (trace - target).abs().sum(-1)[mask].mean()
+            losses.append(self.config.trace_loss_weight * trace_loss)
+            logs["loss_trace"] = float(trace_loss.detach())
+            logs["trace_err_px"] = float((size * (trace - target)).norm(dim=-1)[mask].mean().detach())
         for name, kind_logits in logits.items():
             loss = F.cross_entropy(kind_logits[valid], targets[name][valid])
             losses.append(loss)
@@ -135,7 +182,11 @@ class SmallVLA(nn.Module):
         return total, logs
 
     @torch.no_grad()
-    def predict_chunk(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, chunk_size, action_dim) actions in robot units: the most likely token of each kind."""
-        tokens = {name: logits.argmax(-1) for name, logits in self(batch).items()}
-        return self.action_normalizer.unnormalize(self.tokenizer.decode(tokens))
+    def predict_chunk(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, chunk_size, action_dim) actions in robot units (the most likely token of each kind), and
+        with trace_points the (B, trace_points, 2) predicted future trace in pixels (else None)."""
+        out = self(batch)
+        trace = out.pop("trace", None)
+        tokens = {name: logits.argmax(-1) for name, logits in out.items()}
+        actions = self.action_normalizer.unnormalize(self.tokenizer.decode(tokens))
+        return actions, None if trace is None else trace * self.config.image_size

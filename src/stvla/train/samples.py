@@ -17,9 +17,13 @@ from stvla.data.collect import DEPTH_KEY, RGB_KEY
 from stvla.data.store import EpisodeStore
 from stvla.data.traced import INTRINSICS_KEY, TracedCache
 from stvla.policies.base import Policy
+from stvla.policies.prompt import HISTORY_LENGTH
+from stvla.traces.future import future_trace_targets
 
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
+EE_POSITION_KEY = "observation.ee.position"
+POSE_KEY = "observation.camera.pose"
 
 
 class TrainingSamples:
@@ -42,6 +46,15 @@ class TrainingSamples:
         wanted = np.arange(len(self.decoded))[:, None] + np.arange(self.chunk_size)[None]
         self.chunk_is_pad = wanted >= ends[:, None]
         self.chunk_index = np.minimum(wanted, ends[:, None] - 1)
+        # The proprio history of every frame (LLARVA): its episode's HISTORY_LENGTH latest states, never
+        # reaching into the previous episode (those rows are zero).
+        starts = np.repeat(self.decoded.episode_starts, self.decoded.episode_lengths)
+        back = np.arange(len(self.decoded))[:, None] - np.arange(HISTORY_LENGTH - 1, -1, -1)[None]
+        self.history_valid = back >= starts[:, None]
+        self.history_index = np.maximum(back, starts[:, None])
+        self.trace_targets = self.trace_masks = None
+        if policy.config.vla.trace_points:
+            self.trace_targets, self.trace_masks = self._future_traces(root, policy.config.vla.trace_points)
 
     def __len__(self) -> int:
         return len(self.decoded)
@@ -78,12 +91,34 @@ class TrainingSamples:
                 traced_rgb = np.asarray(self.traced.arrays["traced_rgb"][indices]).copy()
                 traced_rgb[~traced_shown] = frames["rgb"][~traced_shown]
                 frames["rgb_traced"] = traced_rgb
-        tasks = np.asarray(arrays["task_index"][indices])
-        prompts = [self.policy.prompt(self.instructions[int(t)], bool(shown)) for t, shown in zip(tasks, traced_shown)]
-        batch = self.policy.model_inputs(frames, prompts)
+        if self.policy.uses_state_history:
+            states = np.asarray(arrays[STATE_KEY])[self.history_index[indices]]
+            frames["state_history"] = np.where(self.history_valid[indices][..., None], states, 0.0)
+        instructions = [self.instructions[int(t)] for t in np.asarray(arrays["task_index"][indices])]
+        batch = self.policy.model_inputs(frames, instructions, traced_shown, rng)
+        if self.trace_targets is not None:
+            batch["trace_target"] = torch.from_numpy(self.trace_targets[indices])
+            batch["trace_mask"] = torch.from_numpy(self.trace_masks[indices])
         batch["action"] = torch.from_numpy(np.asarray(arrays[ACTION_KEY][self.chunk_index[indices]], np.float32))
         batch["action_is_pad"] = torch.from_numpy(self.chunk_is_pad[indices])
         return batch
+
+    def _future_traces(self, root: str | Path, points: int) -> tuple[np.ndarray, np.ndarray]:
+        """LLARVA's targets for every frame: (N, points, 2) future end-effector pixels and their mask."""
+        store = EpisodeStore(root)
+        keys = [EE_POSITION_KEY, INTRINSICS_KEY, POSE_KEY]
+        missing = [key for key in keys if key not in store.features]
+        if missing:
+            raise ValueError(f"dataset {store.root} has no {missing}: trace prediction needs the end-effector "
+                             f"position and the camera of every frame")
+        targets, masks = [], []
+        for episode in range(store.num_episodes):
+            frames = store.episode(episode, keys)
+            target, mask = future_trace_targets(frames[EE_POSITION_KEY], frames[INTRINSICS_KEY], frames[POSE_KEY],
+                                                points)
+            targets.append(target)
+            masks.append(mask)
+        return np.concatenate(targets), np.concatenate(masks)
 
     @staticmethod
     def _check_compatible(store: EpisodeStore, policy: Policy, checkpoint: str | None) -> None:

@@ -42,7 +42,7 @@ class LoraSettings:
 
 @dataclass
 class TrainConfig:
-    policy: str = "st"  # policy type: spatialvla, tracevla or st
+    policy: str = "st"  # policy type: spatialvla, tracevla, st or llarva
     dataset: str = ""  # dataset directory (LeRobot v3 layout, from `stvla collect`)
     out: str = "runs/train"  # output directory (resumes if it holds a checkpoint)
     init: str = ""  # stage 2: a policy checkpoint to start from (its normalisers and action grid are kept)
