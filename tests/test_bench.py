@@ -37,7 +37,8 @@ def miniature(tmp_path_factory):
         quick_preset(), out=str(root / "out"), repo=str(root / "repo"), pretrain_tasks="reach-v3,drawer-close-v3",
         pretrain_episodes=2, stage1_steps=8, selection_episodes=1, num_targets=1, finetune_episodes=2,
         stage2_steps=4, eval_episodes=2, max_steps=12, workers=1, videos=1, image_size=64, model=TINY,
-        rows="base-zero-shot,base-finetuned,st-C-b30,zero-shot-traces,st-A-b30")
+        llarva_pretrain_tasks="reach-v3", llarva_pretrain_episodes=2, llarva_pretrain_steps=4,
+        rows="base-zero-shot,base-finetuned,st-C-b30,zero-shot-traces,st-A-b30,llarva,llarva-no-pretrain")
     logs: list[str] = []
     return config, run_bench_logged(config, logs), logs
 
@@ -56,13 +57,16 @@ def run_bench_logged(config: BenchConfig, logs: list[str]):
 def test_quick_miniature_runs_every_stage(miniature):
     config, results, logs = miniature
     assert len(results["targets"]) == 1 and results["targets"][0] in ("reach-v3", "drawer-close-v3")
-    assert set(results["cells"]) == {"base-zero-shot", "base-finetuned", "st-C-b30", "zero-shot-traces", "st-A-b30"}
+    assert set(results["cells"]) == {"base-zero-shot", "base-finetuned", "st-C-b30", "zero-shot-traces", "st-A-b30",
+                                     "llarva", "llarva-no-pretrain"}
     for by_seed in results["cells"].values():
         (cell,) = by_seed.values()
         assert len(cell["episodes"]) == 2 and cell["per_task"][results["targets"][0]]["episodes"] == 2
     report = (config.results_dir.parent.parent.parent / "BENCHMARKS.md").read_text()
     assert "Paper-reproduction benchmark, reduced" in report and "**Main table**" in report
-    assert "ST-VLA > SpatialVLA-style base" in report
+    assert "ST-VLA > SpatialVLA-style base" in report and "LLARVA: instruction pre-training helps" in report
+    llarva_line = next(line for line in report.splitlines() if line.startswith("| LLARVA (instruction"))
+    assert llarva_line.rstrip(" |").split("|")[-1].strip() != "-"  # a measured trace error
     stored = json.loads((config.results_dir.parent / "bench_quick.json").read_text())
     assert stored["targets"] == results["targets"] and stored["command"]
     assert (config.results_dir.parent / "bench_quick.png").is_file()

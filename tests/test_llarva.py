@@ -79,7 +79,7 @@ def test_trace_targets_of_a_recorded_episode(small_dataset):
 def test_tiny_llarva_lowers_both_losses_and_reloads_exactly(small_dataset, tmp_path):
     root, _ = small_dataset
     config = TrainConfig(policy="llarva", dataset=str(root), out=str(tmp_path / "llarva"), model=TINY, steps=60,
-                         batch_size=16, warmup_steps=5, lr=3e-3, save_every=1000)
+                         batch_size=16, warmup_steps=5, lr=3e-3, save_every=1000, trace_points=8)
     policy_dir = train(config, progress=False)
     log = [json.loads(line) for line in (tmp_path / "llarva" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["loss_trace"] < 0.7 * log[0]["loss_trace"]
@@ -118,3 +118,22 @@ def test_llarva_evaluation_reports_trace_error(tmp_path):
     (episode,) = info["episodes"]
     assert episode["trace_error_px"] is not None and 0 <= episode["trace_error_px"] < 64 * 1.5
     assert info["per_task"]["reach-v3"]["trace_error_px"] == pytest.approx(episode["trace_error_px"])
+
+
+def test_llarva_two_stages_from_the_command_line(small_dataset, tmp_path):
+    from stvla.cli import main
+
+    root, _ = small_dataset
+    tiny = ["--model.width", "32", "--model.image.width", "32", "--model.image.channels", "8,16",
+            "--model.trunk.width", "32", "--model.trunk.depth", "1", "--model.trunk.heads", "2"]
+    common = ["--dataset", str(root), "--batch_size", "8", "--warmup_steps", "2"]
+    assert main(["train", "--policy", "llarva", "--out", str(tmp_path / "pre"), "--steps", "6", *common, *tiny]) == 0
+    assert main(["train", "--policy", "llarva", "--init", str(tmp_path / "pre" / "policy"), "--out",
+                 str(tmp_path / "tune"), "--steps", "4", "--lora.rank", "4", *common]) == 0
+    tuned = load_policy(tmp_path / "tune" / "policy")
+    assert tuned.name == "llarva" and tuned.config.vla.trace_points == 16 and tuned.config.vla.width == 32
+    # The ablation without trace prediction has no trace head.
+    assert main(["train", "--policy", "llarva", "--trace_points", "0", "--out", str(tmp_path / "plain"), "--steps",
+                 "3", *common, *tiny]) == 0
+    assert load_policy(tmp_path / "plain" / "policy").config.vla.trace_points == 0
+    assert main(["train", "--policy", "st", "--trace_points", "4", "--out", str(tmp_path / "x"), *common]) == 2

@@ -44,6 +44,9 @@ class Row:
     variant: str = "C"  # depth drawing variant (traced policies)
     buffer: int = 30  # trace buffer b (traced policies)
     main: bool = False  # a main-table row: fine-tuned with every seed of `seeds`
+    init: str = "base"  # fine-tuned from: "base" (stage 1), "llarva" / "llarva-no-traces" (LLARVA's instruction
+    #                     pre-training with / without trace prediction), or "" (from scratch, every weight trained)
+    trace_points: int = -1  # llarva: future trace points (-1: the policy's default; 0: no trace prediction)
 
 
 ROWS: tuple[Row, ...] = (
@@ -57,7 +60,13 @@ ROWS: tuple[Row, ...] = (
     Row("st-B-b30", "ST-VLA variant B (constant)", "st", finetuned=True, variant="B"),
     Row("st-C-b7", "ST-VLA b=7", "st", finetuned=True, buffer=7),
     Row("st-C-b15", "ST-VLA b=15", "st", finetuned=True, buffer=15),
+    Row("llarva", "LLARVA (instruction pre-training, trace prediction)", "llarva", finetuned=True, init="llarva"),
+    Row("llarva-no-traces", "LLARVA without trace prediction", "llarva", finetuned=True, init="llarva-no-traces",
+        trace_points=0),
+    Row("llarva-no-pretrain", "LLARVA without instruction pre-training", "llarva", finetuned=True, init=""),
 )
+# LLARVA's instruction pre-training checkpoints, by the trace points they predict.
+LLARVA_PRETRAINING = {"llarva": -1, "llarva-no-traces": 0}
 
 
 @dataclass
@@ -73,6 +82,9 @@ class BenchConfig:
     selection_episodes: int = 20  # evaluation episodes per candidate task when choosing the targets
     num_targets: int = 4  # target tasks: the candidates whose base success is closest to 50%
     targets: str = ""  # fixed comma-separated target tasks instead of the selection
+    llarva_pretrain_tasks: str = "all"  # LLARVA's instruction pre-training: tasks ("all": every task whose expert succeeds)
+    llarva_pretrain_episodes: int = 10  # expert episodes per LLARVA pre-training task
+    llarva_pretrain_steps: int = 6000  # LLARVA pre-training optimiser steps (batch 32)
     finetune_episodes: int = 13  # fine-tuning episodes per target task (4 x 13 = 52 as the paper)
     stage2_steps: int = 2000  # stage-2 optimiser steps per fine-tuned row (batch 32)
     eval_episodes: int = 50  # evaluation episodes per target task, row and seed
@@ -113,7 +125,9 @@ def quick_preset() -> BenchConfig:
     return BenchConfig(out="runs/bench-quick", quick=True,
                        pretrain_tasks="reach-v3,drawer-open-v3,button-press-topdown-v3,window-open-v3",
                        pretrain_episodes=10, stage1_steps=800, selection_episodes=6, num_targets=2,
-                       finetune_episodes=6, stage2_steps=200, eval_episodes=10, max_steps=120, seeds="0")
+                       finetune_episodes=6, stage2_steps=200, eval_episodes=10, max_steps=120, seeds="0",
+                       llarva_pretrain_tasks="reach-v3,drawer-open-v3,button-press-topdown-v3,window-open-v3",
+                       llarva_pretrain_episodes=6, llarva_pretrain_steps=300)
 
 
 def weights_hash(checkpoint: str | Path) -> str:
@@ -178,11 +192,25 @@ class Bench:
             if row.policy == "spatialvla":
                 return base
             return self._zero_shot_traced(row, base)
-        train_config = TrainConfig(policy=row.policy, dataset=str(finetune_data), init=str(base), variant=row.variant,
-                                   buffer=row.buffer, steps=c.stage2_steps, seed=seed,
+        init = base if row.init == "base" else (self.llarva_checkpoint(row.init) if row.init else None)
+        train_config = TrainConfig(policy=row.policy, dataset=str(finetune_data), init=str(init or ""),
+                                   variant=row.variant, buffer=row.buffer, trace_points=row.trace_points,
+                                   steps=c.stage2_steps, seed=seed, model=c.model,
                                    out=str(self.out / "stage2" / f"{row.key}-s{seed}"))
-        key = {**config_to_dict(train_config), "init": weights_hash(base)}
+        key = {**config_to_dict(train_config), "init": weights_hash(init) if init else None}
         cell = Cell(f"stage2/{row.key}-s{seed}", Path(train_config.out) / "cell.json", key)
+        return Path(cell.run(lambda: self._train(train_config), self.log)["policy"])
+
+    def llarva_checkpoint(self, name: str) -> Path:
+        """LLARVA's instruction pre-training on many tasks (with or without trace prediction)."""
+        c = self.config
+        tasks = c.llarva_pretrain_tasks if "," not in c.llarva_pretrain_tasks else \
+            config_hash({"tasks": c.llarva_pretrain_tasks})[:8]
+        dataset = self.collect_cell(f"llarva-pretrain-{tasks}", c.llarva_pretrain_tasks, c.llarva_pretrain_episodes, 0)
+        train_config = TrainConfig(policy="llarva", dataset=str(dataset), out=str(self.out / f"{name}-pretrain-s0"),
+                                   model=c.model, trace_points=LLARVA_PRETRAINING[name],
+                                   steps=c.llarva_pretrain_steps, seed=0)
+        cell = Cell(f"{name}-pretrain", Path(train_config.out) / "cell.json", config_to_dict(train_config))
         return Path(cell.run(lambda: self._train(train_config), self.log)["policy"])
 
     def _zero_shot_traced(self, row: Row, base: Path) -> Path:
@@ -217,7 +245,7 @@ class Bench:
             info = evaluate(EvalConfig(policy=str(path), tasks=",".join(tasks), episodes=episodes,
                                        max_steps=c.max_steps, workers=c.workers, videos=c.videos,
                                        out=str(self.out / "eval" / name)))
-            keep = ("task", "attempt", "seed", "success", "subgoal", "steps")
+            keep = ("task", "attempt", "seed", "success", "subgoal", "steps", "trace_error_px")
             return {"per_task": info["per_task"], "overall": info["overall"],
                     "episodes": [{k: e[k] for k in keep if k in e} for e in info["episodes"]],
                     "videos": [e["video"] for e in info["episodes"] if e.get("video")]}
@@ -238,8 +266,12 @@ class Bench:
         for row in c.row_list():
             row_seeds = seeds if (row.main and row.finetuned) else seeds[:1]
             for seed in row_seeds:
+                llarva = row.init.startswith("llarva")
                 identity = {"row": dataclasses.asdict(row), "seed": seed if row.finetuned else None,
-                            "base": weights_hash(base), "stage2_steps": c.stage2_steps if row.finetuned else None,
+                            "base": weights_hash(base) if row.init == "base" else None,
+                            "llarva_pretrain": {"tasks": c.llarva_pretrain_tasks, "episodes": c.llarva_pretrain_episodes,
+                                                "steps": c.llarva_pretrain_steps} if llarva else None,
+                            "stage2_steps": c.stage2_steps if row.finetuned else None,
                             "finetune": {"tasks": targets, "episodes": c.finetune_episodes} if row.finetuned else None}
                 cells.setdefault(row.key, {})[seed] = self.evaluation_cell(
                     f"{row.key}-s{seed}", None, targets, c.eval_episodes,

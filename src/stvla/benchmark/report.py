@@ -27,10 +27,16 @@ CLAIMS = (
     ("b = 30 > b = 7", "st-C-b30", "st-C-b7", "ST-VLA paper: b = 30 the most stable of 7 / 15 / 30"),
     ("zero-shot traces >= fine-tuned without traces", "zero-shot-traces", "base-finetuned",
      "ST-VLA paper: zero-shot traces match or beat fine-tuning without traces"),
+    ("LLARVA: predicting traces helps", "llarva", "llarva-no-traces",
+     "LLARVA paper (RLBench, theirs): about +15 points with traces"),
+    ("LLARVA: instruction pre-training helps", "llarva", "llarva-no-pretrain",
+     "LLARVA paper (RLBench, theirs): about +17.5 points with pre-training"),
 )
 MAIN_ROWS = ("base-zero-shot", "base-finetuned", "tracevla", "st-C-b30", "zero-shot-traces")
 VARIANT_ROWS = ("st-A-b30", "st-B-b30", "st-C-b30")
 BUFFER_ROWS = ("st-C-b7", "st-C-b15", "st-C-b30")
+LLARVA_ROWS = ("llarva", "llarva-no-traces", "llarva-no-pretrain")
+SINGLE_SEED_ROWS = VARIANT_ROWS + BUFFER_ROWS + LLARVA_ROWS  # compared on the first training seed
 
 
 def pooled(results: list[dict[str, Any]], task: str | None = None, metric: str = "success") -> tuple[int, int]:
@@ -87,6 +93,11 @@ def success_table(results: dict[str, Any], keys: tuple[str, ...], labels: dict[s
     return lines
 
 
+def trace_error_text(cells: list[dict[str, Any]]) -> str:
+    errors = [e["trace_error_px"] for r in cells for e in r["episodes"] if e.get("trace_error_px") is not None]
+    return f"{sum(errors) / len(errors):.1f}" if errors else "-"
+
+
 def floor_ceiling_notes(results: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
     notes = []
     for task in results["targets"]:
@@ -104,7 +115,7 @@ def claims_table(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any
     verdicts = []
     for claim, better, worse, theirs in CLAIMS:
         # Ablation rows have one seed: compare them with the first seed of the main row only.
-        single = better in VARIANT_ROWS + BUFFER_ROWS and worse in VARIANT_ROWS + BUFFER_ROWS
+        single = better in SINGLE_SEED_ROWS and worse in SINGLE_SEED_ROWS
         a, b = _row_cells(results, better, single), _row_cells(results, worse, single)
         if not a or not b:
             continue
@@ -169,6 +180,15 @@ def write_report(results: dict[str, Any], config) -> Path:
     markdown += success_table(results, VARIANT_ROWS, labels, first_seed_only=True)
     markdown += ["", "**Trace buffers** (first seed of each row).", ""]
     markdown += success_table(results, BUFFER_ROWS, labels, first_seed_only=True)
+    llarva_keys = tuple(k for k in LLARVA_ROWS if _row_cells(results, k))
+    if llarva_keys:
+        markdown += ["", "**LLARVA** (first seed; predicted-trace error: mean pixel distance to the path the end "
+                     "effector then took, closed loop).", ""]
+        table = success_table(results, llarva_keys, labels, first_seed_only=True)
+        table[0] += " trace error px |"
+        table[1] += " --- |"
+        table[2:] = [line + f" {trace_error_text(_row_cells(results, k, True))} |" for line, k in zip(table[2:], llarva_keys)]
+        markdown += table
     claims, verdicts = claims_table(results)
     markdown += ["", "**The papers' claims on our benchmark.** Their figures are theirs (SimplerEnv, 4B models); "
                  "ours compare pooled success with a 95% interval of the difference.", ""] + claims
@@ -178,6 +198,8 @@ def write_report(results: dict[str, Any], config) -> Path:
         ("stage 1 / stage 2 steps (batch 32)", f"{c['stage1_steps']} / {c['stage2_steps']}"),
         ("target tasks", ", ".join(results["targets"])),
         ("fine-tuning set", f"{c['finetune_episodes']} episodes per target task"),
+        ("LLARVA instruction pre-training", f"{c['llarva_pretrain_tasks']} tasks, {c['llarva_pretrain_episodes']} "
+                                            f"episodes each, {c['llarva_pretrain_steps']} steps"),
         ("evaluation", f"{c['eval_episodes']} episodes per task, row and seed; at most {c['max_steps']} steps"),
         ("training seeds (main rows)", c["seeds"]),
         ("wall time of this call (cached cells not re-run): minutes", f"{results['minutes_this_call']:.1f}"),

@@ -69,7 +69,7 @@ def dataset_features(image_size: int) -> dict[str, dict]:
 
 @dataclass
 class CollectConfig:
-    task: str = "pick-place-v3"  # Meta-World task name; several comma-separated, or "mt10"
+    task: str = "pick-place-v3"  # Meta-World task name; several comma-separated, "mt10" or "all"
     episodes: int = 50  # episodes to keep per task
     out: str = "runs/data"  # dataset directory (LeRobot v3 layout)
     workers: int = 1  # simulator processes

@@ -244,13 +244,15 @@ _INSTRUCTION_CHARSET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRST
 
 
 def parse_tasks(text: str) -> list[str]:
-    """Comma-separated task names, or "mt10", as a checked list (an unknown name lists the valid ones)."""
+    """Comma-separated task names, "mt10" or "all", as a checked list (an unknown name lists the valid ones)."""
     names = [t.strip() for t in text.split(",") if t.strip()]
     if [n.lower() for n in names] == ["mt10"]:
         names = list(MT10_TASKS)
+    elif [n.lower() for n in names] == ["all"]:
+        names = list(TASKS)
     unknown = [t for t in names if t not in TASKS]
     if unknown or not names:
-        raise ValueError(f"unknown task(s) {unknown or text!r}; valid tasks: mt10, {', '.join(TASKS)}")
+        raise ValueError(f"unknown task(s) {unknown or text!r}; valid tasks: mt10, all, {', '.join(TASKS)}")
     return names
 
 

@@ -47,9 +47,10 @@ class TrainConfig:
     out: str = "runs/train"  # output directory (resumes if it holds a checkpoint)
     init: str = ""  # stage 2: a policy checkpoint to start from (its normalisers and action grid are kept)
     lora: LoraSettings = field(default_factory=LoraSettings)  # stage-2 adapters
-    model: VLAConfig = field(default_factory=VLAConfig)  # stage 1: the model's shape (image_size comes from the dataset; stage 2 keeps the checkpoint's)
+    model: VLAConfig = field(default_factory=VLAConfig)  # stage 1: the model's shape (image size from the dataset, the rest of the policy type's own fields from the type; stage 2 keeps the checkpoint's)
     variant: str = "C"  # traced policies: depth drawing variant A, B or C
     buffer: int = 30  # traced policies: frames of history behind each trace (b)
+    trace_points: int = -1  # llarva: future trace points predicted; -1 = the policy's 16 (or the checkpoint's), 0 = none
     steps: int = 2000  # optimiser steps
     batch_size: int = 32  # samples per step
     lr: float = 0.0  # peak learning rate; 0 picks 3e-4 for full training, 1e-3 for LoRA
@@ -75,20 +76,27 @@ class TrainConfig:
 def build_policy(config: TrainConfig, image_size: int) -> Policy:
     """The policy this run trains, at the dataset's image size and with the run's trace settings.
 
-    In stage 2 the model's shape comes from the `--init` checkpoint (so its weights fit), except for
-    what the policy type itself needs (TraceVLA's second image).
+    The model's shape comes from `--model` in stage 1 and from the `--init` checkpoint in stage 2 (so
+    its weights fit), except for what the policy type defines: TraceVLA's second image, LLARVA's
+    prompt tokens and its trace head (whose size `--trace_points` may set).
     """
     cls = policy_class(config.policy)
     policy_config = cls.config_class()
-    policy_config.vla = dataclasses.replace(config.model, two_images=policy_config.vla.two_images)
+    defaults = policy_config.vla
+    vla = config.model
     if config.init:
         _, init_config = read_checkpoint_config(config.init)
-        init_vla = config_from_dict(VLAConfig, init_config["vla"], f"{config.init}/config.json")
-        if init_vla.image_size != image_size:
-            raise ValueError(f"checkpoint {config.init} was built for {init_vla.image_size}x{init_vla.image_size} "
+        vla = config_from_dict(VLAConfig, init_config["vla"], f"{config.init}/config.json")
+        if vla.image_size != image_size:
+            raise ValueError(f"checkpoint {config.init} was built for {vla.image_size}x{vla.image_size} "
                              f"images; dataset {config.dataset} has {image_size}x{image_size}")
-        policy_config.vla = dataclasses.replace(init_vla, two_images=policy_config.vla.two_images)
-    policy_config.vla = dataclasses.replace(policy_config.vla, image_size=image_size)
+    trace_points = defaults.trace_points if not config.init else vla.trace_points
+    if config.trace_points >= 0:
+        if defaults.language != "prompt":
+            raise ValueError(f"--trace_points applies to llarva only, not to {config.policy!r}")
+        trace_points = config.trace_points
+    policy_config.vla = dataclasses.replace(vla, image_size=image_size, two_images=defaults.two_images,
+                                            language=defaults.language, trace_points=trace_points)
     if hasattr(policy_config, "traces"):
         traces = policy_config.traces
         policy_config.traces = dataclasses.replace(
