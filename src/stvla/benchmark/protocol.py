@@ -84,7 +84,7 @@ class BenchConfig:
     targets: str = ""  # fixed comma-separated target tasks instead of the selection
     llarva_pretrain_tasks: str = "all"  # LLARVA's instruction pre-training: tasks ("all": every task whose expert succeeds)
     llarva_pretrain_episodes: int = 10  # expert episodes per LLARVA pre-training task
-    llarva_pretrain_steps: int = 6000  # LLARVA pre-training optimiser steps (batch 32)
+    llarva_pretrain_steps: int = 3000  # LLARVA pre-training optimiser steps (batch 32)
     finetune_episodes: int = 13  # fine-tuning episodes per target task (4 x 13 = 52 as the paper)
     stage2_steps: int = 2000  # stage-2 optimiser steps per fine-tuned row (batch 32)
     eval_episodes: int = 50  # evaluation episodes per target task, row and seed
@@ -263,9 +263,11 @@ class Bench:
                                           FINETUNE_FIRST_ATTEMPT)
         seeds = c.seed_list()
         cells: dict[str, dict[int, Any]] = {}
-        for row in c.row_list():
-            row_seeds = seeds if (row.main and row.finetuned) else seeds[:1]
-            for seed in row_seeds:
+        # Every row's first seed before any row's second: a complete one-seed table comes early.
+        for position, seed in enumerate(seeds):
+            for row in c.row_list():
+                if position > 0 and not (row.main and row.finetuned):
+                    continue
                 llarva = row.init.startswith("llarva")
                 identity = {"row": dataclasses.asdict(row), "seed": seed if row.finetuned else None,
                             "base": weights_hash(base) if row.init == "base" else None,
