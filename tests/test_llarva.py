@@ -137,3 +137,12 @@ def test_llarva_two_stages_from_the_command_line(small_dataset, tmp_path):
                  "3", *common, *tiny]) == 0
     assert load_policy(tmp_path / "plain" / "policy").config.vla.trace_points == 0
     assert main(["train", "--policy", "st", "--trace_points", "4", "--out", str(tmp_path / "x"), *common]) == 2
+
+
+def test_points_behind_the_camera_are_masked_out():
+    intrinsics = np.tile(np.array([[50.0, 0, 32], [0, 50.0, 32], [0, 0, 1]]), (3, 1, 1))
+    poses = np.tile(np.eye(4), (3, 1, 1))  # camera at the origin looking along +z
+    positions = np.array([[0.0, 0.0, 1.0], [0.1, 0.0, 1.0], [0.0, 0.0, -1.0]])  # the last one is behind it
+    targets, masks = future_trace_targets(positions, intrinsics, poses, num_points=3)
+    assert masks[0].tolist() == [True, True, False] and np.isfinite(targets).all()
+    assert np.allclose(targets[0, :2], [[32, 32], [37, 32]])

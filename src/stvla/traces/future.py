@@ -3,7 +3,7 @@
 For frame t of an episode of T frames, the target is the end-effector position at frames t .. T-1,
 projected with frame t's camera and sub-sampled to P points evenly spaced in time (P = 16 by default;
 LLARVA used about 30). When fewer than P frames remain, the remaining frames are used in order, the
-rest repeat the last one and the mask marks them False. Frame indices and targets therefore always
+rest repeat the last one and the mask marks them False (as it marks points behind the camera). Frame indices and targets therefore always
 come from the same episode and step: no shifted windows across episode boundaries.
 """
 
@@ -44,6 +44,10 @@ def future_trace_targets(positions: np.ndarray, intrinsics: np.ndarray, poses: n
     for t in range(length):
         indices, masks[t] = future_indices(length, t, num_points)
         targets[t] = project_world_points(positions[indices], intrinsics[t], poses[t])
+    # A point behind the camera has no pixel: it is masked out (and zeroed) rather than poisoning the loss.
+    behind = ~np.isfinite(targets).all(axis=-1)
+    masks &= ~behind
+    targets[behind] = 0.0
     return targets, masks
 
 
