@@ -78,7 +78,7 @@ class BenchConfig:
     pretrain_tasks: str = "mt10"  # pre-training tasks, also the candidates for the targets
     pretrain_episodes: int = 50  # expert episodes per pre-training task
     base: str = ""  # a stage-1 checkpoint to start from instead of pre-training one here
-    stage1_steps: int = 15000  # stage-1 optimiser steps (batch 32)
+    stage1_steps: int = 10000  # stage-1 optimiser steps (batch 32; about 5 epochs of MT10 x 50)
     selection_episodes: int = 20  # evaluation episodes per candidate task when choosing the targets
     num_targets: int = 4  # target tasks: the candidates whose base success is closest to 50%
     targets: str = ""  # fixed comma-separated target tasks instead of the selection

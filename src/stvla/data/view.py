@@ -1,5 +1,5 @@
 """Videos of recordings for people: `stvla view` (RGB | depth, end effector marked) and `stvla trace`
-(RGB with traces | depth | traced depth, from the same online tracer a policy runs)."""
+(RGB with traces | depth with traces outlined | traced depth, from the same online tracer a policy runs)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from stvla.data.collect import DEPTH_KEY, RGB_KEY
 from stvla.data.store import EpisodeStore
 from stvla.data.video import read_video, write_video
-from stvla.traces import OnlineTracer, TraceConfig
+from stvla.traces import OnlineTracer, TraceConfig, draw_traces_rgb
 from stvla.visualize import colorize_depth, mark_point, panels
 
 EE_PIXEL_KEY = "observation.ee.pixel"
@@ -45,14 +45,19 @@ def render_trace_video(source: str | Path, out: str | Path, trace_config: TraceC
     if source.is_dir():
         frames = EpisodeStore(source).episode(episode, [RGB_KEY, DEPTH_KEY, "observation.camera.intrinsics"])
         rgbs, depths = frames[RGB_KEY], frames[DEPTH_KEY]
-        depth_min, depth_max = float(np.nanpercentile(depths, 1)), float(np.nanmax(depths))
-        # Trace values (variant B's marker) may lie outside the scene's range: clip them into the colour scale.
+        # The colour scale spans the working range (near objects to the table), not the far background,
+        # so the tenths of a metre between a trace and the surface it crosses show as a change of hue.
+        depth_min, depth_max = (float(x) for x in np.nanpercentile(depths, [1, 75]))
         video = []
         for rgb, depth, intrinsics in zip(rgbs, depths, frames["observation.camera.intrinsics"]):
             step = tracer.step(rgb, depth, intrinsics=intrinsics)
-            video.append(panels([step.traced_rgb, colorize_depth(depth, depth_min, depth_max),
+            # Middle panel: the raw depth with the traces outlined for the eye (not what the policy sees);
+            # right panel: the traced depth exactly as Ego3D encodes it (values clipped into the scale).
+            outlined = draw_traces_rgb(colorize_depth(depth, depth_min, depth_max), step.traces)
+            video.append(panels([step.traced_rgb, outlined,
                                  colorize_depth(np.clip(step.traced_depth, depth_min, depth_max), depth_min, depth_max)],
-                                ["rgb + traces", "depth", f"traced depth ({trace_config.variant})"], height))
+                                ["rgb + traces", "depth + traces (outline)", f"traced depth ({trace_config.variant})"],
+                                height))
     else:
         rgbs = read_video(source)
         no_depth = np.zeros(rgbs.shape[1:3], np.float32)
