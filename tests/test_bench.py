@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
-from stvla.benchmark.protocol import BenchConfig, quick_preset
+from stvla.benchmark.protocol import Bench, BenchConfig, quick_preset
 from stvla.benchmark.cells import Cell
 from stvla.policies.image_encoder import ImageEncoderConfig
 from stvla.policies.trunk import TrunkConfig
@@ -38,20 +39,14 @@ def miniature(tmp_path_factory):
         pretrain_episodes=2, stage1_steps=8, selection_episodes=1, num_targets=1, finetune_episodes=2,
         stage2_steps=4, eval_episodes=2, max_steps=12, workers=1, videos=1, image_size=64, model=TINY,
         llarva_pretrain_tasks="reach-v3", llarva_pretrain_episodes=2, llarva_pretrain_steps=4,
+        keep_base="checkpoints/base",
         rows="base-zero-shot,base-finetuned,st-C-b30,zero-shot-traces,st-A-b30,llarva,llarva-no-pretrain")
     logs: list[str] = []
     return config, run_bench_logged(config, logs), logs
 
 
 def run_bench_logged(config: BenchConfig, logs: list[str]):
-    import stvla.benchmark.protocol as protocol
-
-    bench = protocol.Bench(config, log=logs.append)
-    results = bench.run()
-    from stvla.benchmark.report import write_report
-
-    write_report(results, config)
-    return results
+    return Bench(config, log=logs.append).run()  # writes the report as the cells finish
 
 
 def test_quick_miniature_runs_every_stage(miniature):
@@ -82,6 +77,19 @@ def test_second_call_skips_finished_cells_and_reruns_a_deleted_one(miniature):
     logs.clear()
     run_bench_logged(config, logs)
     assert [line for line in logs if line.endswith(": running")] == ["[bench] eval/st-A-b30-s0: running"]
+
+
+def test_another_machine_resumes_from_the_kept_base_and_the_committed_results(miniature, tmp_path):
+    """What a fresh clone has: the repository (kept base, per-cell results), nothing under `out`."""
+    config, first, _ = miniature
+    kept = Path(config.repo) / config.keep_base
+    assert (kept / "model.safetensors").is_file() and (kept / "config.json").is_file()
+    assert json.loads((kept / "cell.json").read_text())["result"]["policy"] == config.keep_base
+    logs: list[str] = []
+    again = run_bench_logged(dataclasses.replace(config, out=str(tmp_path / "empty")), logs)
+    assert not [line for line in logs if line.endswith(": running")]
+    assert again["targets"] == first["targets"] and set(again["cells"]) == set(first["cells"])
+    assert not (tmp_path / "empty").exists()  # no dataset collected, no checkpoint trained
 
 
 def test_difference_interval_and_verdicts():

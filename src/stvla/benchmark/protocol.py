@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 from stvla.benchmark.cells import Cell, config_hash
 from stvla.benchmark.record import RESULTS_SUBDIR
+from stvla.benchmark.report import write_report
 from stvla.config import config_to_dict
 from stvla.data import CollectConfig, collect
 from stvla.evaluate import EvalConfig, evaluate
@@ -78,6 +80,7 @@ class BenchConfig:
     pretrain_tasks: str = "mt10"  # pre-training tasks, also the candidates for the targets
     pretrain_episodes: int = 50  # expert episodes per pre-training task
     base: str = ""  # a stage-1 checkpoint to start from instead of pre-training one here
+    keep_base: str = "checkpoints/base-mt10"  # the pre-trained base is kept here, inside `repo` (committed: the table and the main job resume from it on any machine); "" keeps it under `out` only
     stage1_steps: int = 10000  # stage-1 optimiser steps (batch 32; about 5 epochs of MT10 x 50)
     selection_episodes: int = 20  # evaluation episodes per candidate task when choosing the targets
     num_targets: int = 4  # target tasks: the candidates whose base success is closest to 50%
@@ -127,7 +130,7 @@ def quick_preset() -> BenchConfig:
                        pretrain_episodes=10, stage1_steps=800, selection_episodes=6, num_targets=2,
                        finetune_episodes=6, stage2_steps=200, eval_episodes=10, max_steps=120, seeds="0",
                        llarva_pretrain_tasks="reach-v3,drawer-open-v3,button-press-topdown-v3,window-open-v3",
-                       llarva_pretrain_episodes=6, llarva_pretrain_steps=300)
+                       llarva_pretrain_episodes=6, llarva_pretrain_steps=300, keep_base="")
 
 
 def weights_hash(checkpoint: str | Path) -> str:
@@ -153,16 +156,37 @@ class Bench:
         return Path(collect_config.out)
 
     def base_checkpoint(self) -> Path:
-        """The stage-1 base: given by `base`, or pre-trained here on the pre-training set."""
+        """The stage-1 base: given by `base`, kept in the repository by an earlier run (`keep_base`), or
+        pre-trained here on the pre-training set (and then kept)."""
         c = self.config
         if c.base:
             return Path(c.base)
         tasks = c.pretrain_tasks if "," not in c.pretrain_tasks else config_hash({"tasks": c.pretrain_tasks})[:8]
-        dataset = self.collect_cell(f"pretrain-{tasks}", c.pretrain_tasks, c.pretrain_episodes, 0)
+        dataset = self.out / "data" / f"pretrain-{tasks}"
         train_config = TrainConfig(policy="spatialvla", dataset=str(dataset), out=str(self.out / "stage1-s0"),
                                    model=c.model, steps=c.stage1_steps, seed=0)
-        cell = Cell("stage1", self.out / "stage1-s0" / "cell.json", config_to_dict(train_config))
-        return Path(cell.run(lambda: self._train(train_config), self.log)["policy"])
+        # Keyed by what makes the weights, not by where they were written, so the key holds on any machine.
+        key = {"train": {k: v for k, v in config_to_dict(train_config).items() if k not in ("dataset", "out")},
+               "data": {"tasks": c.pretrain_tasks, "episodes": c.pretrain_episodes, "image_size": c.image_size}}
+        kept = Cell("stage1 (kept)", Path(c.repo) / c.keep_base / "cell.json", key)
+        if c.keep_base and kept.finished() is not None:
+            self.log(f"[bench] stage1: kept in {kept.record.parent}")
+            return kept.record.parent
+
+        def pretrain() -> dict[str, Any]:
+            self.collect_cell(f"pretrain-{tasks}", c.pretrain_tasks, c.pretrain_episodes, 0)
+            return self._train(train_config)
+
+        trained = Cell("stage1", self.out / "stage1-s0" / "cell.json", key)
+        policy = Path(trained.run(pretrain, self.log)["policy"])
+        if not c.keep_base:
+            return policy
+        # Keep a copy (two small files) where the repository commits it, with the record of what made it.
+        kept.record.parent.mkdir(parents=True, exist_ok=True)
+        for file in policy.iterdir():
+            shutil.copyfile(file, kept.record.parent / file.name)
+        kept.run(lambda: {**trained.finished(), "policy": c.keep_base}, self.log)
+        return kept.record.parent
 
     @staticmethod
     def _train(train_config: TrainConfig) -> dict[str, Any]:
@@ -185,7 +209,12 @@ class Bench:
         return sorted(ranked[: c.num_targets], key=candidates.index), result
 
     # --- rows ------------------------------------------------------------------------------------------
-    def row_checkpoint(self, row: Row, seed: int, base: Path, finetune_data: Path) -> Path:
+    def finetune_data(self, targets: list[str]) -> Path:
+        """The fine-tuning set (other starts than the pre-training set's), collected when a row first needs it."""
+        return self.collect_cell("finetune-" + "-".join(targets), ",".join(targets), self.config.finetune_episodes,
+                                 FINETUNE_FIRST_ATTEMPT)
+
+    def row_checkpoint(self, row: Row, seed: int, base: Path, targets: list[str]) -> Path:
         """The checkpoint a row evaluates: a stage-2 fine-tune, or the base (with traces for zero-shot traces)."""
         c = self.config
         if not row.finetuned:
@@ -193,7 +222,7 @@ class Bench:
                 return base
             return self._zero_shot_traced(row, base)
         init = base if row.init == "base" else (self.llarva_checkpoint(row.init) if row.init else None)
-        train_config = TrainConfig(policy=row.policy, dataset=str(finetune_data), init=str(init or ""),
+        train_config = TrainConfig(policy=row.policy, dataset=str(self.finetune_data(targets)), init=str(init or ""),
                                    variant=row.variant, buffer=row.buffer, trace_points=row.trace_points,
                                    steps=c.stage2_steps, seed=seed, model=c.model,
                                    out=str(self.out / "stage2" / f"{row.key}-s{seed}"))
@@ -253,16 +282,24 @@ class Bench:
         return cell.run(work, self.log)
 
     def run(self) -> dict[str, Any]:
-        """Every cell, in protocol order; returns {"targets", "selection", "cells": {row: {seed: result}}}."""
+        """Every cell, in protocol order; returns {"targets", "selection", "cells": {row: {seed: result}}}.
+
+        With `report`, the tables are rewritten after every evaluation cell, so BENCHMARKS.md shows a
+        long run's finished rows while the rest is still running."""
         c = self.config
         started = time.perf_counter()
         base = self.base_checkpoint()
         targets, selection = self.targets(base)
         self.log(f"[bench] target tasks: {', '.join(targets)}")
-        finetune_data = self.collect_cell("finetune-" + "-".join(targets), ",".join(targets), c.finetune_episodes,
-                                          FINETUNE_FIRST_ATTEMPT)
         seeds = c.seed_list()
         cells: dict[str, dict[int, Any]] = {}
+
+        def results() -> dict[str, Any]:
+            return {"config": config_to_dict(c), "targets": targets, "selection": selection,
+                    "cells": cells, "rows": [dataclasses.asdict(r) for r in c.row_list()],
+                    "minutes_this_call": (time.perf_counter() - started) / 60,
+                    "config_hash": config_hash(config_to_dict(c))}
+
         # Every row's first seed before any row's second: a complete one-seed table comes early.
         for position, seed in enumerate(seeds):
             for row in c.row_list():
@@ -277,18 +314,13 @@ class Bench:
                             "finetune": {"tasks": targets, "episodes": c.finetune_episodes} if row.finetuned else None}
                 cells.setdefault(row.key, {})[seed] = self.evaluation_cell(
                     f"{row.key}-s{seed}", None, targets, c.eval_episodes,
-                    make_checkpoint=lambda row=row, seed=seed: self.row_checkpoint(row, seed, base, finetune_data),
+                    make_checkpoint=lambda row=row, seed=seed: self.row_checkpoint(row, seed, base, targets),
                     identity=identity)
-        return {"config": config_to_dict(c), "targets": targets, "selection": selection,
-                "cells": cells, "rows": [dataclasses.asdict(r) for r in c.row_list()],
-                "minutes_this_call": (time.perf_counter() - started) / 60, "config_hash": config_hash(config_to_dict(c))}
+                if c.report:
+                    write_report(results(), c)
+        return results()
 
 
 def run_bench(config: BenchConfig) -> dict[str, Any]:
-    """Run (or resume) the protocol and, with `report`, write the tables; returns every cell's result."""
-    from stvla.benchmark.report import write_report
-
-    results = Bench(config).run()
-    if config.report:
-        write_report(results, config)
-    return results
+    """Run (or resume) the protocol; with `report`, the tables are written as the cells finish."""
+    return Bench(config).run()
