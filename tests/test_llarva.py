@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -39,22 +38,6 @@ def test_prompt_text_for_a_known_state():
     assert noisy[0] == noisy[1] != plain  # seeded noise, 4 decimals
     numbers = noisy[0].split("is [[")[1].split("]]")[0].replace("[", "").replace("]", "").split(", ")
     assert all(len(n.split(".")[1]) <= 4 for n in numbers)
-
-
-def test_prompt_refuses_bad_proprio():
-    with pytest.raises(ValueError, match=r"must be \(5, 4\) for a sawyer robot"):
-        llarva_prompt(PromptConfig(), "reach", np.zeros((5, 7)), 4, False)
-    history = np.zeros((5, 4))
-    history[3, 2] = np.nan
-    with pytest.raises(ValueError, match="step 3, dimension 2"):
-        llarva_prompt(PromptConfig(), "reach", history, 4, False)
-
-
-def test_future_indices_and_mask():
-    indices, mask = future_indices(20, 0, 5)
-    assert indices.tolist() == [0, 5, 10, 14, 19] and mask.all()
-    indices, mask = future_indices(20, 17, 5)  # three frames left: used in order, then the last repeated
-    assert indices.tolist() == [17, 18, 19, 19, 19] and mask.tolist() == [True, True, True, False, False]
 
 
 def test_trace_targets_of_a_recorded_episode(small_dataset):

@@ -89,10 +89,11 @@ def test_prompt_checks_the_robots_state_size():
         llarva_prompt(config, "open the drawer", np.zeros((5, 4)), 2, with_traces=False)
     with pytest.raises(ValueError, match=r"got shape \(4, 8\)"):
         llarva_prompt(config, "open the drawer", np.zeros((4, 8)), 2, with_traces=False)
-    history = np.zeros((5, 8))
-    history[0, 7] = np.inf
-    with pytest.raises(ValueError, match="non-finite value at step 0, dimension 7"):
-        llarva_prompt(config, "open the drawer", history, 2, with_traces=True)
+    for bad in (np.inf, np.nan):
+        history = np.zeros((5, 8))
+        history[0, 7] = bad
+        with pytest.raises(ValueError, match="non-finite value at step 0, dimension 7"):
+            llarva_prompt(config, "open the drawer", history, 2, with_traces=True)
 
 
 # --- prompt tokens -----------------------------------------------------------------------------------------

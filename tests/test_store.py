@@ -1,7 +1,6 @@
 """Episode store: LeRobot v3 layout, exact round trips, clear errors on damaged files, resume."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
