@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import json
 import math
 
 import numpy as np
 import pytest
+import torch
 
 from stvla.evaluate import EvalConfig, evaluate, wilson_interval
 from stvla.policies.action_tokenizer import ActionGridConfig
@@ -36,7 +38,8 @@ def test_wilson_interval_matches_the_formula():
         wilson_interval(3, 2)
 
 
-def save_tiny(directory, policy_type: str = "st", vla: VLAConfig = TINY):
+def save_tiny(directory, policy_type: str = "st", vla: VLAConfig = TINY, seed: int = 0):
+    torch.manual_seed(seed)
     config = dataclasses.replace(make_policy(policy_type).config, vla=vla)
     policy = make_policy(policy_type, config)
     rng = np.random.default_rng(0)
@@ -66,8 +69,15 @@ def test_evaluation_writes_consistent_results_and_resumes(tmp_path):
     assert video and video.endswith(("-success.mp4", "-failure.mp4")) and episodes[1]["video"] is None
     assert (tmp_path / "eval" / "success_by_task.png").is_file()
     # Other settings in the same directory are refused rather than mixed.
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="episodes of another evaluation"):
         evaluate(dataclasses.replace(config, max_steps=20), progress=False)
+    # The policy counts by what it is: a moved copy resumes (nothing to run), new weights in place do not.
+    moved = shutil.copytree(checkpoint, tmp_path / "moved")
+    evaluate(dataclasses.replace(config, policy=str(moved), episodes=3), progress=False)
+    assert len((tmp_path / "eval" / "episodes.jsonl").read_text().splitlines()) == 3
+    save_tiny(tmp_path / "moved", seed=1)
+    with pytest.raises(ValueError, match="episodes of another evaluation"):
+        evaluate(dataclasses.replace(config, policy=str(moved), episodes=3), progress=False)
 
 
 def test_bad_task_and_mismatched_checkpoint_are_refused(tmp_path):

@@ -8,13 +8,12 @@
 Large things (datasets, checkpoints, videos) live under `out`; the small result of every selection
 and evaluation cell lives under `results` (committed to the repository), so the table resumes on
 another machine without re-running what has finished there. Cells are keyed by their configuration:
-the checkpoint a cell starts from enters by the hash of its weights, not its path.
+the checkpoint a cell starts from enters by the hash of its weights and config, not its path.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from stvla.benchmark.report import write_report
 from stvla.config import config_to_dict
 from stvla.data import CollectConfig, collect
 from stvla.evaluate import EvalConfig, evaluate
-from stvla.policies.base import WEIGHTS_FILE
+from stvla.policies.base import WEIGHTS_FILE, checkpoint_fingerprint
 from stvla.policies.registry import load_policy, make_policy
 from stvla.policies.vla import VLAConfig
 from stvla.train import TrainConfig, train
@@ -133,10 +132,6 @@ def quick_preset() -> BenchConfig:
                        llarva_pretrain_episodes=6, llarva_pretrain_steps=300, keep_base="")
 
 
-def weights_hash(checkpoint: str | Path) -> str:
-    return hashlib.sha256((Path(checkpoint) / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
-
-
 class Bench:
     """The protocol's cells for one BenchConfig; `run()` executes what is missing and returns every result."""
 
@@ -226,7 +221,7 @@ class Bench:
                                    variant=row.variant, buffer=row.buffer, trace_points=row.trace_points,
                                    steps=c.stage2_steps, seed=seed, model=c.model,
                                    out=str(self.out / "stage2" / f"{row.key}-s{seed}"))
-        key = {**config_to_dict(train_config), "init": weights_hash(init) if init else None}
+        key = {**config_to_dict(train_config), "init": checkpoint_fingerprint(init) if init else None}
         cell = Cell(f"stage2/{row.key}-s{seed}", Path(train_config.out) / "cell.json", key)
         return Path(cell.run(lambda: self._train(train_config), self.log)["policy"])
 
@@ -244,7 +239,7 @@ class Bench:
 
     def _zero_shot_traced(self, row: Row, base: Path) -> Path:
         """The base's weights in a traced policy (no fine-tuning): "zero-shot traces"."""
-        directory = self.out / "zero-shot" / f"{row.key}-{weights_hash(base)}"
+        directory = self.out / "zero-shot" / f"{row.key}-{checkpoint_fingerprint(base)}"
         if not (directory / WEIGHTS_FILE).is_file():
             config = make_policy(row.policy).config
             config.vla = load_policy(base).config.vla
@@ -266,7 +261,7 @@ class Bench:
         c = self.config
         key = {"name": name, "tasks": tasks, "episodes": episodes, "max_steps": c.max_steps,
                "image_size": c.image_size,
-               "checkpoint": identity if identity is not None else weights_hash(checkpoint)}
+               "checkpoint": identity if identity is not None else checkpoint_fingerprint(checkpoint)}
         cell = Cell(f"eval/{name}", self.results / f"{name}.json", key)
 
         def work() -> dict[str, Any]:
@@ -307,7 +302,7 @@ class Bench:
                     continue
                 llarva = row.init.startswith("llarva")
                 identity = {"row": dataclasses.asdict(row), "seed": seed if row.finetuned else None,
-                            "base": weights_hash(base) if row.init == "base" else None,
+                            "base": checkpoint_fingerprint(base) if row.init == "base" else None,
                             "llarva_pretrain": {"tasks": c.llarva_pretrain_tasks, "episodes": c.llarva_pretrain_episodes,
                                                 "steps": c.llarva_pretrain_steps} if llarva else None,
                             "stage2_steps": c.stage2_steps if row.finetuned else None,

@@ -27,12 +27,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from stvla.config import load_config, save_config
+from stvla.config import save_config
 from stvla.data.collect import episode_seed
 from stvla.data.video import write_video
 from stvla.envs import MetaWorldRGBDEnv, make_env, parse_tasks
 from stvla.evaluate.stats import rate_summary
-from stvla.policies.base import Policy
+from stvla.policies.base import Policy, checkpoint_fingerprint
 from stvla.policies.registry import load_policy
 from stvla.traces import draw_traces_rgb
 from stvla.traces.future import future_trace_targets, trace_error_px
@@ -51,8 +51,9 @@ class EvalConfig:
     camera: str = "corner3"  # camera to render from (the policy's training camera)
 
     def resume_key(self) -> dict[str, Any]:
-        """The settings an episode's outcome depends on; a resumed run must share them."""
-        return {"policy": str(Path(self.policy).resolve()), "max_steps": self.max_steps, "camera": self.camera}
+        """What an episode's outcome depends on; a resumed run must share it. The policy enters by its
+        weights and config, not its path: a moved checkpoint resumes, one retrained in place does not."""
+        return {"policy": checkpoint_fingerprint(self.policy), "max_steps": self.max_steps, "camera": self.camera}
 
 
 def check_policy_fits_env(policy: Policy, env: MetaWorldRGBDEnv, checkpoint: str) -> None:
@@ -213,13 +214,14 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
     out = Path(config.out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    config_path = out / "eval_config.json"
-    if config_path.is_file():
-        earlier = load_config(EvalConfig, config_path)
-        if earlier.resume_key() != config.resume_key():
-            raise ValueError(f"{out} holds an evaluation with other settings ({config_path}: "
-                             f"{earlier.resume_key()}); use another --out")
-    save_config(config, config_path)
+    key_path, key = out / "resume_key.json", config.resume_key()
+    if (out / "episodes.jsonl").is_file():
+        earlier = json.loads(key_path.read_text()) if key_path.is_file() else None
+        if earlier != key:
+            raise ValueError(f"{out} holds episodes of another evaluation ({key_path}: {earlier}, now {key}); "
+                             f"use another --out")
+    key_path.write_text(json.dumps(key) + "\n")
+    save_config(config, out / "eval_config.json")
     log_path = out / "episodes.jsonl"
     finished = {(e["task"], e["attempt"]): e for e in read_finished(log_path)}
     jobs = [(task, attempt, str(out / "videos" / f"{task}-ep{attempt}") if attempt < config.videos else None)

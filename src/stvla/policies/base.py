@@ -11,6 +11,7 @@ data pipeline and by `select_action` alike, so that control sees exactly what tr
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -204,6 +205,17 @@ class Policy(nn.Module):
         if result.unexpected_keys:
             raise ValueError(f"{path}: weights this policy does not have: {result.unexpected_keys[:5]}")
         return list(result.missing_keys)
+
+
+def checkpoint_fingerprint(directory: str | Path) -> str:
+    """A short hash of a checkpoint's weights and config: what it is, wherever it lies (caches key on it)."""
+    digest = hashlib.sha256()
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        path = Path(directory) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file missing: {path}")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def read_checkpoint_config(directory: str | Path) -> tuple[str, dict]:
