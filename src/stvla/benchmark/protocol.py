@@ -140,6 +140,7 @@ class Bench:
         self.out = Path(config.out)
         self.results = config.results_dir
         self.log = log
+        self.stage1_minutes: float | None = None  # wall time of the base's pre-training, where this bench made it
 
     # --- data and stage 1 ----------------------------------------------------------------------------
     def collect_cell(self, name: str, tasks: str, episodes: int, first_attempt: int) -> Path:
@@ -166,6 +167,7 @@ class Bench:
         kept = Cell("stage1 (kept)", Path(c.repo) / c.keep_base / "cell.json", key)
         if c.keep_base and kept.finished() is not None:
             self.log(f"[bench] stage1: kept in {kept.record.parent}")
+            self.stage1_minutes = kept.finished()["minutes"]
             return kept.record.parent
 
         def pretrain() -> dict[str, Any]:
@@ -173,7 +175,9 @@ class Bench:
             return self._train(train_config)
 
         trained = Cell("stage1", self.out / "stage1-s0" / "cell.json", key)
-        policy = Path(trained.run(pretrain, self.log)["policy"])
+        result = trained.run(pretrain, self.log)
+        self.stage1_minutes = result["minutes"]
+        policy = Path(result["policy"])
         if not c.keep_base:
             return policy
         # Keep a copy (two small files) where the repository commits it, with the record of what made it.
@@ -292,7 +296,7 @@ class Bench:
         def results() -> dict[str, Any]:
             return {"config": config_to_dict(c), "targets": targets, "selection": selection,
                     "cells": cells, "rows": [dataclasses.asdict(r) for r in c.row_list()],
-                    "minutes_this_call": (time.perf_counter() - started) / 60,
+                    "minutes_this_call": (time.perf_counter() - started) / 60, "stage1_minutes": self.stage1_minutes,
                     "config_hash": config_hash(config_to_dict(c))}
 
         # Every row's first seed before any row's second: a complete one-seed table comes early.

@@ -196,6 +196,8 @@ def write_report(results: dict[str, Any], config) -> Path:
     rows = [
         ("pre-training set", f"{c['pretrain_tasks']}, {c['pretrain_episodes']} expert episodes per task"),
         ("stage 1 / stage 2 steps (batch 32)", f"{c['stage1_steps']} / {c['stage2_steps']}"),
+        ("stage-1 pre-training of the base: minutes", "given (--base)" if results.get("stage1_minutes") is None
+         else f"{results['stage1_minutes']:.1f}"),
         ("target tasks", ", ".join(results["targets"])),
         ("fine-tuning set", f"{c['finetune_episodes']} episodes per target task"),
         ("LLARVA instruction pre-training", f"{c['llarva_pretrain_tasks']} tasks, {c['llarva_pretrain_episodes']} "
