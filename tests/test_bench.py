@@ -60,6 +60,7 @@ def test_quick_miniature_runs_every_stage(miniature):
     report = (config.results_dir.parent.parent.parent / "BENCHMARKS.md").read_text()
     assert "Paper-reproduction benchmark, reduced" in report and "**Main table**" in report
     assert "ST-VLA > SpatialVLA-style base" in report and "LLARVA: instruction pre-training helps" in report
+    assert "| evaluation cells finished (a row and a training seed each) | 7 of 7 |" in report
     minutes = json.loads((Path(config.repo) / config.keep_base / "cell.json").read_text())["result"]["minutes"]
     assert f"| stage-1 pre-training of the base: minutes | {minutes:.1f} |" in report
     llarva_line = next(line for line in report.splitlines() if line.startswith("| LLARVA (instruction"))

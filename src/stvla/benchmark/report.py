@@ -176,10 +176,10 @@ def write_report(results: dict[str, Any], config) -> Path:
     markdown += floor_ceiling_notes(results, MAIN_ROWS)
     markdown += ["", "**Sub-goal rate** (near the object or grasped at some step), same rows.", ""]
     markdown += success_table(results, MAIN_ROWS, labels, first_seed_only=False, metric="subgoal")
-    markdown += ["", "**Trace variants** (first seed of each row).", ""]
-    markdown += success_table(results, VARIANT_ROWS, labels, first_seed_only=True)
-    markdown += ["", "**Trace buffers** (first seed of each row).", ""]
-    markdown += success_table(results, BUFFER_ROWS, labels, first_seed_only=True)
+    for title, keys in (("Trace variants", VARIANT_ROWS), ("Trace buffers", BUFFER_ROWS)):
+        table = success_table(results, keys, labels, first_seed_only=True)
+        if len(table) > 2:  # a table only once one of its rows has finished
+            markdown += ["", f"**{title}** (first seed of each row).", ""] + table
     llarva_keys = tuple(k for k in LLARVA_ROWS if _row_cells(results, k))
     if llarva_keys:
         markdown += ["", "**LLARVA** (first seed; predicted-trace error: mean pixel distance to the path the end "
@@ -193,6 +193,9 @@ def write_report(results: dict[str, Any], config) -> Path:
     markdown += ["", "**The papers' claims on our benchmark.** Their figures are theirs (SimplerEnv, 4B models); "
                  "ours compare pooled success with a 95% interval of the difference.", ""] + claims
     markdown += ["", f"![per-task success of the main rows]({plot.relative_to(repo).as_posix()})"]
+    seeds = [s for s in str(c["seeds"]).split(",") if s.strip()]
+    expected_cells = sum(len(seeds) if row["main"] and row["finetuned"] else 1 for row in results["rows"])
+    finished_cells = sum(len(by_seed) for by_seed in results["cells"].values())
     rows = [
         ("pre-training set", f"{c['pretrain_tasks']}, {c['pretrain_episodes']} expert episodes per task"),
         ("stage 1 / stage 2 steps (batch 32)", f"{c['stage1_steps']} / {c['stage2_steps']}"),
@@ -204,6 +207,7 @@ def write_report(results: dict[str, Any], config) -> Path:
                                             f"episodes each, {c['llarva_pretrain_steps']} steps"),
         ("evaluation", f"{c['eval_episodes']} episodes per task, row and seed; at most {c['max_steps']} steps"),
         ("training seeds (main rows)", c["seeds"]),
+        ("evaluation cells finished (a row and a training seed each)", f"{finished_cells} of {expected_cells}"),
         ("wall time of this call (cached cells not re-run): minutes", f"{results['minutes_this_call']:.1f}"),
     ]
     figures = {"targets": results["targets"], "claims": verdicts, "cells": results["cells"],
