@@ -67,6 +67,7 @@ def test_quick_miniature_runs_every_stage(miniature):
     assert llarva_line.rstrip(" |").split("|")[-1].strip() != "-"  # a measured trace error
     stored = json.loads((config.results_dir.parent / "bench_quick.json").read_text())
     assert stored["targets"] == results["targets"] and stored["command"]
+    assert stored["cells"]["st-C-b30"]["0"] == {k: results["cells"]["st-C-b30"][0][k] for k in ("per_task", "overall")}
     assert (config.results_dir.parent / "bench_quick.png").is_file()
 
 

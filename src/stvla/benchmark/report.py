@@ -210,7 +210,10 @@ def write_report(results: dict[str, Any], config) -> Path:
         ("evaluation cells finished (a row and a training seed each)", f"{finished_cells} of {expected_cells}"),
         ("wall time of this call (cached cells not re-run): minutes", f"{results['minutes_this_call']:.1f}"),
     ]
-    figures = {"targets": results["targets"], "claims": verdicts, "cells": results["cells"],
+    # Per-task figures of every cell; the episodes themselves stay in the cells' own files (results/<name>/).
+    cells = {key: {seed: {"per_task": cell["per_task"], "overall": cell["overall"]} for seed, cell in by_seed.items()}
+             for key, by_seed in results["cells"].items()}
+    figures = {"targets": results["targets"], "claims": verdicts, "cells": cells,
                "selection": results.get("selection"), "protocol": c}
     title = "Paper-reproduction benchmark, reduced (`--quick`)" if config.quick else "Paper-reproduction benchmark"
     return record(config.name, figures, rows, title, root=repo, markdown=["\n".join(markdown)])
