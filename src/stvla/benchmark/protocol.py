@@ -80,7 +80,7 @@ class BenchConfig:
     pretrain_episodes: int = 50  # expert episodes per pre-training task
     base: str = ""  # a stage-1 checkpoint to start from instead of pre-training one here
     keep_base: str = "checkpoints/base-mt10"  # the pre-trained base is kept here, inside `repo` (committed: the table and the main job resume from it on any machine); "" keeps it under `out` only
-    stage1_steps: int = 10000  # stage-1 optimiser steps (batch 32; about 5 epochs of MT10 x 50)
+    stage1_steps: int = 10000  # stage-1 optimiser steps (batch 32; about 8.5 epochs of MT10 x 50)
     selection_episodes: int = 20  # evaluation episodes per candidate task when choosing the targets
     num_targets: int = 4  # target tasks: the candidates whose base success is closest to 50%
     targets: str = ""  # fixed comma-separated target tasks instead of the selection
@@ -165,9 +165,10 @@ class Bench:
         key = {"train": {k: v for k, v in config_to_dict(train_config).items() if k not in ("dataset", "out")},
                "data": {"tasks": c.pretrain_tasks, "episodes": c.pretrain_episodes, "image_size": c.image_size}}
         kept = Cell("stage1 (kept)", Path(c.repo) / c.keep_base / "cell.json", key)
-        if c.keep_base and kept.finished() is not None:
+        kept_result = kept.finished() if c.keep_base else None
+        if kept_result is not None:
             self.log(f"[bench] stage1: kept in {kept.record.parent}")
-            self.stage1_minutes = kept.finished()["minutes"]
+            self.stage1_minutes = kept_result["minutes"]
             return kept.record.parent
 
         def pretrain() -> dict[str, Any]:
@@ -184,7 +185,7 @@ class Bench:
         kept.record.parent.mkdir(parents=True, exist_ok=True)
         for file in policy.iterdir():
             shutil.copyfile(file, kept.record.parent / file.name)
-        kept.run(lambda: {**trained.finished(), "policy": c.keep_base}, self.log)
+        kept.run(lambda: {**result, "policy": c.keep_base}, self.log)
         return kept.record.parent
 
     @staticmethod
