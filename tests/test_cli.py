@@ -68,3 +68,17 @@ def test_trace_writes_three_panels_with_traces(small_dataset, tmp_path, capsys):
     assert "valid: A, B, C" in capsys.readouterr().err
     assert main(["trace", str(root), "--buffer", "1", "--out", str(tmp_path / "x.mp4")]) == 2
     assert "buffer_length" in capsys.readouterr().err
+
+
+def test_every_command_prints_its_help(capsys):
+    import pytest
+
+    from stvla.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert {"collect", "train", "eval", "bench"} <= set(commands)
+    for name in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0, name
+        assert "usage: " in capsys.readouterr().out, name

@@ -67,7 +67,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str
             continue
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        help_text = f"{comments.get(f.name, '')} (default: {default})"
+        # argparse formats help with %-substitution: a literal "50%" in a comment must be escaped.
+        help_text = f"{comments.get(f.name, '')} (default: {default})".replace("%", "%%")
         dest = f"{prefix}{f.name}"
         if kind is bool:
             # `--flag` alone means true; `--flag false` is accepted too.
