@@ -63,6 +63,10 @@ def test_quick_miniature_runs_every_stage(miniature):
     assert "| evaluation cells finished (a row and a training seed each) | 7 of 7 |" in report
     minutes = json.loads((Path(config.repo) / config.keep_base / "cell.json").read_text())["result"]["minutes"]
     assert f"| stage-1 pre-training of the base: minutes | {minutes:.1f} |" in report
+    recorded = [cell["minutes"] for by_seed in results["cells"].values() for cell in by_seed.values()]
+    recorded.append(results["selection"]["minutes"])
+    assert all(m > 0 for m in recorded)
+    assert f"| {sum(recorded):.1f} (8 of 8 cells recorded a time) |" in report
     llarva_line = next(line for line in report.splitlines() if line.startswith("| LLARVA (instruction"))
     assert llarva_line.rstrip(" |").split("|")[-1].strip() != "-"  # a measured trace error
     stored = json.loads((config.results_dir.parent / "bench_quick.json").read_text())

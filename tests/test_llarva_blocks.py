@@ -15,8 +15,8 @@ import torch
 
 from stvla.data import EpisodeStore
 from stvla.policies.image_encoder import ImageEncoderConfig
-from stvla.policies.prompt import (HISTORY_LENGTH, PromptConfig, PromptTokens, format_history, llarva_prompt,
-                                  proprio_history)
+from stvla.policies.prompt import (HISTORY_LENGTH, PromptConfig, PromptResampler, PromptTokens, format_history,
+                                  llarva_prompt, proprio_history)
 from stvla.policies.registry import make_policy
 from stvla.policies.trunk import TrunkConfig
 from stvla.policies.vla import VLAConfig
@@ -123,6 +123,25 @@ def test_prompt_tokens_shapes_mask_and_frozen_table(prompt_tokens):
     # Padding tokens never change a real token: the same prompt alone gives the same tokens.
     alone, _ = prompt_tokens([short])
     assert torch.allclose(alone[0], tokens[1, : lengths[1]])
+
+
+def test_prompt_resampler_reads_the_pieces_and_ignores_padding(prompt_tokens):
+    torch.manual_seed(0)
+    resampler = PromptResampler(width=16, latents=4, heads=2)
+    history = proprio_history(np.array([[0.1235, -0.5, 0.2, 1.0]]), 0)
+    moved = history.copy()
+    moved[-1, 0] = 0.9876  # one number of the prompt changes
+    texts = [llarva_prompt(PromptConfig(), instruction, h, 4, True)
+             for instruction, h in (("pick up the puck and place it at the goal", history), ("reach", history),
+                                    ("reach", moved))]
+    tokens, mask = prompt_tokens(texts)
+    latents = resampler(tokens, mask)
+    assert latents.shape == (3, 4, 16)
+    # The short prompt, padded inside the batch, reads the same as alone: padding is never attended to.
+    alone = resampler(*prompt_tokens(texts[1:2]))
+    assert torch.allclose(alone[0], latents[1], atol=1e-6)
+    # The latents see the digits of a single number.
+    assert not torch.allclose(latents[1], latents[2], atol=1e-4)
 
 
 def test_prompt_tokens_refuse_a_prompt_longer_than_max_tokens():

@@ -270,6 +270,7 @@ class Bench:
         cell = Cell(f"eval/{name}", self.results / f"{name}.json", key)
 
         def work() -> dict[str, Any]:
+            started = time.perf_counter()
             path = checkpoint if checkpoint is not None else make_checkpoint()
             info = evaluate(EvalConfig(policy=str(path), tasks=",".join(tasks), episodes=episodes,
                                        max_steps=c.max_steps, workers=c.workers, videos=c.videos,
@@ -277,7 +278,9 @@ class Bench:
             keep = ("task", "attempt", "seed", "success", "subgoal", "steps", "trace_error_px")
             return {"per_task": info["per_task"], "overall": info["overall"],
                     "episodes": [{k: e[k] for k in keep if k in e} for e in info["episodes"]],
-                    "videos": [e["video"] for e in info["episodes"] if e.get("video")]}
+                    "videos": [e["video"] for e in info["episodes"] if e.get("video")],
+                    # What finishing the cell cost in this call: its training (when not cached) and evaluation.
+                    "minutes": (time.perf_counter() - started) / 60}
 
         return cell.run(work, self.log)
 

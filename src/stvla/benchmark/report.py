@@ -98,6 +98,14 @@ def trace_error_text(cells: list[dict[str, Any]]) -> str:
     return f"{sum(errors) / len(errors):.1f}" if errors else "-"
 
 
+def recorded_minutes_text(results: dict[str, Any]) -> str:
+    """The summed wall time the cells recorded, and how many recorded one (older cells did not)."""
+    cells = [cell for by_seed in results["cells"].values() for cell in by_seed.values()]
+    cells += [results["selection"]] if results.get("selection") else []
+    minutes = [cell["minutes"] for cell in cells if cell.get("minutes") is not None]
+    return f"{sum(minutes):.1f} ({len(minutes)} of {len(cells)} cells recorded a time)"
+
+
 def floor_ceiling_notes(results: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
     notes = []
     for task in results["targets"]:
@@ -209,6 +217,8 @@ def write_report(results: dict[str, Any], config) -> Path:
         ("training seeds (main rows)", c["seeds"]),
         ("evaluation cells finished (a row and a training seed each)", f"{finished_cells} of {expected_cells}"),
         ("wall time of this call (cached cells not re-run): minutes", f"{results['minutes_this_call']:.1f}"),
+        ("work recorded by the evaluation cells (selection included; the training a cell ran, then its evaluation): "
+         "minutes", recorded_minutes_text(results)),
     ]
     # Per-task figures of every cell; the episodes themselves stay in the cells' own files (results/<name>/).
     cells = {key: {seed: {"per_task": cell["per_task"], "overall": cell["overall"]} for seed, cell in by_seed.items()}
