@@ -108,3 +108,13 @@ def test_difference_interval_and_verdicts():
     diff, low, high = difference((0, 50), (0, 50))  # both at the floor: an interval, not a point
     assert diff == 0.0 and low < 0 < high and verdict(low, high) == "inside the noise"
     assert verdict(*difference((5, 50), (30, 50))[1:]) == "contradicted"
+
+
+def test_the_committed_base_still_matches_the_protocol():
+    """A new field in TrainConfig or VLAConfig changes stage 1's key: the kept 45-minute base (and every
+    row evaluated from it) would silently be re-made. Such a field must not change the default protocol."""
+    root = Path(__file__).resolve().parent.parent
+    config = BenchConfig(repo=str(root))
+    _, cell = Bench(config).stage1()
+    assert cell.record == root / config.keep_base / "cell.json" and cell.record.is_file()
+    assert cell.finished() is not None, f"{cell.record} no longer matches stage 1's configuration"

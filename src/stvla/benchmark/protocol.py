@@ -151,20 +151,28 @@ class Bench:
         cell.run(lambda: collect(collect_config).as_dict(), self.log)
         return Path(collect_config.out)
 
+    def stage1(self) -> tuple[TrainConfig, Cell]:
+        """Stage 1's training config, and the cell of the base kept in the repository (`keep_base`).
+
+        The cell is keyed by what makes the weights, not by where they were written, so the key holds on
+        any machine; it also holds every field of TrainConfig and VLAConfig, so a new field there
+        invalidates the kept base (a test guards the committed one)."""
+        c = self.config
+        tasks = c.pretrain_tasks if "," not in c.pretrain_tasks else config_hash({"tasks": c.pretrain_tasks})[:8]
+        dataset = self.out / "data" / f"pretrain-{tasks}"
+        train_config = TrainConfig(policy="spatialvla", dataset=str(dataset), out=str(self.out / "stage1-s0"),
+                                   model=c.model, steps=c.stage1_steps, seed=0)
+        key = {"train": {k: v for k, v in config_to_dict(train_config).items() if k not in ("dataset", "out")},
+               "data": {"tasks": c.pretrain_tasks, "episodes": c.pretrain_episodes, "image_size": c.image_size}}
+        return train_config, Cell("stage1 (kept)", Path(c.repo) / c.keep_base / "cell.json", key)
+
     def base_checkpoint(self) -> Path:
         """The stage-1 base: given by `base`, kept in the repository by an earlier run (`keep_base`), or
         pre-trained here on the pre-training set (and then kept)."""
         c = self.config
         if c.base:
             return Path(c.base)
-        tasks = c.pretrain_tasks if "," not in c.pretrain_tasks else config_hash({"tasks": c.pretrain_tasks})[:8]
-        dataset = self.out / "data" / f"pretrain-{tasks}"
-        train_config = TrainConfig(policy="spatialvla", dataset=str(dataset), out=str(self.out / "stage1-s0"),
-                                   model=c.model, steps=c.stage1_steps, seed=0)
-        # Keyed by what makes the weights, not by where they were written, so the key holds on any machine.
-        key = {"train": {k: v for k, v in config_to_dict(train_config).items() if k not in ("dataset", "out")},
-               "data": {"tasks": c.pretrain_tasks, "episodes": c.pretrain_episodes, "image_size": c.image_size}}
-        kept = Cell("stage1 (kept)", Path(c.repo) / c.keep_base / "cell.json", key)
+        train_config, kept = self.stage1()
         kept_result = kept.finished() if c.keep_base else None
         if kept_result is not None:
             self.log(f"[bench] stage1: kept in {kept.record.parent}")
@@ -172,10 +180,10 @@ class Bench:
             return kept.record.parent
 
         def pretrain() -> dict[str, Any]:
-            self.collect_cell(f"pretrain-{tasks}", c.pretrain_tasks, c.pretrain_episodes, 0)
+            self.collect_cell(Path(train_config.dataset).name, c.pretrain_tasks, c.pretrain_episodes, 0)
             return self._train(train_config)
 
-        trained = Cell("stage1", self.out / "stage1-s0" / "cell.json", key)
+        trained = Cell("stage1", self.out / "stage1-s0" / "cell.json", kept.config)
         result = trained.run(pretrain, self.log)
         self.stage1_minutes = result["minutes"]
         policy = Path(result["policy"])

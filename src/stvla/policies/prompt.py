@@ -25,6 +25,10 @@ from safetensors import safe_open
 from torch import nn
 
 HISTORY_LENGTH = 5  # LLARVA: the previous five (including current) proprio states
+# Latents that read a prompt's word pieces before the trunk (PromptResampler). A constant rather than a
+# VLAConfig field: every cached cell and kept checkpoint is keyed by the full VLAConfig, and a new field
+# would invalidate them all (the committed 45-minute MT10 base among them).
+PROMPT_LATENTS = 16
 
 
 @dataclass

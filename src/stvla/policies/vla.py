@@ -8,7 +8,7 @@ Token sequence fed to the transformer trunk:
 - image patches: `ConvPatchEncoder` (SigLIP's place), one token per patch;
 - Ego3D: SpatialVLA's 3D position encoding of the (raw or traced) depth, added token by token;
 - language: a frozen sentence embedding (all-MiniLM-L6-v2) projected to one token, or (LLARVA) the
-  word pieces of a structured prompt, read into a few latents by cross-attention (`prompt_latents`);
+  word pieces of a structured prompt, read into PROMPT_LATENTS latents by cross-attention;
 - a second image with a learned separator token, for TraceVLA's [original, traced] pair;
 - one learned query per action of the chunk; each reads out the adaptive-grid tokens of its step
   (translation over the spherical grid, gripper) as classification logits;
@@ -30,7 +30,7 @@ from stvla.policies.action_tokenizer import ActionGridConfig, AdaptiveActionGrid
 from stvla.policies.ego3d import Ego3DConfig, Ego3DEncoder
 from stvla.policies.image_encoder import ConvPatchEncoder, ImageEncoderConfig
 from stvla.policies.normalizer import ActionNormalizer, StateNormalizer
-from stvla.policies.prompt import PromptResampler, PromptTokens
+from stvla.policies.prompt import PROMPT_LATENTS, PromptResampler, PromptTokens
 from stvla.policies.trunk import Trunk, TrunkConfig
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2 sentence embedding width
@@ -48,7 +48,6 @@ class VLAConfig:
     n_action_steps: int = 4  # actions of a chunk executed before predicting again
     language: str = "sentence"  # "sentence": one pooled MiniLM token; "prompt": word pieces of a structured prompt (LLARVA)
     prompt_max_tokens: int = 256  # "prompt" language: word pieces a prompt may have (more is an error, never cut)
-    prompt_latents: int = 16  # "prompt" language: latents that read the word pieces before the trunk (0: the trunk reads every piece, slower)
     trace_points: int = 0  # LLARVA: future end-effector trace points predicted beside the actions (0 = none)
     trace_loss_weight: float = 1.0  # weight of the trace loss (L1 in image-normalised units) beside the action loss
     action_dim: int = 4  # robot action dimension (Meta-World: dx, dy, dz, gripper)
@@ -65,8 +64,6 @@ class VLAConfig:
             raise ValueError(f"n_action_steps must be in [1, chunk_size={self.chunk_size}], got {self.n_action_steps}")
         if self.language not in LANGUAGE_INPUTS:
             raise ValueError(f"unknown language input {self.language!r}; valid: {', '.join(LANGUAGE_INPUTS)}")
-        if self.prompt_latents < 0:
-            raise ValueError(f"prompt_latents must be >= 0, got {self.prompt_latents}")
         if self.trace_points < 0:
             raise ValueError(f"trace_points must be >= 0, got {self.trace_points}")
         if self.grid.action_dim != self.action_dim:
@@ -93,8 +90,7 @@ class SmallVLA(nn.Module):
         self.ego3d = Ego3DEncoder(config.ego3d, width) if config.use_ego3d else None
         if config.language == "prompt":
             self.prompt_tokens = PromptTokens(width, config.prompt_max_tokens)
-            self.prompt_resampler = (PromptResampler(width, config.prompt_latents, config.trunk.heads)
-                                     if config.prompt_latents else None)
+            self.prompt_resampler = PromptResampler(width, PROMPT_LATENTS, config.trunk.heads)
         else:
             self.language = nn.Linear(TEXT_DIM, width)
         if config.trace_points:
@@ -134,9 +130,8 @@ class SmallVLA(nn.Module):
         batch_size = len(images)
         if self.config.language == "prompt":
             language, language_mask = self.prompt_tokens(batch["observation.prompt"])
-            if self.prompt_resampler is not None:
-                language = self.prompt_resampler(language, language_mask)
-                language_mask = torch.ones(language.shape[:2], dtype=torch.bool)
+            language = self.prompt_resampler(language, language_mask)
+            language_mask = torch.ones(language.shape[:2], dtype=torch.bool)
         else:
             language = self.language(batch["observation.language"]).unsqueeze(1)
             language_mask = torch.ones(batch_size, 1, dtype=torch.bool)
