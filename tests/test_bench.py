@@ -87,6 +87,23 @@ def test_second_call_skips_finished_cells_and_reruns_a_deleted_one(miniature):
     assert [line for line in logs if line.endswith(": running")] == ["[bench] eval/st-A-b30-s0: running"]
 
 
+def test_report_only_runs_nothing_and_reports_the_finished_cells(miniature, tmp_path):
+    config, first, _ = miniature
+    logs: list[str] = []
+    (config.results_dir / "st-A-b30-s0.json").rename(tmp_path / "st-A-b30-s0.json")  # as if still running
+    try:
+        report = run_bench_logged(dataclasses.replace(config, report_only=True), logs)
+    finally:
+        (tmp_path / "st-A-b30-s0.json").rename(config.results_dir / "st-A-b30-s0.json")
+    assert not [line for line in logs if line.endswith(": running")]
+    assert set(report["cells"]) == set(first["cells"]) - {"st-A-b30"}
+    text = (config.results_dir.parent.parent.parent / "BENCHMARKS.md").read_text()
+    assert "| evaluation cells finished (a row and a training seed each) | 6 of 7 |" in text
+    with pytest.raises(RuntimeError, match="nothing to report yet"):
+        Bench(dataclasses.replace(config, report_only=True, repo=str(tmp_path / "empty"), out=str(tmp_path / "o")),
+              log=logs.append).run()
+
+
 def test_another_machine_resumes_from_the_kept_base_and_the_committed_results(miniature, tmp_path):
     """What a fresh clone has: the repository (kept base, per-cell results), nothing under `out`."""
     config, first, _ = miniature
@@ -108,6 +125,28 @@ def test_difference_interval_and_verdicts():
     diff, low, high = difference((0, 50), (0, 50))  # both at the floor: an interval, not a point
     assert diff == 0.0 and low < 0 < high and verdict(low, high) == "inside the noise"
     assert verdict(*difference((5, 50), (30, 50))[1:]) == "contradicted"
+
+
+def test_claims_compare_fine_tuned_rows_on_their_common_seeds():
+    from stvla.benchmark.protocol import ROWS
+    from stvla.benchmark.report import claims_table
+
+    def cell(successes: int) -> dict:
+        return {"episodes": [{"task": "t", "success": i < successes} for i in range(10)]}
+
+    results = {"rows": [dataclasses.asdict(r) for r in ROWS], "targets": ["t"], "cells": {
+        "base-finetuned": {0: cell(5), 1: cell(0)},  # seed 1 finished, ST-VLA's seed 1 still running
+        "st-C-b30": {0: cell(5)},
+        "zero-shot-traces": {0: cell(5)},
+    }}
+    _, verdicts = claims_table(results)
+    by_claim = {v["claim"]: v for v in verdicts}
+    assert set(by_claim) == {"ST-VLA > SpatialVLA-style base (both fine-tuned)",
+                             "zero-shot traces >= fine-tuned without traces"}
+    tuned = by_claim["ST-VLA > SpatialVLA-style base (both fine-tuned)"]
+    assert tuned["seeds"] == "0 / 0" and tuned["difference"] == 0.0  # seed 1 of the base is not weighed
+    zero_shot = by_claim["zero-shot traces >= fine-tuned without traces"]  # no training seed: every seed of the other
+    assert zero_shot["seeds"] == "0 / 0,1" and zero_shot["difference"] == pytest.approx(0.5 - 0.25)
 
 
 def test_the_committed_base_still_matches_the_protocol():

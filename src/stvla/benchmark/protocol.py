@@ -75,6 +75,7 @@ class BenchConfig:
     out: str = "runs/bench"  # working directory: datasets, checkpoints, videos (large; not committed)
     repo: str = "."  # holds benchmarks/results/ (small per-cell results: commit them, the table resumes anywhere) and BENCHMARKS.md
     report: bool = True  # write the tables into BENCHMARKS.md and benchmarks/results/<name>.json at the end
+    report_only: bool = False  # run nothing: write the tables from the cells finished so far (e.g. beside a running bench)
     quick: bool = False  # the reduced protocol (fewer tasks, episodes and steps; under 20 minutes)
     pretrain_tasks: str = "mt10"  # pre-training tasks, also the candidates for the targets
     pretrain_episodes: int = 50  # expert episodes per pre-training task
@@ -184,6 +185,8 @@ class Bench:
             return self._train(train_config)
 
         trained = Cell("stage1", self.out / "stage1-s0" / "cell.json", kept.config)
+        if c.report_only and trained.finished() is None:
+            raise RuntimeError(f"report_only: no finished stage-1 base ({kept.record}, {trained.record}); nothing to report yet")
         result = trained.run(pretrain, self.log)
         self.stage1_minutes = result["minutes"]
         policy = Path(result["policy"])
@@ -211,6 +214,9 @@ class Bench:
             return [t.strip() for t in c.targets.split(",") if t.strip()], None
         candidates = CollectConfig(task=c.pretrain_tasks).task_list()
         result = self.evaluation_cell("selection", base, candidates, c.selection_episodes)
+        if result is None:
+            raise RuntimeError(f"report_only: the target selection has not finished ({self.results / 'selection.json'}); "
+                               "nothing to report yet")
         rates = {task: row["success_rate"] for task, row in result["per_task"].items()}
         # Closest to 50% first; ties by task order, so the choice is reproducible.
         ranked = sorted(candidates, key=lambda task: (abs(rates[task] - 0.5), candidates.index(task)))
@@ -265,8 +271,9 @@ class Bench:
         return directory
 
     def evaluation_cell(self, name: str, checkpoint: Path | None, tasks: list[str], episodes: int,
-                        make_checkpoint=None, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+                        make_checkpoint=None, identity: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Evaluate a checkpoint on `tasks`; the result is kept under `results` (small, committed).
+        With `report_only`, only a finished result is returned (None when there is none).
 
         `identity` is what the checkpoint is (for the cache key); `make_checkpoint` builds it only when
         the evaluation has not run yet.
@@ -276,6 +283,8 @@ class Bench:
                "image_size": c.image_size,
                "checkpoint": identity if identity is not None else checkpoint_fingerprint(checkpoint)}
         cell = Cell(f"eval/{name}", self.results / f"{name}.json", key)
+        if c.report_only:
+            return cell.finished()
 
         def work() -> dict[str, Any]:
             started = time.perf_counter()
@@ -323,10 +332,13 @@ class Bench:
                                                 "steps": c.llarva_pretrain_steps} if llarva else None,
                             "stage2_steps": c.stage2_steps if row.finetuned else None,
                             "finetune": {"tasks": targets, "episodes": c.finetune_episodes} if row.finetuned else None}
-                cells.setdefault(row.key, {})[seed] = self.evaluation_cell(
+                result = self.evaluation_cell(
                     f"{row.key}-s{seed}", None, targets, c.eval_episodes,
                     make_checkpoint=lambda row=row, seed=seed: self.row_checkpoint(row, seed, base, targets),
                     identity=identity)
+                if result is None:  # report_only, and this cell has not finished
+                    continue
+                cells.setdefault(row.key, {})[seed] = result
                 if c.report:
                     write_report(results(), c)
         return results()
