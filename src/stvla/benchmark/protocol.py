@@ -127,10 +127,10 @@ def quick_preset() -> BenchConfig:
     """The reduced protocol of `stvla bench --quick`: every step of the full one, on a small scale."""
     return BenchConfig(out="runs/bench-quick", quick=True,
                        pretrain_tasks="reach-v3,drawer-open-v3,button-press-topdown-v3,window-open-v3",
-                       pretrain_episodes=10, stage1_steps=800, selection_episodes=6, num_targets=2,
-                       finetune_episodes=6, stage2_steps=200, eval_episodes=10, max_steps=120, seeds="0",
+                       pretrain_episodes=10, stage1_steps=500, selection_episodes=6, num_targets=2,
+                       finetune_episodes=6, stage2_steps=150, eval_episodes=8, max_steps=120, seeds="0",
                        llarva_pretrain_tasks="reach-v3,drawer-open-v3,button-press-topdown-v3,window-open-v3",
-                       llarva_pretrain_episodes=6, llarva_pretrain_steps=300, keep_base="")
+                       llarva_pretrain_episodes=6, llarva_pretrain_steps=200, keep_base="")
 
 
 class Bench:
