@@ -99,6 +99,7 @@ def test_report_only_runs_nothing_and_reports_the_finished_cells(miniature, tmp_
     assert set(report["cells"]) == set(first["cells"]) - {"st-A-b30"}
     text = (config.results_dir.parent.parent.parent / "BENCHMARKS.md").read_text()
     assert "| evaluation cells finished (a row and a training seed each) | 6 of 7 |" in text
+    assert "| wall time of this call (cached cells not re-run): minutes | - (written by --report_only: no cell ran) |" in text
     with pytest.raises(RuntimeError, match="nothing to report yet"):
         Bench(dataclasses.replace(config, report_only=True, repo=str(tmp_path / "empty"), out=str(tmp_path / "o")),
               log=logs.append).run()

@@ -197,7 +197,9 @@ def write_report(results: dict[str, Any], config) -> Path:
     llarva_keys = tuple(k for k in LLARVA_ROWS if _row_cells(results, k))
     if llarva_keys:
         markdown += ["", "**LLARVA** (first seed; predicted-trace error: mean pixel distance to the path the end "
-                     "effector then took, closed loop).", ""]
+                     "effector then took, closed loop). The pre-trained rows tune LoRA adapters of the trunk on the "
+                     "fine-tuning set; the row without instruction pre-training trains every weight there, from "
+                     "scratch, for the same steps.", ""]
         table = success_table(results, llarva_keys, labels, first_seed_only=True)
         table[0] += " trace error px |"
         table[1] += " --- |"
@@ -222,7 +224,8 @@ def write_report(results: dict[str, Any], config) -> Path:
         ("evaluation", f"{c['eval_episodes']} episodes per task, row and seed; at most {c['max_steps']} steps"),
         ("training seeds (main rows)", c["seeds"]),
         ("evaluation cells finished (a row and a training seed each)", f"{finished_cells} of {expected_cells}"),
-        ("wall time of this call (cached cells not re-run): minutes", f"{results['minutes_this_call']:.1f}"),
+        ("wall time of this call (cached cells not re-run): minutes",
+         "- (written by --report_only: no cell ran)" if c.get("report_only") else f"{results['minutes_this_call']:.1f}"),
         ("work recorded by the evaluation cells (selection included; the training a cell ran, then its evaluation): "
          "minutes", recorded_minutes_text(results)),
     ]
