@@ -339,8 +339,10 @@ class Bench:
                 if result is None:  # report_only, and this cell has not finished
                     continue
                 cells.setdefault(row.key, {})[seed] = result
-                if c.report:
+                if c.report and not c.report_only:  # a long run shows its finished rows as it goes
                     write_report(results(), c)
+        if c.report and c.report_only:
+            write_report(results(), c)  # once: nothing changes between cells here
         return results()
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
+
+from stvla.policies.trunk import MLP, SelfAttention, TrunkConfig
 
 HISTORY_LENGTH = 5  # LLARVA: the previous five (including current) proprio states
 # Latents that read a prompt's word pieces before the trunk (PromptResampler). A constant rather than a
@@ -133,28 +134,15 @@ class PromptResampler(nn.Module):
 
     def __init__(self, width: int, latents: int, heads: int):
         super().__init__()
-        if width % heads:
-            raise ValueError(f"width {width} is not divisible by heads {heads}")
-        self.heads = heads
+        block = TrunkConfig(width=width, depth=1, heads=heads)  # the trunk's own attention and MLP
         self.latents = nn.Parameter(torch.randn(1, latents, width) * 0.02)
-        self.norm_latents = nn.LayerNorm(width)
-        self.norm_tokens = nn.LayerNorm(width)
-        self.query = nn.Linear(width, width)
-        self.key = nn.Linear(width, width)
-        self.value = nn.Linear(width, width)
-        self.output = nn.Linear(width, width)
-        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        self.latent_norm = nn.LayerNorm(width)
+        self.token_norm = nn.LayerNorm(width)
+        self.read = SelfAttention(block)
+        self.mlp_norm = nn.LayerNorm(width)
+        self.mlp = MLP(block)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        batch, _, width = tokens.shape
-        latents = self.latents.expand(batch, -1, -1)
-        keys_in = self.norm_tokens(tokens)
-
-        def split_heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch, x.shape[1], self.heads, width // self.heads).transpose(1, 2)
-
-        read = F.scaled_dot_product_attention(
-            split_heads(self.query(self.norm_latents(latents))), split_heads(self.key(keys_in)),
-            split_heads(self.value(keys_in)), attn_mask=mask[:, None, None, :])
-        latents = latents + self.output(read.transpose(1, 2).reshape(batch, -1, width))
-        return latents + self.mlp(latents)
+        latents = self.latents.expand(len(tokens), -1, -1)
+        latents = latents + self.read(self.latent_norm(latents), mask[:, None, None, :], context=self.token_norm(tokens))
+        return latents + self.mlp(self.mlp_norm(latents))

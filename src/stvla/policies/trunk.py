@@ -37,7 +37,8 @@ class TrunkConfig:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with separate q, k, v and output projections."""
+    """Multi-head attention with separate q, k, v and output projections: self-attention, or with a
+    `context`, cross-attention (queries from x, keys and values from the context)."""
 
     def __init__(self, config: TrunkConfig) -> None:
         super().__init__()
@@ -48,15 +49,18 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(config.width, config.width)
         self.o_proj = nn.Linear(config.width, config.width)
 
-    def forward(self, x: torch.Tensor, attend: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, T, width); `attend` (B, 1, 1, T) bool, True where a key may be attended to."""
+    def forward(self, x: torch.Tensor, attend: torch.Tensor | None = None,
+                context: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, T, width); `attend` (B, 1, 1, S) bool, True where a key may be attended to; `context`
+        (B, S, width) the keys and values (default: x)."""
         batch, tokens, width = x.shape
+        context = x if context is None else context
 
         def split_heads(projected: torch.Tensor) -> torch.Tensor:
-            return projected.view(batch, tokens, self.heads, width // self.heads).transpose(1, 2)
+            return projected.view(batch, projected.shape[1], self.heads, width // self.heads).transpose(1, 2)
 
         out = F.scaled_dot_product_attention(
-            split_heads(self.q_proj(x)), split_heads(self.k_proj(x)), split_heads(self.v_proj(x)),
+            split_heads(self.q_proj(x)), split_heads(self.k_proj(context)), split_heads(self.v_proj(context)),
             attn_mask=attend, dropout_p=self.dropout if self.training else 0.0,
         )
         return self.o_proj(out.transpose(1, 2).reshape(batch, tokens, width))
