@@ -88,3 +88,22 @@ def test_bad_task_and_mismatched_checkpoint_are_refused(tmp_path):
     seven = save_tiny(tmp_path / "seven", "spatialvla", arm)
     with pytest.raises(ValueError, match="outputs 7-D actions; task reach-v3 takes 4-D"):
         evaluate(EvalConfig(policy=str(seven), tasks="reach-v3", out=str(tmp_path / "b")), progress=False)
+
+
+def test_a_worker_that_cannot_start_fails_the_evaluation_instead_of_hanging(tmp_path):
+    """A pool restarts a worker whose start-up raises, forever: the error must travel with the first job."""
+    from stvla.evaluate.rollout import _WORKER, _episode_in_worker, _start_worker
+
+    config = dataclasses.asdict(EvalConfig(policy=str(tmp_path / "gone"), tasks="reach-v3"))
+    threads = torch.get_num_threads()
+    try:
+        _start_worker(config)
+        with pytest.raises(RuntimeError, match="could not start: FileNotFoundError: not a policy checkpoint"):
+            _episode_in_worker(("reach-v3", 0, None))
+    finally:
+        _WORKER.clear()
+        torch.set_num_threads(threads)
+    if not torch.cuda.is_available():  # a device this machine lacks is refused before any worker starts
+        with pytest.raises(ValueError, match="'cuda' is not available"):
+            evaluate(EvalConfig(policy=str(save_tiny(tmp_path / "p", "spatialvla")), tasks="reach-v3",
+                                device="cuda", out=str(tmp_path / "e")), progress=False)

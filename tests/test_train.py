@@ -148,3 +148,12 @@ def test_mismatched_inputs_are_refused(stage1, small_dataset, tmp_path):
     info_path.write_text(json.dumps(info))
     with pytest.raises(ValueError, match="has no observation.depth"):
         train(tiny_config(no_depth, tmp_path / "c"), progress=False)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_device_this_machine_lacks_is_a_clear_error(small_dataset, tmp_path):
+    root, _ = small_dataset
+    with pytest.raises(ValueError, match="'cuda' is not available"):
+        train(tiny_config(root, tmp_path / "gpu", device="cuda"), progress=False)
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        train(tiny_config(root, tmp_path / "typo", device="gpu0"), progress=False)

@@ -3,11 +3,16 @@
 `add_config_arguments(parser, Config)` adds one `--field` option per dataclass field (nested
 dataclasses become `--outer.inner`), with the field's trailing `# comment` as its help text; unknown
 options are an error, never silently ignored. `config_from_arguments` builds the dataclass back.
+
+`config_key(config)` is the dict that caches key on (stvla.benchmark). A field added after results were
+kept is declared with `metadata=KEY_NEUTRAL`: while it holds its default it is left out of the key, so
+every cell that was finished before the field existed still matches.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import inspect
 import json
@@ -56,6 +61,13 @@ def _field_type(cls: type, name: str) -> Any:
     return hint
 
 
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default value (None when it has none)."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
     """Add `--prefix.field` options for every field of dataclass `cls` (recursively)."""
     comments = field_comments(cls)
@@ -65,8 +77,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str
         if dataclasses.is_dataclass(kind):
             add_config_arguments(parser, kind, prefix=f"{prefix}{f.name}.")
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = field_default(f)
         # argparse formats help with %-substitution: a literal "50%" in a comment must be escaped.
         help_text = f"{comments.get(f.name, '')} (default: {default})".replace("%", "%%")
         dest = f"{prefix}{f.name}"
@@ -113,6 +124,22 @@ def config_from_arguments(cls: type[T], namespace: argparse.Namespace, base: T |
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+KEY_NEUTRAL = {"key_neutral": True}  # field metadata: left out of `config_key` while at its default
+
+
+def config_key(config: Any) -> dict[str, Any]:
+    """`config_to_dict`, without the KEY_NEUTRAL fields that hold their defaults (at any depth)."""
+    if not dataclasses.is_dataclass(config):
+        return config
+    key: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("key_neutral") and value == field_default(f):
+            continue
+        key[f.name] = config_key(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
+    return key
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:

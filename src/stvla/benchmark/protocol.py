@@ -23,7 +23,7 @@ from typing import Any
 from stvla.benchmark.cells import Cell, config_hash
 from stvla.benchmark.record import RESULTS_SUBDIR
 from stvla.benchmark.report import write_report
-from stvla.config import config_to_dict
+from stvla.config import config_key
 from stvla.data import CollectConfig, collect
 from stvla.evaluate import EvalConfig, evaluate
 from stvla.policies.base import WEIGHTS_FILE, checkpoint_fingerprint
@@ -148,7 +148,7 @@ class Bench:
         c = self.config
         collect_config = CollectConfig(task=tasks, episodes=episodes, out=str(self.out / "data" / name), resume=True,
                                        workers=c.workers, image_size=c.image_size, first_attempt=first_attempt)
-        cell = Cell(f"data/{name}", self.out / "data" / f"{name}.cell.json", config_to_dict(collect_config))
+        cell = Cell(f"data/{name}", self.out / "data" / f"{name}.cell.json", config_key(collect_config))
         cell.run(lambda: collect(collect_config).as_dict(), self.log)
         return Path(collect_config.out)
 
@@ -163,7 +163,7 @@ class Bench:
         dataset = self.out / "data" / f"pretrain-{tasks}"
         train_config = TrainConfig(policy="spatialvla", dataset=str(dataset), out=str(self.out / "stage1-s0"),
                                    model=c.model, steps=c.stage1_steps, seed=0)
-        key = {"train": {k: v for k, v in config_to_dict(train_config).items() if k not in ("dataset", "out")},
+        key = {"train": {k: v for k, v in config_key(train_config).items() if k not in ("dataset", "out")},
                "data": {"tasks": c.pretrain_tasks, "episodes": c.pretrain_episodes, "image_size": c.image_size}}
         return train_config, Cell("stage1 (kept)", Path(c.repo) / c.keep_base / "cell.json", key)
 
@@ -240,7 +240,7 @@ class Bench:
                                    variant=row.variant, buffer=row.buffer, trace_points=row.trace_points,
                                    steps=c.stage2_steps, seed=seed, model=c.model,
                                    out=str(self.out / "stage2" / f"{row.key}-s{seed}"))
-        key = {**config_to_dict(train_config), "init": checkpoint_fingerprint(init) if init else None}
+        key = {**config_key(train_config), "init": checkpoint_fingerprint(init) if init else None}
         cell = Cell(f"stage2/{row.key}-s{seed}", Path(train_config.out) / "cell.json", key)
         return Path(cell.run(lambda: self._train(train_config), self.log)["policy"])
 
@@ -253,7 +253,7 @@ class Bench:
         train_config = TrainConfig(policy="llarva", dataset=str(dataset), out=str(self.out / f"{name}-pretrain-s0"),
                                    model=c.model, trace_points=LLARVA_PRETRAINING[name],
                                    steps=c.llarva_pretrain_steps, seed=0)
-        cell = Cell(f"{name}-pretrain", Path(train_config.out) / "cell.json", config_to_dict(train_config))
+        cell = Cell(f"{name}-pretrain", Path(train_config.out) / "cell.json", config_key(train_config))
         return Path(cell.run(lambda: self._train(train_config), self.log)["policy"])
 
     def _zero_shot_traced(self, row: Row, base: Path) -> Path:
@@ -315,10 +315,10 @@ class Bench:
         cells: dict[str, dict[int, Any]] = {}
 
         def results() -> dict[str, Any]:
-            return {"config": config_to_dict(c), "targets": targets, "selection": selection,
+            return {"config": config_key(c), "targets": targets, "selection": selection,
                     "cells": cells, "rows": [dataclasses.asdict(r) for r in c.row_list()],
                     "minutes_this_call": (time.perf_counter() - started) / 60, "stage1_minutes": self.stage1_minutes,
-                    "config_hash": config_hash(config_to_dict(c))}
+                    "config_hash": config_hash(config_key(c))}
 
         # Every row's first seed before any row's second: a complete one-seed table comes early.
         for position, seed in enumerate(seeds):

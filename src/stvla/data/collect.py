@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from stvla.config import KEY_NEUTRAL
 from stvla.data.store import EpisodeStore, EpisodeWriter
 from stvla.envs import INSTRUCTIONS, ROBOT_TYPE, TASKS, EnvConfig, MetaWorldRGBDEnv, parse_tasks
 
@@ -81,13 +82,14 @@ class CollectConfig:
     max_steps: int = 500  # steps before an episode is cut off
     max_attempts_factor: float = 3.0  # give up on a task after episodes * this attempts
     first_attempt: int = 0  # attempt index (hence seed) of each task's first episode: another value, other starts
+    depth_model: str = field(default="", metadata=KEY_NEUTRAL)  # local ZoeDepth checkpoint whose estimate is stored as depth ("" = rendered)
 
     def task_list(self) -> list[str]:
         return parse_tasks(self.task)
 
     def env_config(self, task: str) -> EnvConfig:
         config = EnvConfig(task=task, camera=self.camera, image_size=self.image_size,
-                           depth_max=self.depth_max, max_episode_steps=self.max_steps)
+                           depth_max=self.depth_max, max_episode_steps=self.max_steps, depth_model=self.depth_model)
         config.validate()
         return config
 

@@ -12,6 +12,9 @@ dotted keys (LeRobot style):
     proprio            (4,) float32, hand position (3) + gripper opening (1)
     instruction        str, one English sentence per task
 
+With `depth_model` (a local ZoeDepth checkpoint), "depth" is that model's estimate from "rgb" instead
+of the rendered depth (stvla.envs.depth_model), as on a robot without a depth sensor.
+
 The action is Meta-World's 4-D (dx, dy, dz, gripper) in [-1, 1]. `info` carries `success` and the
 sub-goal signals `near_object` and `grasped`. Episodes never terminate on their own; they are
 truncated after `max_episode_steps`.
@@ -23,7 +26,7 @@ import atexit
 import os
 import warnings
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -33,6 +36,7 @@ import mujoco
 import numpy as np
 
 from stvla import geometry
+from stvla.config import KEY_NEUTRAL
 from stvla.envs.instructions import INSTRUCTIONS
 
 TASKS: tuple[str, ...] = tuple(INSTRUCTIONS)
@@ -56,6 +60,7 @@ class EnvConfig:
     image_size: int = 128  # square image side in pixels (see stvla.envs.IMAGE_SIZES)
     depth_max: float = 4.0  # metres; depth beyond this (the far background) is clipped to it
     max_episode_steps: int = 500  # steps before the episode is truncated (Meta-World's limit is 500)
+    depth_model: str = field(default="", metadata=KEY_NEUTRAL)  # local ZoeDepth checkpoint whose estimate replaces the rendered depth ("" = rendered)
 
     def validate(self) -> None:
         """Raise a ValueError that lists the valid choices when a field is out of range."""
@@ -124,6 +129,11 @@ class MetaWorldRGBDEnv(gym.Env):
         _track_for_exit(self)
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
             self._renderer.scene.flags[flag] = False
+        self.depth_estimator = None
+        if config.depth_model:
+            # Imported here: torch and transformers load only in processes that use a depth model.
+            from stvla.envs.depth_model import shared_depth_estimator
+            self.depth_estimator = shared_depth_estimator(config.depth_model)
         self.intrinsics = geometry.intrinsics_from_fov(float(model.cam_fovy[self._camera_id]), size, size)
 
         image = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
@@ -204,6 +214,8 @@ class MetaWorldRGBDEnv(gym.Env):
         renderer.enable_depth_rendering()
         depth = renderer.render().astype(np.float32)
         renderer.disable_depth_rendering()
+        if self.depth_estimator is not None:
+            depth = self.depth_estimator(rgb)
         np.minimum(depth, self.config.depth_max, out=depth)
         return rgb, depth
 

@@ -32,7 +32,7 @@ from stvla.data.collect import episode_seed
 from stvla.data.video import write_video
 from stvla.envs import MetaWorldRGBDEnv, make_env, parse_tasks
 from stvla.evaluate.stats import rate_summary
-from stvla.policies.base import Policy, checkpoint_fingerprint
+from stvla.policies.base import Policy, checkpoint_fingerprint, torch_device
 from stvla.policies.registry import load_policy
 from stvla.traces import draw_traces_rgb
 from stvla.traces.future import future_trace_targets, trace_error_px
@@ -49,11 +49,18 @@ class EvalConfig:
     out: str = "runs/eval"  # output directory (resumes if it holds finished episodes)
     videos: int = 2  # episodes per task saved as video (the first ones)
     camera: str = "corner3"  # camera to render from (the policy's training camera)
+    device: str = "cpu"  # torch device of each worker's policy: cpu, cuda, cuda:1, mps
+    depth_model: str = ""  # local ZoeDepth checkpoint whose estimate replaces the rendered depth ("" = rendered)
 
     def resume_key(self) -> dict[str, Any]:
         """What an episode's outcome depends on; a resumed run must share it. The policy enters by its
         weights and config, not its path: a moved checkpoint resumes, one retrained in place does not."""
-        return {"policy": checkpoint_fingerprint(self.policy), "max_steps": self.max_steps, "camera": self.camera}
+        key = {"policy": checkpoint_fingerprint(self.policy), "max_steps": self.max_steps, "camera": self.camera}
+        if self.device != "cpu":  # another device rounds differently; CPU runs keep the key they always had
+            key["device"] = self.device
+        if self.depth_model:  # estimated depth is another input
+            key["depth_model"] = str(Path(self.depth_model).resolve())
+        return key
 
 
 def check_policy_fits_env(policy: Policy, env: MetaWorldRGBDEnv, checkpoint: str) -> None:
@@ -137,16 +144,23 @@ def _start_worker(config: dict[str, Any]) -> None:
     os.environ["LP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
     _WORKER.clear()
-    _WORKER.update(config=EvalConfig(**config), policy=load_policy(config["policy"]), envs={})
+    try:
+        policy = load_policy(config["policy"]).to(torch_device(config["device"]))
+    except Exception as error:  # noqa: BLE001 - a pool restarts a worker whose initializer raises, forever
+        _WORKER["error"] = f"{type(error).__name__}: {error}"
+        return
+    _WORKER.update(config=EvalConfig(**config), policy=policy, envs={})
 
 
 def _episode_in_worker(job: tuple[str, int, str | None]) -> dict[str, Any]:
+    if "error" in _WORKER:  # reported with the first episode, which the parent re-raises
+        raise RuntimeError(f"an evaluation worker could not start: {_WORKER['error']}")
     task, attempt, video = job
     config: EvalConfig = _WORKER["config"]
     envs: dict[str, MetaWorldRGBDEnv] = _WORKER["envs"]
     if task not in envs:
         envs[task] = make_env(task, image_size=_WORKER["policy"].config.vla.image_size, camera=config.camera,
-                              max_episode_steps=config.max_steps)
+                              max_episode_steps=config.max_steps, depth_model=config.depth_model)
     return run_episode(_WORKER["policy"], envs[task], task, attempt, config.max_steps,
                        Path(video) if video else None)
 
@@ -206,6 +220,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     if config.episodes < 1 or config.workers < 1 or config.max_steps < 1:
         raise ValueError(f"episodes, workers and max_steps must be >= 1, got {config.episodes}, {config.workers}, "
                          f"{config.max_steps}")
+    torch_device(config.device)  # a clear error here, not in every worker
     policy = load_policy(config.policy)
     env = make_env(tasks[0], image_size=policy.config.vla.image_size, camera=config.camera,
                    max_episode_steps=config.max_steps)

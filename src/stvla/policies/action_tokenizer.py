@@ -129,8 +129,8 @@ def _interpolation_weights(query: torch.Tensor, knots: torch.Tensor) -> tuple[to
     Queries outside the knots take the nearest end knot (no extrapolation).
     """
     if len(knots) == 1:
-        zeros = torch.zeros(len(query), dtype=torch.long)
-        return zeros, zeros, torch.zeros(len(query), dtype=knots.dtype)
+        zeros = torch.zeros(len(query), dtype=torch.long, device=query.device)
+        return zeros, zeros, torch.zeros(len(query), dtype=knots.dtype, device=query.device)
     upper = torch.searchsorted(knots, query).clamp(1, len(knots) - 1)
     lower = upper - 1
     weight = ((query - knots[lower]) / (knots[upper] - knots[lower])).clamp(0.0, 1.0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from stvla.traces import OnlineTracer, TraceConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+BACKBONE_DIR = "backbone"  # a checkpoint's copy of its PaliGemma backbone's config.json (the weights are in WEIGHTS_FILE)
 
 
 @dataclass
@@ -43,6 +45,24 @@ class TracedPolicyConfig(PolicyConfig):
     traces: TraceConfig = field(default_factory=TraceConfig)  # online tracker, selection and drawing
 
 
+def torch_device(name: str) -> torch.device:
+    """The torch device called `name` ("cpu", "cuda", "cuda:1", "mps"), or a clear error if absent here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"unknown device {name!r}: {error}") from error
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": hasattr(torch.backends, "mps") and torch.backends.mps.is_available()}
+    if not available.get(device.type, False):
+        raise ValueError(f"device {name!r} is not available on this machine (torch {torch.__version__})")
+    return device
+
+
+def batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch with its tensors on `device` (other entries, such as prompt strings, unchanged)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 class Policy(nn.Module):
     """Base of the registered policies; subclasses set `name`, `config_class` and the input choices."""
 
@@ -52,16 +72,22 @@ class Policy(nn.Module):
     uses_traced_rgb: ClassVar[bool] = False  # TraceVLA's second, traced image
     uses_state_history: ClassVar[bool] = False  # LLARVA's prompt: the last HISTORY_LENGTH proprio states
 
-    def __init__(self, config: PolicyConfig | None = None):
+    def __init__(self, config: PolicyConfig | None = None, backbone_weights: bool = True):
+        """`backbone_weights=False`: a PaliGemma backbone's architecture only (see `SmallVLA`)."""
         super().__init__()
         self.config = config or self.config_class()
-        self.model = SmallVLA(self.config.vla)
+        self.config.vla = self.config.vla.with_backbone_shape()
+        self.model = SmallVLA(self.config.vla, backbone_weights)
         self.tracer = OnlineTracer(self.trace_config) if self.trace_config is not None else None
         self.last_trace = None  # the tracer's output of the latest control step (for videos)
         self.predicted_trace: np.ndarray | None = None  # LLARVA: the latest predicted future path, (P, 2) px
         self._queue: deque[np.ndarray] = deque()
         self._states: deque[np.ndarray] = deque(maxlen=HISTORY_LENGTH)  # this episode's latest proprio states
         self._rng = np.random.default_rng(0)  # test-time prompt noise, re-seeded every episode
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     # --- what the policy consumes --------------------------------------------------------------------
     @property
@@ -157,22 +183,33 @@ class Policy(nn.Module):
             was_training = self.training
             self.eval()
             inputs = self.model_inputs(frames, [obs["instruction"]], np.array([has_traces]), self._rng)
-            chunk, trace = self.model.predict_chunk(inputs)
+            chunk, trace = self.model.predict_chunk(batch_to(inputs, self.device))
             self.train(was_training)
-            self._queue.extend(chunk[0, : self.config.vla.n_action_steps].numpy())
+            self._queue.extend(chunk[0, : self.config.vla.n_action_steps].cpu().numpy())
             if trace is not None:
-                self.predicted_trace = trace[0].numpy()
+                self.predicted_trace = trace[0].cpu().numpy()
         action = self._queue.popleft()
         return (action, self.predicted_trace) if return_trace else action
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json (type + config) and model.safetensors (weights, normalisers, action grid)."""
+        """Write config.json (type + config) and model.safetensors (weights, normalisers, action grid).
+
+        The checkpoint is self-contained: with a PaliGemma backbone, its architecture (config.json) is
+        copied to `backbone/` beside every weight, and the saved config points there."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE))
-        (directory / CONFIG_FILE).write_text(json.dumps({"type": self.name, "config": asdict(self.config)}, indent=2))
+        config = asdict(self.config)
+        backbone = self.config.vla.backbone
+        if backbone.kind == "paligemma":
+            (directory / BACKBONE_DIR).mkdir(exist_ok=True)
+            source = Path(backbone.path) / "config.json"
+            if source.resolve() != (directory / BACKBONE_DIR / "config.json").resolve():
+                shutil.copyfile(source, directory / BACKBONE_DIR / "config.json")
+            config["vla"]["backbone"]["path"] = BACKBONE_DIR
+        (directory / CONFIG_FILE).write_text(json.dumps({"type": self.name, "config": config}, indent=2))
         return directory
 
     @classmethod
@@ -181,7 +218,9 @@ class Policy(nn.Module):
         policy_type, config = read_checkpoint_config(directory)
         if policy_type != cls.name:
             raise ValueError(f"{directory} holds a {policy_type!r} policy, not {cls.name!r}")
-        policy = cls(config_from_dict(cls.config_class, config, str(Path(directory) / CONFIG_FILE)))
+        # Every weight is in the checkpoint: a PaliGemma backbone's original weights need not be read too.
+        policy = cls(config_from_dict(cls.config_class, config, str(Path(directory) / CONFIG_FILE)),
+                     backbone_weights=False)
         policy.load_weights(directory, strict=True)
         return policy
 
@@ -219,6 +258,7 @@ def checkpoint_fingerprint(directory: str | Path) -> str:
 
 
 def read_checkpoint_config(directory: str | Path) -> tuple[str, dict]:
+    """(policy type, config dict) of a checkpoint; a backbone path inside it is made absolute."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"not a policy checkpoint: {path} is missing")
@@ -226,4 +266,7 @@ def read_checkpoint_config(directory: str | Path) -> tuple[str, dict]:
     for key in ("type", "config"):
         if key not in data:
             raise ValueError(f"{path}: field {key!r} is missing")
+    backbone = data["config"].get("vla", {}).get("backbone", {})
+    if backbone.get("path") == BACKBONE_DIR:
+        backbone["path"] = str(Path(directory).resolve() / BACKBONE_DIR)
     return data["type"], data["config"]

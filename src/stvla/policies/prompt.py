@@ -114,7 +114,8 @@ class PromptTokens(nn.Module):
 
     def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         encoded = self.tokenizer(texts, padding=True, return_tensors="pt")
-        ids, mask = encoded["input_ids"], encoded["attention_mask"].bool()
+        device = self.word_embeddings.device
+        ids, mask = encoded["input_ids"].to(device), encoded["attention_mask"].bool().to(device)
         if ids.shape[1] > self.max_tokens:
             raise ValueError(f"a prompt has {ids.shape[1]} word pieces, more than max_tokens={self.max_tokens}: "
                              f"raise the model's prompt_max_tokens (a prompt is never silently cut)")

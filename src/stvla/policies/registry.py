@@ -19,9 +19,11 @@ def policy_class(name: str) -> type[Policy]:
     return POLICIES[name]
 
 
-def make_policy(name: str, config=None) -> Policy:
-    """A new, untrained policy of type `name` with `config` (or the type's default config)."""
-    return policy_class(name)(config)
+def make_policy(name: str, config=None, backbone_weights: bool = True) -> Policy:
+    """A new, untrained policy of type `name` with `config` (or the type's default config).
+
+    `backbone_weights=False` skips reading a PaliGemma backbone's weights (a checkpoint will overwrite them)."""
+    return policy_class(name)(config, backbone_weights)
 
 
 def load_policy(directory: str | Path) -> Policy:

@@ -5,7 +5,9 @@ Token sequence fed to the transformer trunk:
     [language] [state] [image patches (+ Ego3D of depth)] ([separator] [traced-image patches]) ([trace query])
     [action queries]
 
-- image patches: `ConvPatchEncoder` (SigLIP's place), one token per patch;
+- image patches: `ConvPatchEncoder` (SigLIP's place), one token per patch; or, with
+  `backbone.kind = "paligemma"`, a PaliGemma(2) checkpoint's SigLIP tower, and its Gemma decoder as the
+  trunk (stvla.policies.paligemma);
 - Ego3D: SpatialVLA's 3D position encoding of the (raw or traced) depth, added token by token;
 - language: a frozen sentence embedding (all-MiniLM-L6-v2) projected to one token, or (LLARVA) the
   word pieces of a structured prompt, read into PROMPT_LATENTS latents by cross-attention;
@@ -20,21 +22,32 @@ checkpoint can move between them (ST-VLA fine-tunes a SpatialVLA-style base).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stvla.config import KEY_NEUTRAL
 from stvla.policies.action_tokenizer import ActionGridConfig, AdaptiveActionGrid
 from stvla.policies.ego3d import Ego3DConfig, Ego3DEncoder
 from stvla.policies.image_encoder import ConvPatchEncoder, ImageEncoderConfig
 from stvla.policies.normalizer import ActionNormalizer, StateNormalizer
+from stvla.policies.paligemma import GemmaTrunk, SiglipPatchEncoder, backbone_shape, load_paligemma
 from stvla.policies.prompt import PROMPT_LATENTS, PromptResampler, PromptTokens
 from stvla.policies.trunk import Trunk, TrunkConfig
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2 sentence embedding width
 LANGUAGE_INPUTS = ("sentence", "prompt")
+BACKBONES = ("small", "paligemma")
+
+
+@dataclass
+class BackboneConfig:
+    kind: str = "small"  # "small": conv patch encoder + our trunk, trained here; "paligemma": a PaliGemma(2) checkpoint's SigLIP tower and Gemma decoder
+    path: str = ""  # paligemma: local directory of a transformers checkpoint (config.json + *.safetensors), nothing is downloaded
+    dtype: str = "float32"  # paligemma: weight dtype: float32, bfloat16 or float16
 
 
 @dataclass
@@ -56,6 +69,7 @@ class VLAConfig:
     ego3d: Ego3DConfig = field(default_factory=Ego3DConfig)  # 3D position encoder of depth
     trunk: TrunkConfig = field(default_factory=TrunkConfig)  # transformer trunk
     grid: ActionGridConfig = field(default_factory=ActionGridConfig)  # adaptive action grid tokenizer
+    backbone: BackboneConfig = field(default_factory=BackboneConfig, metadata=KEY_NEUTRAL)  # image encoder and trunk: ours or PaliGemma's
 
     def validate(self) -> None:
         if self.image_size % self.patch_size:
@@ -69,7 +83,14 @@ class VLAConfig:
         if self.grid.action_dim != self.action_dim:
             raise ValueError(f"action_dim {self.action_dim} differs from the action grid's {self.grid.action_dim}-D "
                              f"layout (grid.translation_dims, grid.gripper_dim, grid.rotation_dims)")
-        if self.width != self.trunk.width or self.width != self.image.width:
+        if self.backbone.kind not in BACKBONES:
+            raise ValueError(f"unknown backbone {self.backbone.kind!r}; valid: {', '.join(BACKBONES)}")
+        if self.backbone.kind == "paligemma":
+            width, _ = backbone_shape(self.backbone.path)
+            if self.width != width:
+                raise ValueError(f"width {self.width} differs from the PaliGemma decoder's hidden size {width} "
+                                 f"({self.backbone.path}/config.json); `with_backbone_shape()` sets it")
+        elif self.width != self.trunk.width or self.width != self.image.width:
             raise ValueError(f"width {self.width} must equal trunk.width {self.trunk.width} and image.width "
                              f"{self.image.width}")
 
@@ -77,16 +98,32 @@ class VLAConfig:
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
+    def with_backbone_shape(self) -> VLAConfig:
+        """This config with the width (and, where the image size allows, the patch grid) of its backbone:
+        the PaliGemma decoder's hidden size, and SigLIP's grid so its tokens need no resampling."""
+        if self.backbone.kind != "paligemma":
+            return self
+        width, grid = backbone_shape(self.backbone.path)
+        patch_size = self.image_size // grid if self.image_size % grid == 0 else self.patch_size
+        return dataclasses.replace(self, width=width, patch_size=patch_size)
+
 
 class SmallVLA(nn.Module):
     """Inputs -> chunk of action-token logits (see module docs). Owns its normalisers and tokenizer."""
 
-    def __init__(self, config: VLAConfig):
+    def __init__(self, config: VLAConfig, backbone_weights: bool = True):
+        """`backbone_weights=False` builds a PaliGemma backbone without reading its weights (a saved
+        checkpoint that is about to be loaded carries them)."""
         super().__init__()
         config.validate()
         self.config = config
         width = config.width
-        self.image_encoder = ConvPatchEncoder(config.image, config.patch_size)
+        paligemma = None
+        if config.backbone.kind == "paligemma":
+            paligemma = load_paligemma(config.backbone.path, config.backbone.dtype, weights=backbone_weights)
+            self.image_encoder = SiglipPatchEncoder(paligemma, config.image_size // config.patch_size)
+        else:
+            self.image_encoder = ConvPatchEncoder(config.image, config.patch_size)
         self.ego3d = Ego3DEncoder(config.ego3d, width) if config.use_ego3d else None
         if config.language == "prompt":
             self.prompt_tokens = PromptTokens(width, config.prompt_max_tokens)
@@ -101,7 +138,8 @@ class SmallVLA(nn.Module):
         self.image_index = nn.Parameter(torch.randn(2, 1, width) * 0.02)  # which of the two images
         self.separator = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         self.action_queries = nn.Parameter(torch.randn(1, config.chunk_size, width) * 0.02)
-        self.trunk = Trunk(config.trunk)
+        # Built here, after the small parts, so that a seed gives the small model the weights it always had.
+        self.trunk = GemmaTrunk(paligemma) if paligemma is not None else Trunk(config.trunk)
         self.action_normalizer = ActionNormalizer(config.action_dim)
         self.state_normalizer = StateNormalizer(config.state_dim)
         self.tokenizer = AdaptiveActionGrid(config.grid)
@@ -131,10 +169,10 @@ class SmallVLA(nn.Module):
         if self.config.language == "prompt":
             language, language_mask = self.prompt_tokens(batch["observation.prompt"])
             language = self.prompt_resampler(language, language_mask)
-            language_mask = torch.ones(language.shape[:2], dtype=torch.bool)
+            language_mask = torch.ones(language.shape[:2], dtype=torch.bool, device=images.device)
         else:
             language = self.language(batch["observation.language"]).unsqueeze(1)
-            language_mask = torch.ones(batch_size, 1, dtype=torch.bool)
+            language_mask = torch.ones(batch_size, 1, dtype=torch.bool, device=images.device)
         parts = [
             language,
             self.state(self.state_normalizer.normalize(batch["observation.state"])).unsqueeze(1),
@@ -149,7 +187,7 @@ class SmallVLA(nn.Module):
         tokens = torch.cat(parts, dim=1)
         padding = None
         if not language_mask.all():  # prompts of different lengths: nobody attends to their padding
-            padding = torch.zeros(tokens.shape[:2], dtype=torch.bool)
+            padding = torch.zeros(tokens.shape[:2], dtype=torch.bool, device=images.device)
             padding[:, : language.shape[1]] = ~language_mask
         hidden = self.trunk(tokens, padding)
         out = {name: head(hidden[:, -self.config.chunk_size:]) for name, head in self.heads.items()}

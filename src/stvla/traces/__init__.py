@@ -1,9 +1,11 @@
 """Visual traces: track points online, choose the moving ones, draw them into depth or onto RGB.
 
-Layer 2 of stvla (numpy + OpenCV, no torch; imports only stvla.geometry).
+Layer 2 of stvla (numpy + OpenCV, no torch; imports only stvla.geometry and stvla.config).
 
 - tracker:   `PointTracker` interface; `LucasKanadeTracker` (default) and `DenseFlowTracker`, one
              frame-to-frame update per frame into a ring buffer of the last b positions.
+- cotracker: `CoTrackerOnline`, CoTracker3's online model from a local checkpoint behind the same
+             interface; the one module here that needs torch, imported only when asked for.
 - selection: `TraceSelector`: TraceVLA's rule (K moving points seen throughout the window), with an
              adaptive mode that still traces slow motion.
 - drawing:   `draw_traces_rgb` (TraceVLA style) and `draw_traces_depth` with the ST-VLA variants
@@ -25,6 +27,7 @@ from stvla.traces.lift import lift_traces, sample_depth, valid_depth
 from stvla.traces.pipeline import OnlineTracer, TraceConfig, TraceOutput
 from stvla.traces.selection import SelectionConfig, Trace, TraceSelector, active_points, mean_step_motion
 from stvla.traces.tracker import (
+    TRACKER_TYPES,
     TRACKERS,
     DenseFlowTracker,
     FlowTracker,
@@ -37,7 +40,7 @@ from stvla.traces.tracker import (
 )
 
 __all__ = [
-    "DEPTH_VARIANTS", "TRACKERS",
+    "DEPTH_VARIANTS", "TRACKER_TYPES", "TRACKERS",
     "DenseFlowTracker", "DepthDrawConfig", "FlowTracker", "LucasKanadeTracker", "OnlineTracer", "PointTracker",
     "RingBuffer", "SelectionConfig", "Trace", "TraceConfig", "TraceOutput", "TraceSelector", "TrackState",
     "TrackerConfig",

@@ -24,24 +24,26 @@ from functools import cached_property
 
 import numpy as np
 
+from stvla.config import KEY_NEUTRAL, config_key
 from stvla.traces.drawing import DEPTH_VARIANTS, DepthDrawConfig, draw_traces_depth, draw_traces_rgb
 from stvla.traces.lift import lift_traces, sample_depth
 from stvla.traces.selection import SelectionConfig, Trace, TraceSelector
-from stvla.traces.tracker import TRACKERS, PointTracker, RingBuffer, TrackerConfig, TrackState, make_tracker
+from stvla.traces.tracker import TRACKER_TYPES, PointTracker, RingBuffer, TrackerConfig, TrackState, make_tracker
 
 
 @dataclass
 class TraceConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)  # point tracker, incl. buffer_length b = 30
-    tracker_type: str = "lk"  # "lk" (pyramidal Lucas-Kanade) or "dense" (DIS dense flow)
+    tracker_type: str = "lk"  # "lk" (pyramidal Lucas-Kanade), "dense" (DIS dense flow) or "cotracker" (CoTracker3 online)
+    cotracker_checkpoint: str = field(default="", metadata=KEY_NEUTRAL)  # tracker_type cotracker: local scaled_online.pth
     selection: SelectionConfig = field(default_factory=SelectionConfig)  # which points become the K traces
     variant: str = "C"  # depth drawing: "A" own depth, "B" constant marker, "C" nearest-object depth
     depth: DepthDrawConfig = field(default_factory=DepthDrawConfig)  # trace width, marker, depth range
     keep_point_depths: bool = False  # keep each point's depth history even when the variant is not A
 
     def __post_init__(self) -> None:
-        if self.tracker_type not in TRACKERS:
-            raise ValueError(f"unknown tracker_type {self.tracker_type!r}; valid: {', '.join(TRACKERS)}")
+        if self.tracker_type not in TRACKER_TYPES:
+            raise ValueError(f"unknown tracker_type {self.tracker_type!r}; valid: {', '.join(TRACKER_TYPES)}")
         if self.variant not in DEPTH_VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; valid: {', '.join(DEPTH_VARIANTS)}")
 
@@ -52,7 +54,7 @@ class TraceConfig:
 
     def cache_key(self) -> str:
         """A short stable hash of every setting, for caching traced inputs on disk."""
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        text = json.dumps(config_key(self), sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
@@ -86,7 +88,8 @@ class OnlineTracer:
 
     def __init__(self, config: TraceConfig | None = None, tracker: PointTracker | None = None) -> None:
         self.config = config or TraceConfig()
-        self.tracker = tracker or make_tracker(self.config.tracker_type, self.config.tracker)
+        self.tracker = tracker or make_tracker(self.config.tracker_type, self.config.tracker,
+                                               self.config.cotracker_checkpoint)
         self.selector = TraceSelector(self.config.selection)
         self._point_depths: RingBuffer | None = None
         if self.config.variant == "A" or self.config.keep_point_depths:

@@ -170,6 +170,18 @@ def to_grey(frame: np.ndarray, expected_hw: tuple[int, int] | None = None) -> np
     return grey
 
 
+def checked_seed_points(points: np.ndarray | None, slots: int) -> np.ndarray | None:
+    """`reset(points)`'s points as (M, 2) float32, refused when more than the tracker's slots or not finite."""
+    if points is None:
+        return None
+    points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
+    if len(points) > slots:
+        raise ValueError(f"got {len(points)} seed points but the tracker has {slots} slots")
+    if not np.all(np.isfinite(points)):
+        raise ValueError("seed points must be finite")
+    return points
+
+
 def grid_shape(num_points: int, height: int, width: int) -> tuple[int, int]:
     """(rows, cols) of the smallest grid with square-ish cells and at least `num_points` cells."""
     cols = max(1, int(np.ceil(np.sqrt(num_points * width / height))))
@@ -221,13 +233,7 @@ class FlowTracker(PointTracker):
         return self._state
 
     def reset(self, points: np.ndarray | None = None) -> None:
-        if points is not None:
-            points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
-            if len(points) > self.config.num_points:
-                raise ValueError(f"got {len(points)} seed points but the tracker has {self.config.num_points} slots")
-            if not np.all(np.isfinite(points)):
-                raise ValueError("seed points must be finite")
-        self._seed_points = points
+        self._seed_points = checked_seed_points(points, self.config.num_points)
         self._positions.clear()
         self._visible.clear()
         self._age[:] = 0
@@ -413,10 +419,18 @@ def sample_windows(image: np.ndarray, centres: np.ndarray, side: int) -> np.ndar
 
 
 TRACKERS: dict[str, type[FlowTracker]] = {"lk": LucasKanadeTracker, "dense": DenseFlowTracker}
+# Every tracker by name: the frame-to-frame ones above, and CoTracker3 (stvla.traces.cotracker, needs torch
+# and a local checkpoint).
+TRACKER_TYPES: tuple[str, ...] = (*TRACKERS, "cotracker")
 
 
-def make_tracker(name: str = "lk", config: TrackerConfig | None = None) -> PointTracker:
-    """A tracker by name ("lk" or "dense"); an unknown name raises a ValueError listing the valid ones."""
+def make_tracker(name: str = "lk", config: TrackerConfig | None = None, checkpoint: str = "") -> PointTracker:
+    """A tracker by name ("lk", "dense", or "cotracker" with its local `checkpoint`); an unknown name raises
+    a ValueError listing the valid ones."""
+    if name == "cotracker":
+        from stvla.traces.cotracker import CoTrackerConfig, CoTrackerOnline  # torch loads only when asked for
+
+        return CoTrackerOnline(CoTrackerConfig(checkpoint=checkpoint), config)
     if name not in TRACKERS:
-        raise ValueError(f"unknown tracker {name!r}; valid: {', '.join(TRACKERS)}")
+        raise ValueError(f"unknown tracker {name!r}; valid: {', '.join(TRACKER_TYPES)}")
     return TRACKERS[name](config)

@@ -26,8 +26,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from stvla.config import config_from_dict, config_to_dict, load_config, save_config
-from stvla.policies.base import Policy, read_checkpoint_config
+from stvla.config import KEY_NEUTRAL, config_from_dict, config_to_dict, load_config, save_config
+from stvla.policies.base import Policy, batch_to, read_checkpoint_config, torch_device
 from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.vla import VLAConfig
 from stvla.train.samples import TrainingSamples
@@ -50,6 +50,8 @@ class TrainConfig:
     model: VLAConfig = field(default_factory=VLAConfig)  # stage 1: the model's shape (image size from the dataset, the rest of the policy type's own fields from the type; stage 2 keeps the checkpoint's)
     variant: str = "C"  # traced policies: depth drawing variant A, B or C
     buffer: int = 30  # traced policies: frames of history behind each trace (b)
+    tracker_type: str = field(default="lk", metadata=KEY_NEUTRAL)  # traced policies: point tracker: lk, dense or cotracker
+    cotracker_checkpoint: str = field(default="", metadata=KEY_NEUTRAL)  # tracker cotracker: local scaled_online.pth
     trace_points: int = -1  # llarva: future trace points predicted; -1 = the policy's 16 (or the checkpoint's), 0 = none
     steps: int = 2000  # optimiser steps
     batch_size: int = 32  # samples per step
@@ -59,6 +61,7 @@ class TrainConfig:
     seed: int = 0  # seeds the weights' initialisation and the data order
     save_every: int = 250  # steps between training checkpoints
     threads: int = 2  # torch CPU threads
+    device: str = field(default="cpu", metadata=KEY_NEUTRAL)  # torch device to train on: cpu, cuda, cuda:1, mps
 
     @property
     def stage(self) -> int:
@@ -100,8 +103,10 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
     if hasattr(policy_config, "traces"):
         traces = policy_config.traces
         policy_config.traces = dataclasses.replace(
-            traces, variant=config.variant, tracker=dataclasses.replace(traces.tracker, buffer_length=config.buffer))
-    return make_policy(config.policy, policy_config)
+            traces, variant=config.variant, tracker_type=config.tracker_type, cotracker_checkpoint=config.cotracker_checkpoint,
+            tracker=dataclasses.replace(traces.tracker, buffer_length=config.buffer))
+    # Stage 2 loads every weight from --init: a PaliGemma backbone's original weights need not be read.
+    return make_policy(config.policy, policy_config, backbone_weights=not config.init)
 
 
 def add_lora(policy: Policy, settings: LoraSettings) -> None:
@@ -134,9 +139,9 @@ def save_training_state(directory: Path, policy: Policy, optimizer: torch.optim.
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().contiguous() for k, v in policy.model.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in policy.model.state_dict().items()}, str(tmp / "model.safetensors"))
     optimizer_state = optimizer.state_dict()
-    tensors = {f"{pid}.{name}": value.contiguous() for pid, slots in optimizer_state["state"].items()
+    tensors = {f"{pid}.{name}": value.cpu().contiguous() for pid, slots in optimizer_state["state"].items()
                for name, value in slots.items()}
     tensors["torch_rng"] = torch.get_rng_state()
     save_file(tensors, str(tmp / "optimizer.safetensors"))
@@ -173,6 +178,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
             raise ValueError(f"{out} holds a run with another configuration ({config_path}); "
                              f"use another --out or the same settings to resume")
     save_config(config, config_path)
+    device = torch_device(config.device)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
@@ -190,6 +196,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
         policy.fit_statistics(samples.actions, samples.states)
     if config.uses_lora:
         add_lora(policy, config.lora)
+    policy.to(device)
     policy.train()
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.peak_lr, weight_decay=config.weight_decay)
@@ -207,7 +214,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
     while step < config.steps and (stop_after is None or step < stop_after):
         indices = samples.indices_for_step(step, config.batch_size, config.seed)
         batch = samples.batch(indices, np.random.default_rng([config.seed, step, 1]))
-        loss, logs = policy(batch)
+        loss, logs = policy(batch_to(batch, device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
