@@ -72,7 +72,8 @@ def paligemma_control_step(work: Path, steps: int) -> dict:
         obs, *_ = env.step(action)
     env.close()
     return {"parameters_billion": round(parameters / 1e9, 2), "build_s": round(build_s, 1),
-            "tokens": 1 + 1 + vla.num_patches + vla.chunk_size, "grid": policy.config.vla.image_size // policy.config.vla.patch_size,
+            "tokens": 1 + 1 + policy.config.vla.num_patches + vla.chunk_size,  # language, state, patches, queries
+            "grid": policy.config.vla.image_size // policy.config.vla.patch_size,
             "step_s_median": round(float(np.median(timings[1:])), 2), "steps_timed": steps,
             "peak_rss_gib": round(peak_rss_gib(), 2)}
 

@@ -78,7 +78,8 @@ def record(name: str, figures: dict, table: list[tuple[str, str]], title: str, r
 
 
 def rebuild_report(root: str | Path = ".") -> None:
-    """Write <root>/BENCHMARKS.md from every <root>/benchmarks/results/*.json (sections in file-name order)."""
+    """Write <root>/BENCHMARKS.md from every <root>/benchmarks/results/*.json: the reproduction benchmark
+    (bench*.json) first, the headline of the file, then the other sections in file-name order."""
     root = Path(root)
     lines = [
         "# Benchmarks",
@@ -88,7 +89,7 @@ def rebuild_report(root: str | Path = ".") -> None:
         "its section.",
         "",
     ]
-    for path in sorted((root / RESULTS_SUBDIR).glob("*.json")):
+    for path in sorted((root / RESULTS_SUBDIR).glob("*.json"), key=lambda p: (not p.stem.startswith("bench"), p.name)):
         result = json.loads(path.read_text())
         report = result.get("report")
         if not report:
