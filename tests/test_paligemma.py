@@ -136,3 +136,13 @@ def test_two_stages_on_a_paligemma_backbone(tiny_paligemma, small_dataset, tmp_p
     with torch.no_grad():
         actions, _ = policy.model.predict_chunk(samples.batch(np.arange(4)))
     assert actions.shape == (4, 4, 4) and torch.isfinite(actions).all()
+
+
+def test_an_old_or_missing_library_is_named():
+    from stvla.requirements import require
+
+    require("transformers", "4.0", "anything")  # installed and new enough: no error
+    with pytest.raises(ImportError, match=r"The thing needs transformers >= 999.0 .* installed: \d"):
+        require("transformers", "999.0", "The thing")
+    with pytest.raises(ImportError, match="not installed"):
+        require("no-such-package-stvla", "1.0", "The thing")

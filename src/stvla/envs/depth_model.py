@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stvla.requirements import require
+
 PADDING_FACTOR = 3  # ZoeDepth pads int(sqrt(side / 2) * 3) pixels on each side against border artefacts
 
 
@@ -26,6 +28,7 @@ class ZoeDepthEstimator:
     """A ZoeDepth checkpoint in the transformers layout: (H, W, 3) uint8 RGB -> (H, W) float32 metres."""
 
     def __init__(self, path: str | Path, flip: bool = True, device: str = "cpu"):
+        require("transformers", "5.23", "The ZoeDepth adapter")
         from transformers import ZoeDepthForDepthEstimation
         from transformers.models.zoedepth.image_processing_pil_zoedepth import ZoeDepthImageProcessorPil
 

@@ -25,10 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stvla.requirements import require
+
 # SigLIP's preprocessing in PaliGemma's processor: pixels rescaled to [0, 1], then (x - 0.5) / 0.5.
 SIGLIP_MEAN = 0.5
 SIGLIP_STD = 0.5
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TRANSFORMERS = "5.23"  # the transformers release this adapter was tested with (prefix masks by block ids)
 
 
 def read_backbone_config(path: str | Path) -> dict:
@@ -45,6 +48,7 @@ def read_backbone_config(path: str | Path) -> dict:
 
 def backbone_shape(path: str | Path) -> tuple[int, int]:
     """(hidden width of the decoder, side of SigLIP's patch grid) of the checkpoint at `path`."""
+    require("transformers", TRANSFORMERS, "The PaliGemma backbone")
     from transformers import PaliGemmaConfig
 
     config = PaliGemmaConfig.from_dict(read_backbone_config(path))
