@@ -34,12 +34,13 @@ TRAININGS = {  # name -> (policy, dataset folder under <bench>/data, what it is)
 
 
 def memory_of(pid: int) -> tuple[float, float]:
-    """(resident, private) bytes of process `pid` now, from /proc/<pid>/smaps_rollup."""
+    """(resident, private) bytes of process `pid` now, from /proc/<pid>/smaps_rollup. Private is the
+    anonymous memory (and its swap): Private_Clean would also count file pages only this process maps."""
     fields = {}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
         name, value, *_ = line.split()
         fields[name.rstrip(":")] = int(value) * 1024
-    return fields["Rss"], fields["Private_Clean"] + fields["Private_Dirty"]
+    return fields["Rss"], fields["Anonymous"] + fields.get("Swap", 0)
 
 
 def peak_memory(command: list[str]) -> dict:

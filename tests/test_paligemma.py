@@ -146,3 +146,21 @@ def test_an_old_or_missing_library_is_named():
         require("transformers", "999.0", "The thing")
     with pytest.raises(ImportError, match="not installed"):
         require("no-such-package-stvla", "1.0", "The thing")
+
+
+def test_a_default_checkpoint_keeps_the_bytes_it_always_had(tmp_path):
+    """Caches key on a checkpoint's config.json bytes: settings added later must not appear in it at their
+    defaults (the kept base and every cell keyed on a re-trained checkpoint would stop matching)."""
+    from stvla.policies.base import CONFIG_FILE, checkpoint_fingerprint
+
+    saved = make_policy("st").save_pretrained(tmp_path / "st")
+    config = json.loads((saved / CONFIG_FILE).read_text())["config"]
+    assert "backbone" not in config["vla"] and "cotracker_checkpoint" not in config["traces"]
+    assert config["vla"]["width"] == 128 and config["traces"]["tracker_type"] == "lk"
+    reloaded = config_key(load_policy(saved).config)  # compared as JSON: tuples come back as lists
+    assert json.dumps(reloaded) == json.dumps(config_key(make_policy("st").config))
+    fingerprints = []
+    for name in ("one", "two"):
+        torch.manual_seed(0)
+        fingerprints.append(checkpoint_fingerprint(make_policy("st").save_pretrained(tmp_path / name)))
+    assert fingerprints[0] == fingerprints[1]

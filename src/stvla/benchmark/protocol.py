@@ -23,11 +23,11 @@ from typing import Any
 from stvla.benchmark.cells import Cell, config_hash
 from stvla.benchmark.record import RESULTS_SUBDIR
 from stvla.benchmark.report import write_report
-from stvla.config import config_key
+from stvla.config import config_from_dict, config_key
 from stvla.data import CollectConfig, collect
 from stvla.evaluate import EvalConfig, evaluate
-from stvla.policies.base import WEIGHTS_FILE, checkpoint_fingerprint
-from stvla.policies.registry import load_policy, make_policy
+from stvla.policies.base import WEIGHTS_FILE, checkpoint_fingerprint, read_checkpoint_config
+from stvla.policies.registry import make_policy
 from stvla.policies.vla import VLAConfig
 from stvla.train import TrainConfig, train
 
@@ -261,11 +261,12 @@ class Bench:
         directory = self.out / "zero-shot" / f"{row.key}-{checkpoint_fingerprint(base)}"
         if not (directory / WEIGHTS_FILE).is_file():
             config = make_policy(row.policy).config
-            config.vla = load_policy(base).config.vla
+            _, base_config = read_checkpoint_config(base)
+            config.vla = config_from_dict(VLAConfig, base_config["vla"], f"{base}/config.json")
             config.traces = dataclasses.replace(
                 config.traces, variant=row.variant,
                 tracker=dataclasses.replace(config.traces.tracker, buffer_length=row.buffer))
-            policy = make_policy(row.policy, config)
+            policy = make_policy(row.policy, config, backbone_weights=False)  # every weight comes from the base
             policy.load_weights(base, strict=True)
             policy.save_pretrained(directory)
         return directory

@@ -226,6 +226,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
                    max_episode_steps=config.max_steps)
     check_policy_fits_env(policy, env, config.policy)
     env.close()
+    del policy  # only checked here: the workers load their own (a large backbone would be held twice)
 
     out = Path(config.out)
     (out / "videos").mkdir(parents=True, exist_ok=True)

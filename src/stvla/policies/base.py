@@ -11,11 +11,12 @@ data pipeline and by `select_action` alike, so that control sees exactly what tr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from stvla.config import config_from_dict
+from stvla.config import config_from_dict, config_key
 from stvla.policies.prompt import HISTORY_LENGTH
 from stvla.policies.text import instruction_embeddings
 from stvla.policies.vla import SmallVLA, VLAConfig
@@ -55,6 +56,8 @@ def torch_device(name: str) -> torch.device:
                  "mps": hasattr(torch.backends, "mps") and torch.backends.mps.is_available()}
     if not available.get(device.type, False):
         raise ValueError(f"device {name!r} is not available on this machine (torch {torch.__version__})")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 
@@ -75,8 +78,9 @@ class Policy(nn.Module):
     def __init__(self, config: PolicyConfig | None = None, backbone_weights: bool = True):
         """`backbone_weights=False`: a PaliGemma backbone's architecture only (see `SmallVLA`)."""
         super().__init__()
-        self.config = config or self.config_class()
-        self.config.vla = self.config.vla.with_backbone_shape()
+        config = config or self.config_class()
+        # A copy: the caller's config is not changed by the backbone's shape.
+        self.config = dataclasses.replace(config, vla=config.vla.with_backbone_shape())
         self.model = SmallVLA(self.config.vla, backbone_weights)
         self.tracer = OnlineTracer(self.trace_config) if self.trace_config is not None else None
         self.last_trace = None  # the tracer's output of the latest control step (for videos)
@@ -201,7 +205,9 @@ class Policy(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE))
-        config = asdict(self.config)
+        # config_key: settings added later that hold their defaults are left out, so a default policy's
+        # config.json (and with it its fingerprint, which caches key on) stays what it always was.
+        config = config_key(self.config)
         backbone = self.config.vla.backbone
         if backbone.kind == "paligemma":
             (directory / BACKBONE_DIR).mkdir(exist_ok=True)

@@ -74,6 +74,9 @@ class VLAConfig:
     def validate(self) -> None:
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.use_ego3d and self.patch_size % self.ego3d.samples_per_side:
+            raise ValueError(f"patch_size {self.patch_size} is not a multiple of ego3d.samples_per_side "
+                             f"{self.ego3d.samples_per_side}")
         if not 1 <= self.n_action_steps <= self.chunk_size:
             raise ValueError(f"n_action_steps must be in [1, chunk_size={self.chunk_size}], got {self.n_action_steps}")
         if self.language not in LANGUAGE_INPUTS:
@@ -104,7 +107,9 @@ class VLAConfig:
         if self.backbone.kind != "paligemma":
             return self
         width, grid = backbone_shape(self.backbone.path)
-        patch_size = self.image_size // grid if self.image_size % grid == 0 else self.patch_size
+        patch_size = self.patch_size
+        if self.image_size % grid == 0 and (self.image_size // grid) % self.ego3d.samples_per_side == 0:
+            patch_size = self.image_size // grid
         return dataclasses.replace(self, width=width, patch_size=patch_size)
 
 

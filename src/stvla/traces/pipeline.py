@@ -44,6 +44,9 @@ class TraceConfig:
     def __post_init__(self) -> None:
         if self.tracker_type not in TRACKER_TYPES:
             raise ValueError(f"unknown tracker_type {self.tracker_type!r}; valid: {', '.join(TRACKER_TYPES)}")
+        if self.tracker_type == "cotracker" and not self.cotracker_checkpoint:
+            raise ValueError("tracker_type 'cotracker' needs cotracker_checkpoint (--cotracker_checkpoint PATH, "
+                             "the local scaled_online.pth)")
         if self.variant not in DEPTH_VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; valid: {', '.join(DEPTH_VARIANTS)}")
 

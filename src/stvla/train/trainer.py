@@ -103,7 +103,9 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
     if hasattr(policy_config, "traces"):
         traces = policy_config.traces
         policy_config.traces = dataclasses.replace(
-            traces, variant=config.variant, tracker_type=config.tracker_type, cotracker_checkpoint=config.cotracker_checkpoint,
+            traces, variant=config.variant, tracker_type=config.tracker_type,
+            # Absolute: the policy keeps it, and is loaded from other working directories.
+            cotracker_checkpoint=str(Path(config.cotracker_checkpoint).resolve()) if config.cotracker_checkpoint else "",
             tracker=dataclasses.replace(traces.tracker, buffer_length=config.buffer))
     # Stage 2 loads every weight from --init: a PaliGemma backbone's original weights need not be read.
     return make_policy(config.policy, policy_config, backbone_weights=not config.init)
@@ -144,6 +146,8 @@ def save_training_state(directory: Path, policy: Policy, optimizer: torch.optim.
     tensors = {f"{pid}.{name}": value.cpu().contiguous() for pid, slots in optimizer_state["state"].items()
                for name, value in slots.items()}
     tensors["torch_rng"] = torch.get_rng_state()
+    if torch.cuda.is_available():  # dropout on a GPU draws from its own generators
+        tensors.update({f"cuda_rng.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"step": step, "param_groups": optimizer_state["param_groups"]}))
     shutil.rmtree(directory, ignore_errors=True)
@@ -156,11 +160,14 @@ def load_training_state(directory: Path, policy: Policy, optimizer: torch.optim.
     meta = json.loads((directory / "state.json").read_text())
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
-        if key != "torch_rng":
+        if key != "torch_rng" and not key.startswith("cuda_rng."):
             pid, name = key.split(".", 1)
             state.setdefault(int(pid), {})[name] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["torch_rng"])
+    cuda_states = [tensors[f"cuda_rng.{i}"] for i in range(sum(k.startswith("cuda_rng.") for k in tensors))]
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states)
     return int(meta["step"])
 
 
