@@ -249,11 +249,17 @@ def test_trace_settings_reach_cotracker_and_keep_their_cache_key(tmp_path):
 
     missing = tmp_path / "scaled_online.pth"
     with pytest.raises(FileNotFoundError, match="scaled_online.pth"):
-        OnlineTracer(TraceConfig(tracker_type="cotracker", cotracker_checkpoint=str(missing)))
+        OnlineTracer(TraceConfig(tracker_type="cotracker", cotracker=CoTrackerConfig(checkpoint=str(missing))))
+    with pytest.raises(ValueError, match="--cotracker_checkpoint"):
+        TraceConfig(tracker_type="cotracker")
     with pytest.raises(ValueError, match="valid: lk, dense, cotracker"):
         TraceConfig(tracker_type="cotrack")
     settings = dataclasses.asdict(TraceConfig())
-    del settings["cotracker_checkpoint"]
+    del settings["cotracker"]
     before = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     assert TraceConfig().cache_key() == before
-    assert TraceConfig(tracker_type="cotracker", cotracker_checkpoint="x.pth").cache_key() != before
+    chosen = TraceConfig(tracker_type="cotracker", cotracker=CoTrackerConfig(checkpoint="x.pth"))
+    assert chosen.cache_key() != before
+    # Every CoTracker setting is part of the key once CoTracker is chosen: another cadence, another cache.
+    assert TraceConfig(tracker_type="cotracker", cotracker=CoTrackerConfig(checkpoint="x.pth", update_every=8)
+                       ).cache_key() != chosen.cache_key()

@@ -155,7 +155,7 @@ def test_a_default_checkpoint_keeps_the_bytes_it_always_had(tmp_path):
 
     saved = make_policy("st").save_pretrained(tmp_path / "st")
     config = json.loads((saved / CONFIG_FILE).read_text())["config"]
-    assert "backbone" not in config["vla"] and "cotracker_checkpoint" not in config["traces"]
+    assert "backbone" not in config["vla"] and "cotracker" not in config["traces"]
     assert config["vla"]["width"] == 128 and config["traces"]["tracker_type"] == "lk"
     reloaded = config_key(load_policy(saved).config)  # compared as JSON: tuples come back as lists
     assert json.dumps(reloaded) == json.dumps(config_key(make_policy("st").config))

@@ -5,7 +5,8 @@ Layer 2 of stvla (numpy + OpenCV, no torch; imports only stvla.geometry and stvl
 - tracker:   `PointTracker` interface; `LucasKanadeTracker` (default) and `DenseFlowTracker`, one
              frame-to-frame update per frame into a ring buffer of the last b positions.
 - cotracker: `CoTrackerOnline`, CoTracker3's online model from a local checkpoint behind the same
-             interface; the one module here that needs torch, imported only when asked for.
+             interface; the one module here that needs torch, imported only when asked for (its
+             settings, `CoTrackerConfig`, are torch-free and part of `TraceConfig`).
 - selection: `TraceSelector`: TraceVLA's rule (K moving points seen throughout the window), with an
              adaptive mode that still traces slow motion.
 - drawing:   `draw_traces_rgb` (TraceVLA style) and `draw_traces_depth` with the ST-VLA variants
@@ -14,6 +15,7 @@ Layer 2 of stvla (numpy + OpenCV, no torch; imports only stvla.geometry and stvl
 - pipeline:  `OnlineTracer`, the one object policies, viewers and the dataset cacher step per frame.
 """
 
+from stvla.traces.cotracker_config import CoTrackerConfig
 from stvla.traces.drawing import (
     DEPTH_VARIANTS,
     DepthDrawConfig,
@@ -41,7 +43,7 @@ from stvla.traces.tracker import (
 
 __all__ = [
     "DEPTH_VARIANTS", "TRACKER_TYPES", "TRACKERS",
-    "DenseFlowTracker", "DepthDrawConfig", "FlowTracker", "LucasKanadeTracker", "OnlineTracer", "PointTracker",
+    "CoTrackerConfig", "DenseFlowTracker", "DepthDrawConfig", "FlowTracker", "LucasKanadeTracker", "OnlineTracer", "PointTracker",
     "RingBuffer", "SelectionConfig", "Trace", "TraceConfig", "TraceOutput", "TraceSelector", "TrackState",
     "TrackerConfig",
     "active_points", "draw_traces_depth", "draw_traces_rgb", "lift_traces", "make_tracker", "mean_step_motion",

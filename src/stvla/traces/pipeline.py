@@ -25,6 +25,7 @@ from functools import cached_property
 import numpy as np
 
 from stvla.config import KEY_NEUTRAL, config_key
+from stvla.traces.cotracker_config import CoTrackerConfig
 from stvla.traces.drawing import DEPTH_VARIANTS, DepthDrawConfig, draw_traces_depth, draw_traces_rgb
 from stvla.traces.lift import lift_traces, sample_depth
 from stvla.traces.selection import SelectionConfig, Trace, TraceSelector
@@ -35,7 +36,7 @@ from stvla.traces.tracker import TRACKER_TYPES, PointTracker, RingBuffer, Tracke
 class TraceConfig:
     tracker: TrackerConfig = field(default_factory=TrackerConfig)  # point tracker, incl. buffer_length b = 30
     tracker_type: str = "lk"  # "lk" (pyramidal Lucas-Kanade), "dense" (DIS dense flow) or "cotracker" (CoTracker3 online)
-    cotracker_checkpoint: str = field(default="", metadata=KEY_NEUTRAL)  # tracker_type cotracker: local scaled_online.pth
+    cotracker: CoTrackerConfig = field(default_factory=CoTrackerConfig, metadata=KEY_NEUTRAL)  # tracker_type cotracker: checkpoint, device, cadence
     selection: SelectionConfig = field(default_factory=SelectionConfig)  # which points become the K traces
     variant: str = "C"  # depth drawing: "A" own depth, "B" constant marker, "C" nearest-object depth
     depth: DepthDrawConfig = field(default_factory=DepthDrawConfig)  # trace width, marker, depth range
@@ -44,9 +45,9 @@ class TraceConfig:
     def __post_init__(self) -> None:
         if self.tracker_type not in TRACKER_TYPES:
             raise ValueError(f"unknown tracker_type {self.tracker_type!r}; valid: {', '.join(TRACKER_TYPES)}")
-        if self.tracker_type == "cotracker" and not self.cotracker_checkpoint:
-            raise ValueError("tracker_type 'cotracker' needs cotracker_checkpoint (--cotracker_checkpoint PATH, "
-                             "the local scaled_online.pth)")
+        if self.tracker_type == "cotracker" and not self.cotracker.checkpoint:
+            raise ValueError("tracker_type 'cotracker' needs cotracker.checkpoint (on `stvla train`: "
+                             "--cotracker_checkpoint PATH, the local scaled_online.pth)")
         if self.variant not in DEPTH_VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; valid: {', '.join(DEPTH_VARIANTS)}")
 
@@ -92,7 +93,7 @@ class OnlineTracer:
     def __init__(self, config: TraceConfig | None = None, tracker: PointTracker | None = None) -> None:
         self.config = config or TraceConfig()
         self.tracker = tracker or make_tracker(self.config.tracker_type, self.config.tracker,
-                                               self.config.cotracker_checkpoint)
+                                               self.config.cotracker)
         self.selector = TraceSelector(self.config.selection)
         self._point_depths: RingBuffer | None = None
         if self.config.variant == "A" or self.config.keep_point_depths:

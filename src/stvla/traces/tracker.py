@@ -424,13 +424,13 @@ TRACKERS: dict[str, type[FlowTracker]] = {"lk": LucasKanadeTracker, "dense": Den
 TRACKER_TYPES: tuple[str, ...] = (*TRACKERS, "cotracker")
 
 
-def make_tracker(name: str = "lk", config: TrackerConfig | None = None, checkpoint: str = "") -> PointTracker:
-    """A tracker by name ("lk", "dense", or "cotracker" with its local `checkpoint`); an unknown name raises
+def make_tracker(name: str = "lk", config: TrackerConfig | None = None, cotracker=None) -> PointTracker:
+    """A tracker by name ("lk", "dense", or "cotracker" with its `CoTrackerConfig`); an unknown name raises
     a ValueError listing the valid ones."""
     if name == "cotracker":
-        from stvla.traces.cotracker import CoTrackerConfig, CoTrackerOnline  # torch loads only when asked for
+        from stvla.traces.cotracker import CoTrackerOnline  # torch loads only when asked for
 
-        return CoTrackerOnline(CoTrackerConfig(checkpoint=checkpoint), config)
+        return CoTrackerOnline(cotracker, config)
     if name not in TRACKERS:
         raise ValueError(f"unknown tracker {name!r}; valid: {', '.join(TRACKER_TYPES)}")
     return TRACKERS[name](config)

@@ -105,7 +105,8 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
         policy_config.traces = dataclasses.replace(
             traces, variant=config.variant, tracker_type=config.tracker_type,
             # Absolute: the policy keeps it, and is loaded from other working directories.
-            cotracker_checkpoint=str(Path(config.cotracker_checkpoint).resolve()) if config.cotracker_checkpoint else "",
+            cotracker=dataclasses.replace(traces.cotracker, checkpoint=str(Path(config.cotracker_checkpoint).resolve())
+                                          if config.cotracker_checkpoint else ""),
             tracker=dataclasses.replace(traces.tracker, buffer_length=config.buffer))
     # Stage 2 loads every weight from --init: a PaliGemma backbone's original weights need not be read.
     return make_policy(config.policy, policy_config, backbone_weights=not config.init)
