@@ -83,13 +83,15 @@ class CollectConfig:
     max_attempts_factor: float = 3.0  # give up on a task after episodes * this attempts
     first_attempt: int = 0  # attempt index (hence seed) of each task's first episode: another value, other starts
     depth_model: str = field(default="", metadata=KEY_NEUTRAL)  # local ZoeDepth checkpoint whose estimate is stored as depth ("" = rendered)
+    depth_device: str = field(default="cpu", metadata=KEY_NEUTRAL)  # torch device the depth model runs on (cuda with one worker per GPU)
 
     def task_list(self) -> list[str]:
         return parse_tasks(self.task)
 
     def env_config(self, task: str) -> EnvConfig:
         config = EnvConfig(task=task, camera=self.camera, image_size=self.image_size,
-                           depth_max=self.depth_max, max_episode_steps=self.max_steps, depth_model=self.depth_model)
+                           depth_max=self.depth_max, max_episode_steps=self.max_steps, depth_model=self.depth_model,
+                           depth_device=self.depth_device)
         config.validate()
         return config
 

@@ -60,12 +60,12 @@ class ZoeDepthEstimator:
         return depth.clamp_min(0.0).cpu().numpy().astype(np.float32)
 
 
-_SHARED: dict[str, ZoeDepthEstimator] = {}
+_SHARED: dict[tuple[str, str], ZoeDepthEstimator] = {}
 
 
-def shared_depth_estimator(path: str) -> ZoeDepthEstimator:
-    """One estimator per checkpoint and process: the environments of every task share its weights."""
-    key = str(Path(path).resolve())
+def shared_depth_estimator(path: str, device: str = "cpu") -> ZoeDepthEstimator:
+    """One estimator per checkpoint, device and process: the environments of every task share its weights."""
+    key = (str(Path(path).resolve()), device)
     if key not in _SHARED:
-        _SHARED[key] = ZoeDepthEstimator(path)
+        _SHARED[key] = ZoeDepthEstimator(path, device=device)
     return _SHARED[key]

@@ -61,6 +61,7 @@ class EnvConfig:
     depth_max: float = 4.0  # metres; depth beyond this (the far background) is clipped to it
     max_episode_steps: int = 500  # steps before the episode is truncated (Meta-World's limit is 500)
     depth_model: str = field(default="", metadata=KEY_NEUTRAL)  # local ZoeDepth checkpoint whose estimate replaces the rendered depth ("" = rendered)
+    depth_device: str = field(default="cpu", metadata=KEY_NEUTRAL)  # torch device the depth model runs on
 
     def validate(self) -> None:
         """Raise a ValueError that lists the valid choices when a field is out of range."""
@@ -133,7 +134,7 @@ class MetaWorldRGBDEnv(gym.Env):
         if config.depth_model:
             # Imported here: torch and transformers load only in processes that use a depth model.
             from stvla.envs.depth_model import shared_depth_estimator
-            self.depth_estimator = shared_depth_estimator(config.depth_model)
+            self.depth_estimator = shared_depth_estimator(config.depth_model, config.depth_device)
         self.intrinsics = geometry.intrinsics_from_fov(float(model.cam_fovy[self._camera_id]), size, size)
 
         image = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)

@@ -50,7 +50,7 @@ class EvalConfig:
     videos: int = 2  # episodes per task saved as video (the first ones)
     camera: str = "corner3"  # camera to render from (the policy's training camera)
     device: str = "cpu"  # torch device of each worker's policy: cpu, cuda, cuda:1, mps
-    depth_model: str = ""  # local ZoeDepth checkpoint whose estimate replaces the rendered depth ("" = rendered)
+    depth_model: str = ""  # local ZoeDepth checkpoint whose estimate replaces the rendered depth ("" = rendered; runs on `device`)
 
     def resume_key(self) -> dict[str, Any]:
         """What an episode's outcome depends on; a resumed run must share it. The policy enters by its
@@ -160,7 +160,8 @@ def _episode_in_worker(job: tuple[str, int, str | None]) -> dict[str, Any]:
     envs: dict[str, MetaWorldRGBDEnv] = _WORKER["envs"]
     if task not in envs:
         envs[task] = make_env(task, image_size=_WORKER["policy"].config.vla.image_size, camera=config.camera,
-                              max_episode_steps=config.max_steps, depth_model=config.depth_model)
+                              max_episode_steps=config.max_steps, depth_model=config.depth_model,
+                              depth_device=config.device)
     return run_episode(_WORKER["policy"], envs[task], task, attempt, config.max_steps,
                        Path(video) if video else None)
 
