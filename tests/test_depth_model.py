@@ -5,6 +5,8 @@ depth comes from the model."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -65,3 +67,20 @@ def test_environment_depth_comes_from_the_model(tiny_zoedepth):
 def test_missing_checkpoint_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         ZoeDepthEstimator(tmp_path)
+
+
+def test_a_collection_records_its_depth_source_and_never_mixes_two(tiny_zoedepth, tmp_path):
+    from stvla.data import CollectConfig, EpisodeStore, collect
+    from stvla.data.store import DatasetError
+
+    config = CollectConfig(task="reach-v3", episodes=1, out=str(tmp_path / "estimated"), image_size=64,
+                           depth_model=str(tiny_zoedepth))
+    collect(config, progress=False)
+    store = EpisodeStore(config.out)
+    assert str(tiny_zoedepth.resolve()) in store.features["observation.depth"]["info"]["source"]
+    depth = store.episode(0, ["observation.depth"])["observation.depth"]
+    assert depth.shape[1:] == (64, 64) and np.isfinite(depth).all()
+    rendered = dataclasses.replace(config, episodes=2, resume=True, depth_model="")
+    with pytest.raises(DatasetError, match="observation.depth"):
+        collect(rendered, progress=False)
+    assert EpisodeStore(config.out).num_episodes == 1  # the refused resume added nothing

@@ -49,12 +49,16 @@ def episode_seed(task: str, attempt: int, split: str = "train") -> int:
     return TASKS.index(task) * SEEDS_PER_TASK + offset + attempt
 
 
-def dataset_features(image_size: int) -> dict[str, dict]:
-    """The LeRobot feature entries of a dataset collected at `image_size`."""
+def dataset_features(image_size: int, depth_model: str = "") -> dict[str, dict]:
+    """The LeRobot feature entries of a dataset collected at `image_size`; depth estimated by `depth_model`
+    says so in its feature's info (a resumed collection must use the same depth source)."""
     hw = [image_size, image_size]
+    depth = {"dtype": "float32", "shape": hw, "names": ["height", "width"]}
+    if depth_model:
+        depth["info"] = {"source": f"ZoeDepth estimate from RGB ({Path(depth_model).resolve()})"}
     return {
         RGB_KEY: {"dtype": "video", "shape": [*hw, 3], "names": ["height", "width", "channels"]},
-        DEPTH_KEY: {"dtype": "float32", "shape": hw, "names": ["height", "width"]},
+        DEPTH_KEY: depth,
         "observation.state": {"dtype": "float32", "shape": [4], "names": ["x", "y", "z", "gripper"]},
         "observation.ee.position": {"dtype": "float32", "shape": [3], "names": ["x", "y", "z"]},
         "observation.ee.pixel": {"dtype": "float32", "shape": [2], "names": ["u", "v"]},
@@ -222,7 +226,7 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
         raise ValueError(f"episodes must be >= 1, got {config.episodes}")
     if config.workers < 1:
         raise ValueError(f"workers must be >= 1, got {config.workers}")
-    writer = EpisodeWriter.create_or_resume(config.out, FPS, dataset_features(config.image_size), ROBOT_TYPE,
+    writer = EpisodeWriter.create_or_resume(config.out, FPS, dataset_features(config.image_size, config.depth_model), ROBOT_TYPE,
                                             resume=config.resume)
     done = Counter(row["env_task"] for row in writer.episodes)
     next_attempt = {task: 1 + max((row["attempt"] for row in writer.episodes if row["env_task"] == task),

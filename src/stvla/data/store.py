@@ -50,6 +50,13 @@ QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 STAT_NAMES = ("min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99")
 
 
+def _identity(feature: dict) -> dict:
+    """What episodes must share to be one dataset: dtype and shape, and for a stored (non-video) feature its
+    info too (the depth source, say); a video's info is written by its encoder."""
+    keys = ("dtype", "shape") if feature.get("dtype") == "video" else ("dtype", "shape", "info")
+    return {f: feature.get(f) for f in keys}
+
+
 class DatasetError(ValueError):
     """A dataset on disk is missing a file, or a file or field is not what the layout requires."""
 
@@ -186,8 +193,7 @@ class EpisodeWriter:
             existing = EpisodeStore(root)
             ours = {**features, **INDEX_FEATURES}
             mismatched = sorted(k for k in set(ours) | set(existing.features)
-                                if {f: ours.get(k, {}).get(f) for f in ("dtype", "shape")}
-                                != {f: existing.features.get(k, {}).get(f) for f in ("dtype", "shape")})
+                                if _identity(ours.get(k, {})) != _identity(existing.features.get(k, {})))
             if mismatched or existing.fps != fps:
                 raise DatasetError(f"{root}: cannot resume, the dataset was written with other settings "
                                    f"(features {mismatched}, fps {existing.fps} vs {fps})")
