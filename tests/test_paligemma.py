@@ -164,3 +164,21 @@ def test_a_default_checkpoint_keeps_the_bytes_it_always_had(tmp_path):
         torch.manual_seed(0)
         fingerprints.append(checkpoint_fingerprint(make_policy("st").save_pretrained(tmp_path / name)))
     assert fingerprints[0] == fingerprints[1]
+
+
+@pytest.mark.parametrize("policy_type", ["tracevla", "llarva"])
+def test_every_policy_type_runs_on_the_backbone(policy_type, tiny_paligemma, small_dataset):
+    """TraceVLA's two images and LLARVA's prompt latents and trace head sit on the Gemma trunk too."""
+    root, _ = small_dataset
+    config = make_policy(policy_type).config
+    config.vla = dataclasses.replace(config.vla, image_size=64, backbone=BackboneConfig("paligemma", str(tiny_paligemma)))
+    policy = make_policy(policy_type, config)
+    samples = TrainingSamples(root, policy, progress=False)
+    policy.fit_statistics(samples.actions, samples.states)
+    loss, logs = policy(samples.batch(np.arange(4), np.random.default_rng(0)))
+    loss.backward()
+    assert torch.isfinite(loss) and policy.config.vla.width == HIDDEN
+    decoder = next(p for n, p in policy.model.named_parameters() if "language_model" in n and "q_proj" in n)
+    assert decoder.grad is not None and decoder.grad.abs().sum() > 0  # the loss reaches the Gemma decoder
+    if policy_type == "llarva":
+        assert "trace_err_px" in logs
