@@ -27,7 +27,7 @@ from stvla.config import config_from_dict, config_key
 from stvla.data import CollectConfig, collect
 from stvla.evaluate import EvalConfig, evaluate
 from stvla.policies.base import WEIGHTS_FILE, checkpoint_fingerprint, read_checkpoint_config
-from stvla.policies.registry import make_policy
+from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.vla import VLAConfig
 from stvla.train import TrainConfig, train
 
@@ -260,7 +260,7 @@ class Bench:
         """The base's weights in a traced policy (no fine-tuning): "zero-shot traces"."""
         directory = self.out / "zero-shot" / f"{row.key}-{checkpoint_fingerprint(base)}"
         if not (directory / WEIGHTS_FILE).is_file():
-            config = make_policy(row.policy).config
+            config = policy_class(row.policy).config_class()  # the type's defaults, without building a policy
             _, base_config = read_checkpoint_config(base)
             config.vla = config_from_dict(VLAConfig, base_config["vla"], f"{base}/config.json")
             config.traces = dataclasses.replace(

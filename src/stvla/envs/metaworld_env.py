@@ -212,11 +212,12 @@ class MetaWorldRGBDEnv(gym.Env):
         renderer = self._renderer
         renderer.update_scene(self._mw.data, camera=self._camera_id)
         rgb = renderer.render().copy()
-        renderer.enable_depth_rendering()
-        depth = renderer.render().astype(np.float32)
-        renderer.disable_depth_rendering()
-        if self.depth_estimator is not None:
+        if self.depth_estimator is not None:  # the estimate replaces the rendered depth: no second render
             depth = self.depth_estimator(rgb)
+        else:
+            renderer.enable_depth_rendering()
+            depth = renderer.render().astype(np.float32)
+            renderer.disable_depth_rendering()
         np.minimum(depth, self.config.depth_max, out=depth)
         return rgb, depth
 

@@ -66,7 +66,6 @@ def load_paligemma(path: str | Path, dtype: str, weights: bool = True) -> nn.Mod
 
     if dtype not in DTYPES:
         raise ValueError(f"PaliGemma backbone: unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    read_backbone_config(path)  # a clear error before transformers' own
     if weights:
         return PaliGemmaModel.from_pretrained(str(path), local_files_only=True, dtype=DTYPES[dtype])
     config = PaliGemmaConfig.from_pretrained(str(path), local_files_only=True)
