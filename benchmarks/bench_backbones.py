@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record  # noqa: E402
 
+from stvla import features as F  # noqa: E402
 from stvla.envs import make_env  # noqa: E402
 from stvla.policies.registry import make_policy  # noqa: E402
 from stvla.policies.st import STConfig  # noqa: E402
@@ -94,10 +95,10 @@ def zoedepth_estimate(work: Path, steps: int) -> dict:
     timings = []
     for _ in range(steps + 1):
         started = time.perf_counter()
-        estimator(obs["rgb"])
+        estimator(obs[F.OBS_RGB])
         timings.append(time.perf_counter() - started)
     parameters = sum(p.numel() for p in estimator.model.parameters())
-    pixels = estimator.processor(images=obs["rgb"], return_tensors="pt")["pixel_values"]  # padded and resized
+    pixels = estimator.processor(images=obs[F.OBS_RGB], return_tensors="pt")["pixel_values"]  # padded and resized
     return {"parameters_million": round(parameters / 1e6, 1), "estimate_s_median": round(float(np.median(timings[1:])), 2),
             "steps_timed": steps, "input": "x".join(map(str, pixels.shape[-2:]))}
 

@@ -26,13 +26,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record  # noqa: E402
 
+from stvla import features as F  # noqa: E402
 from stvla.data import CollectConfig, EpisodeStore, collect  # noqa: E402
 from stvla.policies.registry import load_policy, make_policy  # noqa: E402
 from stvla.train import TrainConfig, train  # noqa: E402
 
 FINETUNE_TASKS = "pick-place-v3,push-v3,drawer-open-v3,door-open-v3"
-OBS_KEYS = {"rgb": "observation.images.rgb", "depth": "observation.depth",
-            "camera.intrinsics": "observation.camera.intrinsics", "proprio": "observation.state"}
+OBSERVED = (F.RGB, F.DEPTH, F.INTRINSICS, F.STATE)  # the recorded features an `st` policy reads
 
 
 def throughput(out: Path, skip_steps: int) -> float:
@@ -55,12 +55,12 @@ def control_step_ms(base: Path, dataset: Path, n_action_steps: int, steps: int =
     timings: list[float] = []
     episode = 0
     while len(timings) < steps:
-        frames = store.episode(episode % store.num_episodes, list(OBS_KEYS.values()))
+        frames = store.episode(episode % store.num_episodes, list(OBSERVED))
         instruction = store.episode_meta(episode % store.num_episodes)["tasks"][0]
         policy.reset()
-        for index in range(len(frames["observation.state"])):
-            obs = {name: frames[key][index] for name, key in OBS_KEYS.items()}
-            obs["instruction"] = instruction
+        for index in range(len(frames[F.STATE])):
+            obs = {F.FEATURE_OF_OBSERVATION[key]: frames[key][index] for key in OBSERVED}
+            obs[F.OBS_INSTRUCTION] = instruction
             started = time.perf_counter()
             policy.select_action(obs)
             timings.append(1000 * (time.perf_counter() - started))

@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
-
 import cv2  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
+from common import record  # noqa: E402
 
+from stvla import features as F  # noqa: E402
 from stvla import geometry  # noqa: E402
 from stvla.envs import EnvConfig, make_env  # noqa: E402
 from stvla.traces import (  # noqa: E402
@@ -84,14 +84,14 @@ def record_episode(seed: int, size: int, steps: int, ground_truth: bool) -> Epis
     try:
         obs, _ = env.reset(seed=seed)
         model, data = env._mw.model, env._mw.data
-        episode.intrinsics, episode.pose = obs["camera.intrinsics"], obs["camera.pose"]
+        episode.intrinsics, episode.pose = obs[F.OBS_INTRINSICS], obs[F.OBS_CAMERA_POSE]
         if ground_truth:
             segmenter = mujoco.Renderer(model, size, size)
             segmenter.enable_segmentation_rendering()
             episode.gripper_ids = tuple(mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, n) for n in GRIPPER_BODIES)
         for _ in range(steps):
-            episode.rgb.append(obs["rgb"])
-            episode.depth.append(obs["depth"])
+            episode.rgb.append(obs[F.OBS_RGB])
+            episode.depth.append(obs[F.OBS_DEPTH])
             if segmenter is not None:
                 segmenter.update_scene(data, camera=env._camera_id)
                 seg = segmenter.render()

@@ -250,7 +250,7 @@ def test_trace_settings_reach_cotracker_and_keep_their_cache_key(tmp_path):
     missing = tmp_path / "scaled_online.pth"
     with pytest.raises(FileNotFoundError, match="scaled_online.pth"):
         OnlineTracer(TraceConfig(tracker_type="cotracker", cotracker=CoTrackerConfig(checkpoint=str(missing))))
-    with pytest.raises(ValueError, match="--cotracker_checkpoint"):
+    with pytest.raises(ValueError, match="--traces.cotracker.checkpoint"):
         TraceConfig(tracker_type="cotracker")
     with pytest.raises(ValueError, match="valid: lk, dense, cotracker"):
         TraceConfig(tracker_type="cotrack")

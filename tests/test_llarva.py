@@ -78,8 +78,8 @@ def test_tiny_llarva_lowers_both_losses_and_reloads_exactly(small_dataset, tmp_p
         candidate.reset()
         steps = []
         for _ in range(6):
-            action, trace = candidate.select_action(obs, return_trace=True)
-            steps.append((action, trace))
+            action = candidate.select_action(obs)
+            steps.append((action, candidate.predicted_trace))
             obs, *_ = env.step(action)
         outputs.append(steps)
     env.close()

@@ -13,10 +13,18 @@ import numpy as np
 import pytest
 import torch
 
+from stvla import features as F
 from stvla.data import EpisodeStore
 from stvla.policies.image_encoder import ImageEncoderConfig
-from stvla.policies.prompt import (HISTORY_LENGTH, PromptConfig, PromptResampler, PromptTokens, format_history,
-                                  llarva_prompt, proprio_history)
+from stvla.policies.prompt import (
+    HISTORY_LENGTH,
+    PromptConfig,
+    PromptResampler,
+    PromptTokens,
+    format_history,
+    llarva_prompt,
+    proprio_history,
+)
 from stvla.policies.registry import make_policy
 from stvla.policies.trunk import TrunkConfig
 from stvla.policies.vla import VLAConfig
@@ -220,7 +228,9 @@ def test_trace_targets_of_recorded_episodes_are_finite_and_start_at_the_recorded
 # --- training and control build the same prompt ------------------------------------------------------------
 def test_training_samples_and_control_build_the_same_prompt(small_dataset):
     from stvla.envs import make_env
-    from stvla.train.samples import STATE_KEY, TrainingSamples
+    from stvla.features import STATE as STATE_KEY
+    from stvla.features import TASK_INDEX
+    from stvla.train.samples import TrainingSamples
 
     root, _ = small_dataset
     config = make_policy("llarva").config
@@ -232,7 +242,7 @@ def test_training_samples_and_control_build_the_same_prompt(small_dataset):
     episode = 1
     states = store.episode(episode, [STATE_KEY])[STATE_KEY]
     start = int(samples.decoded.episode_starts[episode])
-    instruction = store.tasks[int(np.asarray(samples.decoded.arrays["task_index"])[start])]
+    instruction = store.tasks[int(np.asarray(samples.arrays[TASK_INDEX])[start])]
     steps = [0, 1, 3, 4, 5, len(states) - 1]
     batch = samples.batch(np.array([start + t for t in steps]), rng=None)  # no noise: the exact numbers
     for t, text in zip(steps, batch["observation.prompt"]):
@@ -247,7 +257,7 @@ def test_training_samples_and_control_build_the_same_prompt(small_dataset):
     for t in range(7):
         seen.append(np.asarray(obs["proprio"], np.float64))
         policy.select_action(obs)
-        assert np.array_equal(policy.state_history(), proprio_history(np.stack(seen), t))
+        assert np.array_equal(policy.processor.state_history(), proprio_history(np.stack(seen), t))
         obs, *_ = env.step(env.action_space.sample() * 0)
     env.close()
 
@@ -262,14 +272,15 @@ def test_trace_head_output_range_masking_and_loss_falls():
     policy.fit_statistics(rng.uniform(-1, 1, (200, 4)), rng.normal(size=(200, 4)))
     B = 4
     frames = {
-        "rgb": rng.integers(0, 255, (B, 64, 64, 3), dtype=np.uint8),
-        "depth": np.full((B, 64, 64), 1.5, np.float32),
-        "intrinsics": np.repeat(np.array([[[60.0, 0, 31.5], [0, 60.0, 31.5], [0, 0, 1]]]), B, 0),
-        "state": rng.normal(size=(B, 4)),
-        "state_history": rng.normal(size=(B, HISTORY_LENGTH, 4)),
+        F.RGB: rng.integers(0, 255, (B, 64, 64, 3), dtype=np.uint8),
+        F.DEPTH: np.full((B, 64, 64), 1.5, np.float32),
+        F.INTRINSICS: np.repeat(np.array([[[60.0, 0, 31.5], [0, 60.0, 31.5], [0, 0, 1]]]), B, 0),
+        F.STATE: rng.normal(size=(B, 4)),
+        F.STATE_HISTORY: rng.normal(size=(B, HISTORY_LENGTH, 4)),
+        F.TASK: ["reach the goal"] * B,
     }
-    batch = policy.model_inputs(frames, ["reach the goal"] * B, np.zeros(B, bool), np.random.default_rng(1))
-    batch["action"] = torch.from_numpy(rng.uniform(-1, 1, (B, TINY.chunk_size, 4)).astype(np.float32))
+    batch = policy.processor.model_inputs(frames, np.random.default_rng(1))
+    batch[F.ACTION] = torch.from_numpy(rng.uniform(-1, 1, (B, TINY.chunk_size, 4)).astype(np.float32))
     batch["action_is_pad"] = torch.zeros(B, TINY.chunk_size, dtype=torch.bool)
     batch["trace_target"] = torch.from_numpy(rng.uniform(5, 59, (B, 4, 2)).astype(np.float32))
     batch["trace_mask"] = torch.tensor([[True, True, True, False]] * B)

@@ -11,8 +11,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from stvla.data import CollectConfig, DatasetError, EpisodeStore, EpisodeWriter, collect, episode_seed
+from stvla.data import CollectConfig, DatasetError, EpisodeStore, EpisodeWriter, collect
 from stvla.data.cache import DecodedCache
+from stvla.envs import episode_seed
 
 FEATURES = {
     "observation.images.rgb": {"dtype": "video", "shape": [32, 32, 3], "names": ["height", "width", "channels"]},
@@ -133,15 +134,23 @@ def test_bad_episode_shape_is_refused(tmp_path):
 
 
 def test_decoded_cache_matches_store_and_is_reused(written):
+    """One decoded cache per dataset: each feature decoded once, whatever list later asks for it."""
     root, episodes = written
-    cache = DecodedCache(root, ["observation.depth", "observation.images.rgb"], progress=False)
+    cache = DecodedCache(EpisodeStore(root), progress=False)
+    arrays = cache.require(["observation.depth", "observation.images.rgb"])
     assert len(cache) == 14
-    np.testing.assert_array_equal(cache.arrays["observation.depth"][cache.episode_slice(1)],
+    np.testing.assert_array_equal(arrays["observation.depth"][cache.episode_slice(1)],
                                   episodes[1]["observation.depth"])
-    marker = cache.directory / "complete"
-    built_at = marker.stat().st_mtime_ns
-    again = DecodedCache(root, ["observation.depth", "observation.images.rgb"], progress=False)
-    assert again.directory == cache.directory and marker.stat().st_mtime_ns == built_at
+    depth_file = cache.directory / "observation.depth.npy"
+    built_at = depth_file.stat().st_mtime_ns
+    again = DecodedCache(EpisodeStore(root), progress=False)
+    more = again.require(["action", "observation.depth"])  # another list: only the new key is decoded
+    assert again.directory == cache.directory and depth_file.stat().st_mtime_ns == built_at
+    np.testing.assert_array_equal(more["action"][cache.episode_slice(0)], episodes[0]["action"])
+    assert sorted(p.name for p in cache.directory.iterdir()) == [
+        "action.npy", "observation.depth.npy", "observation.images.rgb.npy"]
+    with pytest.raises(KeyError, match="unknown features"):
+        again.require(["observation.nothing"])
 
 
 def test_collected_dataset_contents(small_dataset):

@@ -2,8 +2,9 @@
 
 Layers, each importing only from the ones above it in this list:
 geometry -> traces -> envs -> data -> policies -> train / evaluate / benchmark -> cli.
-Beneath them all, two utilities with no stvla imports: config (dataclass configs, cache keys) and
-requirements (version checks of the optional adapters).
+Beneath them all, small modules with no stvla imports: features (every feature key, and the map from
+environment observations to dataset features), config (dataclass configs, cache keys), devices (torch
+devices) and requirements (version checks of the optional adapters).
 """
 
 __version__ = "0.1.0"

@@ -3,7 +3,7 @@
     stvla collect --task pick-place-v3 --episodes 50 --out DIR [--workers 2] [--resume]
     stvla info DIR
     stvla view DIR --episode K --out FILE.mp4
-    stvla trace DIR|VIDEO --episode K --variant C --buffer 30 --out FILE.mp4
+    stvla trace DIR|VIDEO --episode K --variant C --tracker.buffer_length 30 --out FILE.mp4
     stvla train --policy st --dataset DIR [--init CKPT] [--lora.rank 32]
     stvla eval --policy CKPT --tasks pick-place-v3,push-v3 --episodes 50 --out DIR
     stvla bench [--quick]
@@ -19,7 +19,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from stvla.config import add_config_arguments, config_from_arguments  # noqa: E402
+from stvla.config import add_config_arguments, add_option_aliases, config_from_arguments  # noqa: E402
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -64,10 +64,9 @@ def _view(args: argparse.Namespace) -> int:
 
 def _trace(args: argparse.Namespace) -> int:
     from stvla.data.view import render_trace_video
-    from stvla.traces import SelectionConfig, TraceConfig, TrackerConfig
+    from stvla.traces import TraceConfig
 
-    config = TraceConfig(variant=args.variant, tracker=TrackerConfig(buffer_length=args.buffer),
-                         selection=SelectionConfig(adaptive=args.adaptive))
+    config = config_from_arguments(TraceConfig, args)
     out = render_trace_video(args.source, args.out, config, episode=args.episode)
     print(f"wrote {out}")
     return 0
@@ -109,7 +108,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from stvla.data.collect import CollectConfig
-    from stvla.train import TrainConfig
+    from stvla.traces import TraceConfig
+    from stvla.train.trainer import LEGACY_TRACE_OPTIONS, TrainConfig
 
     parser = argparse.ArgumentParser(prog="stvla", description="Visual traces for vision-language-action policies.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -132,14 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     trace = commands.add_parser("trace", help="video of the online tracer along an episode or a video file")
     trace.add_argument("source", help="dataset directory, or a plain video file (RGB only)")
     trace.add_argument("--episode", type=int, default=0, help="episode index in a dataset (default: 0)")
-    trace.add_argument("--variant", default="C", help="depth drawing variant A, B or C (default: C)")
-    trace.add_argument("--buffer", type=int, default=30, help="frames of history behind each trace (default: 30)")
-    trace.add_argument("--adaptive", action="store_true", help="adaptive traces for slow motion")
     trace.add_argument("--out", required=True, help="output .mp4 path")
+    add_config_arguments(trace, TraceConfig)
+    add_option_aliases(trace, TraceConfig, {"buffer": "tracker.buffer_length", "adaptive": "selection.adaptive"})
     trace.set_defaults(run=_trace)
 
     train = commands.add_parser("train", help="train a policy (stage 1), or LoRA fine-tune one (stage 2, --init)")
     add_config_arguments(train, TrainConfig)
+    add_option_aliases(train, TrainConfig, LEGACY_TRACE_OPTIONS)
     train.set_defaults(run=_train)
 
     from stvla.evaluate import EvalConfig

@@ -3,6 +3,7 @@
 `add_config_arguments(parser, Config)` adds one `--field` option per dataclass field (nested
 dataclasses become `--outer.inner`), with the field's trailing `# comment` as its help text; unknown
 options are an error, never silently ignored. `config_from_arguments` builds the dataclass back.
+`add_option_aliases` keeps an option's old name working for a release after a field moved.
 
 `config_key(config)` is the dict that caches key on (stvla.benchmark). A field added after results were
 kept is declared with `metadata=KEY_NEUTRAL`: while it holds its default it is left out of the key, so
@@ -80,18 +81,31 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str
         default = field_default(f)
         # argparse formats help with %-substitution: a literal "50%" in a comment must be escaped.
         help_text = f"{comments.get(f.name, '')} (default: {default})".replace("%", "%%")
-        dest = f"{prefix}{f.name}"
-        if kind is bool:
-            # `--flag` alone means true; `--flag false` is accepted too.
-            parser.add_argument(flag, dest=dest, type=_parse_bool, nargs="?", const=True,
-                                default=argparse.SUPPRESS, help=help_text, metavar="BOOL")
-        elif typing.get_origin(kind) is tuple:
-            # `--model.image.channels 32,64,96`
-            parser.add_argument(flag, dest=dest, type=_tuple_parser(kind), default=argparse.SUPPRESS,
-                                help=help_text, metavar="A,B,...")
-        else:
-            parser.add_argument(flag, dest=dest, type=kind if kind in (int, float, str) else str,
-                                default=argparse.SUPPRESS, help=help_text)
+        _add_field_option(parser, flag, f"{prefix}{f.name}", kind, help_text)
+
+
+def add_option_aliases(parser: argparse.ArgumentParser, cls: type, aliases: dict[str, str]) -> None:
+    """Old option names kept for a while: `--old` sets the field at the dotted path `new` of `cls`."""
+    for old, new in aliases.items():
+        kind = cls
+        for name in new.split("."):
+            kind = _field_type(kind, name)
+        _add_field_option(parser, f"--{old}", new, kind, f"old name of --{new}, kept for one release")
+
+
+def _add_field_option(parser: argparse.ArgumentParser, flag: str, dest: str, kind: Any, help_text: str) -> None:
+    """One option for a field of type `kind`, absent from the namespace unless given."""
+    if kind is bool:
+        # `--flag` alone means true; `--flag false` is accepted too.
+        parser.add_argument(flag, dest=dest, type=_parse_bool, nargs="?", const=True,
+                            default=argparse.SUPPRESS, help=help_text, metavar="BOOL")
+    elif typing.get_origin(kind) is tuple:
+        # `--model.image.channels 32,64,96`
+        parser.add_argument(flag, dest=dest, type=_tuple_parser(kind), default=argparse.SUPPRESS,
+                            help=help_text, metavar="A,B,...")
+    else:
+        parser.add_argument(flag, dest=dest, type=kind if kind in (int, float, str) else str,
+                            default=argparse.SUPPRESS, help=help_text)
 
 
 def _tuple_parser(kind: Any):

@@ -29,7 +29,9 @@ from stvla.evaluate import EvalConfig, evaluate
 from stvla.policies.base import WEIGHTS_FILE, checkpoint_fingerprint, read_checkpoint_config
 from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.vla import VLAConfig
+from stvla.traces import TraceConfig, TrackerConfig
 from stvla.train import TrainConfig, train
+from stvla.train.trainer import flat_trace_key
 
 FINETUNE_FIRST_ATTEMPT = 1000  # fine-tuning episodes start here: other starts than the pre-training set's
 
@@ -42,25 +44,36 @@ class Row:
     label: str  # what the table shows
     policy: str  # registered policy type
     finetuned: bool  # stage-2 LoRA on the fine-tuning set; False = the base as it is (zero-shot)
-    variant: str = "C"  # depth drawing variant (traced policies)
-    buffer: int = 30  # trace buffer b (traced policies)
+    traces: TraceConfig = field(default_factory=TraceConfig)  # trace settings (traced policies)
     main: bool = False  # a main-table row: fine-tuned with every seed of `seeds`
     init: str = "base"  # fine-tuned from: "base" (stage 1), "llarva" / "llarva-no-traces" (LLARVA's instruction
     #                     pre-training with / without trace prediction), or "" (from scratch, every weight trained)
     trace_points: int = -1  # llarva: future trace points (-1: the policy's default; 0: no trace prediction)
+
+    def identity(self) -> dict[str, Any]:
+        """The row's settings as cache keys spell them (the trace settings flat, as before they were nested)."""
+        identity: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            identity.update(flat_trace_key(self.traces) if f.name == "traces" else {f.name: getattr(self, f.name)})
+        return identity
+
+
+def traced(variant: str = "C", buffer: int = 30) -> TraceConfig:
+    """The default trace settings with another depth-drawing variant or buffer length b."""
+    return TraceConfig(variant=variant, tracker=TrackerConfig(buffer_length=buffer))
 
 
 ROWS: tuple[Row, ...] = (
     Row("base-zero-shot", "base zero-shot", "spatialvla", finetuned=False, main=True),
     Row("base-finetuned", "base fine-tuned (no traces)", "spatialvla", finetuned=True, main=True),
     Row("tracevla", "TraceVLA-style fine-tuned", "tracevla", finetuned=True, main=True),
-    Row("st-C-b30", "ST-VLA fine-tuned (C, b=30)", "st", finetuned=True, variant="C", buffer=30, main=True),
-    Row("zero-shot-traces", "zero-shot traces (base + C, b=30)", "st", finetuned=False, variant="C", buffer=30,
+    Row("st-C-b30", "ST-VLA fine-tuned (C, b=30)", "st", finetuned=True, traces=traced("C", 30), main=True),
+    Row("zero-shot-traces", "zero-shot traces (base + C, b=30)", "st", finetuned=False, traces=traced("C", 30),
         main=True),
-    Row("st-A-b30", "ST-VLA variant A (own depth)", "st", finetuned=True, variant="A"),
-    Row("st-B-b30", "ST-VLA variant B (constant)", "st", finetuned=True, variant="B"),
-    Row("st-C-b7", "ST-VLA b=7", "st", finetuned=True, buffer=7),
-    Row("st-C-b15", "ST-VLA b=15", "st", finetuned=True, buffer=15),
+    Row("st-A-b30", "ST-VLA variant A (own depth)", "st", finetuned=True, traces=traced("A")),
+    Row("st-B-b30", "ST-VLA variant B (constant)", "st", finetuned=True, traces=traced("B")),
+    Row("st-C-b7", "ST-VLA b=7", "st", finetuned=True, traces=traced(buffer=7)),
+    Row("st-C-b15", "ST-VLA b=15", "st", finetuned=True, traces=traced(buffer=15)),
     Row("llarva", "LLARVA (instruction pre-training, trace prediction)", "llarva", finetuned=True, init="llarva"),
     Row("llarva-no-traces", "LLARVA without trace prediction", "llarva", finetuned=True, init="llarva-no-traces",
         trace_points=0),
@@ -163,7 +176,7 @@ class Bench:
         dataset = self.out / "data" / f"pretrain-{tasks}"
         train_config = TrainConfig(policy="spatialvla", dataset=str(dataset), out=str(self.out / "stage1-s0"),
                                    model=c.model, steps=c.stage1_steps, seed=0)
-        key = {"train": {k: v for k, v in config_key(train_config).items() if k not in ("dataset", "out")},
+        key = {"train": {k: v for k, v in train_config.key().items() if k not in ("dataset", "out")},
                "data": {"tasks": c.pretrain_tasks, "episodes": c.pretrain_episodes, "image_size": c.image_size}}
         return train_config, Cell("stage1 (kept)", Path(c.repo) / c.keep_base / "cell.json", key)
 
@@ -237,10 +250,10 @@ class Bench:
             return self._zero_shot_traced(row, base)
         init = base if row.init == "base" else (self.llarva_checkpoint(row.init) if row.init else None)
         train_config = TrainConfig(policy=row.policy, dataset=str(self.finetune_data(targets)), init=str(init or ""),
-                                   variant=row.variant, buffer=row.buffer, trace_points=row.trace_points,
+                                   traces=row.traces, trace_points=row.trace_points,
                                    steps=c.stage2_steps, seed=seed, model=c.model,
                                    out=str(self.out / "stage2" / f"{row.key}-s{seed}"))
-        key = {**config_key(train_config), "init": checkpoint_fingerprint(init) if init else None}
+        key = {**train_config.key(), "init": checkpoint_fingerprint(init) if init else None}
         cell = Cell(f"stage2/{row.key}-s{seed}", Path(train_config.out) / "cell.json", key)
         return Path(cell.run(lambda: self._train(train_config), self.log)["policy"])
 
@@ -253,7 +266,7 @@ class Bench:
         train_config = TrainConfig(policy="llarva", dataset=str(dataset), out=str(self.out / f"{name}-pretrain-s0"),
                                    model=c.model, trace_points=LLARVA_PRETRAINING[name],
                                    steps=c.llarva_pretrain_steps, seed=0)
-        cell = Cell(f"{name}-pretrain", Path(train_config.out) / "cell.json", config_key(train_config))
+        cell = Cell(f"{name}-pretrain", Path(train_config.out) / "cell.json", train_config.key())
         return Path(cell.run(lambda: self._train(train_config), self.log)["policy"])
 
     def _zero_shot_traced(self, row: Row, base: Path) -> Path:
@@ -263,9 +276,7 @@ class Bench:
             config = policy_class(row.policy).config_class()  # the type's defaults, without building a policy
             _, base_config = read_checkpoint_config(base)
             config.vla = config_from_dict(VLAConfig, base_config["vla"], f"{base}/config.json")
-            config.traces = dataclasses.replace(
-                config.traces, variant=row.variant,
-                tracker=dataclasses.replace(config.traces.tracker, buffer_length=row.buffer))
+            config.traces = row.traces
             policy = make_policy(row.policy, config, backbone_weights=False)  # every weight comes from the base
             policy.load_weights(base, strict=True)
             policy.save_pretrained(directory)
@@ -317,7 +328,7 @@ class Bench:
 
         def results() -> dict[str, Any]:
             return {"config": config_key(c), "targets": targets, "selection": selection,
-                    "cells": cells, "rows": [dataclasses.asdict(r) for r in c.row_list()],
+                    "cells": cells, "rows": [r.identity() for r in c.row_list()],
                     "minutes_this_call": (time.perf_counter() - started) / 60, "stage1_minutes": self.stage1_minutes,
                     "config_hash": config_hash(config_key(c))}
 
@@ -327,7 +338,7 @@ class Bench:
                 if position > 0 and not (row.main and row.finetuned):
                     continue
                 llarva = row.init.startswith("llarva")
-                identity = {"row": dataclasses.asdict(row), "seed": seed if row.finetuned else None,
+                identity = {"row": row.identity(), "seed": seed if row.finetuned else None,
                             "base": checkpoint_fingerprint(base) if row.init == "base" else None,
                             "llarva_pretrain": {"tasks": c.llarva_pretrain_tasks, "episodes": c.llarva_pretrain_episodes,
                                                 "steps": c.llarva_pretrain_steps} if llarva else None,

@@ -1,16 +1,27 @@
-"""Decoded training cache: every frame of a dataset decoded once into memory-mapped .npy arrays.
+"""Training caches: a dataset's frames decoded once, and per-frame arrays derived from them, as
+memory-mapped .npy files under `<dataset>/cache/`.
 
-Training reads random frames many times per epoch; decoding mp4 each time would dominate the cost.
-The cache lives in `<dataset>/cache/decoded-<fingerprint>/`, where the fingerprint covers the
-episode table and the requested keys, so a dataset that grows (a resumed collection) gets a fresh
-cache. A `complete` marker is written last: a build that was killed is rebuilt, never half-used.
+Training reads random frames many times per epoch; decoding mp4 (or re-running a tracker) each time
+would dominate the cost.
+
+- `DecodedCache`: one per dataset, `cache/decoded-<fingerprint>/<feature>.npy`. A feature is decoded
+  the first time anyone asks for it; whoever asks later, with any list of features, reads the same file.
+- `DerivedCache`: arrays a stateful per-frame function makes while it steps through every episode from
+  its first frame (a policy's traced inputs: `InputProcessor.trace_frame`), in
+  `cache/<name>-<fingerprint>/`, where `name` says what made them (the trace settings' hash).
+
+The fingerprint covers the episode table, so a dataset that grows (a resumed collection) gets fresh
+caches. Every file is written under a temporary name and renamed when complete: a build that was
+killed leaves nothing that is read, and two processes building the same cache at once both end with
+the same complete files.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +29,29 @@ from tqdm import tqdm
 
 from stvla.data.store import EPISODES_META_PATH, EpisodeStore
 
+FrameStep = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def dataset_fingerprint(store: EpisodeStore) -> str:
+    """A short hash of the episode table: it changes whenever an episode is added."""
+    return hashlib.sha256((store.root / EPISODES_META_PATH).read_bytes()).hexdigest()[:12]
+
+
+def _temporary(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
 
 class DecodedCache:
-    """Frame-major arrays for `keys` over all episodes, plus where each episode starts."""
+    """Frame-major arrays of a dataset's features over all episodes, plus where each episode starts."""
 
-    def __init__(self, root: str | Path, keys: list[str], progress: bool = True):
-        self.store = EpisodeStore(root)
-        unknown = sorted(set(keys) - set(self.store.features))
-        if unknown:
-            raise KeyError(f"{root}: unknown features {unknown}; the dataset has {sorted(self.store.features)}")
-        self.keys = list(keys)
-        lengths = self.store.episodes["length"].to_numpy(dtype=np.int64)
+    def __init__(self, store: EpisodeStore, progress: bool = True):
+        self.store = store
+        self.progress = progress
+        lengths = store.episodes["length"].to_numpy(dtype=np.int64)
         self.episode_lengths = lengths
         self.episode_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        self.directory = Path(root) / "cache" / f"decoded-{self._fingerprint()}"
-        if not (self.directory / "complete").exists():
-            self._build(progress)
-        self.arrays = {key: np.load(self.directory / f"{key}.npy", mmap_mode="r") for key in self.keys}
+        self.directory = store.root / "cache" / f"decoded-{dataset_fingerprint(store)}"
+        self.arrays: dict[str, np.ndarray] = {}  # feature -> (N, ...) read-only memory map, once decoded
 
     def __len__(self) -> int:
         return int(self.episode_lengths.sum())
@@ -43,26 +60,72 @@ class DecodedCache:
         start = int(self.episode_starts[episode])
         return slice(start, start + int(self.episode_lengths[episode]))
 
-    def _fingerprint(self) -> str:
-        digest = hashlib.sha256((self.store.root / EPISODES_META_PATH).read_bytes())
-        digest.update(json.dumps(self.keys).encode())
-        return digest.hexdigest()[:16]
+    def require(self, keys: list[str]) -> dict[str, np.ndarray]:
+        """The arrays of `keys`, decoding in one pass over the episodes those not decoded yet."""
+        unknown = sorted(set(keys) - set(self.store.features))
+        if unknown:
+            raise KeyError(f"{self.store.root}: unknown features {unknown}; the dataset has {sorted(self.store.features)}")
+        missing = [key for key in keys if key not in self.arrays and not (self.directory / f"{key}.npy").is_file()]
+        if missing:
+            self._decode(missing)
+        for key in keys:
+            if key not in self.arrays:
+                self.arrays[key] = np.load(self.directory / f"{key}.npy", mmap_mode="r")
+        return {key: self.arrays[key] for key in keys}
 
-    def _build(self, progress: bool) -> None:
-        shutil.rmtree(self.directory, ignore_errors=True)
-        self.directory.mkdir(parents=True)
-        total = len(self)
-        first = self.store.frame(0, 0, self.keys) if self.store.num_episodes else {}
-        arrays = {
-            key: np.lib.format.open_memmap(self.directory / f"{key}.npy", mode="w+",
-                                           dtype=np.asarray(first[key]).dtype,
-                                           shape=(total, *np.shape(first[key])))
-            for key in self.keys
-        }
-        for episode in tqdm(range(self.store.num_episodes), desc="decode cache", unit="ep", disable=not progress):
-            frames = self.store.episode(episode, self.keys)
-            for key in self.keys:
+    def _decode(self, keys: list[str]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        first = self.store.frame(0, 0, keys) if self.store.num_episodes else {}
+        arrays = {key: np.lib.format.open_memmap(_temporary(self.directory / f"{key}.npy"), mode="w+",
+                                                 dtype=np.asarray(first[key]).dtype,
+                                                 shape=(len(self), *np.shape(first[key])))
+                  for key in keys}
+        for episode in tqdm(range(self.store.num_episodes), desc="decode cache", unit="ep", disable=not self.progress):
+            frames = self.store.episode(episode, keys)
+            for key in keys:
                 arrays[key][self.episode_slice(episode)] = frames[key]
-        for array in arrays.values():
+        for key, array in arrays.items():
             array.flush()
-        (self.directory / "complete").write_text("ok\n")
+            os.replace(_temporary(self.directory / f"{key}.npy"), self.directory / f"{key}.npy")
+
+
+class DerivedCache:
+    """Per-frame arrays made by `step(frame)` along every episode (after `reset()` at each episode start).
+
+    `frame` holds the decoded features `inputs` of one frame; `step` returns the arrays to keep for it,
+    the same keys and shapes at every frame.
+    """
+
+    def __init__(self, decoded: DecodedCache, name: str, inputs: list[str], reset: Callable[[], None],
+                 step: FrameStep):
+        self.decoded = decoded
+        self.directory = decoded.store.root / "cache" / f"{name}-{dataset_fingerprint(decoded.store)}"
+        if not self.directory.is_dir():
+            self._build(inputs, reset, step)
+        self.arrays = {path.name[: -len(".npy")]: np.load(path, mmap_mode="r")
+                       for path in sorted(self.directory.glob("*.npy"))}
+
+    def _build(self, inputs: list[str], reset: Callable[[], None], step: FrameStep) -> None:
+        sources = self.decoded.require(inputs)
+        building = _temporary(self.directory)
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(parents=True)
+        out: dict[str, np.memmap] = {}
+        for episode in tqdm(range(len(self.decoded.episode_lengths)), desc=f"{self.directory.name.split('-')[0]} cache",
+                            unit="ep", disable=not self.decoded.progress):
+            reset()
+            span = self.decoded.episode_slice(episode)
+            for index in range(span.start, span.stop):
+                made = step({key: array[index] for key, array in sources.items()})
+                for key, value in made.items():
+                    if key not in out:
+                        value = np.asarray(value)
+                        out[key] = np.lib.format.open_memmap(building / f"{key}.npy", mode="w+", dtype=value.dtype,
+                                                             shape=(len(self.decoded), *value.shape))
+                    out[key][index] = value
+        for memmap in out.values():
+            memmap.flush()
+        try:
+            os.replace(building, self.directory)
+        except OSError:  # another process finished the same cache first: its files are the same
+            shutil.rmtree(building, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Collect expert demonstrations from the simulator into an episode store.
 
 Each episode is one scripted-expert rollout from a seeded random start. Seeds are a pure function of
-(task, attempt number, split), so a collection is reproducible, `--resume` continues where a killed
+(task, attempt number, split) (`stvla.envs.episode_seed`), so a collection is reproducible, `--resume` continues where a killed
 run stopped, and training seeds never meet evaluation seeds.
 """
 
@@ -18,35 +18,12 @@ from typing import Any, Iterator
 import numpy as np
 from tqdm import tqdm
 
+from stvla import features as F
 from stvla.config import KEY_NEUTRAL
 from stvla.data.store import EpisodeStore, EpisodeWriter
-from stvla.envs import INSTRUCTIONS, ROBOT_TYPE, TASKS, EnvConfig, MetaWorldRGBDEnv, parse_tasks
+from stvla.envs import INSTRUCTIONS, ROBOT_TYPE, EnvConfig, MetaWorldRGBDEnv, episode_seed, parse_tasks
 
 FPS = 80  # Meta-World control rate: 5 MuJoCo steps of 2.5 ms per action
-RGB_KEY = "observation.images.rgb"
-DEPTH_KEY = "observation.depth"
-# Dataset feature key <- environment observation key.
-OBSERVATION_KEYS = {
-    RGB_KEY: "rgb",
-    DEPTH_KEY: "depth",
-    "observation.state": "proprio",
-    "observation.ee.position": "ee.position",
-    "observation.ee.pixel": "ee.pixel",
-    "observation.camera.intrinsics": "camera.intrinsics",
-    "observation.camera.pose": "camera.pose",
-}
-SEEDS_PER_TASK = 100_000
-EVAL_SEED_OFFSET = 50_000  # evaluation starts use attempts >= this; training ones stay below it
-
-
-def episode_seed(task: str, attempt: int, split: str = "train") -> int:
-    """The environment seed of a task's `attempt`-th episode; train and eval seeds never overlap."""
-    if split not in ("train", "eval"):
-        raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
-    if not 0 <= attempt < EVAL_SEED_OFFSET:
-        raise ValueError(f"attempt must be in [0, {EVAL_SEED_OFFSET}), got {attempt}")
-    offset = EVAL_SEED_OFFSET if split == "eval" else 0
-    return TASKS.index(task) * SEEDS_PER_TASK + offset + attempt
 
 
 def dataset_features(image_size: int, depth_model: str = "") -> dict[str, dict]:
@@ -57,18 +34,18 @@ def dataset_features(image_size: int, depth_model: str = "") -> dict[str, dict]:
     if depth_model:
         depth["info"] = {"source": f"ZoeDepth estimate from RGB ({Path(depth_model).resolve()})"}
     return {
-        RGB_KEY: {"dtype": "video", "shape": [*hw, 3], "names": ["height", "width", "channels"]},
-        DEPTH_KEY: depth,
-        "observation.state": {"dtype": "float32", "shape": [4], "names": ["x", "y", "z", "gripper"]},
-        "observation.ee.position": {"dtype": "float32", "shape": [3], "names": ["x", "y", "z"]},
-        "observation.ee.pixel": {"dtype": "float32", "shape": [2], "names": ["u", "v"]},
-        "observation.camera.intrinsics": {"dtype": "float32", "shape": [3, 3], "names": None},
-        "observation.camera.pose": {"dtype": "float32", "shape": [4, 4], "names": None},
-        "action": {"dtype": "float32", "shape": [4], "names": ["dx", "dy", "dz", "gripper"]},
-        "next.reward": {"dtype": "float32", "shape": [1], "names": None},
-        "next.success": {"dtype": "bool", "shape": [1], "names": None},
-        "next.near_object": {"dtype": "bool", "shape": [1], "names": None},
-        "next.grasped": {"dtype": "bool", "shape": [1], "names": None},
+        F.RGB: {"dtype": "video", "shape": [*hw, 3], "names": ["height", "width", "channels"]},
+        F.DEPTH: depth,
+        F.STATE: {"dtype": "float32", "shape": [4], "names": ["x", "y", "z", "gripper"]},
+        F.EE_POSITION: {"dtype": "float32", "shape": [3], "names": ["x", "y", "z"]},
+        F.EE_PIXEL: {"dtype": "float32", "shape": [2], "names": ["u", "v"]},
+        F.INTRINSICS: {"dtype": "float32", "shape": [3, 3], "names": None},
+        F.CAMERA_POSE: {"dtype": "float32", "shape": [4, 4], "names": None},
+        F.ACTION: {"dtype": "float32", "shape": [4], "names": ["dx", "dy", "dz", "gripper"]},
+        F.REWARD: {"dtype": "float32", "shape": [1], "names": None},
+        F.SUCCESS: {"dtype": "bool", "shape": [1], "names": None},
+        F.NEAR_OBJECT: {"dtype": "bool", "shape": [1], "names": None},
+        F.GRASPED: {"dtype": "bool", "shape": [1], "names": None},
     }
 
 
@@ -114,7 +91,7 @@ class ExpertEpisode:
 
     @property
     def length(self) -> int:
-        return len(self.frames["action"])
+        return len(self.frames[F.ACTION])
 
 
 def run_expert_episode(env: MetaWorldRGBDEnv, seed: int, attempt: int = 0) -> ExpertEpisode:
@@ -125,13 +102,13 @@ def run_expert_episode(env: MetaWorldRGBDEnv, seed: int, attempt: int = 0) -> Ex
     while True:
         action = env.expert_action()
         next_obs, reward, _, truncated, info = env.step(action)
-        for key, obs_key in OBSERVATION_KEYS.items():
+        for key, obs_key in F.FEATURE_OF_OBSERVATION.items():
             steps[key].append(obs[obs_key])
-        steps["action"].append(action)
-        steps["next.reward"].append(reward)
-        steps["next.success"].append(info["success"])
-        steps["next.near_object"].append(info["near_object"])
-        steps["next.grasped"].append(info["grasped"])
+        steps[F.ACTION].append(action)
+        steps[F.REWARD].append(reward)
+        steps[F.SUCCESS].append(info["success"])
+        steps[F.NEAR_OBJECT].append(info["near_object"])
+        steps[F.GRASPED].append(info["grasped"])
         obs = next_obs
         if info["success"]:
             success = True
@@ -141,7 +118,7 @@ def run_expert_episode(env: MetaWorldRGBDEnv, seed: int, attempt: int = 0) -> Ex
     features = dataset_features(env.config.image_size)
     frames = {key: np.asarray(values, dtype=_numpy_dtype(features[key])) for key, values in steps.items()}
     return ExpertEpisode(env.config.task, attempt, seed, frames, success,
-                         bool(frames["next.near_object"].any()), bool(frames["next.grasped"].any()))
+                         bool(frames[F.NEAR_OBJECT].any()), bool(frames[F.GRASPED].any()))
 
 
 def _numpy_dtype(feature: dict) -> str:

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stvla.data.video import VideoSettings, read_video, write_video
+from stvla.features import TASK_INDEX
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -44,7 +45,7 @@ INDEX_FEATURES = {
     "frame_index": {"dtype": "int64", "shape": [1], "names": None},
     "episode_index": {"dtype": "int64", "shape": [1], "names": None},
     "index": {"dtype": "int64", "shape": [1], "names": None},
-    "task_index": {"dtype": "int64", "shape": [1], "names": None},
+    TASK_INDEX: {"dtype": "int64", "shape": [1], "names": None},
 }
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 STAT_NAMES = ("min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99")
@@ -245,7 +246,7 @@ class EpisodeWriter:
             "frame_index": np.arange(length, dtype=np.int64),
             "episode_index": np.full(length, episode_index, dtype=np.int64),
             "index": np.arange(start, start + length, dtype=np.int64),
-            "task_index": np.full(length, self._tasks.index(task), dtype=np.int64),
+            TASK_INDEX: np.full(length, self._tasks.index(task), dtype=np.int64),
         }
         row: dict[str, Any] = {
             "episode_index": episode_index, "tasks": [task], "length": length,
@@ -280,7 +281,7 @@ class EpisodeWriter:
     def _write_meta(self) -> None:
         # Order matters for a kill at any instant: the episodes table, written last, is the record
         # of what is finished; the files before it only ever describe a superset or the same set.
-        tasks = pd.DataFrame({"task_index": range(len(self._tasks))}, index=pd.Index(self._tasks, name="task"))
+        tasks = pd.DataFrame({TASK_INDEX: range(len(self._tasks))}, index=pd.Index(self._tasks, name="task"))
         _atomic_write_bytes(self.root / "meta" / "tasks.parquet", lambda tmp: tasks.to_parquet(tmp))
         stats = aggregate_stats(self._stats)
         _write_json(self.root / "meta" / "stats.json",
@@ -340,7 +341,7 @@ class EpisodeStore:
         self.fps: int = int(self.info["fps"])
         self.episodes = self._read_table(self.root / EPISODES_META_PATH).to_pandas()
         tasks_path = self.root / "meta" / "tasks.parquet"
-        self.tasks: list[str] = list(self._read_table(tasks_path).to_pandas().sort_values("task_index").index)
+        self.tasks: list[str] = list(self._read_table(tasks_path).to_pandas().sort_values(TASK_INDEX).index)
         if len(self.episodes) > int(self.info.get("total_episodes", len(self.episodes))):
             raise DatasetError(f"{info_path}: total_episodes is {self.info['total_episodes']} but "
                                f"{EPISODES_META_PATH} lists {len(self.episodes)} episodes")

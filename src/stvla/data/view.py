@@ -7,25 +7,23 @@ from pathlib import Path
 
 import numpy as np
 
-from stvla.data.collect import DEPTH_KEY, RGB_KEY
+from stvla import features as F
 from stvla.data.store import EpisodeStore
 from stvla.data.video import read_video, write_video
 from stvla.traces import OnlineTracer, TraceConfig, draw_traces_rgb
 from stvla.visualize import colorize_depth, mark_point, panels
 
-EE_PIXEL_KEY = "observation.ee.pixel"
-
 
 def render_episode_video(root: str | Path, episode: int, out: str | Path, height: int = 256) -> Path:
     """Write an mp4 of one episode: RGB (end-effector pixel ringed) | depth (same ring)."""
     store = EpisodeStore(root)
-    frames = store.episode(episode, [RGB_KEY, DEPTH_KEY, EE_PIXEL_KEY])
-    depth_max = float(np.nanmax(frames[DEPTH_KEY]))
-    depth_min = float(np.nanpercentile(frames[DEPTH_KEY], 1))
+    frames = store.episode(episode, [F.RGB, F.DEPTH, F.EE_PIXEL])
+    depth_max = float(np.nanmax(frames[F.DEPTH]))
+    depth_min = float(np.nanpercentile(frames[F.DEPTH], 1))
     video = np.stack([
         panels([mark_point(rgb, uv), mark_point(colorize_depth(depth, depth_min, depth_max), uv)],
                ["rgb", "depth"], height)
-        for rgb, depth, uv in zip(frames[RGB_KEY], frames[DEPTH_KEY], frames[EE_PIXEL_KEY])
+        for rgb, depth, uv in zip(frames[F.RGB], frames[F.DEPTH], frames[F.EE_PIXEL])
     ])
     out = Path(out)
     write_video(out, video, fps=min(store.fps, 30))
@@ -43,13 +41,13 @@ def render_trace_video(source: str | Path, out: str | Path, trace_config: TraceC
     tracer = OnlineTracer(trace_config)
     tracer.reset()
     if source.is_dir():
-        frames = EpisodeStore(source).episode(episode, [RGB_KEY, DEPTH_KEY, "observation.camera.intrinsics"])
-        rgbs, depths = frames[RGB_KEY], frames[DEPTH_KEY]
+        frames = EpisodeStore(source).episode(episode, [F.RGB, F.DEPTH, F.INTRINSICS])
+        rgbs, depths = frames[F.RGB], frames[F.DEPTH]
         # The colour scale spans the working range (near objects to the table), not the far background,
         # so the tenths of a metre between a trace and the surface it crosses show as a change of hue.
         depth_min, depth_max = (float(x) for x in np.nanpercentile(depths, [1, 75]))
         video = []
-        for rgb, depth, intrinsics in zip(rgbs, depths, frames["observation.camera.intrinsics"]):
+        for rgb, depth, intrinsics in zip(rgbs, depths, frames[F.INTRINSICS]):
             step = tracer.step(rgb, depth, intrinsics=intrinsics)
             # Middle panel: the raw depth with the traces outlined for the eye (not what the policy sees);
             # right panel: the traced depth exactly as Ego3D encodes it (values clipped into the scale).

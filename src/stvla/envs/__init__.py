@@ -1,6 +1,7 @@
 """Simulated robot environments with RGB, metric depth and camera geometry (gymnasium API).
 
-Each Meta-World task is registered with gymnasium as `stvla/<task>`, for example
+Observation keys are named in stvla.features (`OBS_*`); `episode_seed` gives every episode's start,
+disjoint between training and evaluation. Each Meta-World task is registered with gymnasium as `stvla/<task>`, for example
 `gymnasium.make("stvla/pick-place-v3", image_size=128)`.
 """
 
@@ -21,6 +22,7 @@ from stvla.envs.metaworld_env import (
     make_env,
     parse_tasks,
 )
+from stvla.envs.seeds import episode_seed
 
 for _task in TASKS:
     if f"stvla/{_task}" not in gym.registry:
@@ -28,5 +30,5 @@ for _task in TASKS:
 
 __all__ = [
     "CAMERAS", "CONTROL_MODE", "IMAGE_SIZES", "INSTRUCTIONS", "MT10_TASKS", "ROBOT_TYPE", "TASKS",
-    "EnvConfig", "MetaWorldRGBDEnv", "make_env", "parse_tasks",
+    "EnvConfig", "MetaWorldRGBDEnv", "episode_seed", "make_env", "parse_tasks",
 ]

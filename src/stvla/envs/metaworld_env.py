@@ -1,7 +1,7 @@
 """Meta-World (MuJoCo) as a gymnasium environment with RGB, metric depth and camera geometry.
 
 Every one of Meta-World's 50 v3 tasks is available by name. Observations are flat dicts with
-dotted keys (LeRobot style):
+dotted keys (their names in stvla.features, `OBS_*`):
 
     rgb                (H, W, 3) uint8
     depth              (H, W) float32, metres along the optical axis, far background clipped
@@ -35,6 +35,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
+from stvla import features as F
 from stvla import geometry
 from stvla.config import KEY_NEUTRAL
 from stvla.envs.instructions import INSTRUCTIONS
@@ -140,14 +141,14 @@ class MetaWorldRGBDEnv(gym.Env):
         image = gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
         self.observation_space = gym.spaces.Dict(
             {
-                "rgb": image,
-                "depth": gym.spaces.Box(0.0, config.depth_max, (size, size), np.float32),
-                "camera.intrinsics": gym.spaces.Box(-np.inf, np.inf, (3, 3), np.float64),
-                "camera.pose": gym.spaces.Box(-np.inf, np.inf, (4, 4), np.float64),
-                "ee.position": gym.spaces.Box(-np.inf, np.inf, (3,), np.float64),
-                "ee.pixel": gym.spaces.Box(-np.inf, np.inf, (2,), np.float64),
-                "proprio": gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
-                "instruction": gym.spaces.Text(max_length=256, charset=_INSTRUCTION_CHARSET),
+                F.OBS_RGB: image,
+                F.OBS_DEPTH: gym.spaces.Box(0.0, config.depth_max, (size, size), np.float32),
+                F.OBS_INTRINSICS: gym.spaces.Box(-np.inf, np.inf, (3, 3), np.float64),
+                F.OBS_CAMERA_POSE: gym.spaces.Box(-np.inf, np.inf, (4, 4), np.float64),
+                F.OBS_EE_POSITION: gym.spaces.Box(-np.inf, np.inf, (3,), np.float64),
+                F.OBS_EE_PIXEL: gym.spaces.Box(-np.inf, np.inf, (2,), np.float64),
+                F.OBS_STATE: gym.spaces.Box(-np.inf, np.inf, (4,), np.float32),
+                F.OBS_INSTRUCTION: gym.spaces.Text(max_length=256, charset=_INSTRUCTION_CHARSET),
             }
         )
         self.action_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
@@ -226,14 +227,14 @@ class MetaWorldRGBDEnv(gym.Env):
         pose = self.camera_pose
         ee = self.ee_position
         return {
-            "rgb": rgb,
-            "depth": depth,
-            "camera.intrinsics": self.intrinsics.copy(),
-            "camera.pose": pose,
-            "ee.position": ee,
-            "ee.pixel": geometry.project_world_points(ee, self.intrinsics, pose),
-            "proprio": self._state[:4].astype(np.float32),
-            "instruction": self.instruction,
+            F.OBS_RGB: rgb,
+            F.OBS_DEPTH: depth,
+            F.OBS_INTRINSICS: self.intrinsics.copy(),
+            F.OBS_CAMERA_POSE: pose,
+            F.OBS_EE_POSITION: ee,
+            F.OBS_EE_PIXEL: geometry.project_world_points(ee, self.intrinsics, pose),
+            F.OBS_STATE: self._state[:4].astype(np.float32),
+            F.OBS_INSTRUCTION: self.instruction,
         }
 
 

@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from stvla import features as F
 from stvla.config import save_config
-from stvla.data.collect import episode_seed
 from stvla.data.video import write_video
-from stvla.envs import MetaWorldRGBDEnv, make_env, parse_tasks
+from stvla.devices import torch_device
+from stvla.envs import MetaWorldRGBDEnv, episode_seed, make_env, parse_tasks
 from stvla.evaluate.stats import rate_summary
-from stvla.policies.base import Policy, checkpoint_fingerprint, torch_device
+from stvla.policies.base import Policy, checkpoint_fingerprint
 from stvla.policies.registry import load_policy
 from stvla.traces import draw_traces_rgb
 from stvla.traces.future import future_trace_targets, trace_error_px
@@ -66,7 +67,7 @@ class EvalConfig:
 def check_policy_fits_env(policy: Policy, env: MetaWorldRGBDEnv, checkpoint: str) -> None:
     """A clear error when the checkpoint cannot drive this environment."""
     action_dim = env.action_space.shape[0]
-    state_dim = env.observation_space["proprio"].shape[0]
+    state_dim = env.observation_space[F.OBS_STATE].shape[0]
     vla = policy.config.vla
     if vla.action_dim != action_dim:
         raise ValueError(f"checkpoint {checkpoint} outputs {vla.action_dim}-D actions; task {env.config.task} "
@@ -79,12 +80,12 @@ def check_policy_fits_env(policy: Policy, env: MetaWorldRGBDEnv, checkpoint: str
 def video_frame(obs: dict[str, Any], policy: Policy, depth_range: tuple[float, float]) -> np.ndarray:
     """RGB with the policy's traces (if it has any) beside the depth it encodes (traced or raw); a
     LLARVA policy's predicted future path is drawn on the RGB as an arrow (where it expects to go)."""
-    trace = policy.last_trace
-    rgb = trace.traced_rgb if trace is not None else obs["rgb"]
+    trace = policy.processor.last_trace
+    rgb = trace.traced_rgb if trace is not None else obs[F.OBS_RGB]
     if policy.predicted_trace is not None:
         rgb = draw_traces_rgb(rgb, [policy.predicted_trace])
-    traced = trace is not None and policy.depth_source == "traced"
-    depth = trace.traced_depth if traced else obs["depth"]
+    traced = trace is not None and policy.processor.depth_source == "traced"
+    depth = trace.traced_depth if traced else obs[F.OBS_DEPTH]
     return panels([rgb, colorize_depth(depth, *depth_range)],
                   ["rgb + traces" if trace is not None else "rgb", "traced depth" if traced else "depth"])
 
@@ -97,17 +98,17 @@ def run_episode(policy: Policy, env: MetaWorldRGBDEnv, task: str, attempt: int, 
     policy.reset()
     success = near_object = grasped = False
     frames: list[np.ndarray] = []
-    path: dict[str, list[np.ndarray]] = {"ee.position": [], "camera.intrinsics": [], "camera.pose": []}
+    path: dict[str, list[np.ndarray]] = {F.OBS_EE_POSITION: [], F.OBS_INTRINSICS: [], F.OBS_CAMERA_POSE: []}
     predictions: dict[int, np.ndarray] = {}  # step -> predicted future trace (LLARVA)
-    depth = obs["depth"]
+    depth = obs[F.OBS_DEPTH]
     depth_range = (float(np.percentile(depth, 1)), float(depth.max()))  # fixed per episode: stable colours
     steps = 0
     while steps < max_steps and not success:
-        action, predicted = policy.select_action(obs, return_trace=True)
+        action = policy.select_action(obs)
         for key in path:
             path[key].append(obs[key])
-        if predicted is not None:
-            predictions[steps] = predicted
+        if policy.predicted_trace is not None:
+            predictions[steps] = policy.predicted_trace
         if video is not None:
             frames.append(video_frame(obs, policy, depth_range))
         obs, _, _, _, info = env.step(action)
@@ -130,8 +131,8 @@ def predicted_trace_error(predictions: dict[int, np.ndarray], path: dict[str, li
     if not predictions:
         return None
     points = len(next(iter(predictions.values())))
-    targets, masks = future_trace_targets(np.stack(path["ee.position"]), np.stack(path["camera.intrinsics"]),
-                                          np.stack(path["camera.pose"]), points)
+    targets, masks = future_trace_targets(*(np.stack(path[key]) for key in (F.OBS_EE_POSITION, F.OBS_INTRINSICS,
+                                                                             F.OBS_CAMERA_POSE)), points)
     return float(np.mean([trace_error_px(trace, targets[step], masks[step]) for step, trace in predictions.items()]))
 
 

@@ -1,12 +1,12 @@
-"""What every policy is: a registered name, a dataclass config, LeRobot's training and control calls,
-and safetensors checkpoints that reload exactly.
+"""What every policy is: a registered name, a dataclass config, an input processor, LeRobot's training
+and control calls, and safetensors checkpoints that reload exactly.
 
-    loss, logs = policy.forward(batch)     # training
+    loss, logs = policy.forward(batch)                   # training
     policy.reset(); action = policy.select_action(obs)   # closed-loop control, one env step each
     policy.save_pretrained(path); same = load_policy(path)
 
-`model_inputs` is the single place where numpy frames become model tensors, used by the training
-data pipeline and by `select_action` alike, so that control sees exactly what training saw.
+Observations reach the model only through `policy.processor` (stvla.policies.processor), in training
+and in control alike.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from stvla.config import config_from_dict, config_key
-from stvla.policies.prompt import HISTORY_LENGTH
-from stvla.policies.text import instruction_embeddings
+from stvla.devices import batch_to
+from stvla.policies.processor import CONTRACT_FILE, InputProcessor, batch_of_one
 from stvla.policies.vla import SmallVLA, VLAConfig
-from stvla.traces import OnlineTracer, TraceConfig
+from stvla.traces import TraceConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -46,34 +46,12 @@ class TracedPolicyConfig(PolicyConfig):
     traces: TraceConfig = field(default_factory=TraceConfig)  # online tracker, selection and drawing
 
 
-def torch_device(name: str) -> torch.device:
-    """The torch device called `name` ("cpu", "cuda", "cuda:1", "mps"), or a clear error if absent here."""
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"unknown device {name!r}: {error}") from error
-    available = {"cpu": True, "cuda": torch.cuda.is_available(),
-                 "mps": hasattr(torch.backends, "mps") and torch.backends.mps.is_available()}
-    if not available.get(device.type, False):
-        raise ValueError(f"device {name!r} is not available on this machine (torch {torch.__version__})")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
-
-
-def batch_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The batch with its tensors on `device` (other entries, such as prompt strings, unchanged)."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
 class Policy(nn.Module):
-    """Base of the registered policies; subclasses set `name`, `config_class` and the input choices."""
+    """Base of the registered policies; subclasses set `name`, `config_class` and `processor_class`."""
 
     name: ClassVar[str]
     config_class: ClassVar[type[PolicyConfig]] = PolicyConfig
-    depth_source: ClassVar[str] = "raw"  # which depth feeds Ego3D: "raw" or "traced"
-    uses_traced_rgb: ClassVar[bool] = False  # TraceVLA's second, traced image
-    uses_state_history: ClassVar[bool] = False  # LLARVA's prompt: the last HISTORY_LENGTH proprio states
+    processor_class: ClassVar[type[InputProcessor]] = InputProcessor
 
     def __init__(self, config: PolicyConfig | None = None, backbone_weights: bool = True):
         """`backbone_weights=False`: a PaliGemma backbone's architecture only (see `SmallVLA`)."""
@@ -82,32 +60,13 @@ class Policy(nn.Module):
         # A copy: the caller's config is not changed by the backbone's shape.
         self.config = dataclasses.replace(config, vla=config.vla.with_backbone_shape())
         self.model = SmallVLA(self.config.vla, backbone_weights)
-        self.tracer = OnlineTracer(self.trace_config) if self.trace_config is not None else None
-        self.last_trace = None  # the tracer's output of the latest control step (for videos)
+        self.processor = self.processor_class(self.config, self.name)
         self.predicted_trace: np.ndarray | None = None  # LLARVA: the latest predicted future path, (P, 2) px
         self._queue: deque[np.ndarray] = deque()
-        self._states: deque[np.ndarray] = deque(maxlen=HISTORY_LENGTH)  # this episode's latest proprio states
-        self._rng = np.random.default_rng(0)  # test-time prompt noise, re-seeded every episode
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    # --- what the policy consumes --------------------------------------------------------------------
-    @property
-    def trace_config(self) -> TraceConfig | None:
-        return getattr(self.config, "traces", None)
-
-    def prompt(self, instruction: str, traced: bool) -> str:
-        """The text the language encoder sees (TraceVLA changes it when traces are shown)."""
-        return instruction
-
-    def language_inputs(self, frames: dict[str, np.ndarray], instructions: list[str], traced: np.ndarray,
-                        rng: np.random.Generator | None) -> dict[str, Any]:
-        """The batch entries of the language input: here the cached sentence embedding of each prompt."""
-        prompts = [self.prompt(text, bool(shown)) for text, shown in zip(instructions, traced)]
-        embeddings = instruction_embeddings(prompts)
-        return {"observation.language": torch.from_numpy(np.stack([embeddings[p] for p in prompts]))}
 
     def fit_statistics(self, actions: np.ndarray, states: np.ndarray) -> None:
         """Fit the action normaliser, the adaptive action grid and the state normaliser on training data."""
@@ -117,87 +76,40 @@ class Policy(nn.Module):
         self.model.tokenizer.fit(self.model.action_normalizer.normalize(actions_t))
         self.model.state_normalizer.fit_(torch.from_numpy(np.array(states, dtype=np.float32)))
 
-    def model_inputs(self, frames: dict[str, np.ndarray], instructions: list[str], traced: np.ndarray,
-                     rng: np.random.Generator | None = None) -> dict[str, Any]:
-        """Numpy frames (batch-major) -> model inputs.
-
-        `frames` holds "rgb" (B, H, W, 3) uint8, "depth" (B, H, W) (raw or traced, per `depth_source`),
-        "intrinsics" (B, 3, 3), "state" (B, S), for TraceVLA "rgb_traced" (B, H, W, 3) uint8 and for
-        LLARVA "state_history" (B, HISTORY_LENGTH, S). `traced` (B,) says which samples show traces;
-        `rng` draws whatever is random in the inputs (LLARVA's prompt noise).
-        """
-        # np.array copies: the frames may be read-only memory maps or the caller's observation arrays.
-        def image(x: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(np.array(x, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
-
-        batch = {
-            "observation.images.rgb": image(frames["rgb"]),
-            "observation.depth": torch.from_numpy(np.array(frames["depth"], dtype=np.float32)),
-            "observation.camera.intrinsics": torch.from_numpy(np.array(frames["intrinsics"], dtype=np.float32)),
-            "observation.state": torch.from_numpy(np.array(frames["state"], dtype=np.float32)),
-            **self.language_inputs(frames, instructions, traced, rng),
-        }
-        if self.uses_traced_rgb:
-            batch["observation.images.rgb_traced"] = image(frames["rgb_traced"])
-        return batch
-
     # --- LeRobot-style calls ---------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         return self.model.loss(batch)
 
     def reset(self) -> None:
-        """Start a new episode: empty the action queue, the state history and the tracker's buffer."""
+        """Start a new episode: empty the action queue and start the processor's episode state over."""
         self._queue.clear()
-        self._states.clear()
-        self._rng = np.random.default_rng(0)  # the same noise every episode: reloaded policies act the same
-        self.last_trace = None
         self.predicted_trace = None
-        if self.tracer is not None:
-            self.tracer.reset()
-
-    def state_history(self) -> np.ndarray:
-        """(HISTORY_LENGTH, S): this episode's latest states, oldest first, zero rows before its start."""
-        states = list(self._states)
-        return np.concatenate([np.zeros((HISTORY_LENGTH - len(states), len(states[-1]))), np.stack(states)])
+        self.processor.reset()
 
     @torch.no_grad()
-    def select_action(self, obs: dict[str, Any], return_trace: bool = False):
+    def select_action(self, obs: dict[str, Any]) -> np.ndarray:
         """One action for the env observation `obs` (see stvla.envs); the tracker steps every call.
 
-        With `return_trace`, returns (action, predicted future trace (P, 2) px or None) instead: LLARVA
-        predicts the end effector's future path with every action chunk.
+        A LLARVA policy also predicts the end effector's future path with every action chunk: it is in
+        `policy.predicted_trace` ((P, 2) pixels) after the call.
         """
-        self._states.append(np.asarray(obs["proprio"], dtype=np.float64))
-        traced_depth, traced_rgb, has_traces = obs["depth"], obs["rgb"], False
-        if self.tracer is not None:
-            self.last_trace = self.tracer.step(obs["rgb"], obs["depth"], intrinsics=obs["camera.intrinsics"])
-            has_traces = len(self.last_trace.traces) > 0
-            traced_depth = self.last_trace.traced_depth
-            if self.uses_traced_rgb and has_traces:
-                traced_rgb = self.last_trace.traced_rgb
+        frame = self.processor.observation_frame(obs)
         if not self._queue:
-            frames = {
-                "rgb": obs["rgb"][None],
-                "depth": (traced_depth if self.depth_source == "traced" else obs["depth"])[None],
-                "intrinsics": obs["camera.intrinsics"][None],
-                "state": obs["proprio"][None],
-                "rgb_traced": traced_rgb[None],
-                "state_history": self.state_history()[None],
-            }
             was_training = self.training
             self.eval()
-            inputs = self.model_inputs(frames, [obs["instruction"]], np.array([has_traces]), self._rng)
+            inputs = self.processor.model_inputs(batch_of_one(frame), rng=self.processor.rng)
             chunk, trace = self.model.predict_chunk(batch_to(inputs, self.device))
             self.train(was_training)
             self._queue.extend(chunk[0, : self.config.vla.n_action_steps].cpu().numpy())
             if trace is not None:
                 self.predicted_trace = trace[0].cpu().numpy()
-        action = self._queue.popleft()
-        return (action, self.predicted_trace) if return_trace else action
+        return self._queue.popleft()
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json (type + config) and model.safetensors (weights, normalisers, action grid).
+        """Write config.json (type + config), model.safetensors (weights, normalisers, action grid) and
+        processor.json (the input contract, for clients: written from the config, never read back, so a
+        checkpoint without it, or from an older version, loads the same).
 
         The checkpoint is self-contained: with a PaliGemma backbone, its architecture (config.json) is
         copied to `backbone/` beside every weight, and the saved config points there."""
@@ -216,6 +128,7 @@ class Policy(nn.Module):
                 shutil.copyfile(source, directory / BACKBONE_DIR / "config.json")
             config["vla"]["backbone"]["path"] = BACKBONE_DIR
         (directory / CONFIG_FILE).write_text(json.dumps({"type": self.name, "config": config}, indent=2))
+        (directory / CONTRACT_FILE).write_text(json.dumps(self.processor.contract(), indent=2) + "\n")
         return directory
 
     @classmethod

@@ -16,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from stvla import features as F
 from stvla.policies.base import Policy, PolicyConfig
+from stvla.policies.processor import InputProcessor
 from stvla.policies.prompt import PromptConfig, llarva_prompt
 from stvla.policies.vla import VLAConfig
 
@@ -27,14 +29,18 @@ class LLARVAConfig(PolicyConfig):
     prompt: PromptConfig = field(default_factory=PromptConfig)  # robot type, control mode, history noise
 
 
-class LLARVAPolicy(Policy):
-    name = "llarva"
-    config_class = LLARVAConfig
+class LLARVAProcessor(InputProcessor):
     uses_state_history = True
 
-    def language_inputs(self, frames: dict[str, np.ndarray], instructions: list[str], traced: np.ndarray,
+    def language_inputs(self, frames: dict[str, Any], shown: np.ndarray,
                         rng: np.random.Generator | None) -> dict[str, Any]:
         vla = self.config.vla
         texts = [llarva_prompt(self.config.prompt, instruction, history, vla.chunk_size, vla.trace_points > 0, rng)
-                 for instruction, history in zip(instructions, frames["state_history"])]
-        return {"observation.prompt": texts}
+                 for instruction, history in zip(frames[F.TASK], frames[F.STATE_HISTORY])]
+        return {F.PROMPT: texts}
+
+
+class LLARVAPolicy(Policy):
+    name = "llarva"
+    config_class = LLARVAConfig
+    processor_class = LLARVAProcessor

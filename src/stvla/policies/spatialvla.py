@@ -1,4 +1,5 @@
-"""`spatialvla`: the base policy, SpatialVLA-style: RGB tokens + Ego3D tokens of the raw depth, no traces."""
+"""`spatialvla`: the base policy, SpatialVLA-style: RGB tokens + Ego3D tokens of the raw depth, no traces.
+Its inputs are the processor's defaults (stvla.policies.processor.InputProcessor)."""
 
 from __future__ import annotations
 
@@ -15,4 +16,3 @@ class SpatialVLAConfig(PolicyConfig):
 class SpatialVLAPolicy(Policy):
     name = "spatialvla"
     config_class = SpatialVLAConfig
-    depth_source = "raw"

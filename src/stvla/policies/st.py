@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from stvla.policies.base import Policy, TracedPolicyConfig
+from stvla.policies.processor import InputProcessor
 
 
 @dataclass
@@ -14,7 +15,11 @@ class STConfig(TracedPolicyConfig):
     pass
 
 
+class STProcessor(InputProcessor):
+    depth_source = "traced"
+
+
 class STPolicy(Policy):
     name = "st"
     config_class = STConfig
-    depth_source = "traced"
+    processor_class = STProcessor

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from stvla.policies.base import Policy, TracedPolicyConfig
+from stvla.policies.processor import InputProcessor
 from stvla.policies.vla import VLAConfig
 
 
@@ -19,10 +20,7 @@ class TraceVLAConfig(TracedPolicyConfig):
     untraced_fraction: float = 0.2  # share of training samples shown [original, original] and the plain prompt
 
 
-class TraceVLAPolicy(Policy):
-    name = "tracevla"
-    config_class = TraceVLAConfig
-    depth_source = "raw"
+class TraceVLAProcessor(InputProcessor):
     uses_traced_rgb = True
 
     def prompt(self, instruction: str, traced: bool) -> str:
@@ -30,3 +28,9 @@ class TraceVLAPolicy(Policy):
             return instruction
         return (f"{instruction}. You are given two images: the current view, and the same view with the "
                 f"robot's recent motion drawn as visual traces")
+
+
+class TraceVLAPolicy(Policy):
+    name = "tracevla"
+    config_class = TraceVLAConfig
+    processor_class = TraceVLAProcessor

@@ -16,7 +16,7 @@ Token sequence fed to the transformer trunk:
   (translation over the spherical grid, gripper) as classification logits;
 - LLARVA's trace query reads out the future end-effector path as P pixel positions.
 
-The policies (spatialvla, tracevla, st) differ only in which inputs they feed, so the same
+The policies (spatialvla, tracevla, st, llarva) differ only in which inputs their processors feed, so the same
 checkpoint can move between them (ST-VLA fine-tunes a SpatialVLA-style base).
 """
 
@@ -26,9 +26,10 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
+import torch.nn.functional as functional
 from torch import nn
 
+from stvla import features as F
 from stvla.config import KEY_NEUTRAL
 from stvla.policies.action_tokenizer import ActionGridConfig, AdaptiveActionGrid
 from stvla.policies.ego3d import Ego3DConfig, Ego3DEncoder
@@ -161,30 +162,29 @@ class SmallVLA(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Logits per action-token kind, each (B, chunk_size, classes); with trace_points, also "trace":
         (B, trace_points, 2) future end-effector pixels normalised to [0, 1] by the image size."""
-        images = batch["observation.images.rgb"]
+        images = batch[F.RGB]
         size = self.config.image_size
         if images.shape[-2:] != (size, size):
             raise ValueError(f"this policy was built for {size}x{size} images, got {tuple(images.shape[-2:])}")
-        depth = batch.get("observation.depth")
-        intrinsics = batch.get("observation.camera.intrinsics")
+        depth = batch.get(F.DEPTH)
+        intrinsics = batch.get(F.INTRINSICS)
         if self.ego3d is not None and (depth is None or intrinsics is None):
-            raise ValueError("this policy encodes depth: the batch needs observation.depth and "
-                             "observation.camera.intrinsics")
+            raise ValueError(f"this policy encodes depth: the batch needs {F.DEPTH} and {F.INTRINSICS}")
         batch_size = len(images)
         if self.config.language == "prompt":
-            language, language_mask = self.prompt_tokens(batch["observation.prompt"])
+            language, language_mask = self.prompt_tokens(batch[F.PROMPT])
             language = self.prompt_resampler(language, language_mask)
             language_mask = torch.ones(language.shape[:2], dtype=torch.bool, device=images.device)
         else:
-            language = self.language(batch["observation.language"]).unsqueeze(1)
+            language = self.language(batch[F.LANGUAGE]).unsqueeze(1)
             language_mask = torch.ones(batch_size, 1, dtype=torch.bool, device=images.device)
         parts = [
             language,
-            self.state(self.state_normalizer.normalize(batch["observation.state"])).unsqueeze(1),
+            self.state(self.state_normalizer.normalize(batch[F.STATE])).unsqueeze(1),
             self.encode_image(images, 0, depth, intrinsics),
         ]
         if self.config.two_images:
-            traced = batch["observation.images.rgb_traced"]
+            traced = batch[F.TRACED_RGB]
             parts += [self.separator.expand(batch_size, -1, -1), self.encode_image(traced, 1, depth, intrinsics)]
         if self.config.trace_points:
             parts.append(self.trace_query.expand(batch_size, -1, -1))
@@ -207,19 +207,19 @@ class SmallVLA(nn.Module):
         plus the weighted L1 distance of the predicted future trace to "trace_target" where "trace_mask"."""
         logits = self(batch)
         trace = logits.pop("trace", None)
-        targets = self.tokenizer.encode(self.action_normalizer.normalize(batch["action"]))
-        valid = ~batch["action_is_pad"]
+        targets = self.tokenizer.encode(self.action_normalizer.normalize(batch[F.ACTION]))
+        valid = ~batch[F.ACTION_IS_PAD]
         losses, logs = [], {}
         if trace is not None:
             size = self.config.image_size
-            mask = batch["trace_mask"]
-            target = batch["trace_target"] / size
+            mask = batch[F.TRACE_MASK]
+            target = batch[F.TRACE_TARGET] / size
             trace_loss = (trace - target).abs().sum(-1)[mask].mean()
             losses.append(self.config.trace_loss_weight * trace_loss)
             logs["loss_trace"] = float(trace_loss.detach())
             logs["trace_err_px"] = float((size * (trace - target)).norm(dim=-1)[mask].mean().detach())
         for name, kind_logits in logits.items():
-            loss = F.cross_entropy(kind_logits[valid], targets[name][valid])
+            loss = functional.cross_entropy(kind_logits[valid], targets[name][valid])
             losses.append(loss)
             logs[f"loss_{name}"] = float(loss.detach())
             logs[f"acc_{name}"] = float((kind_logits[valid].argmax(-1) == targets[name][valid]).float().mean())

@@ -25,11 +25,27 @@ from functools import cached_property
 import numpy as np
 
 from stvla.config import KEY_NEUTRAL, config_key
-from stvla.traces.cotracker_config import CoTrackerConfig
+from stvla.traces.cotracker.config import CoTrackerConfig
 from stvla.traces.drawing import DEPTH_VARIANTS, DepthDrawConfig, draw_traces_depth, draw_traces_rgb
 from stvla.traces.lift import lift_traces, sample_depth
 from stvla.traces.selection import SelectionConfig, Trace, TraceSelector
-from stvla.traces.tracker import TRACKER_TYPES, PointTracker, RingBuffer, TrackerConfig, TrackState, make_tracker
+from stvla.traces.tracker import TRACKERS, PointTracker, RingBuffer, TrackerConfig, TrackState
+
+# Every tracker by name: the frame-to-frame ones (stvla.traces.tracker.TRACKERS), and CoTracker3
+# (stvla.traces.cotracker, needs torch and a local checkpoint).
+TRACKER_TYPES: tuple[str, ...] = (*TRACKERS, "cotracker")
+
+
+def make_tracker(name: str = "lk", config: TrackerConfig | None = None, cotracker=None) -> PointTracker:
+    """A tracker by name ("lk", "dense", or "cotracker" with its `CoTrackerConfig`); an unknown name raises
+    a ValueError listing the valid ones."""
+    if name == "cotracker":
+        from stvla.traces.cotracker.online import CoTrackerOnline  # torch loads only when asked for
+
+        return CoTrackerOnline(cotracker, config)
+    if name not in TRACKERS:
+        raise ValueError(f"unknown tracker {name!r}; valid: {', '.join(TRACKER_TYPES)}")
+    return TRACKERS[name](config)
 
 
 @dataclass
@@ -47,7 +63,7 @@ class TraceConfig:
             raise ValueError(f"unknown tracker_type {self.tracker_type!r}; valid: {', '.join(TRACKER_TYPES)}")
         if self.tracker_type == "cotracker" and not self.cotracker.checkpoint:
             raise ValueError("tracker_type 'cotracker' needs cotracker.checkpoint (on `stvla train`: "
-                             "--cotracker_checkpoint PATH, the local scaled_online.pth)")
+                             "--traces.cotracker.checkpoint PATH, the local scaled_online.pth)")
         if self.variant not in DEPTH_VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}; valid: {', '.join(DEPTH_VARIANTS)}")
 

@@ -418,19 +418,6 @@ def sample_windows(image: np.ndarray, centres: np.ndarray, side: int) -> np.ndar
     return cv2.remap(image.astype(np.float32), map_u, map_v, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
+# The frame-to-frame trackers by name; every tracker type (with CoTracker3) and `make_tracker` are in
+# stvla.traces.pipeline, so that this module never refers to the torch-based tracker.
 TRACKERS: dict[str, type[FlowTracker]] = {"lk": LucasKanadeTracker, "dense": DenseFlowTracker}
-# Every tracker by name: the frame-to-frame ones above, and CoTracker3 (stvla.traces.cotracker, needs torch
-# and a local checkpoint).
-TRACKER_TYPES: tuple[str, ...] = (*TRACKERS, "cotracker")
-
-
-def make_tracker(name: str = "lk", config: TrackerConfig | None = None, cotracker=None) -> PointTracker:
-    """A tracker by name ("lk", "dense", or "cotracker" with its `CoTrackerConfig`); an unknown name raises
-    a ValueError listing the valid ones."""
-    if name == "cotracker":
-        from stvla.traces.cotracker import CoTrackerOnline  # torch loads only when asked for
-
-        return CoTrackerOnline(cotracker, config)
-    if name not in TRACKERS:
-        raise ValueError(f"unknown tracker {name!r}; valid: {', '.join(TRACKER_TYPES)}")
-    return TRACKERS[name](config)

@@ -12,6 +12,7 @@ reaches the same weights as an uninterrupted run: the data order is a function o
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -20,16 +21,21 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from stvla.config import KEY_NEUTRAL, config_from_dict, config_to_dict, load_config, save_config
-from stvla.policies.base import Policy, batch_to, read_checkpoint_config, torch_device
+from stvla import features as F
+from stvla.config import KEY_NEUTRAL, config_from_dict, config_key, config_to_dict, save_config
+from stvla.data.store import EpisodeStore
+from stvla.devices import batch_to, torch_device
+from stvla.policies.base import Policy, read_checkpoint_config
 from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.vla import VLAConfig
+from stvla.traces import TraceConfig
 from stvla.train.samples import TrainingSamples
 
 
@@ -48,10 +54,7 @@ class TrainConfig:
     init: str = ""  # stage 2: a policy checkpoint to start from (its normalisers and action grid are kept)
     lora: LoraSettings = field(default_factory=LoraSettings)  # stage-2 adapters
     model: VLAConfig = field(default_factory=VLAConfig)  # stage 1: the model's shape (image size from the dataset, the rest of the policy type's own fields from the type; stage 2 keeps the checkpoint's)
-    variant: str = "C"  # traced policies: depth drawing variant A, B or C
-    buffer: int = 30  # traced policies: frames of history behind each trace (b)
-    tracker_type: str = field(default="lk", metadata=KEY_NEUTRAL)  # traced policies: point tracker: lk, dense or cotracker
-    cotracker_checkpoint: str = field(default="", metadata=KEY_NEUTRAL)  # tracker cotracker: local scaled_online.pth
+    traces: TraceConfig = field(default_factory=TraceConfig)  # traced policies (st, tracevla): tracker, buffer b, selection, drawing variant
     trace_points: int = -1  # llarva: future trace points predicted; -1 = the policy's 16 (or the checkpoint's), 0 = none
     steps: int = 2000  # optimiser steps
     batch_size: int = 32  # samples per step
@@ -62,6 +65,14 @@ class TrainConfig:
     save_every: int = 250  # steps between training checkpoints
     threads: int = 2  # torch CPU threads
     device: str = field(default="cpu", metadata=KEY_NEUTRAL)  # torch device to train on: cpu, cuda, cuda:1, mps
+
+    def key(self) -> dict[str, Any]:
+        """What the run's weights depend on, as cache keys spell it (stvla.benchmark): `config_key`, with
+        the trace settings as the flat `variant` and `buffer` they were before `traces` was nested (whole
+        only where another trace setting differs from its default), so every cell kept before keeps its key."""
+        key = config_key(self)
+        key.pop("traces")
+        return {**key, **flat_trace_key(self.traces)}
 
     @property
     def stage(self) -> int:
@@ -74,6 +85,42 @@ class TrainConfig:
     @property
     def peak_lr(self) -> float:
         return self.lr or (1e-3 if self.uses_lora else 3e-4)
+
+
+# The flat options of `stvla train` before the trace settings were nested in `--traces.*`: still accepted
+# on the command line and in a run's saved train_config.json, for one release.
+LEGACY_TRACE_OPTIONS = {
+    "variant": "traces.variant",
+    "buffer": "traces.tracker.buffer_length",
+    "tracker_type": "traces.tracker_type",
+    "cotracker_checkpoint": "traces.cotracker.checkpoint",
+}
+
+
+def flat_trace_key(traces: TraceConfig) -> dict[str, Any]:
+    """Trace settings as cache keys spelt them before they were nested: `variant` and `buffer`, and the
+    whole `traces` only when another setting differs from its default."""
+    key: dict[str, Any] = {"variant": traces.variant, "buffer": traces.buffer_length}
+    default = TraceConfig()
+    rest = dataclasses.replace(traces, variant=default.variant,
+                               tracker=dataclasses.replace(traces.tracker, buffer_length=default.buffer_length))
+    if config_key(rest) != config_key(default):
+        key["traces"] = config_key(traces)
+    return key
+
+
+def upgrade_legacy_options(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved TrainConfig dict with the flat trace options of an older release, nested as today."""
+    data = copy.deepcopy(data)
+    for old, new in LEGACY_TRACE_OPTIONS.items():
+        if old in data:
+            value = data.pop(old)
+            *parents, name = new.split(".")
+            node = data
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[name] = value
+    return data
 
 
 def build_policy(config: TrainConfig, image_size: int) -> Policy:
@@ -101,15 +148,22 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
     policy_config.vla = dataclasses.replace(vla, image_size=image_size, two_images=defaults.two_images,
                                             language=defaults.language, trace_points=trace_points)
     if hasattr(policy_config, "traces"):
-        traces = policy_config.traces
-        policy_config.traces = dataclasses.replace(
-            traces, variant=config.variant, tracker_type=config.tracker_type,
-            # Absolute: the policy keeps it, and is loaded from other working directories.
-            cotracker=dataclasses.replace(traces.cotracker, checkpoint=str(Path(config.cotracker_checkpoint).resolve())
-                                          if config.cotracker_checkpoint else ""),
-            tracker=dataclasses.replace(traces.tracker, buffer_length=config.buffer))
+        checkpoint = config.traces.cotracker.checkpoint
+        # Absolute: the policy keeps it, and is loaded from other working directories.
+        policy_config.traces = dataclasses.replace(config.traces, cotracker=dataclasses.replace(
+            config.traces.cotracker, checkpoint=str(Path(checkpoint).resolve()) if checkpoint else ""))
     # Stage 2 loads every weight from --init: a PaliGemma backbone's original weights need not be read.
     return make_policy(config.policy, policy_config, backbone_weights=not config.init)
+
+
+def load_train_config(path: str | Path) -> TrainConfig:
+    """A run's saved train_config.json (one written by an older release with flat trace options too)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read config {path}: {error}") from error
+    return config_from_dict(TrainConfig, upgrade_legacy_options(data), str(path))
 
 
 def add_lora(policy: Policy, settings: LoraSettings) -> None:
@@ -180,7 +234,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "train_config.json"
     if (out / "checkpoint").exists() and config_path.exists():
-        saved = load_config(TrainConfig, config_path)
+        saved = load_train_config(config_path)
         # Compared as JSON: tuples come back from the file as lists.
         if json.dumps(config_to_dict(saved)) != json.dumps(config_to_dict(config)):
             raise ValueError(f"{out} holds a run with another configuration ({config_path}); "
@@ -190,12 +244,11 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
-    from stvla.data.store import EpisodeStore
-
-    image_size = EpisodeStore(config.dataset).features["observation.images.rgb"]["shape"][0]
-    policy = build_policy(config, image_size)
-    samples = TrainingSamples(config.dataset, policy, progress=progress,
-                              checkpoint=config.init or None)
+    store = EpisodeStore(config.dataset)
+    if F.RGB not in store.features:
+        raise ValueError(f"dataset {store.root} has no {F.RGB}; it has {sorted(store.features)}")
+    policy = build_policy(config, store.features[F.RGB]["shape"][0])
+    samples = TrainingSamples(store, policy, progress=progress, checkpoint=config.init or None)
     if config.init:
         fresh = policy.load_weights(config.init)
         if fresh and progress:

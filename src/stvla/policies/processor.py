@@ -1,0 +1,187 @@
+"""A policy's input processor (LeRobot's word): its input contract, and the one place where an environment
+observation or a recorded frame becomes the model's inputs.
+
+    processor.reset()                              # at every episode start (control)
+    frame = processor.observation_frame(obs)       # env observation -> one frame in dataset feature keys;
+                                                   # steps the tracer and the proprio history
+    inputs = processor.model_inputs(frames)        # frames (batch-major) -> the model's tensors
+
+Training reads the same frames from a dataset (stvla.train.samples): the recorded features, plus what
+`trace_frame` adds, cached by running it along every episode from its first frame exactly as control
+runs it. Both paths end in `model_inputs`, so the model sees the same inputs for the same frames (a
+test per policy type holds this).
+
+What differs between the policy types is said by the processor beside each policy (spatialvla.py,
+tracevla.py, st.py, llarva.py): which depth Ego3D encodes, TraceVLA's traced image and its prompt,
+LLARVA's structured prompt. A saved policy writes its contract (`contract()`) to processor.json beside
+its config, for whoever feeds it from outside (a robot client).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from stvla import features as F
+from stvla.config import config_key
+from stvla.policies.prompt import HISTORY_LENGTH
+from stvla.policies.text import instruction_embeddings
+from stvla.traces import OnlineTracer, TraceConfig, TraceOutput
+
+CONTRACT_FILE = "processor.json"
+TRACE_INPUTS = (F.RGB, F.DEPTH, F.INTRINSICS)  # what `trace_frame` reads
+
+
+class InputProcessor:
+    """The SpatialVLA-style inputs: RGB, Ego3D of the raw depth, the instruction's sentence embedding, the
+    proprio state. Subclasses change what their policy type changes."""
+
+    depth_source: ClassVar[str] = "raw"  # the depth Ego3D encodes: "raw" or "traced" (ST-VLA)
+    uses_traced_rgb: ClassVar[bool] = False  # TraceVLA's second, traced image
+    uses_state_history: ClassVar[bool] = False  # LLARVA's prompt: the last HISTORY_LENGTH proprio states
+
+    def __init__(self, config: Any, policy_name: str):
+        """`config`: the policy's config (its `vla` model config, and `traces` for a traced policy)."""
+        self.config = config
+        self.policy_name = policy_name
+        self.tracer = OnlineTracer(self.trace_config) if self.trace_config is not None else None
+        self.last_trace: TraceOutput | None = None  # the tracer's output at the latest frame (for videos)
+        self.rng = np.random.default_rng(0)  # control-time prompt noise, re-seeded every episode
+        self._states: deque[np.ndarray] = deque(maxlen=HISTORY_LENGTH)  # this episode's latest proprio states
+
+    @property
+    def trace_config(self) -> TraceConfig | None:
+        return getattr(self.config, "traces", None)
+
+    # --- the contract ------------------------------------------------------------------------------------
+    def input_features(self) -> dict[str, dict]:
+        """The recorded features this policy reads, with the dtype and shape it needs."""
+        vla = self.config.vla
+        size = [vla.image_size, vla.image_size]
+        wanted = {F.RGB: {"dtype": "uint8", "shape": [*size, 3]},
+                  F.STATE: {"dtype": "float32", "shape": [vla.state_dim]}}
+        if vla.use_ego3d or self.tracer is not None:
+            wanted[F.DEPTH] = {"dtype": "float32", "shape": size}
+            wanted[F.INTRINSICS] = {"dtype": "float32", "shape": [3, 3]}
+        return wanted
+
+    def contract(self) -> dict[str, Any]:
+        """What a client must send and gets back: processor.json of a saved policy."""
+        vla = self.config.vla
+        return {
+            "policy": self.policy_name,
+            "input_features": self.input_features(),
+            # Each input feature <- the environment observation key it is read from.
+            "observation_keys": {**{feature: F.FEATURE_OF_OBSERVATION[feature] for feature in self.input_features()},
+                                 F.TASK: F.OBS_INSTRUCTION},
+            "output_features": {F.ACTION: {"dtype": "float32", "shape": [vla.action_dim]}},
+            "chunk_size": vla.chunk_size,  # actions predicted per forward pass
+            "n_action_steps": vla.n_action_steps,  # of which executed before the next forward pass
+            "depth_source": self.depth_source,
+            "traced_rgb": self.uses_traced_rgb,
+            "state_history": HISTORY_LENGTH if self.uses_state_history else 0,
+            "traces": config_key(self.trace_config) if self.trace_config is not None else None,
+        }
+
+    def check_features(self, features: dict[str, dict], where: str, expects: str) -> None:
+        """A clear error when `features` (a dataset's, LeRobot entries) cannot feed this policy, or its
+        actions are not the policy's. `expects` names the policy's origin ("checkpoint X expects")."""
+        vla = self.config.vla
+        wanted = self.input_features()
+        if F.DEPTH in wanted and (F.DEPTH not in features or F.INTRINSICS not in features):
+            raise ValueError(f"{where} has no {F.DEPTH} / {F.INTRINSICS}: policy {self.policy_name!r} needs depth "
+                             f"and camera intrinsics")
+        size = features[F.RGB]["shape"][:2] if F.RGB in features else None
+        if size != wanted[F.RGB]["shape"][:2]:
+            raise ValueError(f"{where} has {F.RGB} of size {size}; policy {self.policy_name!r} was built for "
+                             f"{vla.image_size}x{vla.image_size} images")
+        action_shape = features.get(F.ACTION, {}).get("shape")
+        if action_shape != [vla.action_dim]:
+            raise ValueError(f"{where} has actions of shape {action_shape}; {expects} [{vla.action_dim}]")
+        state_shape = features.get(F.STATE, {}).get("shape")
+        if state_shape != wanted[F.STATE]["shape"]:
+            raise ValueError(f"{where} has {F.STATE} of shape {state_shape}; {expects} [{vla.state_dim}]")
+
+    # --- per episode -------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start a new episode: the tracker's buffer, the state history and the prompt noise start over."""
+        self._states.clear()
+        self.rng = np.random.default_rng(0)  # the same noise every episode: reloaded policies act the same
+        self.last_trace = None
+        if self.tracer is not None:
+            self.tracer.reset()
+
+    def trace_frame(self, frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Step the tracer into one frame (its RGB, depth, intrinsics): the traced depth, whether traces
+        were drawn, and for TraceVLA the traced image (the plain one when there are none)."""
+        step = self.tracer.step(frame[F.RGB], frame[F.DEPTH], intrinsics=frame[F.INTRINSICS])
+        self.last_trace = step
+        traced = {F.TRACED_DEPTH: step.traced_depth, F.HAS_TRACES: np.bool_(len(step.traces) > 0)}
+        if self.uses_traced_rgb:
+            traced[F.TRACED_RGB] = step.traced_rgb if step.traces else frame[F.RGB]
+        return traced
+
+    def observation_frame(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """One environment observation as a frame in dataset keys, with what the processor derives from
+        the episode so far (call once per control step, after `reset()` at the episode start)."""
+        frame: dict[str, Any] = {feature: obs[F.FEATURE_OF_OBSERVATION[feature]] for feature in self.input_features()}
+        frame[F.TASK] = obs[F.OBS_INSTRUCTION]
+        self._states.append(np.asarray(obs[F.OBS_STATE], dtype=np.float64))
+        if self.tracer is not None:
+            frame.update(self.trace_frame(frame))
+        if self.uses_state_history:
+            frame[F.STATE_HISTORY] = self.state_history()
+        return frame
+
+    def state_history(self) -> np.ndarray:
+        """(HISTORY_LENGTH, S): this episode's latest states, oldest first, zero rows before its start."""
+        states = list(self._states)
+        return np.concatenate([np.zeros((HISTORY_LENGTH - len(states), len(states[-1]))), np.stack(states)])
+
+    # --- frames -> model inputs -----------------------------------------------------------------------------
+    def model_inputs(self, frames: dict[str, Any], rng: np.random.Generator | None = None,
+                     augment: bool = False) -> dict[str, Any]:
+        """Frames (batch-major, dataset keys, `F.TASK` a list of instructions) -> the model's batch.
+
+        `rng` draws what is random in the inputs (LLARVA's prompt noise); with `augment` (training), also
+        TraceVLA's share of samples shown untraced.
+        """
+        # np.array copies: the frames may be read-only memory maps or the caller's observation arrays.
+        def image(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.array(x, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
+
+        def floats(x: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.array(x, dtype=np.float32))
+
+        count = len(frames[F.TASK])
+        shown = np.array(frames[F.HAS_TRACES], dtype=bool) if F.HAS_TRACES in frames else np.zeros(count, bool)
+        if self.uses_traced_rgb and augment:
+            shown &= rng.random(count) >= self.config.untraced_fraction
+        batch = {F.RGB: image(frames[F.RGB]), F.STATE: floats(frames[F.STATE])}
+        if F.DEPTH in self.input_features():
+            batch[F.DEPTH] = floats(frames[F.TRACED_DEPTH] if self.depth_source == "traced" else frames[F.DEPTH])
+            batch[F.INTRINSICS] = floats(frames[F.INTRINSICS])
+        if self.uses_traced_rgb:
+            # Samples without traces (or shown untraced) see [original, original].
+            batch[F.TRACED_RGB] = image(np.where(shown[:, None, None, None], frames[F.TRACED_RGB], frames[F.RGB]))
+        batch.update(self.language_inputs(frames, shown, rng))
+        return batch
+
+    def prompt(self, instruction: str, traced: bool) -> str:
+        """The text the language encoder sees (TraceVLA changes it when traces are shown)."""
+        return instruction
+
+    def language_inputs(self, frames: dict[str, Any], shown: np.ndarray,
+                        rng: np.random.Generator | None) -> dict[str, Any]:
+        """The batch entries of the language input: here the cached sentence embedding of each prompt."""
+        prompts = [self.prompt(text, bool(traced)) for text, traced in zip(frames[F.TASK], shown)]
+        embeddings = instruction_embeddings(prompts)
+        return {F.LANGUAGE: torch.from_numpy(np.stack([embeddings[p] for p in prompts]))}
+
+
+def batch_of_one(frame: dict[str, Any]) -> dict[str, Any]:
+    """A single frame as a batch of one (the instruction as a list of one)."""
+    return {key: [value] if key == F.TASK else np.asarray(value)[None] for key, value in frame.items()}
