@@ -5,8 +5,8 @@
 
 Counts distinct call edges (caller function -> callee function) between two stvla modules, so a loop
 over frames or steps counts once. Printed per path: the modules entered, the edges into each module,
-and the edges that climb from a lower layer to a higher one (DESIGN.md: imports, and so calls made
-by name, point down; a call that climbs is a callback). A code-structure figure for refactoring, not a
+and the edges that climb from a lower layer to a higher one (README, "Layout of the code": imports,
+and so calls made by name, point down; a call that climbs is a callback). A code-structure figure for refactoring, not a
 speed benchmark.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-# Layer of each top-level part of the package (DESIGN.md, "Layers"); anything else counts as layer 1.
+# Layer of each top-level part of the package (README, "Layout of the code"); anything else is layer 1.
 LAYERS = {"traces": 2, "envs": 3, "data": 4, "policies": 5, "train": 6, "evaluate": 6, "benchmark": 6, "cli": 7}
 
 

@@ -3,6 +3,7 @@ every policy type; the contract a saved policy writes; the old flat trace option
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -26,31 +27,39 @@ TINY = VLAConfig(image_size=64, width=32, image=ImageEncoderConfig(channels=(8, 
 
 
 def tiny_policy(name: str, **trace_changes):
+    """A tiny policy of type `name` that runs the model at every control step (n_action_steps 1)."""
     config = make_policy(name).config
-    config.vla = TINY if name != "llarva" else VLAConfig(**{**TINY.__dict__, "language": "prompt", "trace_points": 4})
+    vla = dataclasses.replace(TINY, n_action_steps=1)
+    if name == "llarva":
+        vla = dataclasses.replace(vla, language="prompt", trace_points=4)
     if name == "tracevla":
-        config.vla = VLAConfig(**{**TINY.__dict__, "two_images": True})
+        vla = dataclasses.replace(vla, two_images=True)
+    config.vla = vla
     if trace_changes:
         config.traces = TraceConfig(**trace_changes)
     return make_policy(name, config)
 
 
 def control_inputs(policy, store: EpisodeStore, episode: int) -> list[dict]:
-    """Model inputs of every frame of a recorded episode, fed as environment observations, one per
-    control step, through the policy's processor as `select_action` feeds it."""
+    """The model inputs `select_action` builds at every frame of a recorded episode, the frames given
+    as environment observations (caught where they enter the model)."""
     keys = list(policy.processor.input_features())
     frames = store.episode(episode, keys)
     instruction = store.episode_meta(episode)["tasks"][0]
-    processor = policy.processor
-    processor.reset()
-    inputs = []
+    seen = []
+    predict_chunk = policy.model.predict_chunk
+
+    def catch(batch):
+        seen.append(batch)
+        return predict_chunk(batch)
+
+    policy.model.predict_chunk = catch
+    policy.reset()
     for index in range(len(frames[F.RGB])):
         obs = {F.FEATURE_OF_OBSERVATION[key]: frames[key][index] for key in keys}
         obs[F.OBS_INSTRUCTION] = instruction
-        frame = processor.observation_frame(obs)
-        inputs.append(processor.model_inputs({k: [v] if k == F.TASK else np.asarray(v)[None]
-                                              for k, v in frame.items()}))
-    return inputs
+        policy.select_action(obs)
+    return seen
 
 
 @pytest.mark.parametrize("name", ["st", "tracevla", "spatialvla", "llarva"])
@@ -61,9 +70,18 @@ def test_training_and_control_give_identical_model_inputs(small_dataset, name):
     adaptive = {"selection": SelectionConfig(adaptive=True)} if name in ("st", "tracevla") else {}
     policy = tiny_policy(name, **adaptive)
     samples = TrainingSamples(store, policy, progress=False)
+    policy.fit_statistics(samples.actions, samples.states)
     episode = 3
     span = samples.decoded.episode_slice(episode)
-    trained = samples.batch(np.arange(span.start, span.stop))  # no rng: no augmentation, no prompt noise
+    if name == "llarva":
+        # LLARVA's prompt noise: control draws it from a generator seeded at the episode start, one
+        # prompt per step; the same generator, frame by frame, gives training's prompts.
+        noise = np.random.default_rng(0)
+        rows = [samples.batch(np.array([index]), noise) for index in range(span.start, span.stop)]
+        trained = {key: torch.cat([r[key] for r in rows]) if isinstance(rows[0][key], torch.Tensor)
+                   else [x for r in rows for x in r[key]] for key in rows[0]}
+    else:
+        trained = samples.batch(np.arange(span.start, span.stop))  # no rng: no augmentation
     controlled = control_inputs(policy, store, episode)
     assert len(controlled) == span.stop - span.start
     model_keys = [key for key in trained if key not in (F.ACTION, F.ACTION_IS_PAD, F.TRACE_TARGET, F.TRACE_MASK)]
@@ -84,6 +102,30 @@ def test_training_and_control_give_identical_model_inputs(small_dataset, name):
     if name == "tracevla":
         assert not torch.equal(trained[F.TRACED_RGB][shown], trained[F.RGB][shown])
         assert torch.equal(trained[F.TRACED_RGB][~shown], trained[F.RGB][~shown])
+    if name == "llarva":  # the prompts carry noise: the comparison saw the noisy path
+        assert trained[F.PROMPT][0] != samples.batch(np.array([span.start]))[F.PROMPT][0]
+
+
+def test_a_message_in_dataset_keys_and_bad_observations(small_dataset):
+    """A client may send the dataset's feature keys instead of the environment's; a missing key or a
+    wrong shape is a one-line error naming it."""
+    root, _ = small_dataset
+    store = EpisodeStore(root)
+    policy = tiny_policy("st")
+    keys = list(policy.processor.input_features())
+    frame = store.frame(0, 0, keys)
+    obs = {F.FEATURE_OF_OBSERVATION[key]: frame[key] for key in keys} | {F.OBS_INSTRUCTION: "reach"}
+    message = {key: frame[key] for key in keys} | {F.TASK: "reach"}
+    for source in (obs, message):
+        policy.processor.reset()
+        made = policy.processor.observation_frame(source)
+        assert np.array_equal(made[F.STATE], frame[F.STATE]) and made[F.TASK] == "reach"
+    with pytest.raises(KeyError, match="no 'proprio'"):
+        policy.processor.observation_frame({k: v for k, v in obs.items() if k != F.OBS_STATE})
+    with pytest.raises(ValueError, match=r"'observation.images.rgb' has shape \[32, 32, 3\]"):
+        policy.processor.observation_frame(obs | {F.OBS_RGB: frame[F.RGB][:32, :32]})
+    with pytest.raises(ValueError, match="frames have no observation.has_traces"):
+        policy.processor.model_inputs({key: frame[key][None] for key in keys} | {F.TASK: ["reach"]})
 
 
 def test_tracevla_training_shows_a_share_of_samples_untraced(small_dataset):

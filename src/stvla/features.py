@@ -25,10 +25,15 @@ REWARD = "next.reward"  # (1,) reward after the action
 SUCCESS = "next.success"  # (1,) task solved after the action
 NEAR_OBJECT = "next.near_object"  # (1,) sub-goal: gripper near the object after the action
 GRASPED = "next.grasped"  # (1,) sub-goal: object grasped after the action
-TASK_INDEX = "task_index"  # (1,) row of meta/tasks.parquet (LeRobot's index feature)
+# LeRobot's index features, which every episode store adds to each frame.
+TIMESTAMP = "timestamp"  # (1,) seconds since the episode start
+FRAME_INDEX = "frame_index"  # (1,) frame number within the episode
+EPISODE_INDEX = "episode_index"  # (1,) the frame's episode
+INDEX = "index"  # (1,) frame number within the dataset
+TASK_INDEX = "task_index"  # (1,) row of meta/tasks.parquet
 
 # --- per-frame inputs a policy's processor derives (never recorded) ---------------------------------------
-TASK = "task"  # the instruction string of each frame (LeRobot's batch key for it)
+TASK = "task"  # the instruction string of each frame (LeRobot's batch key, and meta/tasks.parquet's index)
 TRACED_DEPTH = "observation.depth.traced"  # (H, W) float32 depth with the traces drawn in (ST-VLA)
 TRACED_RGB = "observation.images.rgb_traced"  # (H, W, 3) uint8 image with the traces drawn on (TraceVLA)
 HAS_TRACES = "observation.has_traces"  # () bool: the tracer chose at least one trace at this frame

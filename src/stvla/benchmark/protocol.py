@@ -13,6 +13,7 @@ the checkpoint a cell starts from enters by the hash of its weights and config, 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shutil
 import time
@@ -250,7 +251,7 @@ class Bench:
             return self._zero_shot_traced(row, base)
         init = base if row.init == "base" else (self.llarva_checkpoint(row.init) if row.init else None)
         train_config = TrainConfig(policy=row.policy, dataset=str(self.finetune_data(targets)), init=str(init or ""),
-                                   traces=row.traces, trace_points=row.trace_points,
+                                   traces=copy.deepcopy(row.traces), trace_points=row.trace_points,
                                    steps=c.stage2_steps, seed=seed, model=c.model,
                                    out=str(self.out / "stage2" / f"{row.key}-s{seed}"))
         key = {**train_config.key(), "init": checkpoint_fingerprint(init) if init else None}
@@ -276,7 +277,7 @@ class Bench:
             config = policy_class(row.policy).config_class()  # the type's defaults, without building a policy
             _, base_config = read_checkpoint_config(base)
             config.vla = config_from_dict(VLAConfig, base_config["vla"], f"{base}/config.json")
-            config.traces = row.traces
+            config.traces = copy.deepcopy(row.traces)  # the rows are shared: a policy gets its own copy
             policy = make_policy(row.policy, config, backbone_weights=False)  # every weight comes from the base
             policy.load_weights(base, strict=True)
             policy.save_pretrained(directory)

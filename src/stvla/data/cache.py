@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,8 +38,11 @@ def dataset_fingerprint(store: EpisodeStore) -> str:
     return hashlib.sha256((store.root / EPISODES_META_PATH).read_bytes()).hexdigest()[:12]
 
 
-def _temporary(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+def _temporary_file(directory: Path, name: str) -> Path:
+    """A new, unique file beside where `name` will be renamed to (unique across processes and hosts)."""
+    handle, path = tempfile.mkstemp(dir=directory, prefix=f"{name}.tmp-")
+    os.close(handle)
+    return Path(path)
 
 
 class DecodedCache:
@@ -65,6 +69,8 @@ class DecodedCache:
         unknown = sorted(set(keys) - set(self.store.features))
         if unknown:
             raise KeyError(f"{self.store.root}: unknown features {unknown}; the dataset has {sorted(self.store.features)}")
+        if not self.store.num_episodes:
+            raise ValueError(f"dataset {self.store.root} has no episodes")
         missing = [key for key in keys if key not in self.arrays and not (self.directory / f"{key}.npy").is_file()]
         if missing:
             self._decode(missing)
@@ -75,57 +81,72 @@ class DecodedCache:
 
     def _decode(self, keys: list[str]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        first = self.store.frame(0, 0, keys) if self.store.num_episodes else {}
-        arrays = {key: np.lib.format.open_memmap(_temporary(self.directory / f"{key}.npy"), mode="w+",
-                                                 dtype=np.asarray(first[key]).dtype,
-                                                 shape=(len(self), *np.shape(first[key])))
-                  for key in keys}
-        for episode in tqdm(range(self.store.num_episodes), desc="decode cache", unit="ep", disable=not self.progress):
-            frames = self.store.episode(episode, keys)
-            for key in keys:
-                arrays[key][self.episode_slice(episode)] = frames[key]
-        for key, array in arrays.items():
-            array.flush()
-            os.replace(_temporary(self.directory / f"{key}.npy"), self.directory / f"{key}.npy")
+        first = self.store.frame(0, 0, keys)
+        temporary = {key: _temporary_file(self.directory, f"{key}.npy") for key in keys}
+        try:
+            arrays = {key: np.lib.format.open_memmap(temporary[key], mode="w+", dtype=np.asarray(first[key]).dtype,
+                                                     shape=(len(self), *np.shape(first[key])))
+                      for key in keys}
+            for episode in tqdm(range(self.store.num_episodes), desc="decode cache", unit="ep",
+                                disable=not self.progress):
+                frames = self.store.episode(episode, keys)
+                for key in keys:
+                    arrays[key][self.episode_slice(episode)] = frames[key]
+            for key, array in arrays.items():
+                array.flush()
+                os.replace(temporary[key], self.directory / f"{key}.npy")
+        finally:  # an error (or Ctrl-C) leaves no half-written file behind
+            for path in temporary.values():
+                path.unlink(missing_ok=True)
 
 
 class DerivedCache:
     """Per-frame arrays made by `step(frame)` along every episode (after `reset()` at each episode start).
 
-    `frame` holds the decoded features `inputs` of one frame; `step` returns the arrays to keep for it,
-    the same keys and shapes at every frame.
+    `frame` holds the decoded features `inputs` of one frame; `step` returns the arrays `outputs` for it,
+    with the same shapes at every frame.
     """
 
-    def __init__(self, decoded: DecodedCache, name: str, inputs: list[str], reset: Callable[[], None],
-                 step: FrameStep):
+    def __init__(self, decoded: DecodedCache, name: str, inputs: list[str], outputs: list[str],
+                 reset: Callable[[], None], step: FrameStep):
         self.decoded = decoded
         self.directory = decoded.store.root / "cache" / f"{name}-{dataset_fingerprint(decoded.store)}"
-        if not self.directory.is_dir():
-            self._build(inputs, reset, step)
-        self.arrays = {path.name[: -len(".npy")]: np.load(path, mmap_mode="r")
-                       for path in sorted(self.directory.glob("*.npy"))}
+        if not self._complete(outputs):
+            self._build(inputs, outputs, reset, step)
+        self.arrays = {key: np.load(self.directory / f"{key}.npy", mmap_mode="r") for key in outputs}
 
-    def _build(self, inputs: list[str], reset: Callable[[], None], step: FrameStep) -> None:
+    def _complete(self, outputs: list[str]) -> bool:
+        return all((self.directory / f"{key}.npy").is_file() for key in outputs)
+
+    def _build(self, inputs: list[str], outputs: list[str], reset: Callable[[], None], step: FrameStep) -> None:
         sources = self.decoded.require(inputs)
-        building = _temporary(self.directory)
-        shutil.rmtree(building, ignore_errors=True)
-        building.mkdir(parents=True)
-        out: dict[str, np.memmap] = {}
-        for episode in tqdm(range(len(self.decoded.episode_lengths)), desc=f"{self.directory.name.split('-')[0]} cache",
-                            unit="ep", disable=not self.decoded.progress):
-            reset()
-            span = self.decoded.episode_slice(episode)
-            for index in range(span.start, span.stop):
-                made = step({key: array[index] for key, array in sources.items()})
-                for key, value in made.items():
-                    if key not in out:
-                        value = np.asarray(value)
-                        out[key] = np.lib.format.open_memmap(building / f"{key}.npy", mode="w+", dtype=value.dtype,
-                                                             shape=(len(self.decoded), *value.shape))
-                    out[key][index] = value
-        for memmap in out.values():
-            memmap.flush()
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(dir=self.directory.parent, prefix=f"{self.directory.name}.tmp-"))
         try:
-            os.replace(building, self.directory)
-        except OSError:  # another process finished the same cache first: its files are the same
+            out: dict[str, np.memmap] = {}
+            for episode in tqdm(range(len(self.decoded.episode_lengths)), unit="ep", disable=not self.decoded.progress,
+                                desc=f"{self.directory.name.split('-')[0]} cache"):
+                reset()
+                span = self.decoded.episode_slice(episode)
+                for index in range(span.start, span.stop):
+                    made = step({key: array[index] for key, array in sources.items()})
+                    if sorted(made) != sorted(outputs):
+                        raise ValueError(f"{self.directory.name}: a frame gave {sorted(made)}, expected {sorted(outputs)}")
+                    for key, value in made.items():
+                        if key not in out:
+                            value = np.asarray(value)
+                            out[key] = np.lib.format.open_memmap(building / f"{key}.npy", mode="w+", dtype=value.dtype,
+                                                                 shape=(len(self.decoded), *value.shape))
+                        out[key][index] = value
+            for memmap in out.values():
+                memmap.flush()
+            if self._complete(outputs):
+                return  # another process finished the same cache meanwhile: its files are the same
+            shutil.rmtree(self.directory, ignore_errors=True)  # an incomplete one (a kill, an older version)
+            try:
+                os.replace(building, self.directory)
+            except OSError:
+                if not self._complete(outputs):  # only losing the race to another process is not an error
+                    raise
+        finally:
             shutil.rmtree(building, ignore_errors=True)

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stvla.data.video import VideoSettings, read_video, write_video
-from stvla.features import TASK_INDEX
+from stvla.features import EPISODE_INDEX, FRAME_INDEX, INDEX, TASK, TASK_INDEX, TIMESTAMP
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -41,10 +41,10 @@ DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_META_PATH = "meta/episodes/chunk-000/file-000.parquet"
 INDEX_FEATURES = {
-    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
-    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
-    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
-    "index": {"dtype": "int64", "shape": [1], "names": None},
+    TIMESTAMP: {"dtype": "float32", "shape": [1], "names": None},
+    FRAME_INDEX: {"dtype": "int64", "shape": [1], "names": None},
+    EPISODE_INDEX: {"dtype": "int64", "shape": [1], "names": None},
+    INDEX: {"dtype": "int64", "shape": [1], "names": None},
     TASK_INDEX: {"dtype": "int64", "shape": [1], "names": None},
 }
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
@@ -242,14 +242,14 @@ class EpisodeWriter:
         chunk, file = _chunk_and_file(episode_index)
         frames = {
             **frames,
-            "timestamp": np.arange(length, dtype=np.float32) / self.fps,
-            "frame_index": np.arange(length, dtype=np.int64),
-            "episode_index": np.full(length, episode_index, dtype=np.int64),
-            "index": np.arange(start, start + length, dtype=np.int64),
+            TIMESTAMP: np.arange(length, dtype=np.float32) / self.fps,
+            FRAME_INDEX: np.arange(length, dtype=np.int64),
+            EPISODE_INDEX: np.full(length, episode_index, dtype=np.int64),
+            INDEX: np.arange(start, start + length, dtype=np.int64),
             TASK_INDEX: np.full(length, self._tasks.index(task), dtype=np.int64),
         }
         row: dict[str, Any] = {
-            "episode_index": episode_index, "tasks": [task], "length": length,
+            EPISODE_INDEX: episode_index, "tasks": [task], "length": length,
             "data/chunk_index": chunk, "data/file_index": file,
             "dataset_from_index": start, "dataset_to_index": start + length,
         }
@@ -281,7 +281,7 @@ class EpisodeWriter:
     def _write_meta(self) -> None:
         # Order matters for a kill at any instant: the episodes table, written last, is the record
         # of what is finished; the files before it only ever describe a superset or the same set.
-        tasks = pd.DataFrame({TASK_INDEX: range(len(self._tasks))}, index=pd.Index(self._tasks, name="task"))
+        tasks = pd.DataFrame({TASK_INDEX: range(len(self._tasks))}, index=pd.Index(self._tasks, name=TASK))
         _atomic_write_bytes(self.root / "meta" / "tasks.parquet", lambda tmp: tasks.to_parquet(tmp))
         stats = aggregate_stats(self._stats)
         _write_json(self.root / "meta" / "stats.json",

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stvla.devices import torch_device
 from stvla.requirements import require
 
 PADDING_FACTOR = 3  # ZoeDepth pads int(sqrt(side / 2) * 3) pixels on each side against border artefacts
@@ -39,9 +40,9 @@ class ZoeDepthEstimator:
                                         f"transformers checkpoint (e.g. a snapshot of Intel/zoedepth-nyu-kitti)")
         # The PIL processor: same steps as the default one, without needing torchvision.
         self.processor = ZoeDepthImageProcessorPil.from_pretrained(str(path), local_files_only=True)
-        self.model = ZoeDepthForDepthEstimation.from_pretrained(str(path), local_files_only=True).to(device).eval()
+        self.device = torch_device(device)  # a device this machine lacks is a clear error, before loading
+        self.model = ZoeDepthForDepthEstimation.from_pretrained(str(path), local_files_only=True).to(self.device).eval()
         self.flip = flip
-        self.device = device
 
     @torch.no_grad()
     def __call__(self, rgb: np.ndarray) -> np.ndarray:

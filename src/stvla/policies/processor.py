@@ -2,8 +2,8 @@
 observation or a recorded frame becomes the model's inputs.
 
     processor.reset()                              # at every episode start (control)
-    frame = processor.observation_frame(obs)       # env observation -> one frame in dataset feature keys;
-                                                   # steps the tracer and the proprio history
+    frame = processor.observation_frame(obs)       # env observation (or a client's message) -> one frame in
+                                                   # dataset feature keys; steps the tracer and the history
     inputs = processor.model_inputs(frames)        # frames (batch-major) -> the model's tensors
 
 Training reads the same frames from a dataset (stvla.train.samples): the recorded features, plus what
@@ -114,6 +114,14 @@ class InputProcessor:
         if self.tracer is not None:
             self.tracer.reset()
 
+    def trace_outputs(self) -> list[str]:
+        """What `trace_frame` adds to a frame (what training caches per dataset and trace setting)."""
+        return [F.TRACED_DEPTH, F.HAS_TRACES] + ([F.TRACED_RGB] if self.uses_traced_rgb else [])
+
+    def trace_cache_name(self) -> str:
+        """The name of the cache of `trace_frame`'s outputs: everything they depend on but the dataset."""
+        return f"traced-{self.trace_config.cache_key()}" + ("-rgb" if self.uses_traced_rgb else "")
+
     def trace_frame(self, frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Step the tracer into one frame (its RGB, depth, intrinsics): the traced depth, whether traces
         were drawn, and for TraceVLA the traced image (the plain one when there are none)."""
@@ -125,11 +133,21 @@ class InputProcessor:
         return traced
 
     def observation_frame(self, obs: dict[str, Any]) -> dict[str, Any]:
-        """One environment observation as a frame in dataset keys, with what the processor derives from
-        the episode so far (call once per control step, after `reset()` at the episode start)."""
-        frame: dict[str, Any] = {feature: obs[F.FEATURE_OF_OBSERVATION[feature]] for feature in self.input_features()}
-        frame[F.TASK] = obs[F.OBS_INSTRUCTION]
-        self._states.append(np.asarray(obs[F.OBS_STATE], dtype=np.float64))
+        """One observation as a frame in dataset keys, with what the processor derives from the episode so
+        far (call once per control step, after `reset()` at the episode start).
+
+        `obs` is keyed as the environment's observations (`rgb`, `proprio`, `instruction`, ...) or, as a
+        robot client's message may be, by the dataset features themselves (`observation.state`, `task`).
+        A missing key or a shape other than the contract's is an error naming it."""
+        frame: dict[str, Any] = {}
+        for feature, spec in self.input_features().items():
+            value = _observed(obs, feature, F.FEATURE_OF_OBSERVATION[feature])
+            if list(np.shape(value)) != spec["shape"]:
+                raise ValueError(f"observation {feature!r} has shape {list(np.shape(value))}; policy "
+                                 f"{self.policy_name!r} reads {spec['shape']}")
+            frame[feature] = value
+        frame[F.TASK] = str(_observed(obs, F.TASK, F.OBS_INSTRUCTION))
+        self._states.append(np.asarray(frame[F.STATE], dtype=np.float64))
         if self.tracer is not None:
             frame.update(self.trace_frame(frame))
         if self.uses_state_history:
@@ -157,6 +175,9 @@ class InputProcessor:
             return torch.from_numpy(np.array(x, dtype=np.float32))
 
         count = len(frames[F.TASK])
+        if self.tracer is not None and F.HAS_TRACES not in frames:
+            raise ValueError(f"policy {self.policy_name!r} reads traces, but the frames have no {F.HAS_TRACES}: "
+                             f"they come from observation_frame (control) or trace_frame (training)")
         shown = np.array(frames[F.HAS_TRACES], dtype=bool) if F.HAS_TRACES in frames else np.zeros(count, bool)
         if self.uses_traced_rgb and augment:
             shown &= rng.random(count) >= self.config.untraced_fraction
@@ -180,6 +201,14 @@ class InputProcessor:
         prompts = [self.prompt(text, bool(traced)) for text, traced in zip(frames[F.TASK], shown)]
         embeddings = instruction_embeddings(prompts)
         return {F.LANGUAGE: torch.from_numpy(np.stack([embeddings[p] for p in prompts]))}
+
+
+def _observed(obs: dict[str, Any], feature: str, observation_key: str) -> Any:
+    """`obs[observation_key]`, or `obs[feature]` for a message keyed by dataset features."""
+    for key in (observation_key, feature):
+        if key in obs:
+            return obs[key]
+    raise KeyError(f"the observation has no {observation_key!r} (or {feature!r}); it has {sorted(obs)}")
 
 
 def batch_of_one(frame: dict[str, Any]) -> dict[str, Any]:

@@ -38,9 +38,8 @@ class TrainingSamples:
         self.decoded = DecodedCache(store, progress=progress)
         self.arrays = self.decoded.require([*processor.input_features(), F.ACTION, F.TASK_INDEX])
         if processor.tracer is not None:
-            # Named by the trace settings (and the traced image if the policy uses one).
-            name = f"traced-{processor.trace_config.cache_key()}" + ("-rgb" if processor.uses_traced_rgb else "")
-            traced = DerivedCache(self.decoded, name, list(TRACE_INPUTS), processor.reset, processor.trace_frame)
+            traced = DerivedCache(self.decoded, processor.trace_cache_name(), list(TRACE_INPUTS),
+                                  processor.trace_outputs(), processor.reset, processor.trace_frame)
             self.arrays = {**self.arrays, **traced.arrays}
         self.instructions = store.tasks
         self.chunk_size = policy.config.vla.chunk_size

@@ -4,7 +4,7 @@ to every linear layer of the trunk and trains only them.
 Outputs in `out/`:
     train_config.json           this run's TrainConfig
     checkpoint/                 the latest training state (model, optimiser, schedule, step); resumable
-    policy/                     the final policy (LoRA merged): config.json + model.safetensors
+    policy/                     the final policy (LoRA merged): config.json + model.safetensors + processor.json
 
 A run killed at any point restarts from `checkpoint/` when called again with the same `out`, and
 reaches the same weights as an uninterrupted run: the data order is a function of (seed, step).
@@ -99,7 +99,9 @@ LEGACY_TRACE_OPTIONS = {
 
 def flat_trace_key(traces: TraceConfig) -> dict[str, Any]:
     """Trace settings as cache keys spelt them before they were nested: `variant` and `buffer`, and the
-    whole `traces` only when another setting differs from its default."""
+    whole `traces` only when another setting differs from its default. (A run with another tracker_type
+    used to add flat `tracker_type` / `cotracker_checkpoint` entries; it now adds `traces`: no kept cell
+    used one.)"""
     key: dict[str, Any] = {"variant": traces.variant, "buffer": traces.buffer_length}
     default = TraceConfig()
     rest = dataclasses.replace(traces, variant=default.variant,

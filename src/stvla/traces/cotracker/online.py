@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stvla.devices import torch_device
 from stvla.traces.cotracker.config import CoTrackerConfig
 from stvla.traces.cotracker.network import CoTrackerThreeOnlineNet
 from stvla.traces.cotracker.weights import load_cotracker
@@ -93,8 +94,8 @@ class CoTrackerOnline(PointTracker):
         self.config = config or TrackerConfig()
         if self.config.seeding != "grid":
             raise ValueError(f"CoTrackerOnline seeds its queries on a grid only, got seeding={self.config.seeding!r}")
-        self.model = (model if model is not None else load_cotracker(self.cotracker)).to(self.cotracker.device).eval()
-        self.device = torch.device(self.cotracker.device)
+        self.device = torch_device(self.cotracker.device)  # a device this machine lacks is a clear error
+        self.model = (model if model is not None else load_cotracker(self.cotracker)).to(self.device).eval()
         self.flow_calls = 0  # model runs (window refinements) so far
         n, b = self.config.num_points, self.config.buffer_length
         self._positions = RingBuffer(b, (n, 2), np.float32)
