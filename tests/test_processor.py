@@ -184,3 +184,21 @@ def test_trace_settings_keep_their_flat_cache_key():
     assert "tracker_type" not in key and "cotracker_checkpoint" not in key
     other = TraceConfig(variant="A", selection=SelectionConfig(adaptive=True))
     assert flat_trace_key(other)["traces"]["selection"]["adaptive"] is True
+
+
+def test_an_incomplete_traced_cache_is_rebuilt_not_read(small_dataset, tmp_path):
+    """A traced cache directory without every output (a killed build, an older layout) is rebuilt."""
+    import shutil
+
+    root, _ = small_dataset
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("cache"))
+    policy = tiny_policy("tracevla", selection=SelectionConfig(adaptive=True))
+    first = np.array(TrainingSamples(copy, policy, progress=False).arrays[F.TRACED_RGB])
+    (directory,) = (copy / "cache").glob("traced-*")
+    (directory / f"{F.TRACED_RGB}.npy").unlink()
+    (directory / "traced_depth.npy").write_bytes(b"an older layout")
+    again = TrainingSamples(copy, policy, progress=False)
+    assert np.array_equal(np.asarray(again.arrays[F.TRACED_RGB]), first)
+    assert sorted(p.name for p in directory.iterdir()) == sorted(f"{key}.npy" for key in policy.processor.trace_outputs())
+    assert not [p for p in (copy / "cache").iterdir() if ".tmp-" in p.name]  # nothing temporary left behind
