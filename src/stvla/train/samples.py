@@ -21,20 +21,22 @@ from stvla.policies.base import Policy
 from stvla.policies.processor import TRACE_INPUTS
 from stvla.policies.prompt import HISTORY_LENGTH
 from stvla.traces.future import future_trace_targets
+from stvla.train.augment import AugmentConfig, augment_batch
 
 
 class TrainingSamples:
     """Batches for `policy` from a dataset: model inputs + action chunks with a pad mask."""
 
     def __init__(self, dataset: EpisodeStore | str | Path, policy: Policy, progress: bool = True,
-                 checkpoint: str | None = None):
+                 checkpoint: str | None = None, augment: AugmentConfig | None = None):
         """`dataset`: an opened store, or its directory. `checkpoint` names where the policy's shape came
-        from, for error messages."""
+        from, for error messages. `augment`: what a training step (a batch drawn with an rng) augments."""
         store = dataset if isinstance(dataset, EpisodeStore) else EpisodeStore(dataset)
         processor = policy.processor
         expects = f"checkpoint {checkpoint} expects" if checkpoint else "the policy expects"
         processor.check_features(store.features, f"dataset {store.root}", expects)
         self.processor = processor
+        self.augment = augment or AugmentConfig()
         self.decoded = DecodedCache(store, progress=progress)
         self.arrays = self.decoded.require([*processor.input_features(), F.ACTION, F.TASK_INDEX])
         if processor.tracer is not None:
@@ -88,13 +90,16 @@ class TrainingSamples:
 
     def batch(self, indices: np.ndarray, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         """Model inputs for frames `indices`, plus the action chunks and their pad mask (and LLARVA's trace
-        targets). A training step passes `rng`, which draws the inputs' noise and augmentation."""
+        targets). A training step passes `rng`, which draws the inputs' noise and augmentation (the
+        processor's, then `augment`'s random shift)."""
         batch = self.processor.model_inputs(self.frames(indices), rng, augment=rng is not None)
         if self.trace_targets is not None:
             batch[F.TRACE_TARGET] = torch.from_numpy(self.trace_targets[indices])
             batch[F.TRACE_MASK] = torch.from_numpy(self.trace_masks[indices])
         batch[F.ACTION] = torch.from_numpy(np.asarray(self.arrays[F.ACTION][self.chunk_index[indices]], np.float32))
         batch[F.ACTION_IS_PAD] = torch.from_numpy(self.chunk_is_pad[indices])
+        if rng is not None:
+            batch = augment_batch(batch, self.augment, rng)
         return batch
 
     def _future_traces(self, points: int) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,7 @@ from stvla.policies.base import Policy, read_checkpoint_config
 from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.vla import VLAConfig
 from stvla.traces import TraceConfig
+from stvla.train.augment import AugmentConfig
 from stvla.train.samples import TrainingSamples
 
 
@@ -53,6 +54,7 @@ class TrainConfig:
     out: str = "runs/train"  # output directory (resumes if it holds a checkpoint)
     init: str = ""  # stage 2: a policy checkpoint to start from (its normalisers and action grid are kept)
     lora: LoraSettings = field(default_factory=LoraSettings)  # stage-2 adapters
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata=KEY_NEUTRAL)  # training-time augmentation (random shift)
     model: VLAConfig = field(default_factory=VLAConfig)  # stage 1: the model's shape (image size from the dataset, the rest of the policy type's own fields from the type; stage 2 keeps the checkpoint's)
     traces: TraceConfig = field(default_factory=TraceConfig)  # traced policies (st, tracevla): tracker, buffer b, selection, drawing variant
     trace_points: int = -1  # llarva: future trace points predicted; -1 = the policy's 16 (or the checkpoint's), 0 = none
@@ -250,7 +252,8 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
     if F.RGB not in store.features:
         raise ValueError(f"dataset {store.root} has no {F.RGB}; it has {sorted(store.features)}")
     policy = build_policy(config, store.features[F.RGB]["shape"][0])
-    samples = TrainingSamples(store, policy, progress=progress, checkpoint=config.init or None)
+    samples = TrainingSamples(store, policy, progress=progress, checkpoint=config.init or None,
+                              augment=config.augment)
     if config.init:
         fresh = policy.load_weights(config.init)
         if fresh and progress:

@@ -1,0 +1,110 @@
+"""Trials for a stronger stage-1 base: each trial pre-trains a `spatialvla` base on MT10 x 50 expert
+episodes with one change, and evaluates it closed loop on the ten MT10 tasks.
+
+    python benchmarks/bench_base.py --trials shift4 [--episodes 20] [--work runs/base-trials]
+    python benchmarks/bench_base.py --report_only
+
+Every trial is cached: the dataset is the one `stvla bench` collects (same directory and key), the
+training resumes from its checkpoint, the evaluation keeps finished episodes, and a finished trial's
+result lands in benchmarks/results/base_trials/<trial>.json (commit it: the table resumes anywhere).
+The reference row is the kept base's own target selection (`stvla bench`, the same 20 held-out seeds
+per task). Writes benchmarks/results/base_trials.json and the "Base trials" section of BENCHMARKS.md,
+trials that lost included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, record  # noqa: E402
+
+from stvla.benchmark.cells import Cell  # noqa: E402
+from stvla.benchmark.protocol import Bench, BenchConfig  # noqa: E402
+from stvla.evaluate import EvalConfig, evaluate  # noqa: E402
+from stvla.policies.base import checkpoint_fingerprint  # noqa: E402
+from stvla.train import TrainConfig, train  # noqa: E402
+from stvla.train.augment import AugmentConfig  # noqa: E402
+
+# Each trial: what it changes in the kept base's stage-1 TrainConfig, and why.
+TRIALS: dict[str, tuple[dict, str]] = {
+    "shift4": ({"augment": AugmentConfig(shift_px=4)}, "random shift of +-4 px (DrQ) on every image-like input"),
+}
+RESULTS = ROOT / "benchmarks" / "results" / "base_trials"
+
+
+def trial_config(name: str, dataset: Path, work: Path) -> TrainConfig:
+    base, _ = Bench(BenchConfig(repo=str(ROOT))).stage1()  # the kept base's own settings
+    config = TrainConfig(**{**base.__dict__, "dataset": str(dataset), "out": str(work / name)})
+    for field_name, value in TRIALS[name][0].items():
+        setattr(config, field_name, value)
+    return config
+
+
+def run_trial(name: str, dataset: Path, work: Path, episodes: int, workers: int) -> dict:
+    config = trial_config(name, dataset, work)
+    key = {"train": {k: v for k, v in config.key().items() if k not in ("dataset", "out")},
+           "data": {"tasks": "mt10", "episodes": 50}, "eval": {"episodes": episodes, "max_steps": 200}}
+
+    def work_() -> dict:
+        started = time.perf_counter()
+        policy = train(config)
+        trained = time.perf_counter()
+        info = evaluate(EvalConfig(policy=str(policy), tasks="mt10", episodes=episodes, workers=workers,
+                                   max_steps=200, videos=1, out=str(work / name / "eval")))
+        return {"checkpoint": checkpoint_fingerprint(policy), "train_minutes": (trained - started) / 60,
+                "eval_minutes": (time.perf_counter() - trained) / 60,
+                "per_task": {t: {k: r[k] for k in ("episodes", "success_rate", "ci95")} for t, r in info["per_task"].items()},
+                "overall": {k: info["overall"][k] for k in ("episodes", "success_rate", "ci95")}}
+
+    return Cell(f"base-trial/{name}", RESULTS / f"{name}.json", key).run(work_)
+
+
+def percent(row: dict) -> str:
+    low, high = row["ci95"]
+    return f"{100 * row['success_rate']:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
+
+
+def report() -> None:
+    selection = json.loads((ROOT / "benchmarks/results/bench/selection.json").read_text())["result"]
+    rows_by_name = {"kept base (reference)": ("the committed checkpoints/base-mt10, 10,000 steps", selection)}
+    for name, (_, what) in TRIALS.items():
+        path = RESULTS / f"{name}.json"
+        if path.is_file():
+            rows_by_name[name] = (what, json.loads(path.read_text())["result"])
+    tasks = list(selection["per_task"])
+    rows = [(f"{name}: {what} - mean success over MT10 (95% CI)", percent(result["overall"]))
+            for name, (what, result) in rows_by_name.items()]
+    rows += [(f"{name}: {task}", percent(result["per_task"][task]))
+             for name, (_, result) in rows_by_name.items() for task in tasks]
+    figures = {name: result for name, (_, result) in rows_by_name.items()}
+    record("base_trials", figures, rows, "Base trials (stage 1 on MT10 x 50, closed loop on MT10, 20 held-out episodes per task)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", default="", help=f"comma-separated trials to run: {', '.join(TRIALS)}")
+    parser.add_argument("--episodes", type=int, default=20, help="evaluation episodes per MT10 task")
+    parser.add_argument("--workers", type=int, default=2, help="processes for collection and evaluation")
+    parser.add_argument("--work", default="runs/base-trials", help="directory for checkpoints and evaluations")
+    parser.add_argument("--report_only", action="store_true", help="write the table from the finished trials only")
+    args = parser.parse_args()
+    if not args.report_only:
+        names = [t.strip() for t in args.trials.split(",") if t.strip()]
+        unknown = [t for t in names if t not in TRIALS]
+        if unknown:
+            parser.error(f"unknown trial(s) {unknown}; valid: {', '.join(TRIALS)}")
+        bench = Bench(BenchConfig(repo=str(ROOT), workers=args.workers))
+        dataset = bench.collect_cell("pretrain-mt10", "mt10", 50, 0)
+        for name in names:
+            run_trial(name, dataset, Path(args.work), args.episodes, args.workers)
+            report()
+    report()
+
+
+if __name__ == "__main__":
+    main()

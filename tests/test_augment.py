@@ -1,0 +1,80 @@
+"""Training-time random shift: every image-like input moves together, the intrinsics follow so that
+Ego3D sees the same 3D points, LLARVA's trace targets follow the image, and training runs with it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stvla import features as F
+from stvla.policies.ego3d import patch_points
+from stvla.train import train
+from stvla.train.augment import AugmentConfig, augment_batch, shift_batch
+from stvla.train.trainer import load_train_config
+
+
+def camera_batch(count: int = 3, size: int = 16, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    depth = torch.from_numpy(rng.uniform(0.5, 3.0, (count, size, size)).astype(np.float32))
+    intrinsics = torch.tensor([[20.0, 0.0, 7.5], [0.0, 21.0, 7.0], [0.0, 0.0, 1.0]]).repeat(count, 1, 1)
+    rgb = torch.from_numpy(rng.uniform(0, 1, (count, 3, size, size)).astype(np.float32))
+    return {F.RGB: rgb, F.TRACED_RGB: rgb.flip(1), F.DEPTH: depth, F.INTRINSICS: intrinsics,
+            F.TRACE_TARGET: torch.tensor([[[4.0, 5.0], [9.0, 2.0]]]).repeat(count, 1, 1)}
+
+
+def pixel_points(depth: torch.Tensor, intrinsics: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3): Ego3D's back-projection of every pixel (2 px patches, 2 x 2 one-pixel sub-cells)."""
+    count, height, width = depth.shape
+    points = patch_points(depth, intrinsics, patch_size=2, samples_per_side=2)  # (B, patches, 4, 3)
+    points = points.view(count, height // 2, width // 2, 2, 2, 3)
+    return points.permute(0, 1, 3, 2, 4, 5).reshape(count, height, width, 3)
+
+
+def test_ego3d_points_of_a_shifted_sample_are_the_shifted_points_of_the_original():
+    batch = camera_batch()
+    shifts = np.array([[3, -2], [-4, 4], [0, 1]])
+    shifted = shift_batch(batch, shifts, pad=4)
+    before = pixel_points(batch[F.DEPTH], batch[F.INTRINSICS])
+    after = pixel_points(shifted[F.DEPTH], shifted[F.INTRINSICS])
+    size = batch[F.DEPTH].shape[-1]
+    for i, (sx, sy) in enumerate(shifts):
+        # Where the crop still shows the original image (not its repeated edge), the points agree.
+        v, u = np.mgrid[0:size, 0:size]
+        inside = (u + sx >= 0) & (u + sx < size) & (v + sy >= 0) & (v + sy < size)
+        torch.testing.assert_close(after[i][inside], before[i][v[inside] + sy, u[inside] + sx], rtol=1e-5, atol=1e-5)
+
+
+def test_every_image_like_input_moves_together_and_the_trace_targets_follow():
+    batch = camera_batch()
+    shifts = np.array([[2, 1], [-1, -3], [4, 0]])
+    shifted = shift_batch(batch, shifts, pad=4)
+    for i, (sx, sy) in enumerate(shifts):
+        for key in (F.RGB, F.TRACED_RGB):
+            assert torch.equal(shifted[key][i, :, 5, 6], batch[key][i, :, 5 + sy, 6 + sx])
+        assert torch.equal(shifted[F.DEPTH][i, 5, 6], batch[F.DEPTH][i, 5 + sy, 6 + sx])
+        assert torch.equal(shifted[F.TRACE_TARGET][i], batch[F.TRACE_TARGET][i] - torch.tensor([sx, sy]))
+    assert torch.equal(batch[F.INTRINSICS][:, :2, 2], torch.tensor([[7.5, 7.0]] * 3))  # the input is not changed
+    with pytest.raises(ValueError, match="within \\+-2 pixels"):
+        shift_batch(batch, shifts, pad=2)
+
+
+def test_random_shift_draws_per_sample_and_is_off_by_default():
+    batch = camera_batch(count=16)
+    assert augment_batch(batch, AugmentConfig(), np.random.default_rng(0)) is batch
+    shifted = augment_batch(batch, AugmentConfig(shift_px=4), np.random.default_rng(0))
+    moved = batch[F.INTRINSICS][:, :2, 2] - shifted[F.INTRINSICS][:, :2, 2]
+    assert moved.abs().max() <= 4 and len({tuple(m.tolist()) for m in moved}) > 4
+    again = augment_batch(batch, AugmentConfig(shift_px=4), np.random.default_rng(0))
+    assert torch.equal(again[F.DEPTH], shifted[F.DEPTH])  # a seeded draw: resumed runs see the same shifts
+
+
+def test_training_with_random_shift(small_dataset, tmp_path):
+    from test_train import tiny_config
+
+    root, _ = small_dataset
+    config = tiny_config(root, tmp_path / "run", steps=6, augment=AugmentConfig(shift_px=4))
+    assert "augment" in config.key() and "augment" not in tiny_config(root, tmp_path).key()
+    policy_dir = train(config, progress=False)
+    assert (policy_dir / "model.safetensors").is_file()
+    assert load_train_config(tmp_path / "run" / "train_config.json").augment.shift_px == 4
