@@ -158,3 +158,21 @@ def test_the_committed_base_still_matches_the_protocol():
     _, cell = Bench(config).stage1()
     assert cell.record == root / config.keep_base / "cell.json" and cell.record.is_file()
     assert cell.finished() is not None, f"{cell.record} no longer matches stage 1's configuration"
+
+
+def test_targets_chosen_by_fine_tuning_on_new_tasks(miniature, tmp_path):
+    """The "finetuned" selection fine-tunes the base once on each candidate outside the pre-training set
+    and keeps the candidates closest to 50%; a pre-training task as a candidate is refused."""
+    config, _, _ = miniature
+    logs: list[str] = []
+    chosen = dataclasses.replace(config, target_selection="finetuned", target_candidates="reach-wall-v3,push-back-v3",
+                                 rows="base-finetuned", report=False)
+    results = Bench(chosen, log=logs.append).run()
+    assert results["selection"]["method"] == "finetuned"
+    assert set(results["selection"]["per_task"]) == {"reach-wall-v3", "push-back-v3"}
+    assert results["targets"][0] in ("reach-wall-v3", "push-back-v3") and len(results["targets"]) == 1
+    assert (Path(chosen.out) / "selection" / "push-back-v3" / "policy" / "model.safetensors").is_file()
+    # The row's fine-tuning set of a single target is the candidate's own set: collected once.
+    assert sum("finetune-" in line and "running" in line for line in logs) == 2
+    with pytest.raises(ValueError, match="are pre-training tasks"):
+        Bench(dataclasses.replace(chosen, target_candidates="reach-v3"), log=logs.append).run()

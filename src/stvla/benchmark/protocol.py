@@ -24,7 +24,7 @@ from typing import Any
 from stvla.benchmark.cells import Cell, config_hash
 from stvla.benchmark.record import RESULTS_SUBDIR
 from stvla.benchmark.report import write_report
-from stvla.config import config_from_dict, config_key
+from stvla.config import KEY_NEUTRAL, config_from_dict, config_key
 from stvla.data import CollectConfig, collect
 from stvla.evaluate import EvalConfig, evaluate
 from stvla.policies.base import WEIGHTS_FILE, checkpoint_fingerprint, read_checkpoint_config
@@ -35,6 +35,12 @@ from stvla.train import TrainConfig, train
 from stvla.train.trainer import flat_trace_key
 
 FINETUNE_FIRST_ATTEMPT = 1000  # fine-tuning episodes start here: other starts than the pre-training set's
+TARGET_SELECTIONS = ("pretrained", "finetuned")
+# Meta-World tasks outside MT10 that reuse its skills on new objects or layouts (pressing, pulling,
+# opening, pushing): the candidate targets of the "finetuned" selection.
+NEW_TASK_CANDIDATES = ("button-press-v3", "button-press-wall-v3", "coffee-button-v3", "door-close-v3",
+                       "faucet-open-v3", "faucet-close-v3", "handle-press-v3", "lever-pull-v3", "plate-slide-v3",
+                       "reach-wall-v3", "push-wall-v3", "push-back-v3")
 
 
 @dataclass(frozen=True)
@@ -99,6 +105,8 @@ class BenchConfig:
     selection_episodes: int = 20  # evaluation episodes per candidate task when choosing the targets
     num_targets: int = 4  # target tasks: the candidates whose base success is closest to 50%
     targets: str = ""  # fixed comma-separated target tasks instead of the selection
+    target_selection: str = field(default="pretrained", metadata=KEY_NEUTRAL)  # "pretrained": the base zero-shot on the pre-training tasks; "finetuned": the base fine-tuned once on each of `target_candidates` (outside the pre-training set)
+    target_candidates: str = field(default=",".join(NEW_TASK_CANDIDATES), metadata=KEY_NEUTRAL)  # "finetuned" selection: candidate tasks, none of them a pre-training task
     llarva_pretrain_tasks: str = "all"  # LLARVA's instruction pre-training: tasks ("all": every task whose expert succeeds)
     llarva_pretrain_episodes: int = 10  # expert episodes per LLARVA pre-training task
     llarva_pretrain_steps: int = 3000  # LLARVA pre-training optimiser steps (batch 32)
@@ -128,8 +136,10 @@ class BenchConfig:
 
     @property
     def name(self) -> str:
-        """The results file and report section: `bench` or `bench_quick`."""
-        return "bench_quick" if self.quick else "bench"
+        """The results file and report section: `bench`, or `bench_new_tasks` for targets chosen by the
+        "finetuned" selection (a table of its own; the other stays as it was), `_quick` appended for --quick."""
+        name = "bench_new_tasks" if self.target_selection == "finetuned" else "bench"
+        return f"{name}_quick" if self.quick else name
 
     @property
     def results_dir(self) -> Path:
@@ -226,8 +236,14 @@ class Bench:
         c = self.config
         if c.targets:
             return [t.strip() for t in c.targets.split(",") if t.strip()], None
-        candidates = CollectConfig(task=c.pretrain_tasks).task_list()
-        result = self.evaluation_cell("selection", base, candidates, c.selection_episodes)
+        if c.target_selection not in TARGET_SELECTIONS:
+            raise ValueError(f"unknown target_selection {c.target_selection!r}; valid: {', '.join(TARGET_SELECTIONS)}")
+        if c.target_selection == "finetuned":
+            candidates = CollectConfig(task=c.target_candidates).task_list()
+            result = self.finetuned_selection(base, candidates)
+        else:
+            candidates = CollectConfig(task=c.pretrain_tasks).task_list()
+            result = self.evaluation_cell("selection", base, candidates, c.selection_episodes)
         if result is None:
             raise RuntimeError(f"report_only: the target selection has not finished ({self.results / 'selection.json'}); "
                                "nothing to report yet")
@@ -235,6 +251,34 @@ class Bench:
         # Closest to 50% first; ties by task order, so the choice is reproducible.
         ranked = sorted(candidates, key=lambda task: (abs(rates[task] - 0.5), candidates.index(task)))
         return sorted(ranked[: c.num_targets], key=candidates.index), result
+
+    def finetuned_selection(self, base: Path, candidates: list[str]) -> dict[str, Any] | None:
+        """The base fine-tuned (stage 2, no traces) once on each candidate's own demonstrations, and its
+        success there: the papers fine-tune on a new setting, so the targets are tasks the base has not
+        been pre-trained on. One cached cell per candidate; None while one has not finished (report_only)."""
+        c = self.config
+        overlap = sorted(set(candidates) & set(CollectConfig(task=c.pretrain_tasks).task_list()))
+        if overlap:
+            raise ValueError(f"target_candidates {overlap} are pre-training tasks: the finetuned selection wants new ones")
+        per_task, minutes = {}, 0.0
+        for task in candidates:
+            train_config = TrainConfig(policy="spatialvla", init=str(base), steps=c.stage2_steps, seed=0, model=c.model,
+                                       dataset=str(self.out / "data" / f"finetune-{task}"),
+                                       out=str(self.out / "selection" / task))
+
+            def checkpoint(task=task, train_config=train_config) -> Path:
+                self.collect_cell(f"finetune-{task}", task, c.finetune_episodes, FINETUNE_FIRST_ATTEMPT)
+                return Path(self._train(train_config)["policy"])
+
+            identity = {"train": {k: v for k, v in train_config.key().items() if k not in ("dataset", "out", "init")},
+                        "base": checkpoint_fingerprint(base), "finetune": {"task": task, "episodes": c.finetune_episodes}}
+            result = self.evaluation_cell(f"selection-{task}", None, [task], c.selection_episodes,
+                                          make_checkpoint=checkpoint, identity=identity)
+            if result is None:
+                return None
+            per_task[task] = result["per_task"][task]
+            minutes += result.get("minutes") or 0.0
+        return {"per_task": per_task, "minutes": minutes, "method": "finetuned"}
 
     # --- rows ------------------------------------------------------------------------------------------
     def finetune_data(self, targets: list[str]) -> Path:
@@ -253,7 +297,8 @@ class Bench:
         train_config = TrainConfig(policy=row.policy, dataset=str(self.finetune_data(targets)), init=str(init or ""),
                                    traces=copy.deepcopy(row.traces), trace_points=row.trace_points,
                                    steps=c.stage2_steps, seed=seed, model=c.model,
-                                   out=str(self.out / "stage2" / f"{row.key}-s{seed}"))
+                                   # One directory per target set: another selection never resumes this one.
+                                   out=str(self.out / "stage2" / f"{row.key}-s{seed}-{config_hash({'targets': targets})[:8]}"))
         key = {**train_config.key(), "init": checkpoint_fingerprint(init) if init else None}
         cell = Cell(f"stage2/{row.key}-s{seed}", Path(train_config.out) / "cell.json", key)
         return Path(cell.run(lambda: self._train(train_config), self.log)["policy"])
@@ -304,7 +349,7 @@ class Bench:
             path = checkpoint if checkpoint is not None else make_checkpoint()
             info = evaluate(EvalConfig(policy=str(path), tasks=",".join(tasks), episodes=episodes,
                                        max_steps=c.max_steps, workers=c.workers, videos=c.videos,
-                                       out=str(self.out / "eval" / name)))
+                                       out=str(self.out / "eval" / c.name / name)))
             keep = ("task", "attempt", "seed", "success", "subgoal", "steps", "trace_error_px")
             return {"per_task": info["per_task"], "overall": info["overall"],
                     "episodes": [{k: e[k] for k in keep if k in e} for e in info["episodes"]],

@@ -180,8 +180,11 @@ def write_report(results: dict[str, Any], config) -> Path:
     markdown = []
     if results.get("selection"):
         per_task = results["selection"]["per_task"]
-        markdown += [f"Target selection: the base's success without traces, {c['selection_episodes']} episodes per "
-                     f"task; the {c['num_targets']} tasks closest to 50% are the targets.", "",
+        how = ("the base fine-tuned without traces on each candidate's own demonstrations (tasks outside the "
+               "pre-training set), then its success there" if results["selection"].get("method") == "finetuned"
+               else "the base's success without traces")
+        markdown += [f"Target selection: {how}, {c['selection_episodes']} episodes per task; the {c['num_targets']} "
+                     f"tasks closest to 50% are the targets.", "",
                      "| task | base success [95% CI] | target |", "| --- | --- | --- |"]
         markdown += [f"| {task} | {rate_text(row['successes'], row['episodes'])} | "
                      f"{'yes' if task in results['targets'] else ''} |" for task, row in per_task.items()]
@@ -234,5 +237,7 @@ def write_report(results: dict[str, Any], config) -> Path:
              for key, by_seed in results["cells"].items()}
     figures = {"targets": results["targets"], "claims": verdicts, "cells": cells,
                "selection": results.get("selection"), "protocol": c}
-    title = "Paper-reproduction benchmark, reduced (`--quick`)" if config.quick else "Paper-reproduction benchmark"
+    title = "Paper-reproduction benchmark"
+    title += ", targets outside the pre-training set" if config.target_selection == "finetuned" else ""
+    title += ", reduced (`--quick`)" if config.quick else ""
     return record(config.name, figures, rows, title, root=repo, markdown=["\n".join(markdown)])
