@@ -33,6 +33,8 @@ from stvla.train.augment import AugmentConfig  # noqa: E402
 # Each trial: what it changes in the kept base's stage-1 TrainConfig, and why.
 TRIALS: dict[str, tuple[dict, str]] = {
     "shift4": ({"augment": AugmentConfig(shift_px=4)}, "random shift of +-4 px (DrQ) on every image-like input"),
+    "ema999": ({"ema": 0.999}, "a moving average of the weights (decay 0.999) exported"),
+    "steps20k": ({"steps": 20000}, "twice the steps (20,000 of 32)"),
 }
 RESULTS = ROOT / "benchmarks" / "results" / "base_trials"
 

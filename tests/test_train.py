@@ -157,3 +157,20 @@ def test_a_device_this_machine_lacks_is_a_clear_error(small_dataset, tmp_path):
         train(tiny_config(root, tmp_path / "gpu", device="cuda"), progress=False)
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         train(tiny_config(root, tmp_path / "typo", device="gpu0"), progress=False)
+
+
+def test_weight_average_is_exported_and_resumes_exactly(small_dataset, tmp_path):
+    """--ema: the exported weights are the moving average (not the last step's), and a killed run
+    resumes to the same average as an uninterrupted one."""
+    root, _ = small_dataset
+    plain = load_file(str(train(tiny_config(root, tmp_path / "plain", steps=20), progress=False) / WEIGHTS_FILE))
+    whole = train(tiny_config(root, tmp_path / "whole", steps=20, ema=0.9), progress=False)
+    config = tiny_config(root, tmp_path / "killed", steps=20, ema=0.9)
+    train(config, progress=False, stop_after=14)
+    resumed = train(config, progress=False)
+    a, b = load_file(str(whole / WEIGHTS_FILE)), load_file(str(resumed / WEIGHTS_FILE))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    changed = [k for k in a if not torch.equal(a[k], plain[k])]
+    assert changed and all(torch.equal(a[k], plain[k]) for k in a if "normalizer" in k or "tokenizer" in k)
+    with pytest.raises(ValueError, match=r"decay must lie in \(0, 1\)"):
+        train(tiny_config(root, tmp_path / "bad", ema=1.5), progress=False)

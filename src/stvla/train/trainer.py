@@ -37,6 +37,7 @@ from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.vla import VLAConfig
 from stvla.traces import TraceConfig
 from stvla.train.augment import AugmentConfig
+from stvla.train.ema import WeightAverage
 from stvla.train.samples import TrainingSamples
 
 
@@ -55,6 +56,7 @@ class TrainConfig:
     init: str = ""  # stage 2: a policy checkpoint to start from (its normalisers and action grid are kept)
     lora: LoraSettings = field(default_factory=LoraSettings)  # stage-2 adapters
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata=KEY_NEUTRAL)  # training-time augmentation (random shift)
+    ema: float = field(default=0.0, metadata=KEY_NEUTRAL)  # decay of a weight average exported instead of the last weights (0 = off)
     model: VLAConfig = field(default_factory=VLAConfig)  # stage 1: the model's shape (image size from the dataset, the rest of the policy type's own fields from the type; stage 2 keeps the checkpoint's)
     traces: TraceConfig = field(default_factory=TraceConfig)  # traced policies (st, tracevla): tracker, buffer b, selection, drawing variant
     trace_points: int = -1  # llarva: future trace points predicted; -1 = the policy's 16 (or the checkpoint's), 0 = none
@@ -196,7 +198,8 @@ def cosine_schedule(step: int, warmup: int, total: int) -> float:
 
 
 # --- training state on disk (safetensors + JSON, no pickle) --------------------------------------------
-def save_training_state(directory: Path, policy: Policy, optimizer: torch.optim.Optimizer, step: int) -> None:
+def save_training_state(directory: Path, policy: Policy, optimizer: torch.optim.Optimizer, step: int,
+                        average: WeightAverage | None = None) -> None:
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -208,13 +211,18 @@ def save_training_state(directory: Path, policy: Policy, optimizer: torch.optim.
     if torch.cuda.is_available():  # dropout on a GPU draws from its own generators
         tensors.update({f"cuda_rng.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
     save_file(tensors, str(tmp / "optimizer.safetensors"))
+    if average is not None:
+        save_file(average.state_dict(), str(tmp / "weight_average.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"step": step, "param_groups": optimizer_state["param_groups"]}))
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)
 
 
-def load_training_state(directory: Path, policy: Policy, optimizer: torch.optim.Optimizer) -> int:
+def load_training_state(directory: Path, policy: Policy, optimizer: torch.optim.Optimizer,
+                        average: WeightAverage | None = None) -> int:
     policy.model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    if average is not None:
+        average.load_state_dict(load_file(str(directory / "weight_average.safetensors")))
     tensors = load_file(str(directory / "optimizer.safetensors"))
     meta = json.loads((directory / "state.json").read_text())
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -266,9 +274,10 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
     policy.train()
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.peak_lr, weight_decay=config.weight_decay)
+    average = WeightAverage(policy.model, config.ema) if config.ema else None
     step = 0
     if (out / "checkpoint").exists():
-        step = load_training_state(out / "checkpoint", policy, optimizer)
+        step = load_training_state(out / "checkpoint", policy, optimizer, average)
     # Created after a resume's optimiser state is loaded, so the schedule continues at `step`.
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: cosine_schedule(i, config.warmup_steps, config.steps), last_epoch=step - 1)
@@ -286,6 +295,8 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         schedule.step()
+        if average is not None:
+            average.update(policy.model)
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{logs['loss']:.3f}")
@@ -296,10 +307,12 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
                                       **logs}) + "\n")
             started = time.perf_counter()
         if step % config.save_every == 0 or step == config.steps:
-            save_training_state(out / "checkpoint", policy, optimizer, step)
+            save_training_state(out / "checkpoint", policy, optimizer, step, average)
     bar.close()
     if step < config.steps:
         return out / "checkpoint"
+    if average is not None:
+        average.copy_to(policy.model)
     merge_lora(policy)
     policy.eval()
     return policy.save_pretrained(out / "policy")
