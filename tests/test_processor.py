@@ -202,3 +202,29 @@ def test_an_incomplete_traced_cache_is_rebuilt_not_read(small_dataset, tmp_path)
     assert np.array_equal(np.asarray(again.arrays[F.TRACED_RGB]), first)
     assert sorted(p.name for p in directory.iterdir()) == sorted(f"{key}.npy" for key in policy.processor.trace_outputs())
     assert not [p for p in (copy / "cache").iterdir() if ".tmp-" in p.name]  # nothing temporary left behind
+
+
+def test_temporal_ensembling_averages_every_chunks_action_for_the_step():
+    """ACT's temporal ensembling: a chunk every step; the action for step t averages element i of the
+    chunk predicted i steps ago. Here the chunk predicted at step s holds s + i at element i, so every
+    chunk's action for step t is t, and the average is exactly t only if the indexing is right."""
+    policy = tiny_policy("spatialvla")
+    policy.config.temporal_ensemble = 0.5
+    calls = []
+
+    def predict_chunk(batch):
+        t = len(calls)
+        calls.append(t)
+        chunk = torch.arange(TINY.chunk_size, dtype=torch.float32)[:, None].repeat(1, 4) + t  # element i: t + i
+        return chunk[None], None
+
+    policy.model.predict_chunk = predict_chunk
+    obs = {F.OBS_RGB: np.zeros((64, 64, 3), np.uint8), F.OBS_DEPTH: np.ones((64, 64), np.float32),
+           F.OBS_INTRINSICS: np.eye(3), F.OBS_STATE: np.zeros(4, np.float32), F.OBS_INSTRUCTION: "reach"}
+    policy.reset()
+    for step in range(7):
+        assert np.allclose(policy.select_action(obs), step)  # every overlapping chunk agrees on step t
+    assert len(calls) == 7  # one forward pass per step
+    policy.config.temporal_ensemble = 0.0  # off: one forward pass per n_action_steps (1 here)
+    policy.reset()
+    assert np.allclose(policy.select_action(obs), 7)

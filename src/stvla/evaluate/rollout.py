@@ -52,6 +52,7 @@ class EvalConfig:
     camera: str = "corner3"  # camera to render from (the policy's training camera)
     device: str = "cpu"  # torch device of each worker's policy: cpu, cuda, cuda:1, mps
     depth_model: str = ""  # local ZoeDepth checkpoint whose estimate replaces the rendered depth ("" = rendered; runs on `device`)
+    temporal_ensemble: float = 0.0  # ACT's temporal ensembling m at control, overriding the policy's (0 = the policy's own)
 
     def resume_key(self) -> dict[str, Any]:
         """What an episode's outcome depends on; a resumed run must share it. The policy enters by its
@@ -61,6 +62,8 @@ class EvalConfig:
             key["device"] = self.device
         if self.depth_model:  # estimated depth is another input
             key["depth_model"] = str(Path(self.depth_model).resolve())
+        if self.temporal_ensemble:  # another way of acting
+            key["temporal_ensemble"] = self.temporal_ensemble
         return key
 
 
@@ -147,6 +150,8 @@ def _start_worker(config: dict[str, Any]) -> None:
     _WORKER.clear()
     try:
         policy = load_policy(config["policy"]).to(torch_device(config["device"]))
+        if config["temporal_ensemble"]:
+            policy.config.temporal_ensemble = config["temporal_ensemble"]
     except Exception as error:  # noqa: BLE001 - a pool restarts a worker whose initializer raises, forever
         _WORKER["error"] = f"{type(error).__name__}: {error}"
         return

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from stvla.config import config_from_dict, config_key
+from stvla.config import KEY_NEUTRAL, config_from_dict, config_key
 from stvla.devices import batch_to
 from stvla.policies.processor import CONTRACT_FILE, InputProcessor, batch_of_one
 from stvla.policies.vla import SmallVLA, VLAConfig
@@ -39,6 +39,7 @@ BACKBONE_DIR = "backbone"  # a checkpoint's copy of its PaliGemma backbone's con
 @dataclass
 class PolicyConfig:
     vla: VLAConfig = field(default_factory=VLAConfig)  # the shared small VLA model
+    temporal_ensemble: float = field(default=0.0, metadata=KEY_NEUTRAL)  # ACT's m: a chunk every step, overlaps averaged (0 = off)
 
 
 @dataclass
@@ -62,7 +63,8 @@ class Policy(nn.Module):
         self.model = SmallVLA(self.config.vla, backbone_weights)
         self.processor = self.processor_class(self.config, self.name)
         self.predicted_trace: np.ndarray | None = None  # LLARVA: the latest predicted future path, (P, 2) px
-        self._queue: deque[np.ndarray] = deque()
+        self._queue: deque[np.ndarray] = deque()  # the current chunk's actions still to execute
+        self._chunks: deque[np.ndarray] = deque(maxlen=self.config.vla.chunk_size)  # temporal ensembling
 
     @property
     def device(self) -> torch.device:
@@ -83,6 +85,7 @@ class Policy(nn.Module):
     def reset(self) -> None:
         """Start a new episode: empty the action queue and start the processor's episode state over."""
         self._queue.clear()
+        self._chunks.clear()
         self.predicted_trace = None
         self.processor.reset()
 
@@ -94,16 +97,26 @@ class Policy(nn.Module):
         `policy.predicted_trace` ((P, 2) pixels) after the call.
         """
         frame = self.processor.observation_frame(obs)
+        if self.config.temporal_ensemble > 0:
+            # Every step a new chunk; the chunk predicted i steps ago holds its action for now at index i.
+            self._chunks.append(self._predict_chunk(frame))
+            actions = np.stack([chunk[len(self._chunks) - 1 - age] for age, chunk in enumerate(self._chunks)])
+            weights = np.exp(-self.config.temporal_ensemble * np.arange(len(actions)))  # the oldest weighs most
+            return (weights[:, None] * actions).sum(0) / weights.sum()
         if not self._queue:
-            was_training = self.training
-            self.eval()
-            inputs = self.processor.model_inputs(batch_of_one(frame), rng=self.processor.rng)
-            chunk, trace = self.model.predict_chunk(batch_to(inputs, self.device))
-            self.train(was_training)
-            self._queue.extend(chunk[0, : self.config.vla.n_action_steps].cpu().numpy())
-            if trace is not None:
-                self.predicted_trace = trace[0].cpu().numpy()
+            self._queue.extend(self._predict_chunk(frame)[: self.config.vla.n_action_steps])
         return self._queue.popleft()
+
+    def _predict_chunk(self, frame: dict[str, Any]) -> np.ndarray:
+        """(chunk_size, action_dim) actions for one frame (and LLARVA's predicted path, kept)."""
+        was_training = self.training
+        self.eval()
+        inputs = self.processor.model_inputs(batch_of_one(frame), rng=self.processor.rng)
+        chunk, trace = self.model.predict_chunk(batch_to(inputs, self.device))
+        self.train(was_training)
+        if trace is not None:
+            self.predicted_trace = trace[0].cpu().numpy()
+        return chunk[0].cpu().numpy()
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path) -> Path:
