@@ -32,6 +32,7 @@ from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.vla import VLAConfig
 from stvla.traces import TraceConfig, TrackerConfig
 from stvla.train import TrainConfig, train
+from stvla.train.augment import AugmentConfig
 from stvla.train.trainer import flat_trace_key
 
 FINETUNE_FIRST_ATTEMPT = 1000  # fine-tuning episodes start here: other starts than the pre-training set's
@@ -120,6 +121,8 @@ class BenchConfig:
     videos: int = 1  # evaluation videos saved per task and cell
     image_size: int = 128  # camera image side for every dataset and evaluation
     model: VLAConfig = field(default_factory=VLAConfig)  # the stage-1 model (image_size comes from image_size)
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata=KEY_NEUTRAL)  # training-time augmentation of every run
+    ema: float = field(default=0.0, metadata=KEY_NEUTRAL)  # every run exports a moving average of its weights with this decay (0 = off)
 
     def seed_list(self) -> list[int]:
         return [int(s) for s in self.seeds.split(",") if s.strip()]
@@ -167,6 +170,12 @@ class Bench:
         self.log = log
         self.stage1_minutes: float | None = None  # wall time of the base's pre-training, where this bench made it
 
+    def train_config(self, **fields: Any) -> TrainConfig:
+        """A training run of the protocol: `fields`, and what every run of it shares (model, augmentation,
+        weight average)."""
+        c = self.config
+        return TrainConfig(model=c.model, augment=copy.deepcopy(c.augment), ema=c.ema, **fields)
+
     # --- data and stage 1 ----------------------------------------------------------------------------
     def collect_cell(self, name: str, tasks: str, episodes: int, first_attempt: int) -> Path:
         c = self.config
@@ -185,8 +194,8 @@ class Bench:
         c = self.config
         tasks = c.pretrain_tasks if "," not in c.pretrain_tasks else config_hash({"tasks": c.pretrain_tasks})[:8]
         dataset = self.out / "data" / f"pretrain-{tasks}"
-        train_config = TrainConfig(policy="spatialvla", dataset=str(dataset), out=str(self.out / "stage1-s0"),
-                                   model=c.model, steps=c.stage1_steps, seed=0)
+        train_config = self.train_config(policy="spatialvla", dataset=str(dataset), out=str(self.out / "stage1-s0"),
+                                         steps=c.stage1_steps, seed=0)
         key = {"train": {k: v for k, v in train_config.key().items() if k not in ("dataset", "out")},
                "data": {"tasks": c.pretrain_tasks, "episodes": c.pretrain_episodes, "image_size": c.image_size}}
         return train_config, Cell("stage1 (kept)", Path(c.repo) / c.keep_base / "cell.json", key)
@@ -262,9 +271,9 @@ class Bench:
             raise ValueError(f"target_candidates {overlap} are pre-training tasks: the finetuned selection wants new ones")
         per_task, minutes = {}, 0.0
         for task in candidates:
-            train_config = TrainConfig(policy="spatialvla", init=str(base), steps=c.stage2_steps, seed=0, model=c.model,
-                                       dataset=str(self.out / "data" / f"finetune-{task}"),
-                                       out=str(self.out / "selection" / task))
+            train_config = self.train_config(policy="spatialvla", init=str(base), steps=c.stage2_steps, seed=0,
+                                             dataset=str(self.out / "data" / f"finetune-{task}"),
+                                             out=str(self.out / "selection" / task))
 
             def checkpoint(task=task, train_config=train_config) -> Path:
                 self.collect_cell(f"finetune-{task}", task, c.finetune_episodes, FINETUNE_FIRST_ATTEMPT)
@@ -294,11 +303,11 @@ class Bench:
                 return base
             return self._zero_shot_traced(row, base)
         init = base if row.init == "base" else (self.llarva_checkpoint(row.init) if row.init else None)
-        train_config = TrainConfig(policy=row.policy, dataset=str(self.finetune_data(targets)), init=str(init or ""),
-                                   traces=copy.deepcopy(row.traces), trace_points=row.trace_points,
-                                   steps=c.stage2_steps, seed=seed, model=c.model,
-                                   # One directory per target set: another selection never resumes this one.
-                                   out=str(self.out / "stage2" / f"{row.key}-s{seed}-{config_hash({'targets': targets})[:8]}"))
+        train_config = self.train_config(
+            policy=row.policy, dataset=str(self.finetune_data(targets)), init=str(init or ""),
+            traces=copy.deepcopy(row.traces), trace_points=row.trace_points, steps=c.stage2_steps, seed=seed,
+            # One directory per target set: another selection never resumes this one.
+            out=str(self.out / "stage2" / f"{row.key}-s{seed}-{config_hash({'targets': targets})[:8]}"))
         key = {**train_config.key(), "init": checkpoint_fingerprint(init) if init else None}
         cell = Cell(f"stage2/{row.key}-s{seed}", Path(train_config.out) / "cell.json", key)
         return Path(cell.run(lambda: self._train(train_config), self.log)["policy"])
@@ -309,9 +318,8 @@ class Bench:
         tasks = c.llarva_pretrain_tasks if "," not in c.llarva_pretrain_tasks else \
             config_hash({"tasks": c.llarva_pretrain_tasks})[:8]
         dataset = self.collect_cell(f"llarva-pretrain-{tasks}", c.llarva_pretrain_tasks, c.llarva_pretrain_episodes, 0)
-        train_config = TrainConfig(policy="llarva", dataset=str(dataset), out=str(self.out / f"{name}-pretrain-s0"),
-                                   model=c.model, trace_points=LLARVA_PRETRAINING[name],
-                                   steps=c.llarva_pretrain_steps, seed=0)
+        train_config = self.train_config(policy="llarva", dataset=str(dataset), out=str(self.out / f"{name}-pretrain-s0"),
+                                         trace_points=LLARVA_PRETRAINING[name], steps=c.llarva_pretrain_steps, seed=0)
         cell = Cell(f"{name}-pretrain", Path(train_config.out) / "cell.json", train_config.key())
         return Path(cell.run(lambda: self._train(train_config), self.log)["policy"])
 
