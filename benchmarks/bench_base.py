@@ -53,12 +53,14 @@ def run_trial(name: str, dataset: Path, work: Path, episodes: int, workers: int)
            "data": {"tasks": "mt10", "episodes": 50}, "eval": {"episodes": episodes, "max_steps": 200}}
 
     def work_() -> dict:
+        resumed = (Path(config.out) / "checkpoint").exists()  # then this call's training time is not the run's
         started = time.perf_counter()
         policy = train(config)
         trained = time.perf_counter()
         info = evaluate(EvalConfig(policy=str(policy), tasks="mt10", episodes=episodes, workers=workers,
                                    max_steps=200, videos=1, out=str(work / name / "eval")))
-        return {"checkpoint": checkpoint_fingerprint(policy), "train_minutes": (trained - started) / 60,
+        return {"checkpoint": checkpoint_fingerprint(policy),
+                "train_minutes": None if resumed else (trained - started) / 60,
                 "eval_minutes": (time.perf_counter() - trained) / 60,
                 "per_task": {t: {k: r[k] for k in ("episodes", "success_rate", "ci95")} for t, r in info["per_task"].items()},
                 "overall": {k: info["overall"][k] for k in ("episodes", "success_rate", "ci95")}}

@@ -149,13 +149,14 @@ def _start_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     _WORKER.clear()
     try:
-        policy = load_policy(config["policy"]).to(torch_device(config["device"]))
-        if config["temporal_ensemble"]:
-            policy.config.temporal_ensemble = config["temporal_ensemble"]
+        eval_config = EvalConfig(**config)
+        policy = load_policy(eval_config.policy).to(torch_device(eval_config.device))
+        if eval_config.temporal_ensemble:
+            policy.config.temporal_ensemble = eval_config.temporal_ensemble
     except Exception as error:  # noqa: BLE001 - a pool restarts a worker whose initializer raises, forever
         _WORKER["error"] = f"{type(error).__name__}: {error}"
         return
-    _WORKER.update(config=EvalConfig(**config), policy=policy, envs={})
+    _WORKER.update(config=eval_config, policy=policy, envs={})
 
 
 def _episode_in_worker(job: tuple[str, int, str | None]) -> dict[str, Any]:
