@@ -15,6 +15,7 @@ trials that lost included.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -41,10 +42,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "base_trials"
 
 def trial_config(name: str, dataset: Path, work: Path) -> TrainConfig:
     base, _ = Bench(BenchConfig(repo=str(ROOT))).stage1()  # the kept base's own settings
-    config = TrainConfig(**{**base.__dict__, "dataset": str(dataset), "out": str(work / name)})
-    for field_name, value in TRIALS[name][0].items():
-        setattr(config, field_name, value)
-    return config
+    return dataclasses.replace(base, dataset=str(dataset), out=str(work / name), **TRIALS[name][0])
 
 
 def run_trial(name: str, dataset: Path, work: Path, episodes: int, workers: int) -> dict:

@@ -102,7 +102,7 @@ class Policy(nn.Module):
             self._chunks.append(self._predict_chunk(frame))
             actions = np.stack([chunk[len(self._chunks) - 1 - age] for age, chunk in enumerate(self._chunks)])
             weights = np.exp(-self.config.temporal_ensemble * np.arange(len(actions)))  # the oldest weighs most
-            return (weights[:, None] * actions).sum(0) / weights.sum()
+            return ((weights[:, None] * actions).sum(0) / weights.sum()).astype(actions.dtype)
         if not self._queue:
             self._queue.extend(self._predict_chunk(frame)[: self.config.vla.n_action_steps])
         return self._queue.popleft()
