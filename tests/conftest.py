@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MUJOCO_GL", "egl")
+# Training caches of the tests' datasets go to a folder of this run, never the user's ~/.cache/stvla.
+os.environ["STVLA_CACHE"] = tempfile.mkdtemp(prefix="stvla-test-cache-")
 
 import pytest  # noqa: E402
 

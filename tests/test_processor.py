@@ -192,16 +192,18 @@ def test_an_incomplete_traced_cache_is_rebuilt_not_read(small_dataset, tmp_path)
 
     root, _ = small_dataset
     copy = tmp_path / "data"
-    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("cache"))
+    shutil.copytree(root, copy)
+    cache = tmp_path / "cache"
     policy = tiny_policy("tracevla", selection=SelectionConfig(adaptive=True))
-    first = np.array(TrainingSamples(copy, policy, progress=False).arrays[F.TRACED_RGB])
-    (directory,) = (copy / "cache").glob("traced-*")
+    first = np.array(TrainingSamples(copy, policy, progress=False, cache_dir=str(cache)).arrays[F.TRACED_RGB])
+    (directory,) = cache.glob("*/traced-*")
     (directory / f"{F.TRACED_RGB}.npy").unlink()
     (directory / "traced_depth.npy").write_bytes(b"an older layout")
-    again = TrainingSamples(copy, policy, progress=False)
+    again = TrainingSamples(copy, policy, progress=False, cache_dir=str(cache))
     assert np.array_equal(np.asarray(again.arrays[F.TRACED_RGB]), first)
     assert sorted(p.name for p in directory.iterdir()) == sorted(f"{key}.npy" for key in policy.processor.trace_outputs())
-    assert not [p for p in (copy / "cache").iterdir() if ".tmp-" in p.name]  # nothing temporary left behind
+    assert not [p for p in directory.parent.iterdir() if ".tmp-" in p.name]  # nothing temporary left behind
+    assert not (copy / "cache").exists()  # the dataset itself is only read
 
 
 def test_temporal_ensembling_averages_every_chunks_action_for_the_step():

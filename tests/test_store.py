@@ -115,7 +115,7 @@ def test_missing_and_truncated_files_name_the_file(written):
         store.verify()
     video = root / "videos/observation.images.rgb/chunk-000/file-000.mp4"
     video.unlink()
-    with pytest.raises(FileNotFoundError, match="file-000.mp4"):
+    with pytest.raises(DatasetError, match="video file missing: .*file-000.mp4"):
         EpisodeStore(root).episode(0)
     (root / "meta/info.json").unlink()
     with pytest.raises(DatasetError, match="info.json is missing"):

@@ -109,7 +109,7 @@ def _bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from stvla.data.collect import CollectConfig
     from stvla.traces import TraceConfig
-    from stvla.train.trainer import LEGACY_TRACE_OPTIONS, TrainConfig
+    from stvla.train.trainer import DATA_OPTIONS, LEGACY_TRACE_OPTIONS, TrainConfig
 
     parser = argparse.ArgumentParser(prog="stvla", description="Visual traces for vision-language-action policies.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -140,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a policy (stage 1), or LoRA fine-tune one (stage 2, --init)")
     add_config_arguments(train, TrainConfig)
     add_option_aliases(train, TrainConfig, LEGACY_TRACE_OPTIONS)
+    add_option_aliases(train, TrainConfig, DATA_OPTIONS, "short for --{new}")
     train.set_defaults(run=_train)
 
     from stvla.evaluate import EvalConfig

@@ -84,13 +84,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str
         _add_field_option(parser, flag, f"{prefix}{f.name}", kind, help_text)
 
 
-def add_option_aliases(parser: argparse.ArgumentParser, cls: type, aliases: dict[str, str]) -> None:
-    """Old option names kept for a while: `--old` sets the field at the dotted path `new` of `cls`."""
+def add_option_aliases(parser: argparse.ArgumentParser, cls: type, aliases: dict[str, str],
+                       help_text: str = "old name of --{new}, kept for one release") -> None:
+    """Other names of options: `--old` sets the field at the dotted path `new` of `cls` (an old name kept
+    for a while, or a short one)."""
     for old, new in aliases.items():
         kind = cls
         for name in new.split("."):
             kind = _field_type(kind, name)
-        _add_field_option(parser, f"--{old}", new, kind, f"old name of --{new}, kept for one release")
+        _add_field_option(parser, f"--{old}", new, kind, help_text.format(new=new))
 
 
 def _add_field_option(parser: argparse.ArgumentParser, flag: str, dest: str, kind: Any, help_text: str) -> None:

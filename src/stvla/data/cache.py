@@ -1,17 +1,21 @@
 """Training caches: a dataset's frames decoded once, and per-frame arrays derived from them, as
-memory-mapped .npy files under `<dataset>/cache/`.
+memory-mapped .npy files in a cache folder outside the dataset (`--cache_dir`, else $STVLA_CACHE, else
+~/.cache/stvla), so that a read-only or shared dataset trains.
 
 Training reads random frames many times per epoch; decoding mp4 (or re-running a tracker) each time
 would dominate the cost.
 
-- `DecodedCache`: one per dataset, `cache/decoded-<fingerprint>/<feature>.npy`. A feature is decoded
-  the first time anyone asks for it; whoever asks later, with any list of features, reads the same file.
+- `DecodedCache`: one per dataset, `<cache>/<dataset name>-<fingerprint>/decoded/<stored feature>.npy`.
+  A feature is decoded the first time anyone asks for it; whoever asks later, with any list of features,
+  reads the same file. Files are named by the feature they were read from (the dataset's own key, or
+  the intrinsics given for it), so choosing another camera never reads the first one's cache.
 - `DerivedCache`: arrays a stateful per-frame function makes while it steps through every episode from
   its first frame (a policy's traced inputs: `InputProcessor.trace_frame`), in
-  `cache/<name>-<fingerprint>/`, where `name` says what made them (the trace settings' hash).
+  `<cache>/<dataset name>-<fingerprint>/<name>-<inputs>/`, where `name` says what made them (the trace
+  settings' hash) and `<inputs>` hashes the stored features they were made from.
 
-The fingerprint covers the episode table, so a dataset that grows (a resumed collection) gets fresh
-caches. Every file is written under a temporary name and renamed when complete: a build that was
+The fingerprint covers info.json and the episode table, so a dataset that grows (a resumed
+collection) gets fresh caches. Every file is written under a temporary name and renamed when complete: a build that was
 killed leaves nothing that is read, and two processes building the same cache at once both end with
 the same complete files.
 """
@@ -28,14 +32,30 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stvla.data.store import EPISODES_META_PATH, EpisodeStore
+from stvla.data.store import EpisodeStore
 
 FrameStep = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
+def cache_root(cache_dir: str = "") -> Path:
+    """Where training caches go: `cache_dir`, else $STVLA_CACHE, else $XDG_CACHE_HOME/stvla (~/.cache/stvla)."""
+    if cache_dir:
+        return Path(cache_dir)
+    if os.environ.get("STVLA_CACHE"):
+        return Path(os.environ["STVLA_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stvla"
+
+
 def dataset_fingerprint(store: EpisodeStore) -> str:
-    """A short hash of the episode table: it changes whenever an episode is added."""
-    return hashlib.sha256((store.root / EPISODES_META_PATH).read_bytes()).hexdigest()[:12]
+    """A short hash of info.json and the episode table: it changes whenever an episode is added."""
+    digest = hashlib.sha256((store.root / "meta" / "info.json").read_bytes())
+    for path in sorted((store.root / "meta" / "episodes").glob("chunk-*/file-*.parquet")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def _temporary_file(directory: Path, name: str) -> Path:
@@ -48,13 +68,15 @@ def _temporary_file(directory: Path, name: str) -> Path:
 class DecodedCache:
     """Frame-major arrays of a dataset's features over all episodes, plus where each episode starts."""
 
-    def __init__(self, store: EpisodeStore, progress: bool = True):
+    def __init__(self, store: EpisodeStore, progress: bool = True, cache_dir: str = ""):
+        """`cache_dir`: the cache folder (see `cache_root`)."""
         self.store = store
         self.progress = progress
         lengths = store.episodes["length"].to_numpy(dtype=np.int64)
         self.episode_lengths = lengths
         self.episode_starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-        self.directory = store.root / "cache" / f"decoded-{dataset_fingerprint(store)}"
+        self.dataset_directory = cache_root(cache_dir) / f"{store.root.resolve().name}-{dataset_fingerprint(store)}"
+        self.directory = self.dataset_directory / "decoded"
         self.arrays: dict[str, np.ndarray] = {}  # feature -> (N, ...) read-only memory map, once decoded
 
     def __len__(self) -> int:
@@ -71,18 +93,21 @@ class DecodedCache:
             raise KeyError(f"{self.store.root}: unknown features {unknown}; the dataset has {sorted(self.store.features)}")
         if not self.store.num_episodes:
             raise ValueError(f"dataset {self.store.root} has no episodes")
-        missing = [key for key in keys if key not in self.arrays and not (self.directory / f"{key}.npy").is_file()]
+        missing = [key for key in keys if key not in self.arrays and not self._file(key).is_file()]
         if missing:
             self._decode(missing)
         for key in keys:
             if key not in self.arrays:
-                self.arrays[key] = np.load(self.directory / f"{key}.npy", mmap_mode="r")
+                self.arrays[key] = np.load(self._file(key), mmap_mode="r")
         return {key: self.arrays[key] for key in keys}
+
+    def _file(self, key: str) -> Path:
+        return self.directory / f"{self.store.source_of(key)}.npy"
 
     def _decode(self, keys: list[str]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         first = self.store.frame(0, 0, keys)
-        temporary = {key: _temporary_file(self.directory, f"{key}.npy") for key in keys}
+        temporary = {key: _temporary_file(self.directory, self._file(key).name) for key in keys}
         try:
             arrays = {key: np.lib.format.open_memmap(temporary[key], mode="w+", dtype=np.asarray(first[key]).dtype,
                                                      shape=(len(self), *np.shape(first[key])))
@@ -94,7 +119,7 @@ class DecodedCache:
                     arrays[key][self.episode_slice(episode)] = frames[key]
             for key, array in arrays.items():
                 array.flush()
-                os.replace(temporary[key], self.directory / f"{key}.npy")
+                os.replace(temporary[key], self._file(key))
         finally:  # an error (or Ctrl-C) leaves no half-written file behind
             for path in temporary.values():
                 path.unlink(missing_ok=True)
@@ -110,7 +135,8 @@ class DerivedCache:
     def __init__(self, decoded: DecodedCache, name: str, inputs: list[str], outputs: list[str],
                  reset: Callable[[], None], step: FrameStep):
         self.decoded = decoded
-        self.directory = decoded.store.root / "cache" / f"{name}-{dataset_fingerprint(decoded.store)}"
+        sources = _short_hash(",".join(decoded.store.source_of(key) for key in inputs))
+        self.directory = decoded.dataset_directory / f"{name}-{sources}"
         if not self._complete(outputs):
             self._build(inputs, outputs, reset, step)
         self.arrays = {key: np.load(self.directory / f"{key}.npy", mmap_mode="r") for key in outputs}

@@ -21,6 +21,7 @@ Choices of ours, all valid v3:
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -31,9 +32,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
-from stvla.data.video import VideoSettings, read_video, write_video
-from stvla.features import EPISODE_INDEX, FRAME_INDEX, INDEX, TASK, TASK_INDEX, TIMESTAMP
+from stvla.data.roles import DataConfig, is_depth_feature, resolve_roles
+from stvla.data.video import DepthQuantization, VideoSettings, read_video, write_video
+from stvla.features import EPISODE_INDEX, FRAME_INDEX, INDEX, INTRINSICS, TASK, TASK_INDEX, TIMESTAMP
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -320,10 +323,19 @@ class EpisodeWriter:
 class EpisodeStore:
     """Reads a dataset in the LeRobot v3 layout: any frame, window of frames or whole episode.
 
+    Datasets as LeRobot 0.6 writes them are read as they are: many episodes per data and video file
+    (located through meta/episodes), image features as PNG/TIFF bytes in the data files, depth maps
+    (`info.is_depth_map`) from 12-bit depth videos or float images, all returned in metres. Depth
+    features appear in `features` as what they decode to: float32 (H, W).
+
+    With `data` (a DataConfig), the features that play the toolkit's roles are also readable by its
+    names (the chosen camera as `observation.images.rgb`, the depth as `observation.depth`, given
+    intrinsics as `observation.camera.intrinsics`), and `features` lists them under those names.
+
     Missing or truncated files raise a DatasetError that names the file; nothing is silently shorter.
     """
 
-    def __init__(self, root: str | Path):
+    def __init__(self, root: str | Path, data: DataConfig | None = None):
         self.root = Path(root)
         info_path = self.root / "meta" / "info.json"
         if not info_path.is_file():
@@ -337,15 +349,22 @@ class EpisodeStore:
                 raise DatasetError(f"{info_path}: field {field!r} is missing")
         if not str(self.info["codebase_version"]).startswith("v3"):
             raise DatasetError(f"{info_path}: codebase_version {self.info['codebase_version']!r} is not v3")
-        self.features: dict[str, dict] = self.info["features"]
         self.fps: int = int(self.info["fps"])
-        self.episodes = self._read_table(self.root / EPISODES_META_PATH).to_pandas()
+        self.episodes = self._read_episodes()
         tasks_path = self.root / "meta" / "tasks.parquet"
         self.tasks: list[str] = list(self._read_table(tasks_path).to_pandas().sort_values(TASK_INDEX).index)
         if len(self.episodes) > int(self.info.get("total_episodes", len(self.episodes))):
             raise DatasetError(f"{info_path}: total_episodes is {self.info['total_episodes']} but "
-                               f"{EPISODES_META_PATH} lists {len(self.episodes)} episodes")
+                               f"meta/episodes lists {len(self.episodes)} episodes")
+        stored = {key: _decoded_feature(key, feature) for key, feature in self.info["features"].items()}
+        self.roles = resolve_roles(self.info["features"], data, str(self.root)) if data is not None else None
+        self._stored_key = dict(self.roles.stored) if self.roles else {}  # toolkit key -> dataset key
+        self.features: dict[str, dict] = {key: f for key, f in stored.items() if key not in self._stored_key.values()}
+        self.features.update({role: stored[key] for role, key in self._stored_key.items()})
+        if self.roles is not None and self.roles.intrinsics is not None:
+            self.features[INTRINSICS] = {"dtype": "float32", "shape": [3, 3], "names": None}
         self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._table: tuple[Path, tuple[str, ...], pa.Table] | None = None  # the latest data file read
 
     # --- what the dataset holds -------------------------------------------------------------------
     @property
@@ -356,9 +375,15 @@ class EpisodeStore:
     def num_frames(self) -> int:
         return int(self.episodes["length"].sum()) if len(self.episodes) else 0
 
-    @property
-    def video_keys(self) -> list[str]:
-        return [k for k, f in self.features.items() if f["dtype"] == "video"]
+    def stored_key(self, key: str) -> str:
+        """The dataset's own name of feature `key` (the chosen camera for `observation.images.rgb`, ...)."""
+        return self._stored_key.get(key, key)
+
+    def source_of(self, key: str) -> str:
+        """What feature `key` is read from, as a name for caches: the stored key, or the given intrinsics."""
+        if key == INTRINSICS and self.roles is not None and self.roles.intrinsics is not None:
+            return "intrinsics-" + ",".join(f"{v:g}" for v in self.roles.intrinsics[:2].reshape(-1)[[0, 2, 4, 5]])
+        return self.stored_key(key)
 
     def episode_length(self, episode: int) -> int:
         return int(self.episodes.iloc[self._check_episode(episode)]["length"])
@@ -384,32 +409,34 @@ class EpisodeStore:
 
     def video_path(self, episode: int, key: str) -> Path:
         row = self.episodes.iloc[self._check_episode(episode)]
+        key = self.stored_key(key)
         return self.root / self.info["video_path"].format(
             video_key=key, chunk_index=int(row[f"videos/{key}/chunk_index"]),
             file_index=int(row[f"videos/{key}/file_index"]))
 
     # --- reading ----------------------------------------------------------------------------------
     def episode(self, episode: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """Every frame of one episode: {feature key: (T, ...) array}; videos decoded to uint8 RGB."""
+        """Every frame of one episode: {feature key: (T, ...) array}; videos decoded to uint8 RGB, depth
+        maps to float32 metres."""
         episode = self._check_episode(episode)
         wanted = list(keys) if keys is not None else list(self.features)
         unknown = sorted(set(wanted) - set(self.features))
         if unknown:
-            raise KeyError(f"unknown features {unknown}; this dataset has {sorted(self.features)}")
+            raise KeyError(f"{self.root}: unknown features {unknown}; this dataset has {sorted(self.features)}")
         cached = self._cache.get(episode, {})
         todo = [k for k in wanted if k not in cached]
         length = self.episode_length(episode)
-        data_keys = [k for k in todo if self.features[k]["dtype"] not in ("video", "image")]
+        if INTRINSICS in todo and self.stored_key(INTRINSICS) not in self.info["features"]:
+            cached[INTRINSICS] = np.repeat(self.roles.intrinsics[None], length, axis=0)
+            todo.remove(INTRINSICS)
+        in_videos = [k for k in todo if self.info["features"][self.stored_key(k)]["dtype"] == "video"]
+        data_keys = [k for k in todo if k not in in_videos]
         if data_keys:
-            path = self.data_path(episode)
-            table = self._read_table(path, columns=data_keys)
-            if table.num_rows != length:
-                raise DatasetError(f"{path} holds {table.num_rows} rows, expected {length} (truncated?)")
+            path, rows = self._episode_rows(episode, [self.stored_key(k) for k in data_keys])
             for key in data_keys:
-                cached[key] = _numpy_column(table.column(key), self.features[key], path, key)
-        for key in todo:
-            if self.features[key]["dtype"] == "video":
-                cached[key] = read_video(self.video_path(episode, key), expected_frames=length)
+                cached[key] = self._decode_column(rows.column(self.stored_key(key)), key, path)
+        for key in in_videos:
+            cached[key] = self._read_video_span(episode, key, length)
         # Keep only the most recent episode decoded: windows of one episode are read in sequence.
         self._cache = {episode: cached}
         return {k: cached[k] for k in wanted}
@@ -426,20 +453,15 @@ class EpisodeStore:
         return {k: v[0] for k, v in self.frames(episode, index, index + 1, keys).items()}
 
     def verify(self) -> None:
-        """Check that every listed episode's files exist and hold the listed number of frames."""
+        """Check that every listed episode's rows and video frames are on disk (decoding the videos)."""
+        videos = [k for k, f in self.info["features"].items() if f["dtype"] == "video"]
         for episode in range(self.num_episodes):
-            length = self.episode_length(episode)
             path = self.data_path(episode)
             if not path.is_file():
                 raise DatasetError(f"data file missing: {path} (episode {episode})")
-            try:
-                rows = pq.ParquetFile(path).metadata.num_rows
-            except (pa.ArrowException, OSError) as error:
-                raise DatasetError(f"cannot read {path}: {error}") from error
-            if rows != length:
-                raise DatasetError(f"{path} holds {rows} rows, expected {length}")
-            for key in self.video_keys:
-                read_video(self.video_path(episode, key), expected_frames=length)
+            self._episode_rows(episode, [])
+            for key in videos:
+                self._read_video_span(episode, key, self.episode_length(episode))
 
     # --- internals ---------------------------------------------------------------------------------
     def _check_episode(self, episode: int) -> int:
@@ -447,14 +469,108 @@ class EpisodeStore:
             raise IndexError(f"episode {episode} out of range: {self.root} holds {self.num_episodes} episodes")
         return int(episode)
 
+    def _read_episodes(self) -> pd.DataFrame:
+        """meta/episodes: every file of it (LeRobot starts a new one as it grows), in episode order."""
+        paths = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+        if not paths:
+            raise DatasetError(f"file missing: {self.root / EPISODES_META_PATH}")
+        tables = [self._read_table(path).to_pandas() for path in paths]
+        episodes = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
+        for column in (EPISODE_INDEX, "length", "data/chunk_index", "data/file_index"):
+            if column not in episodes:
+                raise DatasetError(f"{paths[0]}: column {column!r} is missing")
+        episodes = episodes.sort_values(EPISODE_INDEX, ignore_index=True)
+        if list(episodes[EPISODE_INDEX]) != list(range(len(episodes))):
+            raise DatasetError(f"{self.root / 'meta' / 'episodes'}: episode indices are not 0..{len(episodes) - 1}")
+        return episodes
+
+    def _episode_rows(self, episode: int, columns: list[str]) -> tuple[Path, pa.Table]:
+        """The data-file rows of one episode (its `index` span; LeRobot packs many episodes in a file)."""
+        path = self.data_path(episode)
+        wanted = tuple(sorted({*columns, INDEX, EPISODE_INDEX}))
+        if self._table is None or self._table[0] != path or not set(wanted) <= set(self._table[1]):
+            self._table = (path, wanted, self._read_table(path, columns=list(wanted)))
+        table = self._table[2]
+        meta = self.episodes.iloc[episode]
+        if "dataset_from_index" in meta:
+            index = table.column(INDEX).to_numpy()
+            rows = np.flatnonzero((index >= meta["dataset_from_index"]) & (index < meta["dataset_to_index"]))
+        else:
+            rows = np.flatnonzero(table.column(EPISODE_INDEX).to_numpy() == episode)
+        length = int(meta["length"])
+        if len(rows) != length:
+            raise DatasetError(f"{path} holds {len(rows)} rows of episode {episode}, expected {length} (truncated?)")
+        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+            return path, table.slice(int(rows[0]), len(rows))
+        return path, table.take(rows)
+
+    def _decode_column(self, column: pa.ChunkedArray, key: str, path: Path) -> np.ndarray:
+        stored = self.info["features"][self.stored_key(key)]
+        if stored["dtype"] == "image":
+            return _decode_images(column, stored, path, self.stored_key(key))
+        return _numpy_column(column, stored, path, self.stored_key(key))
+
+    def _read_video_span(self, episode: int, key: str, length: int) -> np.ndarray:
+        stored_key = self.stored_key(key)
+        row = self.episodes.iloc[episode]
+        start = float(row.get(f"videos/{stored_key}/from_timestamp", 0.0))
+        stop = row.get(f"videos/{stored_key}/to_timestamp")
+        feature = self.info["features"][stored_key]
+        depth = None
+        if is_depth_feature(stored_key, feature):
+            depth = DepthQuantization.from_info(feature.get("info") or {}, f"{self.root}: feature {stored_key!r}")
+        try:
+            return read_video(self.video_path(episode, key), expected_frames=length, start=start,
+                              stop=None if stop is None else float(stop), depth=depth)
+        except (ValueError, FileNotFoundError) as error:
+            raise DatasetError(f"episode {episode}: {error}") from error
+
     @staticmethod
     def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
         if not path.is_file():
             raise DatasetError(f"file missing: {path}")
         try:
+            if columns is not None:
+                names = pq.read_schema(path).names
+                missing = [c for c in columns if c not in names]
+                if missing:
+                    raise DatasetError(f"{path} has no column {missing[0]!r} (info.json lists it as a feature); "
+                                       f"its columns: {names}")
             return pq.read_table(path, columns=columns)
         except (pa.ArrowException, OSError) as error:
             raise DatasetError(f"cannot read {path} (truncated or corrupt?): {error}") from error
+
+
+def _decoded_feature(key: str, feature: dict) -> dict:
+    """A feature as the reader returns it: depth maps as float32 (H, W) metres, the rest as stored."""
+    if is_depth_feature(key, feature):
+        return {**feature, "dtype": "float32", "shape": list(feature["shape"][:2])}
+    return feature
+
+
+def _decode_images(column: pa.ChunkedArray, feature: dict, path: Path, key: str) -> np.ndarray:
+    """An image feature's PNG / TIFF bytes (LeRobot's struct<bytes, path>) as uint8 RGB, or as float32
+    metres for a depth map (float images in `info.depth_unit`, default metres; integer ones millimetres)."""
+    depth = is_depth_feature(key, feature)
+    images = []
+    for value in column.to_pylist():
+        data = (value or {}).get("bytes")
+        if data is None:
+            raise DatasetError(f"{path}: image feature {key!r} has a row without embedded bytes")
+        try:
+            image = Image.open(io.BytesIO(data))
+            array = np.asarray(image) if depth else np.asarray(image.convert("RGB"))
+        except (OSError, ValueError) as error:
+            raise DatasetError(f"{path}: cannot decode an image of {key!r}: {error}") from error
+        if depth:
+            unit = (feature.get("info") or {}).get("depth_unit", "mm" if array.dtype.kind in "iu" else "m")
+            array = array.astype(np.float32) * (0.001 if unit == "mm" else 1.0)
+            array = array.reshape(array.shape[:2])
+        images.append(array)
+    shape = list(feature["shape"][:2])
+    if images and list(images[0].shape[:2]) != shape:
+        raise DatasetError(f"{path}: images of {key!r} are {list(images[0].shape[:2])}, info.json says {shape}")
+    return np.stack(images)
 
 
 def _to_nested_list(value: Any) -> Any:

@@ -1,4 +1,9 @@
-"""Encode and decode RGB videos (mp4) with PyAV, as LeRobot's own writer does."""
+"""Encode and decode videos (mp4) with PyAV, as LeRobot's own writer and reader do: RGB streams (h264,
+AV1, HEVC, whatever the installed FFmpeg decodes), and LeRobot 0.6's depth streams (12-bit log-quantised
+codes in a `gray12le` HEVC stream), decoded to float32 metres.
+
+LeRobot packs many episodes into one video file; an episode is the frames whose timestamps lie in its
+[from_timestamp, to_timestamp) span (meta/episodes), which `read_video` decodes after seeking there."""
 
 from __future__ import annotations
 
@@ -6,8 +11,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import math
+
 import av
 import numpy as np
+
+DEPTH_CODE_MAX = (1 << 12) - 1  # LeRobot's depth streams hold 12-bit codes
 
 
 @dataclass(frozen=True)
@@ -26,6 +35,54 @@ class VideoSettings:
     def codec_name(self) -> str:
         """The stream's codec as LeRobot's info.json names it."""
         return "h264" if "264" in self.codec else self.codec.removeprefix("lib")
+
+
+@dataclass(frozen=True)
+class DepthQuantization:
+    """How a LeRobot depth stream maps metres to 12-bit codes (the `video.*` fields of its feature info):
+    code = round(4095 * (f(d) - f(min)) / (f(max) - f(min))) with f(d) = log(d + shift), or f(d) = d
+    without `use_log`; decoding inverts it and clips to [min, max], as LeRobot 0.6.1 does."""
+
+    depth_min: float = 0.01  # metres at code 0
+    depth_max: float = 10.0  # metres at code 4095
+    shift: float = 3.5  # metres added before the log (finer steps near the camera)
+    use_log: bool = True  # log-spaced codes; linear without
+
+    @classmethod
+    def from_info(cls, info: dict, where: str) -> "DepthQuantization":
+        """From a depth feature's info (LeRobot's `video.depth_min`, ...); a missing field names itself."""
+        fields = {"depth_min": "video.depth_min", "depth_max": "video.depth_max", "shift": "video.shift",
+                  "use_log": "video.use_log"}
+        missing = [name for name in fields.values() if name not in info]
+        if missing:
+            raise ValueError(f"{where}: a depth video needs {missing} in its feature info (LeRobot's quantisation)")
+        values = {field: info[name] for field, name in fields.items()}
+        quantization = cls(float(values["depth_min"]), float(values["depth_max"]), float(values["shift"]),
+                           bool(values["use_log"]))
+        if not quantization.depth_max > quantization.depth_min or (
+                quantization.use_log and quantization.depth_min + quantization.shift <= 0):
+            raise ValueError(f"{where}: invalid depth quantisation {values}")
+        return quantization
+
+    def _bounds(self) -> tuple[float, float]:
+        if self.use_log:
+            return math.log(self.depth_min + self.shift), math.log(self.depth_max + self.shift)
+        return self.depth_min, self.depth_max
+
+    def encode(self, depth: np.ndarray) -> np.ndarray:
+        """Metres -> uint16 codes in [0, 4095]."""
+        low, high = self._bounds()
+        depth = np.asarray(depth, dtype=np.float64)
+        values = np.log(np.maximum(depth + self.shift, 1e-12)) if self.use_log else depth
+        codes = np.rint((values - low) / (high - low) * DEPTH_CODE_MAX)
+        return np.clip(np.nan_to_num(codes, nan=0.0), 0, DEPTH_CODE_MAX).astype(np.uint16)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """uint16 codes -> float32 metres."""
+        low, high = self._bounds()
+        values = np.asarray(codes, dtype=np.float64) / DEPTH_CODE_MAX * (high - low) + low
+        depth = np.exp(values) - self.shift if self.use_log else values
+        return np.clip(depth, self.depth_min, self.depth_max).astype(np.float32)
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int, settings: VideoSettings = VideoSettings()) -> None:
@@ -48,22 +105,43 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int, settings: VideoS
     os.replace(tmp, path)
 
 
-def read_video(path: str | Path, expected_frames: int | None = None) -> np.ndarray:
-    """Decode every frame of a video as (T, H, W, 3) uint8 RGB.
+def read_video(path: str | Path, expected_frames: int | None = None, start: float = 0.0,
+               stop: float | None = None, depth: DepthQuantization | None = None) -> np.ndarray:
+    """Decode the frames of a video whose timestamps lie in [start, stop) seconds (all by default): RGB
+    as (T, H, W, 3) uint8, or with `depth` a LeRobot depth stream as (T, H, W) float32 metres.
 
-    With `expected_frames`, a file that decodes to another count (truncated or corrupt) raises an
+    With `expected_frames`, a span that decodes to another count (a truncated or corrupt file) raises an
     error naming the file instead of returning a shorter array.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video file missing: {path}")
+    frames = []
     try:
         with av.open(str(path)) as container:
-            frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+            stream = container.streams.video[0]
+            # A frame belongs to the span when its timestamp is within half a frame of it (timestamps
+            # are stored as float seconds and rounded to the stream's time base).
+            half = 0.5 / float(stream.average_rate or stream.guessed_rate or 30)
+            if start > half:
+                container.seek(int((start - half) / stream.time_base), stream=stream, backward=True)
+            for index, frame in enumerate(container.decode(stream)):
+                time = frame.time if frame.time is not None else index * 2 * half
+                if time < start - half:
+                    continue
+                if stop is not None and time >= stop - half:
+                    break
+                if depth is None:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                elif frame.format.name != "gray12le":
+                    raise ValueError(f"depth video {path} holds {frame.format.name} frames, not LeRobot's gray12le")
+                else:
+                    frames.append(depth.decode(frame.to_ndarray()))
     except (av.error.FFmpegError, IndexError) as error:
         raise ValueError(f"cannot decode video file {path}: {error}") from error
+    span = f" between {start:.3f} s and {stop:.3f} s" if stop is not None else ""
     if expected_frames is not None and len(frames) != expected_frames:
-        raise ValueError(f"video file {path} holds {len(frames)} frames, expected {expected_frames} (truncated?)")
+        raise ValueError(f"video file {path} holds {len(frames)} frames{span}, expected {expected_frames} (truncated?)")
     if not frames:
-        raise ValueError(f"video file {path} holds no frames")
+        raise ValueError(f"video file {path} holds no frames{span}")
     return np.stack(frames)

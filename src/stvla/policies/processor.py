@@ -32,7 +32,6 @@ from stvla.policies.text import instruction_embeddings
 from stvla.traces import OnlineTracer, TraceConfig, TraceOutput
 
 CONTRACT_FILE = "processor.json"
-TRACE_INPUTS = (F.RGB, F.DEPTH, F.INTRINSICS)  # what `trace_frame` reads
 
 
 class InputProcessor:
@@ -57,13 +56,19 @@ class InputProcessor:
         return getattr(self.config, "traces", None)
 
     # --- the contract ------------------------------------------------------------------------------------
+    @property
+    def needs_depth(self) -> bool:
+        """Whether the policy reads depth: for Ego3D, or to draw the traces into (ST-VLA). TraceVLA without
+        Ego3D reads RGB only, as in its paper."""
+        return self.config.vla.use_ego3d or (self.tracer is not None and self.depth_source == "traced")
+
     def input_features(self) -> dict[str, dict]:
         """The recorded features this policy reads, with the dtype and shape it needs."""
         vla = self.config.vla
         size = [vla.image_size, vla.image_size]
         wanted = {F.RGB: {"dtype": "uint8", "shape": [*size, 3]},
                   F.STATE: {"dtype": "float32", "shape": [vla.state_dim]}}
-        if vla.use_ego3d or self.tracer is not None:
+        if self.needs_depth:
             wanted[F.DEPTH] = {"dtype": "float32", "shape": size}
             wanted[F.INTRINSICS] = {"dtype": "float32", "shape": [3, 3]}
         return wanted
@@ -91,9 +96,12 @@ class InputProcessor:
         actions are not the policy's. `expects` names the policy's origin ("checkpoint X expects")."""
         vla = self.config.vla
         wanted = self.input_features()
-        if F.DEPTH in wanted and (F.DEPTH not in features or F.INTRINSICS not in features):
-            raise ValueError(f"{where} has no {F.DEPTH} / {F.INTRINSICS}: policy {self.policy_name!r} needs depth "
-                             f"and camera intrinsics")
+        if F.DEPTH in wanted and F.DEPTH not in features:
+            raise ValueError(f"{where} has no depth: policy {self.policy_name!r} needs it; add an estimated metric "
+                             f"depth with `stvla depth DATASET --model DIR`")
+        if F.DEPTH in wanted and F.INTRINSICS not in features:
+            raise ValueError(f"{where} has no {F.INTRINSICS}: policy {self.policy_name!r} needs the camera; give "
+                             f"it with --intrinsics fx,fy,cx,cy or --fov DEGREES")
         size = features[F.RGB]["shape"][:2] if F.RGB in features else None
         if size != wanted[F.RGB]["shape"][:2]:
             raise ValueError(f"{where} has {F.RGB} of size {size}; policy {self.policy_name!r} was built for "
@@ -114,20 +122,33 @@ class InputProcessor:
         if self.tracer is not None:
             self.tracer.reset()
 
+    def trace_inputs(self) -> list[str]:
+        """What `trace_frame` reads: the RGB the tracker follows, and the depth the traces are drawn into
+        (ST-VLA) with its camera."""
+        return [F.RGB] + ([F.DEPTH, F.INTRINSICS] if self.depth_source == "traced" else [])
+
     def trace_outputs(self) -> list[str]:
         """What `trace_frame` adds to a frame (what training caches per dataset and trace setting)."""
-        return [F.TRACED_DEPTH, F.HAS_TRACES] + ([F.TRACED_RGB] if self.uses_traced_rgb else [])
+        return ([F.TRACED_DEPTH] if self.depth_source == "traced" else []) + [F.HAS_TRACES] + \
+            ([F.TRACED_RGB] if self.uses_traced_rgb else [])
 
     def trace_cache_name(self) -> str:
         """The name of the cache of `trace_frame`'s outputs: everything they depend on but the dataset."""
         return f"traced-{self.trace_config.cache_key()}" + ("-rgb" if self.uses_traced_rgb else "")
 
     def trace_frame(self, frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Step the tracer into one frame (its RGB, depth, intrinsics): the traced depth, whether traces
-        were drawn, and for TraceVLA the traced image (the plain one when there are none)."""
-        step = self.tracer.step(frame[F.RGB], frame[F.DEPTH], intrinsics=frame[F.INTRINSICS])
+        """Step the tracer into one frame (`trace_inputs`): the traced depth (ST-VLA), whether traces were
+        drawn, and for TraceVLA the traced image (the plain one when there are none)."""
+        rgb = frame[F.RGB]
+        # The traces come from RGB alone; a policy that draws none into depth gives the tracer a blank one
+        # (in training and at control alike, whether or not it reads depth for Ego3D).
+        traced_depth = self.depth_source == "traced"
+        depth = frame[F.DEPTH] if traced_depth else np.zeros(np.shape(rgb)[:2], np.float32)
+        step = self.tracer.step(rgb, depth, intrinsics=frame[F.INTRINSICS] if traced_depth else None)
         self.last_trace = step
-        traced = {F.TRACED_DEPTH: step.traced_depth, F.HAS_TRACES: np.bool_(len(step.traces) > 0)}
+        traced = {F.HAS_TRACES: np.bool_(len(step.traces) > 0)}
+        if traced_depth:
+            traced[F.TRACED_DEPTH] = step.traced_depth
         if self.uses_traced_rgb:
             traced[F.TRACED_RGB] = step.traced_rgb if step.traces else frame[F.RGB]
         return traced

@@ -16,9 +16,9 @@ import torch
 
 from stvla import features as F
 from stvla.data.cache import DecodedCache, DerivedCache
+from stvla.data.roles import DataConfig
 from stvla.data.store import EpisodeStore
 from stvla.policies.base import Policy
-from stvla.policies.processor import TRACE_INPUTS
 from stvla.policies.prompt import HISTORY_LENGTH
 from stvla.traces.future import future_trace_targets
 from stvla.train.augment import AugmentConfig, augment_batch
@@ -28,19 +28,20 @@ class TrainingSamples:
     """Batches for `policy` from a dataset: model inputs + action chunks with a pad mask."""
 
     def __init__(self, dataset: EpisodeStore | str | Path, policy: Policy, progress: bool = True,
-                 checkpoint: str | None = None, augment: AugmentConfig | None = None):
-        """`dataset`: an opened store, or its directory. `checkpoint` names where the policy's shape came
-        from, for error messages. `augment`: what a training step (a batch drawn with an rng) augments."""
-        store = dataset if isinstance(dataset, EpisodeStore) else EpisodeStore(dataset)
+                 checkpoint: str | None = None, augment: AugmentConfig | None = None, cache_dir: str = ""):
+        """`dataset`: an opened store, or its directory (read with the default roles). `checkpoint` names
+        where the policy's shape came from, for error messages. `augment`: what a training step (a batch
+        drawn with an rng) augments. `cache_dir`: the cache folder (stvla.data.cache.cache_root)."""
+        store = dataset if isinstance(dataset, EpisodeStore) else EpisodeStore(dataset, DataConfig())
         processor = policy.processor
         expects = f"checkpoint {checkpoint} expects" if checkpoint else "the policy expects"
         processor.check_features(store.features, f"dataset {store.root}", expects)
         self.processor = processor
         self.augment = augment or AugmentConfig()
-        self.decoded = DecodedCache(store, progress=progress)
+        self.decoded = DecodedCache(store, progress=progress, cache_dir=cache_dir)
         self.arrays = self.decoded.require([*processor.input_features(), F.ACTION, F.TASK_INDEX])
         if processor.tracer is not None:
-            traced = DerivedCache(self.decoded, processor.trace_cache_name(), list(TRACE_INPUTS),
+            traced = DerivedCache(self.decoded, processor.trace_cache_name(), processor.trace_inputs(),
                                   processor.trace_outputs(), processor.reset, processor.trace_frame)
             self.arrays = {**self.arrays, **traced.arrays}
         self.instructions = store.tasks

@@ -30,8 +30,10 @@ from tqdm import tqdm
 
 from stvla import features as F
 from stvla.config import KEY_NEUTRAL, config_from_dict, config_key, config_to_dict, save_config
+from stvla.data.roles import DataConfig
 from stvla.data.store import EpisodeStore
 from stvla.devices import batch_to, torch_device
+from stvla.policies.action_tokenizer import ActionGridConfig
 from stvla.policies.base import Policy, read_checkpoint_config
 from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.vla import VLAConfig
@@ -51,7 +53,8 @@ class LoraSettings:
 @dataclass
 class TrainConfig:
     policy: str = "st"  # policy type: spatialvla, tracevla, st or llarva
-    dataset: str = ""  # dataset directory (LeRobot v3 layout, from `stvla collect`)
+    dataset: str = ""  # dataset directory (LeRobot v3 layout: from `stvla collect`, LeRobot, or the Hub)
+    data: DataConfig = field(default_factory=DataConfig, metadata=KEY_NEUTRAL)  # which features are the camera and depth, the intrinsics if none are recorded, the cache folder
     out: str = "runs/train"  # output directory (resumes if it holds a checkpoint)
     init: str = ""  # stage 2: a policy checkpoint to start from (its normalisers and action grid are kept)
     lora: LoraSettings = field(default_factory=LoraSettings)  # stage-2 adapters
@@ -93,6 +96,10 @@ class TrainConfig:
 
 # The flat options of `stvla train` before the trace settings were nested in `--traces.*`: still accepted
 # on the command line and in a run's saved train_config.json, for one release.
+# Short names of the dataset options, as a user bringing a dataset types them.
+DATA_OPTIONS = {"camera": "data.camera", "depth": "data.depth", "intrinsics": "data.intrinsics", "fov": "data.fov",
+                "cache_dir": "data.cache_dir"}
+
 LEGACY_TRACE_OPTIONS = {
     "variant": "traces.variant",
     "buffer": "traces.tracker.buffer_length",
@@ -129,12 +136,57 @@ def upgrade_legacy_options(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def action_grid_for(action: dict, where: str) -> ActionGridConfig:
+    """Which action indices are the translation, the rotation and the gripper, from the action feature's
+    names (`dx`, `roll`, `gripper`, ...) or else its size: 4 = xyz + gripper, 7 = xyz + roll pitch yaw + gripper."""
+    size = int(action["shape"][0])
+    names = [str(n).lower() for n in (action.get("names") or [])]
+    if isinstance(action.get("names"), dict):  # LeRobot also writes {"motors": [...]}
+        names = [str(n).lower() for n in next(iter(action["names"].values()), [])]
+    layouts = {4: ActionGridConfig(has_rotation=False, translation_dims=(0, 1, 2), gripper_dim=3),
+               7: ActionGridConfig(has_rotation=True, translation_dims=(0, 1, 2), rotation_dims=(3, 4, 5), gripper_dim=6)}
+    if len(names) == size and size in (4, 7):
+        def find(*words: str) -> int | None:
+            hits = [i for i, n in enumerate(names) if any(n.removeprefix("delta_").removeprefix("d") == w
+                                                          or n == w for w in words)]
+            return hits[0] if len(hits) == 1 else None
+
+        gripper = next((i for i, n in enumerate(names) if "grip" in n), None)
+        xyz = tuple(find(axis) for axis in ("x", "y", "z"))
+        rpy = tuple(find(*axis) for axis in (("roll", "rx"), ("pitch", "ry"), ("yaw", "rz")))
+        if gripper is not None and None not in xyz and (size == 4 or None not in rpy):
+            return ActionGridConfig(has_rotation=size == 7, translation_dims=xyz, gripper_dim=gripper,
+                                    **({"rotation_dims": rpy} if size == 7 else {}))
+    if size not in layouts:
+        raise ValueError(f"{where}: {F.ACTION} has {size} values (names {names or None}); the action grid reads "
+                         f"end-effector deltas: x y z gripper (4) or x y z roll pitch yaw gripper (7)")
+    return layouts[size]
+
+
+def fit_model_to_dataset(model: VLAConfig, features: dict[str, dict], where: str) -> VLAConfig:
+    """Stage 1's model shape where the dataset decides it: the image size, the state and action sizes and
+    the action grid's layout (no model flags to set by hand for a 7-D dataset)."""
+    for key in (F.STATE, F.ACTION):
+        if key not in features:
+            raise ValueError(f"{where} has no {key!r} feature; it has {sorted(features)}")
+    height, width = features[F.RGB]["shape"][:2]
+    if height != width:
+        raise ValueError(f"{where}: the camera's images are {height}x{width}; the model reads square images "
+                         f"(resize or crop the dataset's video to a square)")
+    grid = action_grid_for(features[F.ACTION], where)
+    grid = dataclasses.replace(model.grid, has_rotation=grid.has_rotation, translation_dims=grid.translation_dims,
+                               gripper_dim=grid.gripper_dim, rotation_dims=grid.rotation_dims)
+    return dataclasses.replace(model, image_size=int(height), state_dim=int(features[F.STATE]["shape"][0]),
+                               action_dim=int(features[F.ACTION]["shape"][0]), grid=grid)
+
+
 def build_policy(config: TrainConfig, image_size: int) -> Policy:
     """The policy this run trains, at the dataset's image size and with the run's trace settings.
 
-    The model's shape comes from `--model` in stage 1 and from the `--init` checkpoint in stage 2 (so
-    its weights fit), except for what the policy type defines: TraceVLA's second image, LLARVA's
-    prompt tokens and its trace head (whose size `--trace_points` may set).
+    The model's shape comes from `--model` in stage 1 (fitted to the dataset by `fit_model_to_dataset`)
+    and from the `--init` checkpoint in stage 2 (so its weights fit), except for what the policy type
+    defines: TraceVLA's second image, LLARVA's prompt tokens and its trace head (whose size
+    `--trace_points` may set).
     """
     cls = policy_class(config.policy)
     policy_config = cls.config_class()
@@ -242,6 +294,14 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
     """Train as configured; returns the final policy directory. `stop_after` ends early (for tests)."""
     if not config.dataset:
         raise ValueError("a dataset is required (--dataset DIR)")
+    store = EpisodeStore(config.dataset, config.data)
+    if not config.init:
+        config = dataclasses.replace(config, model=fit_model_to_dataset(config.model, store.features,
+                                                                        f"dataset {store.root}"))
+        if F.DEPTH not in store.features and config.model.use_ego3d and config.policy == "tracevla":
+            # TraceVLA's paper reads RGB only: on a dataset without depth it trains so, without Ego3D.
+            print(f"dataset {store.root} has no depth: tracevla trains on RGB only (--model.use_ego3d false)")
+            config = dataclasses.replace(config, model=dataclasses.replace(config.model, use_ego3d=False))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "train_config.json"
@@ -256,12 +316,9 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
-    store = EpisodeStore(config.dataset)
-    if F.RGB not in store.features:
-        raise ValueError(f"dataset {store.root} has no {F.RGB}; it has {sorted(store.features)}")
     policy = build_policy(config, store.features[F.RGB]["shape"][0])
     samples = TrainingSamples(store, policy, progress=progress, checkpoint=config.init or None,
-                              augment=config.augment)
+                              augment=config.augment, cache_dir=config.data.cache_dir)
     if config.init:
         fresh = policy.load_weights(config.init)
         if fresh and progress:

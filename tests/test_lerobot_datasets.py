@@ -1,0 +1,151 @@
+"""Datasets as LeRobot 0.6.1's own writer makes them (tests/fixtures/lerobot-0.6.1, read as they are):
+packed files, AV1 video, depth as 12-bit HEVC video or float TIFF images, another camera name, 7-D
+actions, no intrinsics. Every frame is checked against what the fixture script wrote."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stvla import features as F
+from stvla.cli import main
+from stvla.data.roles import DataConfig
+from stvla.data.store import EpisodeStore
+from stvla.policies.registry import load_policy
+
+FIXTURES = Path(__file__).parent / "fixtures" / "lerobot-0.6.1"
+CAMERA, DEPTH_KEY = "observation.images.front", "observation.images.front_depth"
+EPISODES, FRAMES, SIZE = 3, 20, 96
+TASKS = ["pick up the red block", "open the drawer", "pick up the red block"]
+
+
+def written_frames() -> dict[str, np.ndarray]:
+    """What make_fixtures_writer.py gave LeRobot, frame by frame (the same random draws, in order)."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    out: dict[str, list] = {"rgb": [], "box": [], "state": [], "action": []}
+    for episode in range(EPISODES):
+        position = np.array([0.4, 0.0, 0.3, 0, 0, 0, 1.0], np.float32)
+        for i in range(FRAMES):
+            image = np.zeros((SIZE, SIZE, 3), np.uint8)
+            image[..., 0], image[..., 1], image[..., 2] = (xx * 2) % 256, (yy * 2) % 256, 60
+            box = (abs(xx - (20 + 2 * i + 5 * episode)) < 8) & (abs(yy - (30 + i)) < 8)
+            image[box] = 255
+            action = np.concatenate([rng.normal(0, 0.01, 3), rng.normal(0, 0.05, 3),
+                                     [1.0 if i < 10 else -1.0]]).astype(np.float32)
+            out["rgb"].append(image), out["box"].append(box), out["state"].append(position.copy())
+            out["action"].append(action)
+            position = position + np.concatenate([action[:6], [0]]).astype(np.float32)
+    return {key: np.stack(values) for key, values in out.items()}
+
+
+@pytest.mark.parametrize("name", ["rgb_7d", "depth_video", "depth_image"])
+def test_every_frame_reads_back_as_written(name):
+    store = EpisodeStore(FIXTURES / name, DataConfig())
+    truth = written_frames()
+    assert store.num_episodes == EPISODES and store.num_frames == EPISODES * FRAMES
+    assert store.stored_key(F.RGB) == CAMERA
+    keys = [F.RGB, F.STATE, F.ACTION, F.TASK_INDEX] + ([F.DEPTH] if name != "rgb_7d" else [])
+    read = {key: np.concatenate([store.episode(e, keys)[key] for e in range(EPISODES)]) for key in keys}
+    np.testing.assert_array_equal(read[F.STATE], truth["state"])
+    np.testing.assert_array_equal(read[F.ACTION], truth["action"])
+    assert [store.tasks[t] for t in read[F.TASK_INDEX][::FRAMES]] == TASKS
+    # AV1 at crf 30 is lossy: close on average, the square white where it was drawn, and every frame
+    # nearer to what was written for it than to its neighbours (none shifted or swapped).
+    error = np.abs(read[F.RGB].astype(int)[:, None] - truth["rgb"][None]).mean(axis=(2, 3, 4))  # (read, written)
+    assert error.diagonal().max() < 4.0, error.diagonal().max()
+    assert np.array_equal(error.argmin(axis=1), np.arange(len(error)))
+    assert all(rgb[box].mean() > 240 for rgb, box in zip(read[F.RGB], truth["box"]))
+    if name != "rgb_7d":
+        depth = np.load(FIXTURES / f"{name}_depth_truth.npz")["depth_m"]
+        assert read[F.DEPTH].dtype == np.float32 and read[F.DEPTH].shape == depth.shape
+        # The video holds 12-bit log codes (about 0.8 mm apart here); the TIFF images hold the floats.
+        tolerance = 1e-3 if name == "depth_video" else 0.0
+        assert np.abs(read[F.DEPTH] - depth).max() <= tolerance
+    store.verify()
+
+
+def test_camera_depth_and_intrinsics_are_chosen_by_name(tmp_path):
+    store = EpisodeStore(FIXTURES / "depth_video", DataConfig(camera=CAMERA, depth=DEPTH_KEY, fov=90))
+    assert store.stored_key(F.DEPTH) == DEPTH_KEY and store.features[F.DEPTH]["shape"] == [SIZE, SIZE]
+    intrinsics = store.episode(2, [F.INTRINSICS])[F.INTRINSICS]
+    assert intrinsics.shape == (FRAMES, 3, 3)
+    np.testing.assert_allclose(intrinsics[0], [[48, 0, 47.5], [0, 48, 47.5], [0, 0, 1]], atol=1e-4)  # centre of a 96-px image
+    given = EpisodeStore(FIXTURES / "depth_video", DataConfig(intrinsics="100,101,47.5,48.5"))
+    np.testing.assert_array_equal(given.frame(0, 0, [F.INTRINSICS])[F.INTRINSICS],
+                                  [[100, 0, 47.5], [0, 101, 48.5], [0, 0, 1]])
+    assert given.source_of(F.INTRINSICS) != store.source_of(F.INTRINSICS)  # caches keep them apart
+
+    with pytest.raises(ValueError, match=r"--camera 'observation.images.top' is not a feature.*\['observation.images.front'\]"):
+        EpisodeStore(FIXTURES / "rgb_7d", DataConfig(camera="observation.images.top"))
+    with pytest.raises(ValueError, match="--depth 'observation.state' is not a depth feature"):
+        EpisodeStore(FIXTURES / "depth_video", DataConfig(depth="observation.state"))
+    with pytest.raises(ValueError, match="--intrinsics '1,2': expected four numbers"):
+        EpisodeStore(FIXTURES / "rgb_7d", DataConfig(intrinsics="1,2"))
+    # Two cameras: the user must choose.
+    two = tmp_path / "two"
+    shutil.copytree(FIXTURES / "rgb_7d", two)
+    info = json.loads((two / "meta/info.json").read_text())
+    info["features"]["observation.images.wrist"] = info["features"][CAMERA]
+    (two / "meta/info.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"several camera features \['observation.images.front', "
+                                         r"'observation.images.wrist'\]; choose one with --camera KEY"):
+        EpisodeStore(two, DataConfig())
+
+
+def test_a_packed_data_file_that_lost_rows_names_it(tmp_path):
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "cut"
+    shutil.copytree(FIXTURES / "rgb_7d", root)
+    path = root / "data/chunk-000/file-000.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 50), path)
+    store = EpisodeStore(root, DataConfig())
+    assert store.episode(1)[F.ACTION].shape == (FRAMES, 7)
+    with pytest.raises(ValueError, match=r"file-000.parquet holds 10 rows of episode 2, expected 20"):
+        store.episode(2)
+
+
+def test_train_reads_lerobot_datasets_as_they_are(tmp_path, monkeypatch):
+    """tracevla on RGB-only 7-D data (no model flags), st on HEVC depth with a field of view; the
+    dataset is read-only and stays untouched (caches go to the cache folder)."""
+    tiny = ["--steps", "2", "--batch_size", "4", "--model.width", "32", "--model.image.channels", "8,16",
+            "--model.image.width", "32", "--model.trunk.width", "32", "--model.trunk.depth", "1",
+            "--model.trunk.heads", "2"]
+    data = tmp_path / "rgb_7d"
+    shutil.copytree(FIXTURES / "rgb_7d", data)
+    for path in [data, *data.rglob("*")]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        before = sorted(p.relative_to(data) for p in data.rglob("*"))
+        cache = tmp_path / "cache"
+        assert main(["train", "--policy", "tracevla", "--dataset", str(data), "--out", str(tmp_path / "tv"),
+                     "--cache_dir", str(cache), *tiny]) == 0
+        assert sorted(p.relative_to(data) for p in data.rglob("*")) == before
+        assert any(cache.glob("rgb_7d-*/decoded/observation.images.front.npy"))
+    finally:
+        for path in [data, *data.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+    policy = load_policy(tmp_path / "tv" / "policy")
+    vla = policy.config.vla
+    assert (vla.action_dim, vla.state_dim, vla.image_size, vla.use_ego3d) == (7, 7, SIZE, False)
+    assert vla.grid.has_rotation and vla.grid.gripper_dim == 6 and vla.grid.rotation_dims == (3, 4, 5)
+
+    assert main(["train", "--policy", "st", "--dataset", str(FIXTURES / "depth_video"), "--out",
+                 str(tmp_path / "st"), "--fov", "60", *tiny]) == 0
+    assert load_policy(tmp_path / "st" / "policy").config.vla.use_ego3d
+
+
+def test_depth_policies_on_rgb_only_data_say_what_to_do(tmp_path, capsys):
+    assert main(["train", "--policy", "st", "--dataset", str(FIXTURES / "rgb_7d"), "--out", str(tmp_path / "x"),
+                 "--steps", "1"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and "has no depth: policy 'st' needs it" in message and "stvla depth" in message
+    assert main(["train", "--policy", "st", "--dataset", str(FIXTURES / "depth_image"), "--out", str(tmp_path / "y"),
+                 "--steps", "1"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "has no observation.camera.intrinsics" in message and "--fov" in message
