@@ -26,13 +26,43 @@ from stvla.envs import INSTRUCTIONS, ROBOT_TYPE, EnvConfig, MetaWorldRGBDEnv, ep
 FPS = 80  # Meta-World control rate: 5 MuJoCo steps of 2.5 ms per action
 
 
-def dataset_features(image_size: int, depth_model: str = "") -> dict[str, dict]:
+DEPTH_FORMATS = ("video", "image", "float")
+
+
+def depth_feature(image_size: int, depth_format: str = "video", depth_max: float = 4.0, source: str = "") -> dict:
+    """The depth feature entry: LeRobot's depth (`is_depth_map`, which LeRobot lists among its depth keys)
+    as a 12-bit video, linear over [0, depth_max] metres (codes 1 mm apart: at most 0.5 mm off), or as
+    float32 TIFF images (exact, about 10x the bytes); or "float", the float32 column of earlier releases,
+    which LeRobot does not see as depth. `source` says where an estimated depth came from."""
+    hw = [image_size, image_size]
+    if depth_format not in DEPTH_FORMATS:
+        raise ValueError(f"depth_format {depth_format!r}: expected one of {', '.join(DEPTH_FORMATS)}")
+    if depth_format == "float":
+        feature = {"dtype": "float32", "shape": hw, "names": ["height", "width"]}
+        info = {}
+    else:
+        feature = {"dtype": depth_format, "shape": [*hw, 1], "names": ["height", "width", "channels"]}
+        info = {"is_depth_map": True, "depth_unit": "m"}
+        if depth_format == "video":
+            info.update({"video.depth_min": 0.0, "video.depth_max": float(depth_max), "video.shift": 0.0,
+                         "video.use_log": False})
+    if source:
+        info["source"] = source
+    return {**feature, "info": info} if info else feature
+
+
+def stored_depth_format(feature: dict, default: str) -> str:
+    """The depth format a dataset was written with (a resumed collection continues it as it is)."""
+    return {"float32": "float", "image": "image", "video": "video"}.get(feature.get("dtype", ""), default)
+
+
+def dataset_features(image_size: int, depth_model: str = "", depth_format: str = "video",
+                     depth_max: float = 4.0) -> dict[str, dict]:
     """The LeRobot feature entries of a dataset collected at `image_size`; depth estimated by `depth_model`
     says so in its feature's info (a resumed collection must use the same depth source)."""
     hw = [image_size, image_size]
-    depth = {"dtype": "float32", "shape": hw, "names": ["height", "width"]}
-    if depth_model:
-        depth["info"] = {"source": f"ZoeDepth estimate from RGB ({Path(depth_model).resolve()})"}
+    source = f"ZoeDepth estimate from RGB ({Path(depth_model).resolve()})" if depth_model else ""
+    depth = depth_feature(image_size, depth_format, depth_max, source)
     return {
         F.RGB: {"dtype": "video", "shape": [*hw, 3], "names": ["height", "width", "channels"]},
         F.DEPTH: depth,
@@ -60,6 +90,7 @@ class CollectConfig:
     camera: str = "corner3"  # camera to render from
     image_size: int = 128  # square image side in pixels
     depth_max: float = 4.0  # metres; far background clipped to this
+    depth_format: str = field(default="video", metadata=KEY_NEUTRAL)  # how depth is stored: video (LeRobot's 12-bit depth video, <= 0.5 mm off), image (float32 TIFF, exact) or float (a column LeRobot does not see as depth)
     max_steps: int = 500  # steps before an episode is cut off
     max_attempts_factor: float = 3.0  # give up on a task after episodes * this attempts
     first_attempt: int = 0  # attempt index (hence seed) of each task's first episode: another value, other starts
@@ -203,8 +234,11 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
         raise ValueError(f"episodes must be >= 1, got {config.episodes}")
     if config.workers < 1:
         raise ValueError(f"workers must be >= 1, got {config.workers}")
-    writer = EpisodeWriter.create_or_resume(config.out, FPS, dataset_features(config.image_size, config.depth_model), ROBOT_TYPE,
-                                            resume=config.resume)
+    depth_format = config.depth_format
+    if config.resume and (Path(config.out) / "meta" / "info.json").is_file():
+        depth_format = stored_depth_format(EpisodeStore(config.out).info["features"].get(F.DEPTH, {}), depth_format)
+    features = dataset_features(config.image_size, config.depth_model, depth_format, config.depth_max)
+    writer = EpisodeWriter.create_or_resume(config.out, FPS, features, ROBOT_TYPE, resume=config.resume)
     done = Counter(row["env_task"] for row in writer.episodes)
     next_attempt = {task: 1 + max((row["attempt"] for row in writer.episodes if row["env_task"] == task),
                                   default=config.first_attempt - 1)

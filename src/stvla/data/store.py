@@ -10,11 +10,14 @@ Layout (the same files, `meta/info.json` keys and parquet schemas that LeRobot 0
     videos/<video key>/chunk-CCC/file-FFF.mp4       RGB streams
 
 Choices of ours, all valid v3:
-- One data file and one video file per episode. LeRobot packs episodes into ~100 MB files; a file per
-  episode lets a killed collection keep every finished episode (each file is written to a temporary
-  name and renamed) and makes the episode the unit of resume.
-- Depth is a float32 (H, W) feature in the data parquet (zstd with byte-stream-split): lossless, not
-  a lossy video. Its stats are global scalars, not per pixel.
+- One data file and one video file per episode while collecting. LeRobot packs episodes into ~100 MB
+  files; a file per episode lets a killed collection keep every finished episode (each file is
+  written to a temporary name and renamed) and makes the episode the unit of resume. `pack` rewrites
+  a dataset with many episodes per file, as LeRobot and the Hub have them; the reader takes both.
+- Depth is LeRobot's depth (`info.is_depth_map`, so LeRobot lists it among its depth keys): a 12-bit
+  HEVC video (LeRobot's own codec; `video.*` fields say how metres map to codes) or float32 TIFF
+  images (exact), or in datasets of earlier releases a float32 (H, W) column. Its stats are global
+  scalars, not per pixel.
 - `meta/episodes` is rewritten after each episode and is the record of what is finished; the reader
   trusts it, and any data or video file it does not list is an unfinished leftover.
 """
@@ -33,9 +36,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+from tqdm import tqdm
 
 from stvla.data.roles import DataConfig, is_depth_feature, resolve_roles
-from stvla.data.video import DepthQuantization, VideoSettings, read_video, write_video
+from stvla.data.video import DepthQuantization, VideoSettings, read_video, write_depth_video, write_video
 from stvla.features import EPISODE_INDEX, FRAME_INDEX, INDEX, INTRINSICS, TASK, TASK_INDEX, TIMESTAMP
 
 CODEBASE_VERSION = "v3.0"
@@ -50,15 +54,26 @@ INDEX_FEATURES = {
     INDEX: {"dtype": "int64", "shape": [1], "names": None},
     TASK_INDEX: {"dtype": "int64", "shape": [1], "names": None},
 }
+DEPTH_QUANTIZATION_INFO = ("video.depth_min", "video.depth_max", "video.shift", "video.use_log")
+IDENTITY_INFO = ("is_depth_map", "depth_unit", "source", *DEPTH_QUANTIZATION_INFO)  # feature info a caller gives
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 STAT_NAMES = ("min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99")
 
 
+def _frame_shape(key: str, feature: dict) -> tuple[int, ...]:
+    """The shape of one frame's value as the writer takes it and the reader returns it."""
+    if is_depth_feature(key, feature):
+        return tuple(feature["shape"][:2])  # (H, W) metres, whatever the stored (H, W, 1)
+    return () if list(feature["shape"]) == [1] else tuple(feature["shape"])
+
+
 def _identity(feature: dict) -> dict:
-    """What episodes must share to be one dataset: dtype and shape, and for a stored (non-video) feature its
-    info too (the depth source, say); a video's info is written by its encoder."""
-    keys = ("dtype", "shape") if feature.get("dtype") == "video" else ("dtype", "shape", "info")
-    return {f: feature.get(f) for f in keys}
+    """What episodes must share to be one dataset: dtype, shape and the info the caller gave (the depth
+    source, a depth video's quantisation), not what a video's encoder writes into it."""
+    info = {k: v for k, v in (feature.get("info") or {}).items() if k in IDENTITY_INFO}
+    if not info.get("is_depth_map"):
+        info.pop("is_depth_map", None)  # the encoder marks every RGB stream so
+    return {"dtype": feature.get("dtype"), "shape": feature.get("shape"), "info": info or None}
 
 
 class DatasetError(ValueError):
@@ -83,13 +98,15 @@ def _write_parquet(path: Path, table: pa.Table, float_columns: list[str] | None 
         table, tmp, compression="zstd", use_byte_stream_split=float_columns or False))
 
 
-def _chunk_and_file(episode_index: int) -> tuple[int, int]:
-    return episode_index // CHUNKS_SIZE, episode_index % CHUNKS_SIZE
+def _chunk_and_file(file_number: int) -> tuple[int, int]:
+    return file_number // CHUNKS_SIZE, file_number % CHUNKS_SIZE
 
 
 def _hf_feature(feature: dict) -> dict:
     """The `datasets` feature type LeRobot derives from one of our feature entries."""
     dtype, shape = feature["dtype"], list(feature["shape"])
+    if dtype == "image":
+        return {"_type": "Image"}
     if shape == [1]:
         return {"dtype": dtype, "_type": "Value"}
     if len(shape) == 1:
@@ -109,6 +126,21 @@ def _arrow_column(values: np.ndarray, feature: dict) -> pa.Array:
     return column
 
 
+def _image_column(values: np.ndarray, key: str, feature: dict) -> pa.Array:
+    """Frames as LeRobot's image column, struct<bytes, path>: PNG for RGB, float32 TIFF metres for depth."""
+    depth = is_depth_feature(key, feature)
+    items = []
+    for index, value in enumerate(values):
+        buffer = io.BytesIO()
+        if depth:
+            Image.fromarray(np.asarray(value, np.float32), mode="F").save(buffer, format="TIFF",
+                                                                          compression="tiff_adobe_deflate")
+        else:
+            Image.fromarray(np.asarray(value, np.uint8)).save(buffer, format="PNG")
+        items.append({"bytes": buffer.getvalue(), "path": f"frame-{index:06d}.{'tiff' if depth else 'png'}"})
+    return pa.array(items, type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+
+
 def _numpy_column(column: pa.ChunkedArray, feature: dict, path: Path, key: str) -> np.ndarray:
     shape = list(feature["shape"])
     flat = column.combine_chunks()
@@ -126,11 +158,14 @@ def episode_stats(frames: dict[str, np.ndarray], features: dict[str, dict]) -> d
     stats = {}
     for key, feature in features.items():
         values = frames[key]
-        if feature["dtype"] in ("video", "image"):
+        if is_depth_feature(key, feature):
+            x = values.reshape(-1, 1).astype(np.float64)  # depth maps: one global value per stat, in metres
+            reshape = (1,)
+        elif feature["dtype"] in ("video", "image"):
             x = values.reshape(-1, 3).astype(np.float64) / 255.0
             reshape = (3, 1, 1)
         elif len(feature["shape"]) >= 2 and feature["shape"] != [1]:
-            x = values.reshape(-1, 1).astype(np.float64)  # depth maps: one global value per stat
+            x = values.reshape(-1, 1).astype(np.float64)  # other maps: one global value per stat
             reshape = (1,)
         else:
             x = values.reshape(len(values), -1).astype(np.float64)
@@ -173,10 +208,12 @@ def aggregate_stats(per_episode: list[dict[str, dict[str, np.ndarray]]]) -> dict
 # --- writer --------------------------------------------------------------------------------------
 @dataclass
 class EpisodeWriter:
-    """Appends episodes to a dataset directory; every finished episode is on disk and readable.
+    """Appends episodes to a dataset directory; every flushed episode is on disk and readable.
 
     `features` maps a key to {"dtype", "shape", "names"}, dtype "video" for RGB streams, as in
     LeRobot's info.json. Index features (timestamp, frame_index, ...) are added automatically.
+    `episodes_per_file` episodes share a data file and a video file per stream: 1 (collection: every
+    episode is on disk when `add_episode` returns) or more (`pack`; call `flush()` after the last).
     """
 
     root: Path
@@ -184,20 +221,23 @@ class EpisodeWriter:
     features: dict[str, dict]
     robot_type: str
     video: VideoSettings = VideoSettings()
+    episodes_per_file: int = 1
 
     @classmethod
     def create_or_resume(cls, root: str | Path, fps: int, features: dict[str, dict], robot_type: str,
-                         resume: bool = False, video: VideoSettings = VideoSettings()) -> "EpisodeWriter":
+                         resume: bool = False, video: VideoSettings = VideoSettings(),
+                         episodes_per_file: int = 1) -> "EpisodeWriter":
         """Start a new dataset at `root`, or with `resume` continue the one there (same features required)."""
         root = Path(root)
-        writer = cls(root, fps, features, robot_type, video)
+        writer = cls(root, fps, features, robot_type, video, episodes_per_file)
+        writer._pending = []
         if (root / "meta" / "info.json").exists():
             if not resume:
                 raise FileExistsError(f"{root} already holds a dataset; pass resume to continue it or choose another path")
             existing = EpisodeStore(root)
-            ours = {**features, **INDEX_FEATURES}
-            mismatched = sorted(k for k in set(ours) | set(existing.features)
-                                if _identity(ours.get(k, {})) != _identity(existing.features.get(k, {})))
+            ours, theirs = {**features, **INDEX_FEATURES}, existing.info["features"]
+            mismatched = sorted(k for k in set(ours) | set(theirs)
+                                if _identity(ours.get(k, {})) != _identity(theirs.get(k, {})))
             if mismatched or existing.fps != fps:
                 raise DatasetError(f"{root}: cannot resume, the dataset was written with other settings "
                                    f"(features {mismatched}, fps {existing.fps} vs {fps})")
@@ -215,14 +255,15 @@ class EpisodeWriter:
 
     @property
     def num_episodes(self) -> int:
-        return len(self._episodes)
+        return len(self._episodes) + len(self._pending)
 
     @property
     def episodes(self) -> list[dict]:
         return list(self._episodes)
 
     def add_episode(self, frames: dict[str, np.ndarray], task: str, extra: dict[str, Any] | None = None) -> int:
-        """Write one episode (frame-major arrays per feature key) and return its episode index.
+        """Add one episode (frame-major arrays per feature key) and return its episode index; it is written
+        when its file is full (at once with one episode per file).
 
         `extra` holds scalar per-episode fields kept as extra columns of meta/episodes (e.g. seed).
         """
@@ -230,19 +271,20 @@ class EpisodeWriter:
         if missing:
             raise ValueError(f"episode is missing features {missing}")
         length = len(next(iter(frames.values())))
+        frames = dict(frames)
         for key, feature in self.features.items():
-            expected = (length, *feature["shape"]) if feature["shape"] != [1] else (length,)
+            expected = (length, *_frame_shape(key, feature))
             shape = np.shape(frames[key])
-            if shape != expected and not (feature["shape"] == [1] and shape == (length, 1)):
+            if shape != expected and shape != (length, *feature["shape"]):
                 raise ValueError(f"feature {key!r}: expected shape {expected}, got {shape}")
+            frames[key] = np.reshape(frames[key], expected)
         if length == 0:
             raise ValueError("an episode needs at least one frame")
 
         episode_index = self.num_episodes
         if task not in self._tasks:
             self._tasks.append(task)
-        start = sum(e["length"] for e in self._episodes)
-        chunk, file = _chunk_and_file(episode_index)
+        start = sum(e["length"] for e in self._episodes) + sum(len(p[0][INDEX]) for p in self._pending)
         frames = {
             **frames,
             TIMESTAMP: np.arange(length, dtype=np.float32) / self.fps,
@@ -253,30 +295,51 @@ class EpisodeWriter:
         }
         row: dict[str, Any] = {
             EPISODE_INDEX: episode_index, "tasks": [task], "length": length,
-            "data/chunk_index": chunk, "data/file_index": file,
             "dataset_from_index": start, "dataset_to_index": start + length,
         }
-        for key, feature in self.features.items():
-            if feature["dtype"] == "video":
-                write_video(self.root / VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file),
-                            frames[key], self.fps, self.video)
-                row.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
-                            f"videos/{key}/from_timestamp": 0.0, f"videos/{key}/to_timestamp": length / self.fps})
-        self._write_data_file(self.root / DATA_PATH.format(chunk_index=chunk, file_index=file), frames)
-
-        stats = episode_stats(frames, self.all_features)
-        for key, values in stats.items():
-            for name, value in values.items():
-                row[f"stats/{key}/{name}"] = value.tolist()
-        row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0, **(extra or {})})
-        self._episodes.append(row)
-        self._stats.append(stats)
-        self._write_meta()
+        self._pending.append((frames, row, extra or {}))
+        if len(self._pending) >= self.episodes_per_file:
+            self.flush()
         return episode_index
 
+    def flush(self) -> None:
+        """Write the added episodes not written yet into one data file and one video file per stream."""
+        if not self._pending:
+            return
+        files = {(int(e["data/chunk_index"]), int(e["data/file_index"])) for e in self._episodes}
+        chunk, file = _chunk_and_file(len(files))
+        frames = {key: np.concatenate([p[0][key] for p in self._pending]) for key in self._pending[0][0]}
+        offsets = np.cumsum([0] + [p[1]["length"] for p in self._pending])
+        for key, feature in self.features.items():
+            if feature["dtype"] == "video":
+                path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
+                if is_depth_feature(key, feature):
+                    quantization = DepthQuantization.from_info(feature.get("info") or {}, f"feature {key!r}")
+                    write_depth_video(path, frames[key], self.fps, quantization, self.video.gop)
+                else:
+                    write_video(path, frames[key], self.fps, self.video)
+        self._write_data_file(self.root / DATA_PATH.format(chunk_index=chunk, file_index=file), frames)
+        for (episode_frames, row, extra), offset in zip(self._pending, offsets):
+            row.update({"data/chunk_index": chunk, "data/file_index": file})
+            for key, feature in self.features.items():
+                if feature["dtype"] == "video":
+                    row.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
+                                f"videos/{key}/from_timestamp": float(offset / self.fps),
+                                f"videos/{key}/to_timestamp": float((offset + row["length"]) / self.fps)})
+            stats = episode_stats(episode_frames, self.all_features)
+            for key, values in stats.items():
+                for name, value in values.items():
+                    row[f"stats/{key}/{name}"] = value.tolist()
+            row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0, **extra})
+            self._episodes.append(row)
+            self._stats.append(stats)
+        self._pending = []
+        self._write_meta()
+
     def _write_data_file(self, path: Path, frames: dict[str, np.ndarray]) -> None:
-        data_features = {k: f for k, f in self.all_features.items() if f["dtype"] not in ("video", "image")}
-        table = pa.table({key: _arrow_column(frames[key], f) for key, f in data_features.items()})
+        data_features = {k: f for k, f in self.all_features.items() if f["dtype"] != "video"}
+        table = pa.table({key: _image_column(frames[key], key, f) if f["dtype"] == "image" else
+                          _arrow_column(frames[key], f) for key, f in data_features.items()})
         hf = {"info": {"features": {key: _hf_feature(f) for key, f in data_features.items()}}}
         table = table.replace_schema_metadata({"huggingface": json.dumps(hf)})
         _write_parquet(path, table, [k for k, f in data_features.items() if f["dtype"].startswith("float")])
@@ -295,11 +358,13 @@ class EpisodeWriter:
             features[key] = dict(feature)
             if feature["dtype"] == "video":
                 h, w, c = feature["shape"]
+                depth = is_depth_feature(key, feature)
                 features[key]["info"] = {
-                    "video.height": h, "video.width": w, "video.codec": self.video.codec_name,
-                    "video.pix_fmt": self.video.pix_fmt, "video.fps": self.fps, "video.channels": c,
-                    "has_audio": False, "video.g": self.video.gop, "video.crf": self.video.crf,
-                    "is_depth_map": False,
+                    "video.height": h, "video.width": w, "video.codec": "hevc" if depth else self.video.codec_name,
+                    "video.pix_fmt": "gray12le" if depth else self.video.pix_fmt, "video.fps": self.fps,
+                    "video.channels": c, "has_audio": False, "video.g": self.video.gop,
+                    "video.crf": 0 if depth else self.video.crf, "is_depth_map": False,
+                    **(feature.get("info") or {}),  # a depth stream's is_depth_map and quantisation
                 }
         _write_json(self.root / "meta" / "info.json", {
             "codebase_version": CODEBASE_VERSION,
@@ -571,6 +636,28 @@ def _decode_images(column: pa.ChunkedArray, feature: dict, path: Path, key: str)
     if images and list(images[0].shape[:2]) != shape:
         raise DatasetError(f"{path}: images of {key!r} are {list(images[0].shape[:2])}, info.json says {shape}")
     return np.stack(images)
+
+
+def pack(source: str | Path, out: str | Path, episodes_per_file: int = 50, video: VideoSettings = VideoSettings(),
+         progress: bool = False) -> Path:
+    """Rewrite a dataset with `episodes_per_file` episodes per data and video file (LeRobot's layout;
+    the Hub's datasets are so packed). Frames, tasks, depth and the extra meta/episodes fields are kept;
+    RGB is re-encoded with `video` (lossless by default), depth with its own quantisation (the same codes)."""
+    store = EpisodeStore(source)
+    stored = store.info["features"]
+    features = {key: {k: v for k, v in feature.items() if k != "info"} | (
+                    {"info": feature["info"]} if is_depth_feature(key, feature) and "info" in feature else {})
+                for key, feature in stored.items() if key not in INDEX_FEATURES}
+    writer = EpisodeWriter.create_or_resume(out, store.fps, features, store.info["robot_type"], video=video,
+                                            episodes_per_file=episodes_per_file)
+    standard = {EPISODE_INDEX, "tasks", "length", "dataset_from_index", "dataset_to_index"}
+    for episode in tqdm(range(store.num_episodes), desc="pack", unit="ep", disable=not progress):
+        frames = store.episode(episode, list(features) + [TASK_INDEX])
+        extra = {k: v for k, v in store.episode_meta(episode).items()
+                 if k not in standard and not k.startswith(("data/", "videos/", "meta/"))}
+        writer.add_episode({k: frames[k] for k in features}, store.tasks[int(frames[TASK_INDEX][0])], extra)
+    writer.flush()
+    return Path(out)
 
 
 def _to_nested_list(value: Any) -> Any:

@@ -105,6 +105,27 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int, settings: VideoS
     os.replace(tmp, path)
 
 
+def write_depth_video(path: str | Path, depth: np.ndarray, fps: int, quantization: DepthQuantization,
+                      gop: int = 2) -> None:
+    """Write (T, H, W) float32 metres as LeRobot's depth stream: 12-bit codes, HEVC gray12le, lossless x265
+    (the only loss is the quantisation), atomically."""
+    depth = np.asarray(depth)
+    if depth.ndim != 3:
+        raise ValueError(f"depth frames must be (T, H, W) metres, got shape {depth.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with av.open(str(tmp), mode="w", format="mp4") as container:
+        stream = container.add_stream("libx265", rate=fps)
+        stream.width, stream.height = depth.shape[2], depth.shape[1]
+        stream.pix_fmt = "gray12le"
+        stream.options = {"x265-params": "lossless=1:log-level=error", "g": str(gop)}
+        for frame in depth:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(quantization.encode(frame), format="gray12le")))
+        container.mux(stream.encode())
+    os.replace(tmp, path)
+
+
 def read_video(path: str | Path, expected_frames: int | None = None, start: float = 0.0,
                stop: float | None = None, depth: DepthQuantization | None = None) -> np.ndarray:
     """Decode the frames of a video whose timestamps lie in [start, stop) seconds (all by default): RGB
