@@ -29,6 +29,7 @@ from common import record  # noqa: E402
 from stvla import features as F  # noqa: E402
 from stvla.data import CollectConfig, EpisodeStore, collect  # noqa: E402
 from stvla.policies.registry import load_policy, make_policy  # noqa: E402
+from stvla.data.roles import DataConfig  # noqa: E402
 from stvla.train import TrainConfig, train  # noqa: E402
 
 FINETUNE_TASKS = "pick-place-v3,push-v3,drawer-open-v3,door-open-v3"
@@ -80,7 +81,8 @@ def main() -> None:
 
     stage1_out = work / "stage1"
     shutil.rmtree(stage1_out, ignore_errors=True)
-    base = train(TrainConfig(policy="spatialvla", dataset=str(dataset), out=str(stage1_out),
+    data = DataConfig(cache_dir=str(work / "cache"))  # the caches this script builds and times
+    base = train(TrainConfig(policy="spatialvla", dataset=str(dataset), out=str(stage1_out), data=data,
                              steps=args.stage1_steps, save_every=10_000), progress=True)
     stage1_rate = throughput(stage1_out, skip_steps=25)
 
@@ -89,8 +91,8 @@ def main() -> None:
 
     stage2_out = work / "stage2"
     shutil.rmtree(stage2_out, ignore_errors=True)
-    shutil.rmtree(dataset / "cache", ignore_errors=True)  # time the trace cache too, as a first run has it
-    stage2_config = TrainConfig(policy="st", dataset=str(dataset), out=str(stage2_out), init=str(base))
+    shutil.rmtree(data.cache_dir, ignore_errors=True)  # time the trace cache too, as a first run has it
+    stage2_config = TrainConfig(policy="st", dataset=str(dataset), out=str(stage2_out), init=str(base), data=data)
     started = time.perf_counter()
     train(stage2_config, progress=True)
     stage2_minutes = (time.perf_counter() - started) / 60

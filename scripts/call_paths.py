@@ -98,17 +98,18 @@ def main() -> None:
     from stvla.policies.registry import load_policy
     from stvla.policies.trunk import TrunkConfig
     from stvla.policies.vla import VLAConfig
+    from stvla.data.roles import DataConfig
     from stvla.train import TrainConfig, train
 
     work = Path(args.work)
     dataset = work / "data"
     collect(CollectConfig(task="reach-v3", episodes=2, out=str(dataset), image_size=64, resume=True), progress=False)
-    shutil.rmtree(dataset / "cache", ignore_errors=True)  # the caches are built inside the recorded run
+    shutil.rmtree(work / "cache", ignore_errors=True)  # the caches are built inside the recorded run
     shutil.rmtree(work / "st", ignore_errors=True)
     model = VLAConfig(image_size=64, width=32, image=ImageEncoderConfig(channels=(8, 16), width=32),
                       trunk=TrunkConfig(width=32, depth=2, heads=2))
     config = TrainConfig(policy="st", dataset=str(dataset), out=str(work / "st"), model=model, steps=2, batch_size=4,
-                         save_every=1)
+                         save_every=1, data=DataConfig(cache_dir=str(work / "cache")))
     policy_dir = None
 
     def run_train():

@@ -14,9 +14,13 @@ def test_info_reports_the_dataset(small_dataset, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["episodes"] == 4 and summary["per_task"]["reach-v3"]["episodes"] == 2
     assert summary["success_rate"] == 1.0
-    assert summary["features"]["observation.depth"]["shape"] == [64, 64]
+    depth = summary["features"]["observation.depth"]
+    assert (depth["dtype"], depth["shape"], depth["depth"]) == ("image", [64, 64, 1], True)  # LeRobot's depth
+    assert summary["roles"] == {"camera": "observation.images.rgb", "depth": "observation.depth",
+                                "intrinsics": "observation.camera.intrinsics"}
     assert main(["info", str(root)]) == 0
-    assert "episodes     4" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "episodes     4" in printed and "training reads: camera observation.images.rgb, depth observation.depth" in printed
 
 
 def test_view_writes_rgb_beside_depth(small_dataset, tmp_path):

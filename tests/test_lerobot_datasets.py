@@ -15,6 +15,7 @@ from stvla import features as F
 from stvla.cli import main
 from stvla.data.roles import DataConfig
 from stvla.data.store import EpisodeStore
+from stvla.envs import make_env
 from stvla.policies.registry import load_policy
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lerobot-0.6.1"
@@ -144,7 +145,7 @@ def test_depth_policies_on_rgb_only_data_say_what_to_do(tmp_path, capsys):
     assert main(["train", "--policy", "st", "--dataset", str(FIXTURES / "rgb_7d"), "--out", str(tmp_path / "x"),
                  "--steps", "1"]) == 2
     message = capsys.readouterr().err.strip()
-    assert len(message.splitlines()) == 1 and "has no depth: policy 'st' needs it" in message and "stvla depth" in message
+    assert len(message.splitlines()) == 1 and "has no depth: policy 'st' needs it" in message and "is_depth_map" in message
     assert main(["train", "--policy", "st", "--dataset", str(FIXTURES / "depth_image"), "--out", str(tmp_path / "y"),
                  "--steps", "1"]) == 2
     message = capsys.readouterr().err.strip()
@@ -178,3 +179,8 @@ def test_packed_rewrite_and_every_depth_format_read_back(small_dataset, tmp_path
         depth[depth_format] = store.episode(0, [F.DEPTH])[F.DEPTH]
     assert np.array_equal(depth["image"], depth["float"])
     assert 0 < np.abs(depth["video"] - depth["float"]).max() <= 0.0005 + 1e-6
+    # What was stored is the simulator's depth in metres, as rendered (not cast to another type on the way).
+    env = make_env("reach-v3", image_size=64)
+    rendered, _ = env.reset(seed=EpisodeStore(tmp_path / "image").episode_meta(0)["seed"])
+    env.close()
+    assert np.array_equal(depth["image"][0], rendered[F.OBS_DEPTH].astype(np.float32))

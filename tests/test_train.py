@@ -146,7 +146,7 @@ def test_mismatched_inputs_are_refused(stage1, small_dataset, tmp_path):
     info = json.loads(info_path.read_text())
     del info["features"]["observation.depth"]
     info_path.write_text(json.dumps(info))
-    with pytest.raises(ValueError, match="has no depth: policy 'spatialvla' needs it; .*stvla depth"):
+    with pytest.raises(ValueError, match="has no depth: policy 'spatialvla' needs it .*train tracevla"):
         train(tiny_config(no_depth, tmp_path / "c"), progress=False)
 
 

@@ -50,7 +50,13 @@ def _info(args: argparse.Namespace) -> int:
         print(f"  {task:28s} {row['episodes']:5d} episodes {row['frames']:7d} frames  success {rate}")
     print("features:")
     for key, feature in summary["features"].items():
-        print(f"  {key:32s} {feature['dtype']:8s} {feature['shape']}")
+        print(f"  {key:32s} {feature['dtype']:8s} {feature['shape']}" + ("  (depth, metres)" if feature["depth"] else ""))
+    roles = summary["roles"]
+    if "error" in roles:
+        print(f"training reads: {roles['error']}")
+    else:
+        print(f"training reads: camera {roles['camera']}, depth {roles['depth'] or 'none (tracevla only)'}, "
+              f"intrinsics {roles['intrinsics'] or 'none (give --intrinsics or --fov)'}")
     return 0
 
 

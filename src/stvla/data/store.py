@@ -14,10 +14,10 @@ Choices of ours, all valid v3:
   files; a file per episode lets a killed collection keep every finished episode (each file is
   written to a temporary name and renamed) and makes the episode the unit of resume. `pack` rewrites
   a dataset with many episodes per file, as LeRobot and the Hub have them; the reader takes both.
-- Depth is LeRobot's depth (`info.is_depth_map`, so LeRobot lists it among its depth keys): a 12-bit
-  HEVC video (LeRobot's own codec; `video.*` fields say how metres map to codes) or float32 TIFF
-  images (exact), or in datasets of earlier releases a float32 (H, W) column. Its stats are global
-  scalars, not per pixel.
+- Depth is LeRobot's depth (`info.is_depth_map`, so LeRobot lists it among its depth keys): float32
+  TIFF images in the data files (exact; the default) or a 12-bit HEVC video (LeRobot's own codec;
+  `video.*` fields say how metres map to codes), or in datasets of earlier releases a float32 (H, W)
+  column. Its stats are global scalars, not per pixel.
 - `meta/episodes` is rewritten after each episode and is the record of what is finished; the reader
   trusts it, and any data or video file it does not list is an unfinished leftover.
 """

@@ -97,8 +97,8 @@ class InputProcessor:
         vla = self.config.vla
         wanted = self.input_features()
         if F.DEPTH in wanted and F.DEPTH not in features:
-            raise ValueError(f"{where} has no depth: policy {self.policy_name!r} needs it; add an estimated metric "
-                             f"depth with `stvla depth DATASET --model DIR`")
+            raise ValueError(f"{where} has no depth: policy {self.policy_name!r} needs it (Ego3D); record depth "
+                             f"(a feature with info.is_depth_map) or train tracevla, which reads RGB only")
         if F.DEPTH in wanted and F.INTRINSICS not in features:
             raise ValueError(f"{where} has no {F.INTRINSICS}: policy {self.policy_name!r} needs the camera; give "
                              f"it with --intrinsics fx,fy,cx,cy or --fov DEGREES")
