@@ -4,7 +4,7 @@ one-episode-per-file layout through the training path, and what each depth forma
     python benchmarks/bench_data.py [--episodes 10] [--work runs/bench-data]
 
 Collects `--episodes` expert episodes of reach-v3 and pick-place-v3 at 128 px once per depth format
-(image: LeRobot depth as float32 TIFF, the default; video: LeRobot's 12-bit depth video; float: the
+(video: LeRobot's 12-bit depth video, the default; image: LeRobot depth as float32 TIFF; float: the
 earlier float32 column), rewrites the default one with 10 episodes per file (`stvla.data.store.pack`), and times
 the training path's first read of each (the decoded cache of RGB, depth, state and action, built into a
 fresh cache folder: what the first training on a dataset pays). Depth error is against the exact float
@@ -61,7 +61,7 @@ def main() -> None:
         datasets[depth_format] = out
     packed = work / "packed"
     shutil.rmtree(packed, ignore_errors=True)
-    pack(datasets["image"], packed, episodes_per_file=10)
+    pack(datasets["video"], packed, episodes_per_file=10)
 
     exact = EpisodeStore(datasets["float"])
     truth = np.concatenate([exact.episode(e, [F.DEPTH])[F.DEPTH] for e in range(exact.num_episodes)])
@@ -84,7 +84,7 @@ def main() -> None:
                  (f"depth as {depth_format}: first read through the training path (frames/s)", f"{rate:.0f}")]
     rate, seconds = read_rate(packed, work / "cache")
     figures["packed_frames_per_s"] = rate
-    rows.append(("depth as image, packed 10 episodes per file: first read through the training path (frames/s)",
+    rows.append(("depth as video, packed 10 episodes per file: first read through the training path (frames/s)",
                  f"{rate:.0f}"))
     record("data", figures, rows, f"Reading datasets ({frames} frames, reach-v3 + pick-place-v3 at 128 px, "
                                   f"{exact.num_episodes} episodes)")

@@ -15,7 +15,7 @@ def test_info_reports_the_dataset(small_dataset, capsys):
     assert summary["episodes"] == 4 and summary["per_task"]["reach-v3"]["episodes"] == 2
     assert summary["success_rate"] == 1.0
     depth = summary["features"]["observation.depth"]
-    assert (depth["dtype"], depth["shape"], depth["depth"]) == ("image", [64, 64, 1], True)  # LeRobot's depth
+    assert (depth["dtype"], depth["shape"], depth["depth"]) == ("video", [64, 64, 1], True)  # LeRobot's depth
     assert summary["roles"] == {"camera": "observation.images.rgb", "depth": "observation.depth",
                                 "intrinsics": "observation.camera.intrinsics"}
     assert main(["info", str(root)]) == 0

@@ -2,6 +2,7 @@
 
     stvla collect --task pick-place-v3 --episodes 50 --out DIR [--workers 2] [--resume]
     stvla info DIR
+    stvla depth DIR --model DEPTH_MODEL_DIR [--fov 60] [--out NEW]
     stvla view DIR --episode K --out FILE.mp4
     stvla trace DIR|VIDEO --episode K --variant C --tracker.buffer_length 30 --out FILE.mp4
     stvla train --policy st --dataset DIR [--init CKPT] [--lora.rank 32]
@@ -57,6 +58,18 @@ def _info(args: argparse.Namespace) -> int:
     else:
         print(f"training reads: camera {roles['camera']}, depth {roles['depth'] or 'none (tracevla only)'}, "
               f"intrinsics {roles['intrinsics'] or 'none (give --intrinsics or --fov)'}")
+    return 0
+
+
+def _depth(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from stvla.data.add_depth import DepthConfig, add_depth
+
+    config = config_from_arguments(DepthConfig, args)
+    if args.dataset_path:
+        config = dataclasses.replace(config, dataset=args.dataset_path)
+    print(f"depth added: {add_depth(config)}")
     return 0
 
 
@@ -128,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("dataset", help="dataset directory")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(run=_info)
+
+    from stvla.data.add_depth import DepthConfig
+
+    depth = commands.add_parser("depth", help="add an estimated metric depth stream to a dataset without depth")
+    depth.add_argument("dataset_path", nargs="?", default="", help="dataset directory (or --dataset DIR)")
+    add_config_arguments(depth, DepthConfig)
+    depth.set_defaults(run=_depth)
 
     view = commands.add_parser("view", help="render an episode as RGB beside colour-mapped depth (mp4)")
     view.add_argument("dataset", help="dataset directory")

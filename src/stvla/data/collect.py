@@ -21,21 +21,21 @@ from tqdm import tqdm
 from stvla import features as F
 from stvla.config import KEY_NEUTRAL
 from stvla.data.roles import DataConfig, is_depth_feature, resolve_roles
-from stvla.data.store import EpisodeStore, EpisodeWriter
+from stvla.data.store import EpisodeStore, EpisodeWriter, frame_dtype
 from stvla.envs import INSTRUCTIONS, ROBOT_TYPE, EnvConfig, MetaWorldRGBDEnv, episode_seed, parse_tasks
 
 FPS = 80  # Meta-World control rate: 5 MuJoCo steps of 2.5 ms per action
 
 
-DEPTH_FORMATS = ("image", "video", "float")
+DEPTH_FORMATS = ("video", "image", "float")
 
 
-def depth_feature(image_size: int, depth_format: str = "image", depth_max: float = 4.0, source: str = "") -> dict:
+def depth_feature(image_size: int, depth_format: str = "video", depth_max: float = 4.0, source: str = "") -> dict:
     """The depth feature entry: LeRobot's depth (`is_depth_map`, which LeRobot lists among its depth keys)
-    as float32 TIFF images in the data files (exact), or as LeRobot's 12-bit video, linear over
-    [0, depth_max] metres (codes 1 mm apart: at most 0.5 mm off); or "float", the float32 column of
-    earlier releases, which LeRobot does not see as depth. On Meta-World the three take about the same
-    bytes (BENCHMARKS.md, "Reading datasets"). `source` says where an estimated depth came from."""
+    as LeRobot's 12-bit video, linear over [0, depth_max] metres (codes 1 mm apart: at most 0.5 mm off,
+    the smallest), or as float32 TIFF images in the data files (exact, about 10x the bytes); or "float",
+    the float32 column of earlier releases, which LeRobot does not see as depth (BENCHMARKS.md, "Reading
+    datasets", has each one's size and error). `source` says where an estimated depth came from."""
     hw = [image_size, image_size]
     if depth_format not in DEPTH_FORMATS:
         raise ValueError(f"depth_format {depth_format!r}: expected one of {', '.join(DEPTH_FORMATS)}")
@@ -58,12 +58,12 @@ def stored_depth_format(feature: dict, default: str) -> str:
     return {"float32": "float", "image": "image", "video": "video"}.get(feature.get("dtype", ""), default)
 
 
-def dataset_features(image_size: int, depth_model: str = "", depth_format: str = "image",
+def dataset_features(image_size: int, depth_model: str = "", depth_format: str = "video",
                      depth_max: float = 4.0) -> dict[str, dict]:
     """The LeRobot feature entries of a dataset collected at `image_size`; depth estimated by `depth_model`
     says so in its feature's info (a resumed collection must use the same depth source)."""
     hw = [image_size, image_size]
-    source = f"ZoeDepth estimate from RGB ({Path(depth_model).resolve()})" if depth_model else ""
+    source = f"estimated from RGB by the depth model {Path(depth_model).resolve()}" if depth_model else ""
     depth = depth_feature(image_size, depth_format, depth_max, source)
     return {
         F.RGB: {"dtype": "video", "shape": [*hw, 3], "names": ["height", "width", "channels"]},
@@ -92,11 +92,11 @@ class CollectConfig:
     camera: str = "corner3"  # camera to render from
     image_size: int = 128  # square image side in pixels
     depth_max: float = 4.0  # metres; far background clipped to this
-    depth_format: str = field(default="image", metadata=KEY_NEUTRAL)  # how depth is stored: image (LeRobot depth as float32 TIFF, exact), video (LeRobot's 12-bit depth video, <= 0.5 mm off) or float (a column LeRobot does not see as depth)
+    depth_format: str = field(default="video", metadata=KEY_NEUTRAL)  # how depth is stored: video (LeRobot's 12-bit depth video, <= 0.5 mm off), image (LeRobot depth as float32 TIFF, exact, ~10x the bytes) or float (a column LeRobot does not see as depth)
     max_steps: int = 500  # steps before an episode is cut off
     max_attempts_factor: float = 3.0  # give up on a task after episodes * this attempts
     first_attempt: int = 0  # attempt index (hence seed) of each task's first episode: another value, other starts
-    depth_model: str = field(default="", metadata=KEY_NEUTRAL)  # local ZoeDepth checkpoint whose estimate is stored as depth ("" = rendered)
+    depth_model: str = field(default="", metadata=KEY_NEUTRAL)  # local depth model checkpoint (ZoeDepth or Depth Anything V2 metric) whose estimate is stored as depth ("" = rendered)
     depth_device: str = field(default="cpu", metadata=KEY_NEUTRAL)  # torch device the depth model runs on (cuda with one worker per GPU)
 
     def task_list(self) -> list[str]:
@@ -149,17 +149,9 @@ def run_expert_episode(env: MetaWorldRGBDEnv, seed: int, attempt: int = 0) -> Ex
         if truncated:
             break
     features = dataset_features(env.config.image_size)
-    frames = {key: np.asarray(values, dtype=_numpy_dtype(key, features[key])) for key, values in steps.items()}
+    frames = {key: np.asarray(values, dtype=frame_dtype(key, features[key])) for key, values in steps.items()}
     return ExpertEpisode(env.config.task, attempt, seed, frames, success,
                          bool(frames[F.NEAR_OBJECT].any()), bool(frames[F.GRASPED].any()))
-
-
-def _numpy_dtype(key: str, feature: dict) -> str:
-    """The array type a feature's frames are held in: metres for depth (however it is stored), uint8
-    for other images."""
-    if is_depth_feature(key, feature):
-        return "float32"
-    return "uint8" if feature["dtype"] in ("video", "image") else feature["dtype"]
 
 
 # Worker side: one env per task per process, created on first use.

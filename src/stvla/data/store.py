@@ -14,10 +14,10 @@ Choices of ours, all valid v3:
   files; a file per episode lets a killed collection keep every finished episode (each file is
   written to a temporary name and renamed) and makes the episode the unit of resume. `pack` rewrites
   a dataset with many episodes per file, as LeRobot and the Hub have them; the reader takes both.
-- Depth is LeRobot's depth (`info.is_depth_map`, so LeRobot lists it among its depth keys): float32
-  TIFF images in the data files (exact; the default) or a 12-bit HEVC video (LeRobot's own codec;
-  `video.*` fields say how metres map to codes), or in datasets of earlier releases a float32 (H, W)
-  column. Its stats are global scalars, not per pixel.
+- Depth is LeRobot's depth (`info.is_depth_map`, so LeRobot lists it among its depth keys): a 12-bit
+  HEVC video by default (LeRobot's own codec; `video.*` fields say how metres map to codes) or float32
+  TIFF images in the data files (exact), or in datasets of earlier releases a float32 (H, W) column.
+  Its stats are global scalars, not per pixel.
 - `meta/episodes` is rewritten after each episode and is the record of what is finished; the reader
   trusts it, and any data or video file it does not list is an unfinished leftover.
 """
@@ -29,7 +29,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -658,6 +658,80 @@ def pack(source: str | Path, out: str | Path, episodes_per_file: int = 50, video
         writer.add_episode({k: frames[k] for k in features}, store.tasks[int(frames[TASK_INDEX][0])], extra)
     writer.flush()
     return Path(out)
+
+
+def append_features(root: str | Path, features: dict[str, dict],
+                    episode_frames: Callable[[int], dict[str, np.ndarray]], progress: bool = False) -> None:
+    """Add per-frame features kept in the data files (not videos: a depth map as TIFF images, intrinsics)
+    to every episode of a dataset, in place; `episode_frames(e)` gives episode e's frames of them.
+
+    Safe to kill and call again: the data files are rewritten first (each to a temporary name; a column
+    info.json does not list is ignored by every reader, and a file that has the columns is kept), then
+    meta/episodes with the features' stats, stats.json, and info.json last, which makes them visible.
+    """
+    store = EpisodeStore(root)
+    clash = sorted(set(features) & set(store.info["features"]))
+    if clash:
+        raise DatasetError(f"{store.root} already has the feature(s) {clash}")
+    videos = sorted(k for k, f in features.items() if f["dtype"] == "video")
+    if videos:
+        raise ValueError(f"append_features writes data-file features only, not videos {videos}")
+    files: dict[Path, list[int]] = {}
+    for episode in range(store.num_episodes):
+        files.setdefault(store.data_path(episode), []).append(episode)
+    stats: dict[int, dict] = {}
+    for path, episodes in tqdm(files.items(), desc="write", unit="file", disable=not progress):
+        table = EpisodeStore._read_table(path)
+        done = all(key in table.column_names for key in features)
+        owner = table.column(EPISODE_INDEX).to_numpy()
+        frame = table.column(FRAME_INDEX).to_numpy()
+        columns = {key: np.zeros((table.num_rows, *_frame_shape(key, f)), frame_dtype(key, f))
+                   for key, f in features.items()}
+        for episode in episodes:
+            frames = episode_frames(episode)
+            length = store.episode_length(episode)
+            for key, feature in features.items():
+                expected = (length, *_frame_shape(key, feature))
+                if np.shape(frames[key]) != expected:
+                    raise ValueError(f"feature {key!r} of episode {episode}: expected shape {expected}, "
+                                     f"got {np.shape(frames[key])}")
+                rows = owner == episode
+                columns[key][rows] = np.asarray(frames[key])[frame[rows]]
+            stats[episode] = episode_stats(frames, features)
+        if done:
+            continue
+        for key, feature in features.items():
+            column = _image_column(columns[key], key, feature) if feature["dtype"] == "image" else \
+                _arrow_column(columns[key], feature)
+            table = table.append_column(key, column)
+        metadata = json.loads((table.schema.metadata or {}).get(b"huggingface", b"{}") or "{}")
+        metadata.setdefault("info", {}).setdefault("features", {}).update(
+            {key: _hf_feature(feature) for key, feature in features.items()})
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"huggingface": json.dumps(metadata)})
+        _write_parquet(path, table, [k for k, f in features.items() if f["dtype"].startswith("float")])
+
+    for path in sorted((store.root / "meta" / "episodes").glob("chunk-*/file-*.parquet")):
+        table = EpisodeStore._read_table(path).to_pandas()
+        for key in features:
+            for name in STAT_NAMES:
+                table[f"stats/{key}/{name}"] = [stats[int(e)][key][name].tolist() for e in table[EPISODE_INDEX]]
+        _write_parquet(path, pa.Table.from_pandas(table, preserve_index=False))
+    combined = aggregate_stats([stats[e] for e in range(store.num_episodes)])
+    stats_path = store.root / "meta" / "stats.json"
+    all_stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    all_stats.update({k: {n: v.tolist() for n, v in s.items()} for k, s in combined.items()})
+    _write_json(stats_path, all_stats)
+    info = json.loads((store.root / "meta" / "info.json").read_text())
+    info["features"].update(features)
+    _write_json(store.root / "meta" / "info.json", info)
+
+
+def frame_dtype(key: str, feature: dict) -> str:
+    """The array type a feature's frames are held in: float32 metres for depth (however it is stored),
+    uint8 for other images, else the stored dtype."""
+    if is_depth_feature(key, feature):
+        return "float32"
+    return "uint8" if feature["dtype"] in ("video", "image") else feature["dtype"]
 
 
 def _to_nested_list(value: Any) -> Any:

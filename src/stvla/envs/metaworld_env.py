@@ -12,7 +12,7 @@ dotted keys (their names in stvla.features, `OBS_*`):
     proprio            (4,) float32, hand position (3) + gripper opening (1)
     instruction        str, one English sentence per task
 
-With `depth_model` (a local ZoeDepth checkpoint), "depth" is that model's estimate from "rgb" instead
+With `depth_model` (a local ZoeDepth or Depth Anything V2 metric checkpoint), "depth" is that model's estimate from "rgb" instead
 of the rendered depth (stvla.envs.depth_model), as on a robot without a depth sensor.
 
 The action is Meta-World's 4-D (dx, dy, dz, gripper) in [-1, 1]. `info` carries `success` and the
@@ -61,7 +61,7 @@ class EnvConfig:
     image_size: int = 128  # square image side in pixels (see stvla.envs.IMAGE_SIZES)
     depth_max: float = 4.0  # metres; depth beyond this (the far background) is clipped to it
     max_episode_steps: int = 500  # steps before the episode is truncated (Meta-World's limit is 500)
-    depth_model: str = field(default="", metadata=KEY_NEUTRAL)  # local ZoeDepth checkpoint whose estimate replaces the rendered depth ("" = rendered)
+    depth_model: str = field(default="", metadata=KEY_NEUTRAL)  # local depth model checkpoint (ZoeDepth or Depth Anything V2 metric) whose estimate replaces the rendered depth ("" = rendered)
     depth_device: str = field(default="cpu", metadata=KEY_NEUTRAL)  # torch device the depth model runs on
 
     def validate(self) -> None:

@@ -51,7 +51,7 @@ class EvalConfig:
     videos: int = 2  # episodes per task saved as video (the first ones)
     camera: str = "corner3"  # camera to render from (the policy's training camera)
     device: str = "cpu"  # torch device of each worker's policy: cpu, cuda, cuda:1, mps
-    depth_model: str = ""  # local ZoeDepth checkpoint whose estimate replaces the rendered depth ("" = rendered; runs on `device`)
+    depth_model: str = ""  # local depth model checkpoint (ZoeDepth or Depth Anything V2 metric) whose estimate replaces the rendered depth ("" = rendered; runs on `device`)
     temporal_ensemble: float = 0.0  # ACT's temporal ensembling m at control, overriding the policy's (0 = the policy's own)
 
     def resume_key(self) -> dict[str, Any]:
