@@ -1,5 +1,6 @@
 """Trials for a stronger stage-1 base: each trial pre-trains a `spatialvla` base on MT10 x 50 expert
-episodes with one change, and evaluates it closed loop on the ten MT10 tasks.
+episodes with one change, and evaluates it closed loop on the ten MT10 tasks; a trial that changes
+only how the policy acts (temporal ensembling) evaluates the kept base itself.
 
     python benchmarks/bench_base.py --trials shift4 [--episodes 20] [--work runs/base-trials]
     python benchmarks/bench_base.py --report_only
@@ -31,11 +32,13 @@ from stvla.policies.base import checkpoint_fingerprint  # noqa: E402
 from stvla.train import TrainConfig, train  # noqa: E402
 from stvla.train.augment import AugmentConfig  # noqa: E402
 
-# Each trial: what it changes in the kept base's stage-1 TrainConfig, and why.
-TRIALS: dict[str, tuple[dict, str]] = {
-    "shift4": ({"augment": AugmentConfig(shift_px=4)}, "random shift of +-4 px (DrQ) on every image-like input"),
-    "ema999": ({"ema": 0.999}, "a moving average of the weights (decay 0.999) exported"),
-    "steps20k": ({"steps": 20000}, "twice the steps (20,000 of 32)"),
+# Each trial: what it changes in the kept base's stage-1 TrainConfig, in its EvalConfig, and why.
+TRIALS: dict[str, tuple[dict, dict, str]] = {
+    "shift4": ({"augment": AugmentConfig(shift_px=4)}, {}, "random shift of +-4 px (DrQ) on every image-like input"),
+    "ema999": ({"ema": 0.999}, {}, "a moving average of the weights (decay 0.999) exported"),
+    "steps20k": ({"steps": 20000}, {}, "twice the steps (20,000 of 32)"),
+    "ensemble": ({}, {"temporal_ensemble": 0.01}, "the kept base acting with ACT's temporal ensembling (m = 0.01): "
+                                                  "a chunk every step, the overlapping actions averaged"),
 }
 RESULTS = ROOT / "benchmarks" / "results" / "base_trials"
 
@@ -47,18 +50,20 @@ def trial_config(name: str, dataset: Path, work: Path) -> TrainConfig:
 
 def run_trial(name: str, dataset: Path, work: Path, episodes: int, workers: int) -> dict:
     config = trial_config(name, dataset, work)
+    acting = TRIALS[name][1]
     key = {"train": {k: v for k, v in config.key().items() if k not in ("dataset", "out")},
-           "data": {"tasks": "mt10", "episodes": 50}, "eval": {"episodes": episodes, "max_steps": 200}}
+           "data": {"tasks": "mt10", "episodes": 50}, "eval": {"episodes": episodes, "max_steps": 200, **acting}}
 
     def work_() -> dict:
         resumed = (Path(config.out) / "checkpoint").exists()  # then this call's training time is not the run's
         started = time.perf_counter()
-        policy = train(config)
+        # A trial of acting only evaluates the kept base (trained with exactly `config`).
+        policy = train(config) if TRIALS[name][0] else Bench(BenchConfig(repo=str(ROOT))).base_checkpoint()
         trained = time.perf_counter()
         info = evaluate(EvalConfig(policy=str(policy), tasks="mt10", episodes=episodes, workers=workers,
-                                   max_steps=200, videos=1, out=str(work / name / "eval")))
+                                   max_steps=200, videos=1, out=str(work / name / "eval"), **acting))
         return {"checkpoint": checkpoint_fingerprint(policy),
-                "train_minutes": None if resumed else (trained - started) / 60,
+                "train_minutes": None if resumed or not TRIALS[name][0] else (trained - started) / 60,
                 "eval_minutes": (time.perf_counter() - trained) / 60,
                 "per_task": {t: {k: r[k] for k in ("episodes", "success_rate", "ci95")} for t, r in info["per_task"].items()},
                 "overall": {k: info["overall"][k] for k in ("episodes", "success_rate", "ci95")}}
@@ -74,7 +79,7 @@ def percent(row: dict) -> str:
 def report() -> None:
     selection = json.loads((ROOT / "benchmarks/results/bench/selection.json").read_text())["result"]
     rows_by_name = {"kept base (reference)": ("the committed checkpoints/base-mt10, 10,000 steps", selection)}
-    for name, (_, what) in TRIALS.items():
+    for name, (_, _, what) in TRIALS.items():
         path = RESULTS / f"{name}.json"
         if path.is_file():
             rows_by_name[name] = (what, json.loads(path.read_text())["result"])

@@ -185,3 +185,19 @@ def test_stvla_depth_adds_a_lerobot_depth_stream_resumably(tiny_depth_anything, 
     tiny = ["--steps", "2", "--batch_size", "4", "--model.width", "32", "--model.image.channels", "8,16",
             "--model.image.width", "32", "--model.trunk.width", "32", "--model.trunk.depth", "1", "--model.trunk.heads", "2"]
     assert main(["train", "--policy", "st", "--dataset", str(inplace), "--out", str(tmp_path / "st"), *tiny]) == 0
+
+
+def test_stvla_depth_runs_zoedepth_too(tiny_zoedepth, tmp_path):
+    from pathlib import Path
+
+    from stvla import features as F
+    from stvla.data.add_depth import DepthConfig, add_depth
+    from stvla.data.roles import DataConfig
+    from stvla.data.store import EpisodeStore
+
+    fixture = Path(__file__).parent / "fixtures" / "lerobot-0.6.1" / "rgb_7d"
+    out = add_depth(DepthConfig(dataset=str(fixture), model=str(tiny_zoedepth), out=str(tmp_path / "zoe"),
+                                intrinsics="96,96,47.5,47.5", batch_size=20), progress=False)
+    episode = EpisodeStore(out, DataConfig()).episode(2, [F.RGB, F.DEPTH, F.INTRINSICS])
+    assert np.allclose(episode[F.DEPTH], ZoeDepthEstimator(tiny_zoedepth).estimate_batch(episode[F.RGB]), atol=1e-4)
+    np.testing.assert_array_equal(episode[F.INTRINSICS][5], [[96, 0, 47.5], [0, 96, 47.5], [0, 0, 1]])

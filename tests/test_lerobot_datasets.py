@@ -184,3 +184,12 @@ def test_packed_rewrite_and_every_depth_format_read_back(small_dataset, tmp_path
     rendered, _ = env.reset(seed=EpisodeStore(tmp_path / "image").episode_meta(0)["seed"])
     env.close()
     assert np.array_equal(depth["image"][0], rendered[F.OBS_DEPTH].astype(np.float32))
+
+
+def test_view_renders_a_lerobot_episode_with_or_without_depth(tmp_path):
+    from stvla.data.video import read_video
+
+    assert main(["view", str(FIXTURES / "rgb_7d"), "--episode", "2", "--out", str(tmp_path / "rgb.mp4")]) == 0
+    assert main(["view", str(FIXTURES / "depth_image"), "--episode", "2", "--out", str(tmp_path / "rgbd.mp4")]) == 0
+    assert read_video(tmp_path / "rgb.mp4").shape == (FRAMES, 256, 256, 3)  # RGB alone
+    assert read_video(tmp_path / "rgbd.mp4").shape == (FRAMES, 256, 512, 3)  # RGB | depth

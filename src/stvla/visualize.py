@@ -24,9 +24,11 @@ def colorize_depth(depth: np.ndarray, depth_min: float | None = None, depth_max:
     return rgb
 
 
-def mark_point(rgb: np.ndarray, uv: np.ndarray, color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
-    """A copy of `rgb` with a small ring at pixel (u, v); points outside the image are skipped."""
+def mark_point(rgb: np.ndarray, uv: np.ndarray | None, color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
+    """A copy of `rgb` with a small ring at pixel (u, v); points outside the image, or none, are skipped."""
     out = rgb.copy()
+    if uv is None:
+        return out
     u, v = (float(x) for x in np.asarray(uv).reshape(2))
     if np.isfinite(u) and np.isfinite(v):
         radius = max(2, out.shape[0] // 40)

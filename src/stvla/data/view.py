@@ -8,23 +8,31 @@ from pathlib import Path
 import numpy as np
 
 from stvla import features as F
+from stvla.data.roles import DataConfig
 from stvla.data.store import EpisodeStore
 from stvla.data.video import read_video, write_video
 from stvla.traces import OnlineTracer, TraceConfig, draw_traces_rgb
 from stvla.visualize import colorize_depth, mark_point, panels
 
 
-def render_episode_video(root: str | Path, episode: int, out: str | Path, height: int = 256) -> Path:
-    """Write an mp4 of one episode: RGB (end-effector pixel ringed) | depth (same ring)."""
-    store = EpisodeStore(root)
-    frames = store.episode(episode, [F.RGB, F.DEPTH, F.EE_PIXEL])
-    depth_max = float(np.nanmax(frames[F.DEPTH]))
-    depth_min = float(np.nanpercentile(frames[F.DEPTH], 1))
-    video = np.stack([
-        panels([mark_point(rgb, uv), mark_point(colorize_depth(depth, depth_min, depth_max), uv)],
-               ["rgb", "depth"], height)
-        for rgb, depth, uv in zip(frames[F.RGB], frames[F.DEPTH], frames[F.EE_PIXEL])
-    ])
+def render_episode_video(root: str | Path, episode: int, out: str | Path, height: int = 256,
+                         data: DataConfig | None = None) -> Path:
+    """Write an mp4 of one episode: RGB | depth (when the dataset has it), the end-effector pixel ringed
+    (when recorded). `data` chooses the camera and depth of a dataset with several."""
+    store = EpisodeStore(root, data or DataConfig())
+    keys = [key for key in (F.RGB, F.DEPTH, F.EE_PIXEL) if key in store.features]
+    frames = store.episode(episode, keys)
+    pixels = frames.get(F.EE_PIXEL, [None] * len(frames[F.RGB]))
+    if F.DEPTH in frames:
+        depth_max = float(np.nanmax(frames[F.DEPTH]))
+        depth_min = float(np.nanpercentile(frames[F.DEPTH], 1))
+        video = np.stack([
+            panels([mark_point(rgb, uv), mark_point(colorize_depth(depth, depth_min, depth_max), uv)],
+                   ["rgb", "depth"], height)
+            for rgb, depth, uv in zip(frames[F.RGB], frames[F.DEPTH], pixels)
+        ])
+    else:
+        video = np.stack([panels([mark_point(rgb, uv)], ["rgb"], height) for rgb, uv in zip(frames[F.RGB], pixels)])
     out = Path(out)
     write_video(out, video, fps=min(store.fps, 30))
     return out
@@ -41,7 +49,7 @@ def render_trace_video(source: str | Path, out: str | Path, trace_config: TraceC
     tracer = OnlineTracer(trace_config)
     tracer.reset()
     if source.is_dir():
-        frames = EpisodeStore(source).episode(episode, [F.RGB, F.DEPTH, F.INTRINSICS])
+        frames = EpisodeStore(source, DataConfig()).episode(episode, [F.RGB, F.DEPTH, F.INTRINSICS])
         rgbs, depths = frames[F.RGB], frames[F.DEPTH]
         # The colour scale spans the working range (near objects to the table), not the far background,
         # so the tenths of a metre between a trace and the surface it crosses show as a change of hue.
