@@ -7,6 +7,8 @@
     stvla trace DIR|VIDEO --episode K --variant C --tracker.buffer_length 30 --out FILE.mp4
     stvla train --policy st --dataset DIR [--init CKPT] [--lora.rank 32]
     stvla eval --policy CKPT --tasks pick-place-v3,push-v3 --episodes 50 --out DIR
+    stvla serve --policy CKPT [--host 0.0.0.0 --token_file FILE] [--port 8765]
+    stvla eval --server ws://HOST:PORT --tasks pick-place-v3 --episodes 50 --out DIR
     stvla bench [--quick]
 """
 
@@ -70,6 +72,13 @@ def _depth(args: argparse.Namespace) -> int:
     if args.dataset_path:
         config = dataclasses.replace(config, dataset=args.dataset_path)
     print(f"depth added: {add_depth(config)}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from stvla.serve.server import ServeConfig, serve
+
+    serve(config_from_arguments(ServeConfig, args))
     return 0
 
 
@@ -174,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation = commands.add_parser("eval", help="closed-loop evaluation of a policy on held-out seeds")
     add_config_arguments(evaluation, EvalConfig)
     evaluation.set_defaults(run=_eval)
+
+    from stvla.serve.server import ServeConfig
+
+    serving = commands.add_parser("serve", help="serve a policy over a websocket to a robot (or stvla eval --server)")
+    add_config_arguments(serving, ServeConfig)
+    serving.set_defaults(run=_serve)
 
     from stvla.benchmark.protocol import BenchConfig
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +28,14 @@ import torch
 from tqdm import tqdm
 
 from stvla import features as F
-from stvla.config import save_config
+from stvla.config import KEY_NEUTRAL, save_config
 from stvla.data.video import write_video
 from stvla.devices import torch_device
 from stvla.envs import MetaWorldRGBDEnv, episode_seed, make_env, parse_tasks
 from stvla.evaluate.stats import rate_summary
 from stvla.policies.base import Policy, checkpoint_fingerprint
 from stvla.policies.registry import load_policy
+from stvla.serve.client import PolicyClient, ServedPolicy
 from stvla.traces import draw_traces_rgb
 from stvla.traces.future import future_trace_targets, trace_error_px
 from stvla.visualize import colorize_depth, panels
@@ -53,11 +54,14 @@ class EvalConfig:
     device: str = "cpu"  # torch device of each worker's policy: cpu, cuda, cuda:1, mps
     depth_model: str = ""  # local depth model checkpoint (ZoeDepth or Depth Anything V2 metric) whose estimate replaces the rendered depth ("" = rendered; runs on `device`)
     temporal_ensemble: float = 0.0  # ACT's temporal ensembling m at control, overriding the policy's (0 = the policy's own)
+    server: str = field(default="", metadata=KEY_NEUTRAL)  # ws://HOST:PORT of `stvla serve`: act through it (each worker its own connection) instead of loading `policy`
+    token_file: str = field(default="", metadata=KEY_NEUTRAL)  # file holding the server's token, if it asks for one
 
     def resume_key(self) -> dict[str, Any]:
         """What an episode's outcome depends on; a resumed run must share it. The policy enters by its
         weights and config, not its path: a moved checkpoint resumes, one retrained in place does not."""
-        key = {"policy": checkpoint_fingerprint(self.policy), "max_steps": self.max_steps, "camera": self.camera}
+        policy = served_metadata(self)["checkpoint"] if self.server else checkpoint_fingerprint(self.policy)
+        key = {"policy": policy, "max_steps": self.max_steps, "camera": self.camera}
         if self.device != "cpu":  # another device rounds differently; CPU runs keep the key they always had
             key["device"] = self.device
         if self.depth_model:  # estimated depth is another input
@@ -67,22 +71,42 @@ class EvalConfig:
         return key
 
 
-def check_policy_fits_env(policy: Policy, env: MetaWorldRGBDEnv, checkpoint: str) -> None:
-    """A clear error when the checkpoint cannot drive this environment."""
-    action_dim = env.action_space.shape[0]
-    state_dim = env.observation_space[F.OBS_STATE].shape[0]
-    vla = policy.config.vla
-    if vla.action_dim != action_dim:
-        raise ValueError(f"checkpoint {checkpoint} outputs {vla.action_dim}-D actions; task {env.config.task} "
-                         f"takes {action_dim}-D actions")
-    if vla.state_dim != state_dim:
-        raise ValueError(f"checkpoint {checkpoint} reads a {vla.state_dim}-D proprio state; task "
-                         f"{env.config.task} gives {state_dim}-D")
+def served_metadata(config: EvalConfig) -> dict[str, Any]:
+    """What `stvla serve` at `config.server` says of its policy (it is asked once per process)."""
+    if config.server not in _SERVED:
+        with open_client(config) as client:
+            _SERVED[config.server] = client.metadata
+    return _SERVED[config.server]
 
 
-def video_frame(obs: dict[str, Any], policy: Policy, depth_range: tuple[float, float]) -> np.ndarray:
+_SERVED: dict[str, dict[str, Any]] = {}
+
+
+def open_client(config: EvalConfig) -> PolicyClient:
+    token = Path(config.token_file).read_text().strip() if config.token_file else None
+    return PolicyClient(config.server, token=token)
+
+
+def check_policy_fits_env(action_dim: int, state_dim: int, env: MetaWorldRGBDEnv, checkpoint: str) -> None:
+    """A clear error when the checkpoint (`action_dim`, `state_dim`) cannot drive this environment."""
+    task_actions = env.action_space.shape[0]
+    task_states = env.observation_space[F.OBS_STATE].shape[0]
+    if action_dim != task_actions:
+        raise ValueError(f"checkpoint {checkpoint} outputs {action_dim}-D actions; task {env.config.task} "
+                         f"takes {task_actions}-D actions")
+    if state_dim != task_states:
+        raise ValueError(f"checkpoint {checkpoint} reads a {state_dim}-D proprio state; task "
+                         f"{env.config.task} gives {task_states}-D")
+
+
+def video_frame(obs: dict[str, Any], policy: Policy | ServedPolicy, depth_range: tuple[float, float]) -> np.ndarray:
     """RGB with the policy's traces (if it has any) beside the depth it encodes (traced or raw); a
-    LLARVA policy's predicted future path is drawn on the RGB as an arrow (where it expects to go)."""
+    LLARVA policy's predicted future path is drawn on the RGB as an arrow (where it expects to go). A
+    served policy's traces come from the server's reply; its depth panel is the raw depth."""
+    if isinstance(policy, ServedPolicy):
+        rgb = draw_traces_rgb(obs[F.OBS_RGB], [*policy.traces, *([policy.predicted_trace]
+                                                                   if policy.predicted_trace is not None else [])])
+        return panels([rgb, colorize_depth(obs[F.OBS_DEPTH], *depth_range)], ["rgb + traces (served)", "depth"])
     trace = policy.processor.last_trace
     rgb = trace.traced_rgb if trace is not None else obs[F.OBS_RGB]
     if policy.predicted_trace is not None:
@@ -93,7 +117,7 @@ def video_frame(obs: dict[str, Any], policy: Policy, depth_range: tuple[float, f
                   ["rgb + traces" if trace is not None else "rgb", "traced depth" if traced else "depth"])
 
 
-def run_episode(policy: Policy, env: MetaWorldRGBDEnv, task: str, attempt: int, max_steps: int,
+def run_episode(policy: Policy | ServedPolicy, env: MetaWorldRGBDEnv, task: str, attempt: int, max_steps: int,
                 video: Path | None) -> dict[str, Any]:
     """One closed-loop episode; success = info["success"] at any step (the episode stops there)."""
     seed = episode_seed(task, attempt, "eval")
@@ -125,6 +149,7 @@ def run_episode(policy: Policy, env: MetaWorldRGBDEnv, task: str, attempt: int, 
         write_video(written, np.stack(frames), fps=30)
     return {"task": task, "attempt": attempt, "seed": seed, "success": success,
             "subgoal": near_object or grasped, "near_object": near_object, "grasped": grasped, "steps": steps,
+            "final_ee_position": [float(x) for x in obs[F.OBS_EE_POSITION]],  # where the actions led
             "trace_error_px": predicted_trace_error(predictions, path), "video": str(written) if written else None}
 
 
@@ -150,9 +175,12 @@ def _start_worker(config: dict[str, Any]) -> None:
     _WORKER.clear()
     try:
         eval_config = EvalConfig(**config)
-        policy = load_policy(eval_config.policy).to(torch_device(eval_config.device))
-        if eval_config.temporal_ensemble:
-            policy.config.temporal_ensemble = eval_config.temporal_ensemble
+        if eval_config.server:
+            policy = ServedPolicy(open_client(eval_config))
+        else:
+            policy = load_policy(eval_config.policy).to(torch_device(eval_config.device))
+            if eval_config.temporal_ensemble:
+                policy.config.temporal_ensemble = eval_config.temporal_ensemble
     except Exception as error:  # noqa: BLE001 - a pool restarts a worker whose initializer raises, forever
         _WORKER["error"] = f"{type(error).__name__}: {error}"
         return
@@ -166,11 +194,15 @@ def _episode_in_worker(job: tuple[str, int, str | None]) -> dict[str, Any]:
     config: EvalConfig = _WORKER["config"]
     envs: dict[str, MetaWorldRGBDEnv] = _WORKER["envs"]
     if task not in envs:
-        envs[task] = make_env(task, image_size=_WORKER["policy"].config.vla.image_size, camera=config.camera,
+        envs[task] = make_env(task, image_size=image_size_of(_WORKER["policy"]), camera=config.camera,
                               max_episode_steps=config.max_steps, depth_model=config.depth_model,
                               depth_device=config.device)
     return run_episode(_WORKER["policy"], envs[task], task, attempt, config.max_steps,
                        Path(video) if video else None)
+
+
+def image_size_of(policy: Policy | ServedPolicy) -> int:
+    return policy.image_size if isinstance(policy, ServedPolicy) else policy.config.vla.image_size
 
 
 def read_finished(path: Path) -> list[dict[str, Any]]:
@@ -228,13 +260,22 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     if config.episodes < 1 or config.workers < 1 or config.max_steps < 1:
         raise ValueError(f"episodes, workers and max_steps must be >= 1, got {config.episodes}, {config.workers}, "
                          f"{config.max_steps}")
-    torch_device(config.device)  # a clear error here, not in every worker
-    policy = load_policy(config.policy)
-    env = make_env(tasks[0], image_size=policy.config.vla.image_size, camera=config.camera,
-                   max_episode_steps=config.max_steps)
-    check_policy_fits_env(policy, env, config.policy)
+    if config.server:
+        if config.temporal_ensemble:
+            raise ValueError("--temporal_ensemble applies to a local policy, not to one behind --server")
+        contract = served_metadata(config)["contract"]
+        image_size = contract["input_features"][F.RGB]["shape"][0]
+        dims = contract["output_features"][F.ACTION]["shape"][0], contract["input_features"][F.STATE]["shape"][0]
+        source = f"served by {config.server}"
+    else:
+        torch_device(config.device)  # a clear error here, not in every worker
+        policy = load_policy(config.policy)
+        image_size, dims, source = policy.config.vla.image_size, (policy.config.vla.action_dim,
+                                                                  policy.config.vla.state_dim), config.policy
+        del policy  # only checked here: the workers load their own (a large backbone would be held twice)
+    env = make_env(tasks[0], image_size=image_size, camera=config.camera, max_episode_steps=config.max_steps)
+    check_policy_fits_env(*dims, env, source)
     env.close()
-    del policy  # only checked here: the workers load their own (a large backbone would be held twice)
 
     out = Path(config.out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
@@ -282,6 +323,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
     episodes = [finished[(task, attempt)] for task in tasks for attempt in range(config.episodes)]
     info = {"config": asdict(config), **summarize(episodes, tasks), "episodes": episodes}
-    plot_success(info["per_task"], out / "success_by_task.png", f"{Path(config.policy).parent.name or config.policy}")
+    plot_success(info["per_task"], out / "success_by_task.png",
+                 config.server or f"{Path(config.policy).parent.name or config.policy}")
     (out / "eval_info.json").write_text(json.dumps(info, indent=1) + "\n")
     return info

@@ -107,11 +107,13 @@ class Policy(nn.Module):
             self._queue.extend(self._predict_chunk(frame)[: self.config.vla.n_action_steps])
         return self._queue.popleft()
 
-    def _predict_chunk(self, frame: dict[str, Any]) -> np.ndarray:
-        """(chunk_size, action_dim) actions for one frame (and LLARVA's predicted path, kept)."""
+    def _predict_chunk(self, frame: dict[str, Any], processor: InputProcessor | None = None) -> np.ndarray:
+        """(chunk_size, action_dim) actions for one frame (and LLARVA's predicted path, kept). `processor`:
+        whose episode state made the frame (a served connection's own; the policy's by default)."""
+        processor = processor or self.processor
         was_training = self.training
         self.eval()
-        inputs = self.processor.model_inputs(batch_of_one(frame), rng=self.processor.rng)
+        inputs = processor.model_inputs(batch_of_one(frame), rng=processor.rng)
         chunk, trace = self.model.predict_chunk(batch_to(inputs, self.device))
         self.train(was_training)
         if trace is not None:

@@ -1,0 +1,162 @@
+"""`stvla serve` and its client: the messages, the contract on connect, one episode per connection,
+the refusals that keep it safe, and the proof that a served policy acts exactly as the local one."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import urllib.request
+
+import numpy as np
+import pytest
+
+from stvla import features as F
+from stvla.envs import make_env
+from stvla.evaluate import EvalConfig, evaluate
+from stvla.policies.image_encoder import ImageEncoderConfig
+from stvla.policies.registry import make_policy
+from stvla.policies.trunk import TrunkConfig
+from stvla.policies.vla import VLAConfig
+from stvla.serve import ActionQueue, PolicyClient, PolicyServer, ServeConfig, ServerError, WireError, pack, unpack
+
+TINY = VLAConfig(image_size=64, width=32, image=ImageEncoderConfig(channels=(8, 16), width=32),
+                 trunk=TrunkConfig(width=32, depth=2, heads=2), chunk_size=4, n_action_steps=2)
+
+
+@pytest.fixture(scope="module")
+def tiny_tracevla(tmp_path_factory):
+    """A tiny tracevla policy (traces on every frame, a chunk of 4 with 2 executed), saved."""
+    config = make_policy("tracevla").config
+    config.vla = dataclasses.replace(TINY, two_images=True)
+    policy = make_policy("tracevla", config)
+    rng = np.random.default_rng(0)
+    policy.fit_statistics(rng.uniform(-1, 1, (300, 4)), rng.normal(0, 0.3, (300, 4)))
+    return policy.save_pretrained(tmp_path_factory.mktemp("served") / "policy")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_tracevla):
+    served = PolicyServer(ServeConfig(policy=str(tiny_tracevla), port=0, idle_timeout=30))
+    served.start_in_thread()
+    yield served
+    served.stop()
+
+
+def observations(seed: int, steps: int) -> list[dict]:
+    env = make_env("reach-v3", image_size=64)
+    obs, _ = env.reset(seed=seed)
+    frames = []
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        frames.append({key: obs[key] for key in (F.OBS_RGB, F.OBS_DEPTH, F.OBS_INTRINSICS, F.OBS_STATE,
+                                                  F.OBS_INSTRUCTION)})
+        obs, *_ = env.step(rng.uniform(-1, 1, 4))
+    env.close()
+    return frames
+
+
+def test_messages_carry_arrays_and_refuse_everything_else():
+    message = {"rgb": np.arange(12, dtype=np.uint8).reshape(2, 2, 3), "depth": np.float32(1.5), "task": "open"}
+    back = unpack(pack(message))
+    assert np.array_equal(back["rgb"], message["rgb"]) and back["rgb"].dtype == np.uint8 and back["depth"] == 1.5
+    with pytest.raises(WireError, match="dtype object"):
+        pack({"x": np.array([object()])})
+    for bad, reason in [(pack({"x": {"__ndarray__": ["object", [1], b"x"]}}), "dtype 'object' is not accepted"),
+                        (pack({"x": {"__ndarray__": ["float32", [3], b"xx"]}}), "needs 12 bytes, got 2"),
+                        (pack({"x": 1})[:-1] + b"\xc1", "not a msgpack message"), (b"\x93\x01\x02\x03", "a map"),
+                        (pack({"x": b"a" * 100}), "over the limit of 50")]:
+        with pytest.raises(WireError, match=reason):
+            unpack(bad, max_bytes=50)
+
+
+def test_the_client_imports_without_torch():
+    code = "import sys, stvla.serve.client; assert 'torch' not in sys.modules, 'torch was imported'"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_connect_sends_the_contract_and_every_connection_is_its_own_episode(server, tiny_tracevla):
+    from stvla.policies.registry import load_policy
+
+    assert urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz").read() == b"ok\n"
+    url = f"ws://127.0.0.1:{server.port}"
+    first, second = PolicyClient(url), PolicyClient(url)
+    contract = json.loads((tiny_tracevla / "processor.json").read_text())
+    assert first.contract == contract and first.metadata["max_message_bytes"] > 64 * 64 * 3
+    # Interleaved episodes on two connections: each gets what a local policy fed only its frames gets.
+    a, b = observations(1, 6), observations(2, 6)
+    replies = {"a": [], "b": []}
+    for frame_a, frame_b in zip(a, b):
+        replies["a"].append(first.step(frame_a, infer=True))
+        replies["b"].append(second.step(frame_b, infer=True))
+    local = load_policy(tiny_tracevla)
+    for name, frames in (("a", a), ("b", b)):
+        local.reset()
+        for frame, reply in zip(frames, replies[name]):
+            processed = local.processor.observation_frame(frame)
+            assert np.array_equal(reply["actions"], local._predict_chunk(processed))
+            assert len(reply["traces"]) == len(local.processor.last_trace.traces)
+    assert not np.array_equal(replies["a"][-1]["actions"], replies["b"][-1]["actions"])
+    first.close(), second.close()
+
+
+def test_bad_input_is_answered_and_the_connection_goes_on(server):
+    client = PolicyClient(f"ws://127.0.0.1:{server.port}")
+    good = observations(3, 1)[0]
+    cases = [({k: v for k, v in good.items() if k != F.OBS_STATE}, "proprio"),
+             ({**good, F.OBS_RGB: good[F.OBS_RGB][:32]}, r"shape \[32, 64, 3\]"),
+             ({**good, F.OBS_STATE: np.full(4, np.nan)}, "NaN"),
+             ({**good, F.OBS_DEPTH: good[F.OBS_DEPTH] * 1000}, "depth must be in metres"),
+             ({**good, F.OBS_RGB: good[F.OBS_RGB].astype(np.float32)}, "must be uint8"),
+             ({**good, F.OBS_INSTRUCTION: 3}, "instruction as a string")]
+    for observation, reason in cases:
+        with pytest.raises(ServerError, match=reason):
+            client.step(observation)
+    assert client.step(good)["actions"].shape == (4, 4)  # still serving, on the same connection
+    client.close()
+
+
+def test_tokens_and_addresses(tiny_tracevla, tmp_path):
+    with pytest.raises(ValueError, match="--host 0.0.0.0 is reachable from other machines: give --token_file"):
+        PolicyServer(ServeConfig(policy=str(tiny_tracevla), host="0.0.0.0"))
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    guarded = PolicyServer(ServeConfig(policy=str(tiny_tracevla), port=0, token_file=str(token)))
+    guarded.start_in_thread()
+    url = f"ws://127.0.0.1:{guarded.port}"
+    for wrong in (None, "guess"):
+        with pytest.raises(ServerError, match="refused the connection: HTTP 401"):
+            PolicyClient(url, token=wrong, retries=0)
+    with PolicyClient(url, token="s3cret") as client:
+        assert client.step(observations(4, 1)[0])["actions"].shape == (4, 4)
+    guarded.stop()
+
+
+def test_served_eval_equals_local_eval_episode_by_episode(server, tiny_tracevla, tmp_path):
+    common = dict(tasks="reach-v3", episodes=2, max_steps=12, workers=1, videos=1)
+    local = evaluate(EvalConfig(policy=str(tiny_tracevla), out=str(tmp_path / "local"), **common), progress=False)
+    served = evaluate(EvalConfig(server=f"ws://127.0.0.1:{server.port}", out=str(tmp_path / "served"), **common),
+                      progress=False)
+    # The same outcome, and the same actions: the end effector ends where it ended locally, to the bit.
+    fields = ("task", "attempt", "seed", "success", "steps", "near_object", "grasped", "final_ee_position")
+    assert [{k: e[k] for k in fields} for e in served["episodes"]] == [{k: e[k] for k in fields} for e in local["episodes"]]
+    assert local["episodes"][0]["final_ee_position"] != local["episodes"][1]["final_ee_position"]
+    assert json.loads((tmp_path / "served" / "resume_key.json").read_text())["policy"] == \
+        json.loads((tmp_path / "local" / "resume_key.json").read_text())["policy"]
+
+
+def test_action_queue_modes_act_from_chunks(server):
+    client = PolicyClient(f"ws://127.0.0.1:{server.port}")
+    frames = observations(5, 9)
+    chunked = ActionQueue(client, "chunk")
+    chunked.reset()
+    actions = [chunked.act(frame) for frame in frames]
+    assert len(actions) == 9 and all(a.shape == (4,) and np.isfinite(a).all() for a in actions)
+    ahead = ActionQueue(client, "async", threshold=1)
+    ahead.reset()
+    more = [ahead.act(frame) for frame in frames]
+    assert len(more) == 9 and all(a.shape == (4,) and np.isfinite(a).all() for a in more)
+    assert np.array_equal(more[0], actions[0])  # the first chunk is asked for, and waited on, alike
+    ahead.reset()
+    client.close()
