@@ -20,6 +20,8 @@ from stvla.policies.registry import make_policy
 from stvla.policies.trunk import TrunkConfig
 from stvla.policies.vla import VLAConfig
 from stvla.serve import ActionQueue, PolicyClient, PolicyServer, ServeConfig, ServerError, WireError, pack, unpack
+from stvla.traces import TraceConfig
+from stvla.traces.selection import SelectionConfig
 
 TINY = VLAConfig(image_size=64, width=32, image=ImageEncoderConfig(channels=(8, 16), width=32),
                  trunk=TrunkConfig(width=32, depth=2, heads=2), chunk_size=4, n_action_steps=2)
@@ -27,9 +29,11 @@ TINY = VLAConfig(image_size=64, width=32, image=ImageEncoderConfig(channels=(8, 
 
 @pytest.fixture(scope="module")
 def tiny_tracevla(tmp_path_factory):
-    """A tiny tracevla policy (traces on every frame, a chunk of 4 with 2 executed), saved."""
+    """A tiny tracevla policy (adaptive traces: drawn within a few frames of motion; a chunk of 4 with 2
+    executed), saved."""
     config = make_policy("tracevla").config
     config.vla = dataclasses.replace(TINY, two_images=True)
+    config.traces = TraceConfig(selection=SelectionConfig(adaptive=True))
     policy = make_policy("tracevla", config)
     rng = np.random.default_rng(0)
     policy.fit_statistics(rng.uniform(-1, 1, (300, 4)), rng.normal(0, 0.3, (300, 4)))
@@ -48,11 +52,11 @@ def observations(seed: int, steps: int) -> list[dict]:
     env = make_env("reach-v3", image_size=64)
     obs, _ = env.reset(seed=seed)
     frames = []
-    rng = np.random.default_rng(seed)
+    action = np.random.default_rng(seed).uniform(-1, 1, 4)  # one direction: the arm moves, the tracker sees it
     for _ in range(steps):
         frames.append({key: obs[key] for key in (F.OBS_RGB, F.OBS_DEPTH, F.OBS_INTRINSICS, F.OBS_STATE,
                                                   F.OBS_INSTRUCTION)})
-        obs, *_ = env.step(rng.uniform(-1, 1, 4))
+        obs, *_ = env.step(action)
     env.close()
     return frames
 
@@ -85,7 +89,7 @@ def test_connect_sends_the_contract_and_every_connection_is_its_own_episode(serv
     contract = json.loads((tiny_tracevla / "processor.json").read_text())
     assert first.contract == contract and first.metadata["max_message_bytes"] > 64 * 64 * 3
     # Interleaved episodes on two connections: each gets what a local policy fed only its frames gets.
-    a, b = observations(1, 6), observations(2, 6)
+    a, b = observations(1, 20), observations(2, 20)
     replies = {"a": [], "b": []}
     for frame_a, frame_b in zip(a, b):
         replies["a"].append(first.step(frame_a, infer=True))
@@ -96,8 +100,13 @@ def test_connect_sends_the_contract_and_every_connection_is_its_own_episode(serv
         for frame, reply in zip(frames, replies[name]):
             processed = local.processor.observation_frame(frame)
             assert np.array_equal(reply["actions"], local._predict_chunk(processed))
-            assert len(reply["traces"]) == len(local.processor.last_trace.traces)
-    assert not np.array_equal(replies["a"][-1]["actions"], replies["b"][-1]["actions"])
+            traces = [t.points for t in local.processor.last_trace.traces]
+            assert len(reply["traces"]) == len(traces) and all(map(np.array_equal, reply["traces"], traces))
+    def same(x: list, y: list) -> bool:
+        return len(x) == len(y) and all(map(np.array_equal, x, y))
+
+    assert any(reply["traces"] for reply in replies["a"])  # traces were drawn, and they are each episode's own
+    assert not all(same(x["traces"], y["traces"]) for x, y in zip(replies["a"], replies["b"]))
     first.close(), second.close()
 
 

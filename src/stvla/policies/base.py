@@ -121,10 +121,11 @@ class Policy(nn.Module):
         return chunk[0].cpu().numpy()
 
     # --- checkpoints -------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
+    def save_pretrained(self, directory: str | Path, fps: int | None = None) -> Path:
         """Write config.json (type + config), model.safetensors (weights, normalisers, action grid) and
         processor.json (the input contract, for clients: written from the config, never read back, so a
-        checkpoint without it, or from an older version, loads the same).
+        checkpoint without it, or from an older version, loads the same; `fps`, the control rate of the
+        training data, is added to it).
 
         The checkpoint is self-contained: with a PaliGemma backbone, its architecture (config.json) is
         copied to `backbone/` beside every weight, and the saved config points there."""
@@ -143,7 +144,8 @@ class Policy(nn.Module):
                 shutil.copyfile(source, directory / BACKBONE_DIR / "config.json")
             config["vla"]["backbone"]["path"] = BACKBONE_DIR
         (directory / CONFIG_FILE).write_text(json.dumps({"type": self.name, "config": config}, indent=2))
-        (directory / CONTRACT_FILE).write_text(json.dumps(self.processor.contract(), indent=2) + "\n")
+        contract = {**self.processor.contract(), **({"fps": int(fps)} if fps else {})}
+        (directory / CONTRACT_FILE).write_text(json.dumps(contract, indent=2) + "\n")
         return directory
 
     @classmethod

@@ -60,7 +60,7 @@ class PolicyClient:
         for attempt in range(self.retries + 1):
             try:
                 self._socket = connect(self.url, additional_headers=headers, max_size=None,
-                                       open_timeout=self.timeout_s)
+                                       open_timeout=self.timeout_s, compression=None)
                 self.metadata = unpack(self._socket.recv(timeout=self.timeout_s))
                 if self.metadata.get("type") != "metadata":
                     raise ServerError(f"{self.url} did not start with its metadata")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import ipaddress
 import threading
 import time
@@ -99,6 +100,10 @@ class PolicyServer:
         self.policy = load_policy(config.policy).to(device)
         self.policy.eval()
         self.contract = self.policy.processor.contract()
+        written = Path(config.policy) / "processor.json"  # as training wrote it: with the data's control rate
+        fps = json.loads(written.read_text()).get("fps") if written.is_file() else None
+        if fps:
+            self.contract["fps"] = fps
         from stvla.policies.base import checkpoint_fingerprint
 
         self.fingerprint = checkpoint_fingerprint(config.policy)  # what a client's results can be keyed on
@@ -188,7 +193,8 @@ class PolicyServer:
         self._loop = asyncio.get_running_loop()
         self._stop = self._loop.create_future()
         async with serve(self._handle, self.config.host, self.config.port, max_size=self.max_bytes,
-                         process_request=self._process_request, ping_interval=20, ping_timeout=20) as server:
+                         process_request=self._process_request, ping_interval=20, ping_timeout=20,
+                         compression=None) as server:  # deflate of images costs ms and saves little
             self.port = server.sockets[0].getsockname()[1]
             self.started.set()
             await self._stop

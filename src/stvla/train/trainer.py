@@ -372,4 +372,4 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
         average.copy_to(policy.model)
     merge_lora(policy)
     policy.eval()
-    return policy.save_pretrained(out / "policy")
+    return policy.save_pretrained(out / "policy", fps=store.fps)

@@ -1,0 +1,247 @@
+"""Serving: what `stvla serve` adds to a control step, how it holds up under concurrent clients, and
+what bad traffic gets.
+
+    python benchmarks/bench_serve.py [--seconds 60] [--work runs/bench-serve]
+
+- Round trip: an `st` policy at 128 px (the benchmark's model; its weights do not change the cost),
+  one observation per step with inference, over loopback, against `select_action` of the same policy
+  in this process inferring every step; p50 / p99 of each and the difference at p50 (the serving
+  overhead: wire encoding, the socket, the server's checks).
+- Load: 1, 4 and 16 clients, each its own connection and episode, stepping as fast as answered for
+  `--seconds` each: requests per second, p99, errors, and the server process's resident memory at the
+  start and the end of the three runs.
+- Bad traffic: while 2 well-behaved clients step, 50 each of garbage bytes, oversized messages, wrong
+  tokens and truncated messages (and a few more of each kind); every one must be answered with an error
+  or refused, and the well-behaved clients must see no error.
+
+The server runs as `stvla serve` in its own process (loopback, with a token). Writes
+benchmarks/results/serve.json and BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import record  # noqa: E402
+
+from stvla.envs import make_env  # noqa: E402
+from stvla.policies.registry import make_policy  # noqa: E402
+from stvla.serve.client import PolicyClient, ServerError  # noqa: E402
+from stvla.serve.wire import pack  # noqa: E402
+
+KEYS = ("rgb", "depth", "camera.intrinsics", "proprio", "instruction")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resident_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def episode_frames(steps: int) -> list[dict]:
+    env = make_env("window-open-v3", image_size=128)
+    obs, _ = env.reset(seed=0)
+    rng, frames = np.random.default_rng(0), []
+    for _ in range(steps):
+        frames.append({key: obs[key] for key in KEYS})
+        obs, *_ = env.step(rng.uniform(-1, 1, 4))
+    env.close()
+    return frames
+
+
+def percentiles(ms: list[float]) -> tuple[float, float]:
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
+
+
+def local_step_ms(policy_dir: Path, frames: list[dict], repeats: int) -> list[float]:
+    from stvla.policies.registry import load_policy
+
+    policy = load_policy(policy_dir)
+    policy.config.vla.n_action_steps = 1  # infer every step, as the served steps do
+    times = []
+    for _ in range(repeats):
+        policy.reset()
+        for frame in frames:
+            started = time.perf_counter()
+            policy.select_action(frame)
+            times.append((time.perf_counter() - started) * 1000)
+    return times[len(frames):]  # the first pass warms up
+
+
+def served_step_ms(url: str, token: str, frames: list[dict], repeats: int) -> list[float]:
+    with PolicyClient(url, token=token) as client:
+        times = []
+        for _ in range(repeats):
+            client.reset()
+            for frame in frames:
+                started = time.perf_counter()
+                client.step(frame, infer=True)
+                times.append((time.perf_counter() - started) * 1000)
+    return times[len(frames):]
+
+
+def load_run(url: str, token: str, frames: list[dict], clients: int, seconds: float) -> dict:
+    latencies: list[float] = []
+    errors = [0]
+    stop = time.perf_counter() + seconds
+    lock = threading.Lock()
+
+    def one_client() -> None:
+        try:
+            client = PolicyClient(url, token=token)
+        except Exception:  # noqa: BLE001 - counted
+            with lock:
+                errors[0] += 1
+            return
+        step = 0
+        while time.perf_counter() < stop:
+            started = time.perf_counter()
+            try:
+                client.step(frames[step % len(frames)], infer=True)
+            except Exception:  # noqa: BLE001 - counted
+                with lock:
+                    errors[0] += 1
+                continue
+            with lock:
+                latencies.append((time.perf_counter() - started) * 1000)
+            step += 1
+        client.close()
+
+    threads = [threading.Thread(target=one_client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    p50, p99 = percentiles(latencies)
+    return {"clients": clients, "requests_per_s": len(latencies) / seconds, "p50_ms": p50, "p99_ms": p99,
+            "errors": errors[0]}
+
+
+def bad_traffic(url: str, token: str, frames: list[dict], per_kind: int, max_bytes: int) -> dict:
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    outcomes = {"answered_with_error": 0, "refused_or_closed": 0, "accepted": 0}
+    headers = {"Authorization": f"Bearer {token}"}
+    good = pack({"type": "step", "observation": frames[0], "infer": True})
+    kinds = {
+        "garbage": lambda rng: rng.bytes(int(rng.integers(1, 2000))),
+        "truncated": lambda rng: good[: int(rng.integers(1, len(good) - 1))],
+        "oversized": lambda rng: b"\x00" * (max_bytes + 1 + int(rng.integers(0, 1000))),
+        "wrong fields": lambda rng: pack({"type": "step", "observation": {**frames[0], "proprio": rng.normal(size=9)}}),
+    }
+    rng = np.random.default_rng(0)
+    sent = 0
+    for kind, make in kinds.items():
+        for _ in range(per_kind):
+            try:
+                with connect(url, additional_headers=headers, max_size=None, open_timeout=10) as websocket:
+                    websocket.recv(timeout=10)  # the metadata
+                    websocket.send(make(rng))
+                    reply = websocket.recv(timeout=10)
+                    outcomes["answered_with_error" if b"error" in reply else "accepted"] += 1
+            except (ConnectionClosed, OSError, TimeoutError):
+                outcomes["refused_or_closed"] += 1
+            sent += 1
+    for _ in range(per_kind):  # wrong tokens: refused before the websocket opens
+        try:
+            PolicyClient(url, token="not-the-token", retries=0).close()
+            outcomes["accepted"] += 1
+        except (ServerError, InvalidStatus):
+            outcomes["refused_or_closed"] += 1
+        sent += 1
+    return {"sent": sent, **outcomes}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=60.0, help="length of each load run")
+    parser.add_argument("--work", default="runs/bench-serve", help="directory for the policy and the token")
+    parser.add_argument("--bad_per_kind", type=int, default=55, help="bad messages of each of the 5 kinds")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    policy = make_policy("st")  # 128 px, the benchmark's model
+    rng = np.random.default_rng(0)
+    policy.fit_statistics(rng.uniform(-1, 1, (500, 4)), rng.normal(0, 0.3, (500, 4)))
+    policy_dir = policy.save_pretrained(work / "st")
+    token_file = work / "token"
+    token_file.write_text("bench-token\n")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "stvla.cli", "serve", "--policy", str(policy_dir), "--port",
+                               str(port), "--token_file", str(token_file)])
+    url, token = f"ws://127.0.0.1:{port}", "bench-token"
+    try:
+        for _ in range(120):
+            try:
+                PolicyClient(url, token=token, retries=0).close()
+                break
+            except (ConnectionError, OSError, ServerError):
+                time.sleep(0.5)
+        frames = episode_frames(40)
+        local = local_step_ms(policy_dir, frames, repeats=4)
+        served = served_step_ms(url, token, frames, repeats=4)
+        memory_start = resident_mib(server.pid)
+        load = [load_run(url, token, frames, clients, args.seconds) for clients in (1, 4, 16)]
+        memory_end = resident_mib(server.pid)
+        with PolicyClient(url, token=token) as client:
+            max_bytes = client.metadata["max_message_bytes"]
+        stop = time.perf_counter() + 3600
+        good_errors = [0]
+
+        def well_behaved() -> None:
+            with PolicyClient(url, token=token) as client:
+                step = 0
+                while time.perf_counter() < stop:
+                    try:
+                        client.step(frames[step % len(frames)], infer=step % 4 == 0)
+                    except Exception:  # noqa: BLE001 - counted
+                        good_errors[0] += 1
+                    step += 1
+
+        good = [threading.Thread(target=well_behaved) for _ in range(2)]
+        for thread in good:
+            thread.start()
+        bad = bad_traffic(url, token, frames, args.bad_per_kind, max_bytes)
+        stop = time.perf_counter()
+        for thread in good:
+            thread.join()
+        bad["well_behaved_errors"] = good_errors[0]
+    finally:
+        server.terminate()
+        server.wait()
+
+    (local50, local99), (served50, served99) = percentiles(local), percentiles(served)
+    rows = [("st at 128 px, one step with inference: local select_action p50 / p99 (ms)", f"{local50:.1f} / {local99:.1f}"),
+            ("the same through stvla serve over loopback: round trip p50 / p99 (ms)", f"{served50:.1f} / {served99:.1f}"),
+            ("serving overhead at p50 (ms)", f"{served50 - local50:.1f}")]
+    rows += [(f"{r['clients']} concurrent clients, {args.seconds:.0f} s: requests/s, p50 / p99 (ms), errors",
+              f"{r['requests_per_s']:.1f}, {r['p50_ms']:.0f} / {r['p99_ms']:.0f}, {r['errors']}") for r in load]
+    rows += [("server resident memory at the start / end of the load runs (MiB)", f"{memory_start:.0f} / {memory_end:.0f}"),
+             ("bad traffic sent (garbage, truncated, oversized, wrong fields, wrong token)", str(bad["sent"])),
+             ("... answered with an error / refused or closed / accepted",
+              f"{bad['answered_with_error']} / {bad['refused_or_closed']} / {bad['accepted']}"),
+             ("... errors seen meanwhile by 2 well-behaved clients", str(bad["well_behaved_errors"]))]
+    record("serve", {"local_ms": [local50, local99], "served_ms": [served50, served99], "load": load,
+                     "memory_mib": [memory_start, memory_end], "bad_traffic": bad}, rows,
+           "Serving (stvla serve on loopback, its own process; clients in one process)")
+
+
+if __name__ == "__main__":
+    main()
