@@ -5,11 +5,11 @@ what bad traffic gets.
 
 - Round trip: an `st` policy at 128 px (the benchmark's model; its weights do not change the cost),
   one observation per step with inference, over loopback, against `select_action` of the same policy
-  in this process inferring every step; p50 / p99 of each and the difference at p50 (the serving
-  overhead: wire encoding, the socket, the server's checks).
+  in this process inferring every step, the two alternating frame by frame; p50 / p99 of each and the
+  median of the paired differences (the serving overhead: wire encoding, the socket, the server's checks).
 - Load: 1, 4 and 16 clients, each its own connection and episode, stepping as fast as answered for
-  `--seconds` each: requests per second, p99, errors, and the server process's resident memory at the
-  start and the end of the three runs.
+  `--seconds` each: requests per second, p99, errors, and the server process's resident memory before
+  the runs and after each.
 - Bad traffic: while 2 well-behaved clients step, 50 each of garbage bytes, oversized messages, wrong
   tokens and truncated messages (and a few more of each kind); every one must be answered with an error
   or refused, and the well-behaved clients must see no error.
@@ -69,31 +69,26 @@ def percentiles(ms: list[float]) -> tuple[float, float]:
     return float(np.percentile(ms, 50)), float(np.percentile(ms, 99))
 
 
-def local_step_ms(policy_dir: Path, frames: list[dict], repeats: int) -> list[float]:
+def paired_step_ms(policy_dir: Path, url: str, token: str, frames: list[dict], repeats: int) -> tuple[list, list]:
+    """Each frame stepped locally (`select_action`, inferring every step) and then through the server,
+    alternately, so both see the same machine state; the first pass warms up."""
     from stvla.policies.registry import load_policy
 
     policy = load_policy(policy_dir)
     policy.config.vla.n_action_steps = 1  # infer every step, as the served steps do
-    times = []
-    for _ in range(repeats):
-        policy.reset()
-        for frame in frames:
-            started = time.perf_counter()
-            policy.select_action(frame)
-            times.append((time.perf_counter() - started) * 1000)
-    return times[len(frames):]  # the first pass warms up
-
-
-def served_step_ms(url: str, token: str, frames: list[dict], repeats: int) -> list[float]:
+    local, served = [], []
     with PolicyClient(url, token=token) as client:
-        times = []
         for _ in range(repeats):
+            policy.reset()
             client.reset()
             for frame in frames:
                 started = time.perf_counter()
+                policy.select_action(frame)
+                local.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
                 client.step(frame, infer=True)
-                times.append((time.perf_counter() - started) * 1000)
-    return times[len(frames):]
+                served.append((time.perf_counter() - started) * 1000)
+    return local[len(frames):], served[len(frames):]
 
 
 def load_run(url: str, token: str, frames: list[dict], clients: int, seconds: float) -> dict:
@@ -195,11 +190,12 @@ def main() -> None:
             except (ConnectionError, OSError, ServerError):
                 time.sleep(0.5)
         frames = episode_frames(40)
-        local = local_step_ms(policy_dir, frames, repeats=4)
-        served = served_step_ms(url, token, frames, repeats=4)
-        memory_start = resident_mib(server.pid)
-        load = [load_run(url, token, frames, clients, args.seconds) for clients in (1, 4, 16)]
-        memory_end = resident_mib(server.pid)
+        local, served = paired_step_ms(policy_dir, url, token, frames, repeats=6)
+        memory = [resident_mib(server.pid)]  # before the load runs, then after each
+        load = []
+        for clients in (1, 4, 16):
+            load.append(load_run(url, token, frames, clients, args.seconds))
+            memory.append(resident_mib(server.pid))
         with PolicyClient(url, token=token) as client:
             max_bytes = client.metadata["max_message_bytes"]
         stop = time.perf_counter() + 3600
@@ -230,16 +226,18 @@ def main() -> None:
     (local50, local99), (served50, served99) = percentiles(local), percentiles(served)
     rows = [("st at 128 px, one step with inference: local select_action p50 / p99 (ms)", f"{local50:.1f} / {local99:.1f}"),
             ("the same through stvla serve over loopback: round trip p50 / p99 (ms)", f"{served50:.1f} / {served99:.1f}"),
-            ("serving overhead at p50 (ms)", f"{served50 - local50:.1f}")]
+            ("serving overhead: median of the paired differences, served - local (ms)",
+             f"{float(np.median(np.subtract(served, local))):.1f}")]
     rows += [(f"{r['clients']} concurrent clients, {args.seconds:.0f} s: requests/s, p50 / p99 (ms), errors",
               f"{r['requests_per_s']:.1f}, {r['p50_ms']:.0f} / {r['p99_ms']:.0f}, {r['errors']}") for r in load]
-    rows += [("server resident memory at the start / end of the load runs (MiB)", f"{memory_start:.0f} / {memory_end:.0f}"),
+    rows += [("server resident memory before the load runs / after 1, 4, 16 clients (MiB)",
+              " / ".join(f"{m:.0f}" for m in memory)),
              ("bad traffic sent (garbage, truncated, oversized, wrong fields, wrong token)", str(bad["sent"])),
              ("... answered with an error / refused or closed / accepted",
               f"{bad['answered_with_error']} / {bad['refused_or_closed']} / {bad['accepted']}"),
              ("... errors seen meanwhile by 2 well-behaved clients", str(bad["well_behaved_errors"]))]
     record("serve", {"local_ms": [local50, local99], "served_ms": [served50, served99], "load": load,
-                     "memory_mib": [memory_start, memory_end], "bad_traffic": bad}, rows,
+                     "memory_mib": memory, "bad_traffic": bad}, rows,
            "Serving (stvla serve on loopback, its own process; clients in one process)")
 
 
