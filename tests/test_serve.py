@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 
 import numpy as np
@@ -169,3 +170,36 @@ def test_action_queue_modes_act_from_chunks(server):
     assert np.array_equal(more[0], actions[0])  # the first chunk is asked for, and waited on, alike
     ahead.reset()
     client.close()
+
+
+def test_oversized_and_idle_connections_are_closed_and_a_dropped_link_reconnects(tiny_tracevla):
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    served = PolicyServer(ServeConfig(policy=str(tiny_tracevla), port=0, idle_timeout=1.0))
+    served.start_in_thread()
+    url = f"ws://127.0.0.1:{served.port}"
+    with connect(url, max_size=None) as websocket:
+        limit = unpack(websocket.recv())["max_message_bytes"]
+        websocket.send(b"\x00" * (limit + 1))
+        with pytest.raises(ConnectionClosed) as closed:
+            websocket.recv(timeout=10)
+        assert closed.value.rcvd.code == 1009  # "message too big", before it is read
+    with connect(url) as websocket:
+        websocket.recv()
+        with pytest.raises(ConnectionClosed) as closed:
+            websocket.recv(timeout=10)  # nothing sent for 1 s: the server closes
+        assert "idle" in closed.value.rcvd.reason
+
+    frames = observations(6, 2)
+    client = PolicyClient(url, backoff_s=0.2)
+    client.step(frames[0])
+    port = served.port
+    served.stop()  # the link drops; a server comes back on the same address
+    time.sleep(0.5)
+    again = PolicyServer(ServeConfig(policy=str(tiny_tracevla), port=port))
+    again.start_in_thread()
+    assert client.step(frames[1])["actions"].shape == (4, 4)
+    assert client.reconnects == 1
+    client.close()
+    again.stop()
