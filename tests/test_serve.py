@@ -127,9 +127,13 @@ def test_bad_input_is_answered_and_the_connection_goes_on(server):
     client.close()
 
 
-def test_tokens_and_addresses(tiny_tracevla, tmp_path):
+def test_tokens_and_addresses(tiny_tracevla, tmp_path, capsys):
+    from stvla.cli import main
+
     with pytest.raises(ValueError, match="--host 0.0.0.0 is reachable from other machines: give --token_file"):
         PolicyServer(ServeConfig(policy=str(tiny_tracevla), host="0.0.0.0"))
+    assert main(["serve", "--policy", str(tiny_tracevla), "--host", "0.0.0.0"]) == 2  # one line, no traceback
+    assert "give --token_file" in capsys.readouterr().err
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     guarded = PolicyServer(ServeConfig(policy=str(tiny_tracevla), port=0, token_file=str(token)))
