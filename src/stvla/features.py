@@ -45,6 +45,9 @@ PROMPT = "observation.prompt"  # list of B structured prompt strings (LLARVA)
 ACTION_IS_PAD = "action_is_pad"  # (B, chunk) steps of the action chunk past the episode end
 TRACE_TARGET = "trace_target"  # (B, P, 2) future end-effector pixels (LLARVA's trace targets)
 TRACE_MASK = "trace_mask"  # (B, P) which trace targets exist
+# A rank's share of a global batch (stvla.train.distributed) carries what the loss divides by.
+LOSS_COUNT_ACTIONS = "loss_count.actions"  # () float: non-padded action steps in the global batch / world size
+LOSS_COUNT_TRACES = "loss_count.traces"  # () float: trace targets in the global batch / world size
 
 # --- environment observation keys (stvla.envs' gymnasium Dict space) ---------------------------------------
 OBS_RGB = "rgb"

@@ -214,12 +214,18 @@ class SmallVLA(nn.Module):
             size = self.config.image_size
             mask = batch[F.TRACE_MASK]
             target = batch[F.TRACE_TARGET] / size
-            trace_loss = (trace - target).abs().sum(-1)[mask].mean()
+            distances = (trace - target).abs().sum(-1)[mask]
+            # A rank's share of a global batch divides by the global count (its share of the global mean).
+            trace_loss = distances.sum() / batch[F.LOSS_COUNT_TRACES] if F.LOSS_COUNT_TRACES in batch else distances.mean()
             losses.append(self.config.trace_loss_weight * trace_loss)
             logs["loss_trace"] = float(trace_loss.detach())
             logs["trace_err_px"] = float((size * (trace - target)).norm(dim=-1)[mask].mean().detach())
         for name, kind_logits in logits.items():
-            loss = functional.cross_entropy(kind_logits[valid], targets[name][valid])
+            if F.LOSS_COUNT_ACTIONS in batch:
+                loss = functional.cross_entropy(kind_logits[valid], targets[name][valid], reduction="sum") \
+                    / batch[F.LOSS_COUNT_ACTIONS]
+            else:
+                loss = functional.cross_entropy(kind_logits[valid], targets[name][valid])
             losses.append(loss)
             logs[f"loss_{name}"] = float(loss.detach())
             logs[f"acc_{name}"] = float((kind_logits[valid].argmax(-1) == targets[name][valid]).float().mean())

@@ -32,13 +32,14 @@ from stvla import features as F
 from stvla.config import KEY_NEUTRAL, config_from_dict, config_key, config_to_dict, save_config
 from stvla.data.roles import DataConfig
 from stvla.data.store import EpisodeStore
-from stvla.devices import batch_to, torch_device
+from stvla.devices import batch_to
 from stvla.policies.action_tokenizer import ActionGridConfig
 from stvla.policies.base import Policy, read_checkpoint_config
 from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.vla import VLAConfig
 from stvla.traces import TraceConfig
 from stvla.train.augment import AugmentConfig
+from stvla.train import distributed
 from stvla.train.ema import WeightAverage
 from stvla.train.samples import TrainingSamples
 
@@ -291,9 +292,19 @@ def load_training_state(directory: Path, policy: Policy, optimizer: torch.optim.
 
 
 def train(config: TrainConfig, progress: bool = True, stop_after: int | None = None) -> Path:
-    """Train as configured; returns the final policy directory. `stop_after` ends early (for tests)."""
+    """Train as configured; returns the final policy directory. `stop_after` ends early (for tests).
+    Launched by torchrun, every process runs this with its share of each batch (stvla.train.distributed)."""
     if not config.dataset:
         raise ValueError("a dataset is required (--dataset DIR)")
+    ranks, device = distributed.start(config.device)
+    try:
+        return _train(config, ranks, device, progress and ranks.is_main, stop_after)
+    finally:
+        distributed.stop(ranks)
+
+
+def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, progress: bool,
+           stop_after: int | None) -> Path:
     store = EpisodeStore(config.dataset, config.data)
     if not config.init:
         config = dataclasses.replace(config, model=fit_model_to_dataset(config.model, store.features,
@@ -311,14 +322,22 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
         if json.dumps(config_to_dict(saved)) != json.dumps(config_to_dict(config)):
             raise ValueError(f"{out} holds a run with another configuration ({config_path}); "
                              f"use another --out or the same settings to resume")
-    save_config(config, config_path)
-    device = torch_device(config.device)
+    distributed.barrier(ranks)  # every rank has read the saved config before rank 0 writes it
+    if ranks.is_main:
+        save_config(config, config_path)
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
     policy = build_policy(config, store.features[F.RGB]["shape"][0])
-    samples = TrainingSamples(store, policy, progress=progress, checkpoint=config.init or None,
-                              augment=config.augment, cache_dir=config.data.cache_dir)
+
+    def training_samples() -> TrainingSamples:
+        return TrainingSamples(store, policy, progress=progress, checkpoint=config.init or None,
+                               augment=config.augment, cache_dir=config.data.cache_dir)
+
+    # Rank 0 builds the caches the others then read: no two processes write the same file.
+    samples = training_samples() if ranks.is_main else None
+    distributed.barrier(ranks)
+    samples = samples or training_samples()
     if config.init:
         fresh = policy.load_weights(config.init)
         if fresh and progress:
@@ -329,12 +348,17 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
         add_lora(policy, config.lora)
     policy.to(device)
     policy.train()
+    # Gradients all-reduced across ranks (a run of one calls the policy itself). Some parameters take no part
+    # in a given policy's loss (heads of another action layout, say): DDP is told to look for them.
+    model = torch.nn.parallel.DistributedDataParallel(
+        policy, device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=True) if ranks.distributed else policy
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.peak_lr, weight_decay=config.weight_decay)
     average = WeightAverage(policy.model, config.ema) if config.ema else None
     step = 0
     if (out / "checkpoint").exists():
-        step = load_training_state(out / "checkpoint", policy, optimizer, average)
+        step = load_training_state(out / "checkpoint", policy, optimizer, average)  # every rank, the same file
     # Created after a resume's optimiser state is loaded, so the schedule continues at `step`.
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: cosine_schedule(i, config.warmup_steps, config.steps), last_epoch=step - 1)
@@ -346,7 +370,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
     while step < config.steps and (stop_after is None or step < stop_after):
         indices = samples.indices_for_step(step, config.batch_size, config.seed)
         batch = samples.batch(indices, np.random.default_rng([config.seed, step, 1]))
-        loss, logs = policy(batch_to(batch, device))
+        loss, logs = model(batch_to(distributed.share_of_batch(batch, ranks), device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -355,16 +379,19 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
         if average is not None:
             average.update(policy.model)
         step += 1
+        logs["loss"] = distributed.sum_over_ranks(logs["loss"], ranks, device)  # the global batch's loss
         bar.update(1)
         bar.set_postfix(loss=f"{logs['loss']:.3f}")
-        if step % 25 == 0 or step == config.steps:
+        if ranks.is_main and (step % 25 == 0 or step == config.steps):
             with log_path.open("a") as log:
                 log.write(json.dumps({"step": step, "lr": schedule.get_last_lr()[0],
                                       "samples_per_s": 25 * config.batch_size / max(time.perf_counter() - started, 1e-9),
                                       **logs}) + "\n")
             started = time.perf_counter()
         if step % config.save_every == 0 or step == config.steps:
-            save_training_state(out / "checkpoint", policy, optimizer, step, average)
+            if ranks.is_main:
+                save_training_state(out / "checkpoint", policy, optimizer, step, average)
+            distributed.barrier(ranks)  # no rank goes on (or resumes) before the checkpoint is whole
     bar.close()
     if step < config.steps:
         return out / "checkpoint"
@@ -372,4 +399,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
         average.copy_to(policy.model)
     merge_lora(policy)
     policy.eval()
-    return policy.save_pretrained(out / "policy", fps=store.fps)
+    if ranks.is_main:
+        policy.save_pretrained(out / "policy", fps=store.fps)
+    distributed.barrier(ranks)
+    return out / "policy"

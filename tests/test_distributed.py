@@ -1,0 +1,107 @@
+"""`torchrun ... stvla train`: two CPU processes (gloo) train what one process trains, stage 1 and LoRA
+stage 2; a killed two-process run resumes with one; the caches are built once, by rank 0.
+
+Equal "to float tolerance" means: after 20 AdamW steps every weight within 1e-5 of the one-process
+run's, except a handful whose gradient is zero in exact arithmetic (a bias before a normalisation),
+where Adam scales float noise up to steps of the learning rate; those stay within steps x lr."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+TINY = ["--model.width", "32", "--model.image.channels", "8,16", "--model.image.width", "32",
+        "--model.trunk.width", "32", "--model.trunk.depth", "2", "--model.trunk.heads", "2",
+        "--batch_size", "8", "--warmup_steps", "5", "--threads", "1"]
+DEADLINE_S = 240  # a hung rank fails the test instead of CI
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stvla_train(args: list[str], processes: int, env: dict) -> list[str]:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                "--master_port", str(free_port()), "-m", "stvla.cli"] if processes > 1 else \
+        [sys.executable, "-m", "stvla.cli"]
+    return [*launcher, "train", *args]
+
+
+def run(args: list[str], processes: int, env: dict) -> None:
+    done = subprocess.run(stvla_train(args, processes, env), env=env, capture_output=True, text=True,
+                          timeout=DEADLINE_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def assert_same_weights(a: Path, b: Path, steps: int, lr: float = 3e-4) -> None:
+    first, second = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert sorted(first) == sorted(second)
+    differences = np.concatenate([(first[k].double() - second[k].double()).abs().flatten().numpy() for k in first])
+    assert differences.max() <= steps * lr
+    assert (differences > 1e-5).mean() < 1e-3, (differences > 1e-5).sum()
+
+
+@pytest.fixture(scope="module")
+def setting(small_dataset, tmp_path_factory):
+    root, _ = small_dataset
+    env = {**os.environ, "STVLA_CACHE": str(tmp_path_factory.mktemp("ddp-cache")), "OMP_NUM_THREADS": "1"}
+    return root, env
+
+
+def test_two_processes_train_what_one_trains_and_build_the_caches_once(setting, tmp_path):
+    root, env = setting
+    cache = tmp_path / "cache"  # nothing cached yet: both ranks start on a bare dataset
+    common = ["--policy", "spatialvla", "--dataset", str(root), "--steps", "20", "--save_every", "10", *TINY]
+    run([*common, "--out", str(tmp_path / "one")], 1, env)
+    run([*common, "--out", str(tmp_path / "two"), "--cache_dir", str(cache)], 2, env)
+    assert_same_weights(tmp_path / "one" / "policy", tmp_path / "two" / "policy", steps=20)
+    (decoded,) = cache.glob("*/decoded")
+    assert sorted(p.name for p in decoded.iterdir()) == sorted(p.name for p in next(
+        Path(env["STVLA_CACHE"]).glob("*/decoded")).iterdir())  # the same features as one process decodes
+    assert not [p for p in cache.rglob("*") if ".tmp" in p.name]
+    log = (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()
+    assert len(log) == 1  # rank 0 alone logs (20 steps: one line)
+
+    # Stage 2, LoRA on st (traced inputs, their cache too), from the one-process base.
+    stage2 = ["--policy", "st", "--dataset", str(root), "--init", str(tmp_path / "one" / "policy"), "--steps", "20",
+              "--save_every", "10", "--batch_size", "8", "--warmup_steps", "5", "--threads", "1"]
+    run([*stage2, "--out", str(tmp_path / "lora1")], 1, env)
+    run([*stage2, "--out", str(tmp_path / "lora2"), "--cache_dir", str(cache)], 2, env)
+    assert_same_weights(tmp_path / "lora1" / "policy", tmp_path / "lora2" / "policy", steps=20, lr=1e-3)
+
+
+def test_a_killed_two_process_run_resumes_with_one(setting, tmp_path):
+    root, env = setting
+    common = ["--policy", "spatialvla", "--dataset", str(root), "--steps", "30", "--save_every", "5", *TINY]
+    run([*common, "--out", str(tmp_path / "whole")], 1, env)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(stvla_train([*common, "--out", str(killed)], 2, env), env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + DEADLINE_S
+    while not (killed / "checkpoint" / "state.json").is_file() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (killed / "policy").exists()  # killed before the end
+    run([*common, "--out", str(killed)], 1, env)
+    assert_same_weights(tmp_path / "whole" / "policy", killed / "policy", steps=30)
+
+
+def test_a_batch_that_does_not_split_is_refused(setting, tmp_path):
+    root, env = setting
+    args = stvla_train(["--policy", "spatialvla", "--dataset", str(root), "--out", str(tmp_path / "odd"),
+                        "--steps", "2", *TINY[:-6], "--batch_size", "7"], 2, env)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=DEADLINE_S)
+    assert done.returncode != 0 and "--batch_size 7 does not split over 2 processes" in done.stderr
