@@ -1,5 +1,6 @@
 """`torchrun ... stvla train`: two CPU processes (gloo) train what one process trains, stage 1 and LoRA
-stage 2; a killed two-process run resumes with one; the caches are built once, by rank 0.
+stage 2, replicated (DDP) or sharded (FSDP2); a killed two-process run resumes with one; the caches
+are built once, by rank 0.
 
 Equal "to float tolerance" means: after 20 AdamW steps every weight within 1e-5 of the one-process
 run's, except a handful whose gradient is zero in exact arithmetic (a bias before a normalisation),
@@ -72,6 +73,9 @@ def test_two_processes_train_what_one_trains_and_build_the_caches_once(setting, 
     assert not [p for p in cache.rglob("*") if ".tmp" in p.name]
     log = (tmp_path / "two" / "train_log.jsonl").read_text().splitlines()
     assert len(log) == 1  # rank 0 alone logs (20 steps: one line)
+    # FSDP2: weights, gradients and optimiser state sharded over the two processes, the same result.
+    run([*common, "--out", str(tmp_path / "sharded"), "--cache_dir", str(cache), "--fsdp"], 2, env)
+    assert_same_weights(tmp_path / "one" / "policy", tmp_path / "sharded" / "policy", steps=20)
 
     # Stage 2, LoRA on st (traced inputs, their cache too), from the one-process base.
     stage2 = ["--policy", "st", "--dataset", str(root), "--init", str(tmp_path / "one" / "policy"), "--steps", "20",
@@ -79,6 +83,8 @@ def test_two_processes_train_what_one_trains_and_build_the_caches_once(setting, 
     run([*stage2, "--out", str(tmp_path / "lora1")], 1, env)
     run([*stage2, "--out", str(tmp_path / "lora2"), "--cache_dir", str(cache)], 2, env)
     assert_same_weights(tmp_path / "lora1" / "policy", tmp_path / "lora2" / "policy", steps=20, lr=1e-3)
+    run([*stage2, "--out", str(tmp_path / "lora-sharded"), "--cache_dir", str(cache), "--fsdp"], 2, env)
+    assert_same_weights(tmp_path / "lora1" / "policy", tmp_path / "lora-sharded" / "policy", steps=20, lr=1e-3)
 
 
 def test_a_killed_two_process_run_resumes_with_one(setting, tmp_path):

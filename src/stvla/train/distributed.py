@@ -69,6 +69,37 @@ def stop(ranks: Ranks) -> None:
         dist.destroy_process_group()
 
 
+def shard(policy: torch.nn.Module, ranks: Ranks, device: torch.device) -> None:
+    """FSDP2 (`--fsdp`): every block of every ModuleList (trunk layers, encoder stages, a PaliGemma
+    backbone's decoder layers) and then the policy itself sharded over the ranks: parameters, gradients
+    and optimiser state split instead of replicated, gathered a block at a time when used."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (ranks.world,))
+    for blocks in [m for m in policy.modules() if isinstance(m, torch.nn.ModuleList)]:
+        for block in blocks:
+            if any(True for _ in block.parameters()):
+                fully_shard(block, mesh=mesh)
+    fully_shard(policy, mesh=mesh)
+
+
+def full(tensor: torch.Tensor) -> torch.Tensor:
+    """A sharded (FSDP) tensor gathered whole, on every rank (a collective); a plain tensor as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def like(value: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
+    """A whole tensor split as a sharded parameter is (an optimiser state being loaded); else as it is."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(parameter, DTensor) and value.shape == parameter.shape:
+        return distribute_tensor(value.to(parameter.device), parameter.device_mesh, parameter.placements)
+    return value
+
+
 def share_of_batch(batch: dict[str, Any], ranks: Ranks) -> dict[str, Any]:
     """This rank's disjoint share of the global batch (every `world`-th sample from `rank`), with the
     global batch's counts of what the loss averages over, divided by the world size: each share's loss is

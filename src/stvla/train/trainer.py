@@ -61,6 +61,7 @@ class TrainConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)  # stage-2 adapters
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata=KEY_NEUTRAL)  # training-time augmentation (random shift)
     ema: float = field(default=0.0, metadata=KEY_NEUTRAL)  # decay of a weight average exported instead of the last weights (0 = off)
+    fsdp: bool = field(default=False, metadata=KEY_NEUTRAL)  # under torchrun: shard weights, gradients and optimiser state over the processes (FSDP2) instead of replicating them (DDP), for a backbone too large for one GPU
     model: VLAConfig = field(default_factory=VLAConfig)  # stage 1: the model's shape (image size from the dataset, the rest of the policy type's own fields from the type; stage 2 keeps the checkpoint's)
     traces: TraceConfig = field(default_factory=TraceConfig)  # traced policies (st, tracevla): tracker, buffer b, selection, drawing variant
     trace_points: int = -1  # llarva: future trace points predicted; -1 = the policy's 16 (or the checkpoint's), 0 = none
@@ -252,14 +253,19 @@ def cosine_schedule(step: int, warmup: int, total: int) -> float:
 
 # --- training state on disk (safetensors + JSON, no pickle) --------------------------------------------
 def save_training_state(directory: Path, policy: Policy, optimizer: torch.optim.Optimizer, step: int,
-                        average: WeightAverage | None = None) -> None:
+                        average: WeightAverage | None = None, write: bool = True) -> None:
+    """The training state as whole tensors (sharded ones gathered: then every rank calls this, and only the
+    one with `write` writes)."""
+    model = {k: distributed.full(v).detach().cpu().contiguous() for k, v in policy.model.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    tensors = {f"{pid}.{name}": distributed.full(value).cpu().contiguous()
+               for pid, slots in optimizer_state["state"].items() for name, value in slots.items()}
+    if not write:
+        return
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in policy.model.state_dict().items()}, str(tmp / "model.safetensors"))
-    optimizer_state = optimizer.state_dict()
-    tensors = {f"{pid}.{name}": value.cpu().contiguous() for pid, slots in optimizer_state["state"].items()
-               for name, value in slots.items()}
+    save_file(model, str(tmp / "model.safetensors"))
     tensors["torch_rng"] = torch.get_rng_state()
     if torch.cuda.is_available():  # dropout on a GPU draws from its own generators
         tensors.update({f"cuda_rng.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
@@ -271,18 +277,23 @@ def save_training_state(directory: Path, policy: Policy, optimizer: torch.optim.
     os.replace(tmp, directory)
 
 
-def load_training_state(directory: Path, policy: Policy, optimizer: torch.optim.Optimizer,
-                        average: WeightAverage | None = None) -> int:
+def load_weights_state(directory: Path, policy: Policy, average: WeightAverage | None = None) -> None:
+    """A checkpoint's weights (and weight average) into the policy (before it is sharded, with --fsdp)."""
     policy.model.load_state_dict(load_file(str(directory / "model.safetensors")))
     if average is not None:
         average.load_state_dict(load_file(str(directory / "weight_average.safetensors")))
+
+
+def load_optimizer_state(directory: Path, optimizer: torch.optim.Optimizer) -> int:
+    """A checkpoint's optimiser state (split like its parameters, if they are sharded), RNG and step."""
     tensors = load_file(str(directory / "optimizer.safetensors"))
     meta = json.loads((directory / "state.json").read_text())
+    parameters = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key != "torch_rng" and not key.startswith("cuda_rng."):
             pid, name = key.split(".", 1)
-            state.setdefault(int(pid), {})[name] = value
+            state.setdefault(int(pid), {})[name] = distributed.like(value, parameters[int(pid)])
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["torch_rng"])
     cuda_states = [tensors[f"cuda_rng.{i}"] for i in range(sum(k.startswith("cuda_rng.") for k in tensors))]
@@ -348,17 +359,23 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
         add_lora(policy, config.lora)
     policy.to(device)
     policy.train()
+    sharded = ranks.distributed and config.fsdp
+    if sharded and config.ema:
+        raise ValueError("--ema is not available with --fsdp yet: train with one or the other")
+    average = WeightAverage(policy.model, config.ema) if config.ema else None
+    resuming = (out / "checkpoint").exists()
+    if resuming:
+        load_weights_state(out / "checkpoint", policy, average)  # every rank, the same file
+    if sharded:
+        distributed.shard(policy, ranks, device)
     # Gradients all-reduced across ranks (a run of one calls the policy itself). Some parameters take no part
     # in a given policy's loss (heads of another action layout, say): DDP is told to look for them.
     model = torch.nn.parallel.DistributedDataParallel(
         policy, device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=True) if ranks.distributed else policy
+        find_unused_parameters=True) if ranks.distributed and not sharded else policy
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.peak_lr, weight_decay=config.weight_decay)
-    average = WeightAverage(policy.model, config.ema) if config.ema else None
-    step = 0
-    if (out / "checkpoint").exists():
-        step = load_training_state(out / "checkpoint", policy, optimizer, average)  # every rank, the same file
+    step = load_optimizer_state(out / "checkpoint", optimizer) if resuming else 0
     # Created after a resume's optimiser state is loaded, so the schedule continues at `step`.
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: cosine_schedule(i, config.warmup_steps, config.steps), last_epoch=step - 1)
@@ -389,12 +406,18 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
                                       **logs}) + "\n")
             started = time.perf_counter()
         if step % config.save_every == 0 or step == config.steps:
-            if ranks.is_main:
-                save_training_state(out / "checkpoint", policy, optimizer, step, average)
+            if ranks.is_main or sharded:  # sharded: every rank gives its shards, rank 0 writes
+                save_training_state(out / "checkpoint", policy, optimizer, step, average, write=ranks.is_main)
             distributed.barrier(ranks)  # no rank goes on (or resumes) before the checkpoint is whole
     bar.close()
     if step < config.steps:
         return out / "checkpoint"
+    if sharded:  # the whole weights, into an unsharded copy of the policy (built alike) that is exported
+        weights = {k: distributed.full(v).detach().cpu() for k, v in policy.model.state_dict().items()}
+        policy = build_policy(config, store.features[F.RGB]["shape"][0])
+        if config.uses_lora:
+            add_lora(policy, config.lora)
+        policy.model.load_state_dict(weights)
     if average is not None:
         average.copy_to(policy.model)
     merge_lora(policy)
