@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.torch import load_file
+from test_paligemma import tiny_paligemma  # noqa: F401  (a fixture: the tiny PaliGemma2 backbone on disk)
 
 TINY = ["--model.width", "32", "--model.image.channels", "8,16", "--model.image.width", "32",
         "--model.trunk.width", "32", "--model.trunk.depth", "2", "--model.trunk.heads", "2",
@@ -87,13 +88,17 @@ def test_two_processes_train_what_one_trains_and_build_the_caches_once(setting, 
     assert_same_weights(tmp_path / "lora1" / "policy", tmp_path / "lora-sharded" / "policy", steps=20, lr=1e-3)
 
 
-def test_a_killed_two_process_run_resumes_with_one(setting, tmp_path):
+@pytest.mark.parametrize("sharded", [False, True], ids=["ddp-resumed-by-one", "fsdp-resumed-by-two"])
+def test_a_killed_two_process_run_resumes(setting, tmp_path, sharded):
+    """Killed after a checkpoint, a 2-process run resumes (DDP: with 1 process; FSDP: sharded again, which
+    splits the saved optimiser state like the parameters) to the uninterrupted one-process weights."""
     root, env = setting
     common = ["--policy", "spatialvla", "--dataset", str(root), "--steps", "30", "--save_every", "5", *TINY]
     run([*common, "--out", str(tmp_path / "whole")], 1, env)
     killed = tmp_path / "killed"
-    process = subprocess.Popen(stvla_train([*common, "--out", str(killed)], 2, env), env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    extra = ["--fsdp"] if sharded else []
+    process = subprocess.Popen(stvla_train([*common, "--out", str(killed), *extra], 2, env), env=env,
+                               start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + DEADLINE_S
     while not (killed / "checkpoint" / "state.json").is_file() and process.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint was written"
@@ -101,7 +106,7 @@ def test_a_killed_two_process_run_resumes_with_one(setting, tmp_path):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (killed / "policy").exists()  # killed before the end
-    run([*common, "--out", str(killed)], 1, env)
+    run([*common, "--out", str(killed), *extra], 2 if sharded else 1, env)
     assert_same_weights(tmp_path / "whole" / "policy", killed / "policy", steps=30)
 
 
@@ -111,3 +116,15 @@ def test_a_batch_that_does_not_split_is_refused(setting, tmp_path):
                         "--steps", "2", *TINY[:-6], "--batch_size", "7"], 2, env)
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=DEADLINE_S)
     assert done.returncode != 0 and "--batch_size 7 does not split over 2 processes" in done.stderr
+
+
+def test_fsdp_shards_a_paligemma2_backbone(setting, tiny_paligemma, tmp_path):
+    """FSDP2 on the papers' backbone (the tiny PaliGemma2 config): decoder and SigLIP layers sharded over two
+    processes train what one process trains."""
+    root, env = setting
+    common = ["--policy", "spatialvla", "--dataset", str(root), "--model.backbone.kind", "paligemma",
+              "--model.backbone.path", str(tiny_paligemma), "--steps", "8", "--batch_size", "4",
+              "--warmup_steps", "2", "--save_every", "4", "--threads", "1"]
+    run([*common, "--out", str(tmp_path / "one")], 1, env)
+    run([*common, "--out", str(tmp_path / "sharded"), "--fsdp"], 2, env)
+    assert_same_weights(tmp_path / "one" / "policy", tmp_path / "sharded" / "policy", steps=8)
