@@ -118,6 +118,17 @@ def test_a_batch_that_does_not_split_is_refused(setting, tmp_path):
     assert done.returncode != 0 and "--batch_size 7 does not split over 2 processes" in done.stderr
 
 
+@pytest.mark.parametrize("policy", ["tracevla", "llarva"])
+def test_every_policy_type_trains_alike_on_two_processes(setting, tmp_path, policy):
+    """TraceVLA (two images, a traced-input cache) and LLARVA (prompts, the trace head's loss over the global
+    count of trace targets) on two processes give the weights of one."""
+    root, env = setting
+    common = ["--policy", policy, "--dataset", str(root), "--steps", "10", "--save_every", "10", *TINY]
+    run([*common, "--out", str(tmp_path / "one")], 1, env)
+    run([*common, "--out", str(tmp_path / "two")], 2, env)
+    assert_same_weights(tmp_path / "one" / "policy", tmp_path / "two" / "policy", steps=10)
+
+
 def test_fsdp_shards_a_paligemma2_backbone(setting, tiny_paligemma, tmp_path):
     """FSDP2 on the papers' backbone (the tiny PaliGemma2 config): decoder and SigLIP layers sharded over two
     processes train what one process trains."""
