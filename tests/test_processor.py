@@ -230,3 +230,49 @@ def test_temporal_ensembling_averages_every_chunks_action_for_the_step():
     policy.config.temporal_ensemble = 0.0  # off: one forward pass per n_action_steps (1 here)
     policy.reset()
     assert np.allclose(policy.select_action(obs), 7)
+
+
+@pytest.mark.parametrize("name", ["st", "tracevla"])
+def test_trace_diagnostics_measure_the_traces_and_removing_them_is_the_counterfactual(name, small_dataset):
+    """In an episode: the share of steps with traces, the pixels they change, and how far the chunk moves
+    without them; with `remove_traces` the policy acts exactly as that counterfactual."""
+    from stvla.policies.base import TraceDiagnostics
+
+    root, _ = small_dataset
+    store = EpisodeStore(root)
+    policy = tiny_policy(name, selection=SelectionConfig(adaptive=True))
+    # Ego3D starts near zero (init gain 0.01) so that a new model sees RGB first; a random model that reads
+    # depth at all needs it larger, or removing the traces from depth would move nothing.
+    vla = dataclasses.replace(policy.config.vla, ego3d=dataclasses.replace(policy.config.vla.ego3d, init_gain=3.0))
+    policy = make_policy(name, dataclasses.replace(policy.config, vla=vla))
+    rng = np.random.default_rng(0)
+    policy.fit_statistics(rng.uniform(-1, 1, (200, 4)), rng.normal(0, 0.3, (200, 4)))
+    keys = list(policy.processor.input_features())
+    frames = store.episode(1, keys)
+    observations = [{**{F.FEATURE_OF_OBSERVATION[key]: frames[key][i] for key in keys},
+                     F.OBS_INSTRUCTION: store.episode_meta(1)["tasks"][0]} for i in range(len(frames[F.RGB]))]
+    policy.trace_diagnostics = TraceDiagnostics()
+    policy.reset()
+    for obs in observations:
+        policy.select_action(obs)
+    figures = policy.trace_diagnostics.summary()
+    diagnostics = policy.trace_diagnostics
+    assert diagnostics.steps == len(observations) and 0 < diagnostics.steps_with_traces < len(observations)
+    assert 0 < figures["traced_pixel_share"] < 0.5
+    assert len(diagnostics.sensitivities) == diagnostics.steps_with_traces  # n_action_steps 1: a chunk a step
+    assert figures["trace_sensitivity"] > 0  # random weights still read their inputs
+    # Acting without traces: what enters the model is the untraced frame (raw depth; the plain image twice).
+    policy.remove_traces = True
+    policy.trace_diagnostics = None
+    seen = []
+    predict_chunk = policy.model.predict_chunk
+    policy.model.predict_chunk = lambda batch: seen.append(batch) or predict_chunk(batch)
+    policy.reset()
+    for obs in observations:
+        policy.select_action(obs)
+    for batch, index in zip(seen, range(len(observations))):
+        if name == "st":
+            assert torch.equal(batch[F.DEPTH][0], torch.from_numpy(np.asarray(frames[F.DEPTH][index], np.float32)))
+        else:
+            assert torch.equal(batch[F.TRACED_RGB], batch[F.RGB])
+

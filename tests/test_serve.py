@@ -12,6 +12,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import torch
 
 from stvla import features as F
 from stvla.envs import make_env
@@ -30,14 +31,19 @@ TINY = VLAConfig(image_size=64, width=32, image=ImageEncoderConfig(channels=(8, 
 
 @pytest.fixture(scope="module")
 def tiny_tracevla(tmp_path_factory):
-    """A tiny tracevla policy (adaptive traces: drawn within a few frames of motion; a chunk of 4 with 2
-    executed), saved."""
+    """A tiny random tracevla policy (adaptive traces: drawn within a few frames of motion; a chunk of 4
+    with 2 executed), its weight matrices scaled up so that its actions change with what it sees (at the
+    initial scale a random model picks the same action bins whatever its input)."""
     config = make_policy("tracevla").config
     config.vla = dataclasses.replace(TINY, two_images=True)
     config.traces = TraceConfig(selection=SelectionConfig(adaptive=True))
     policy = make_policy("tracevla", config)
     rng = np.random.default_rng(0)
     policy.fit_statistics(rng.uniform(-1, 1, (300, 4)), rng.normal(0, 0.3, (300, 4)))
+    with torch.no_grad():
+        for parameter in policy.model.parameters():
+            if parameter.dim() > 1:
+                parameter.mul_(4.0)
     return policy.save_pretrained(tmp_path_factory.mktemp("served") / "policy")
 
 
@@ -148,7 +154,7 @@ def test_tokens_and_addresses(tiny_tracevla, tmp_path, capsys):
 
 
 def test_served_eval_equals_local_eval_episode_by_episode(server, tiny_tracevla, tmp_path):
-    common = dict(tasks="reach-v3", episodes=2, max_steps=12, workers=1, videos=1)
+    common = dict(tasks="pick-place-v3", episodes=2, max_steps=12, workers=1, videos=1)
     local = evaluate(EvalConfig(policy=str(tiny_tracevla), out=str(tmp_path / "local"), **common), progress=False)
     served = evaluate(EvalConfig(server=f"ws://127.0.0.1:{server.port}", out=str(tmp_path / "served"), **common),
                       progress=False)
@@ -156,6 +162,8 @@ def test_served_eval_equals_local_eval_episode_by_episode(server, tiny_tracevla,
     fields = ("task", "attempt", "seed", "success", "steps", "near_object", "grasped", "final_ee_position")
     assert [{k: e[k] for k in fields} for e in served["episodes"]] == [{k: e[k] for k in fields} for e in local["episodes"]]
     assert local["episodes"][0]["final_ee_position"] != local["episodes"][1]["final_ee_position"]
+    # The local run measured its traces (eval_info: step share, pixel share, sensitivity); the served cannot.
+    assert 0 <= local["overall"]["trace_step_share"] <= 1 and served["overall"]["trace_step_share"] is None
     assert json.loads((tmp_path / "served" / "resume_key.json").read_text())["policy"] == \
         json.loads((tmp_path / "local" / "resume_key.json").read_text())["policy"]
 

@@ -118,6 +118,11 @@ def _eval(args: argparse.Namespace) -> int:
         low, high = row["ci95"]
         print(f"{task:28s} {row['episodes']:8d}  {100 * row['success_rate']:5.1f}% [{100 * low:4.1f}, {100 * high:5.1f}]"
               f"  {100 * row['subgoal_rate']:7.1f}%")
+    overall = info["overall"]
+    if overall.get("trace_step_share") is not None:
+        share, pixels, moved = (overall[k] for k in ("trace_step_share", "traced_pixel_share", "trace_sensitivity"))
+        print(f"traces: on {100 * share:.0f}% of steps, {100 * (pixels or 0):.2f}% of the input's pixels when drawn; "
+              f"action change without them: " + ("n/a" if moved is None else f"{moved:.4f} (mean L2 per action)"))
     videos = [e["video"] for e in info["episodes"] if e["video"]]
     print(f"results: {config.out}/eval_info.json" + (f"; a video: {videos[0]}" if videos else ""))
     return 0

@@ -33,7 +33,7 @@ from stvla.data.video import write_video
 from stvla.devices import torch_device
 from stvla.envs import MetaWorldRGBDEnv, episode_seed, make_env, parse_tasks
 from stvla.evaluate.stats import rate_summary
-from stvla.policies.base import Policy, checkpoint_fingerprint
+from stvla.policies.base import Policy, TraceDiagnostics, checkpoint_fingerprint
 from stvla.policies.registry import load_policy
 from stvla.serve.client import PolicyClient, ServedPolicy
 from stvla.traces import draw_traces_rgb
@@ -54,6 +54,8 @@ class EvalConfig:
     device: str = "cpu"  # torch device of each worker's policy: cpu, cuda, cuda:1, mps
     depth_model: str = ""  # local depth model checkpoint (ZoeDepth or Depth Anything V2 metric) whose estimate replaces the rendered depth ("" = rendered; runs on `device`)
     temporal_ensemble: float = 0.0  # ACT's temporal ensembling m at control, overriding the policy's (0 = the policy's own)
+    remove_traces: bool = field(default=False, metadata=KEY_NEUTRAL)  # a traced policy acts on its untraced inputs (the test-time ablation)
+    trace_diagnostics: bool = field(default=True, metadata=KEY_NEUTRAL)  # a traced policy: measure its traces (step share, pixel share, sensitivity: one more forward per chunk)
     server: str = field(default="", metadata=KEY_NEUTRAL)  # ws://HOST:PORT of `stvla serve`: act through it (each worker its own connection) instead of loading `policy`
     token_file: str = field(default="", metadata=KEY_NEUTRAL)  # file holding the server's token, if it asks for one
 
@@ -68,6 +70,8 @@ class EvalConfig:
             key["depth_model"] = str(Path(self.depth_model).resolve())
         if self.temporal_ensemble:  # another way of acting
             key["temporal_ensemble"] = self.temporal_ensemble
+        if self.remove_traces:  # other inputs
+            key["remove_traces"] = True
         return key
 
 
@@ -150,6 +154,7 @@ def run_episode(policy: Policy | ServedPolicy, env: MetaWorldRGBDEnv, task: str,
     return {"task": task, "attempt": attempt, "seed": seed, "success": success,
             "subgoal": near_object or grasped, "near_object": near_object, "grasped": grasped, "steps": steps,
             "final_ee_position": [float(x) for x in obs[F.OBS_EE_POSITION]],  # where the actions led
+            **(diagnostics.summary() if (diagnostics := getattr(policy, "trace_diagnostics", None)) else {}),
             "trace_error_px": predicted_trace_error(predictions, path), "video": str(written) if written else None}
 
 
@@ -163,6 +168,8 @@ def predicted_trace_error(predictions: dict[int, np.ndarray], path: dict[str, li
                                                                              F.OBS_CAMERA_POSE)), points)
     return float(np.mean([trace_error_px(trace, targets[step], masks[step]) for step, trace in predictions.items()]))
 
+
+TRACE_FIGURES = ("trace_step_share", "traced_pixel_share", "trace_sensitivity")  # TraceDiagnostics.summary()
 
 # Worker side: the policy loaded once per process, one simulator per task.
 _WORKER: dict[str, Any] = {}
@@ -181,6 +188,9 @@ def _start_worker(config: dict[str, Any]) -> None:
             policy = load_policy(eval_config.policy).to(torch_device(eval_config.device))
             if eval_config.temporal_ensemble:
                 policy.config.temporal_ensemble = eval_config.temporal_ensemble
+            if policy.processor.tracer is not None:
+                policy.remove_traces = eval_config.remove_traces
+                policy.trace_diagnostics = TraceDiagnostics() if eval_config.trace_diagnostics else None
     except Exception as error:  # noqa: BLE001 - a pool restarts a worker whose initializer raises, forever
         _WORKER["error"] = f"{type(error).__name__}: {error}"
         return
@@ -223,10 +233,13 @@ def summarize(episodes: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any
     def block(group: list[dict[str, Any]]) -> dict[str, Any]:
         success = rate_summary(sum(e["success"] for e in group), len(group))
         subgoal = rate_summary(sum(e["subgoal"] for e in group), len(group))
-        trace_errors = [e["trace_error_px"] for e in group if e.get("trace_error_px") is not None]
+        def mean_of(name: str) -> float | None:  # over the episodes that have the figure
+            values = [e[name] for e in group if e.get(name) is not None]
+            return float(np.mean(values)) if values else None
+
         return {**success, "subgoal_rate": subgoal["success_rate"], "subgoal_ci95": subgoal["ci95"],
                 "mean_steps": float(np.mean([e["steps"] for e in group])) if group else float("nan"),
-                "trace_error_px": float(np.mean(trace_errors)) if trace_errors else None}
+                **{name: mean_of(name) for name in ("trace_error_px", *TRACE_FIGURES)}}
 
     return {"per_task": {task: block([e for e in episodes if e["task"] == task]) for task in tasks},
             "overall": block(episodes)}

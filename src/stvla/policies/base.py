@@ -25,6 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from stvla import features as F
 from stvla.config import KEY_NEUTRAL, config_from_dict, config_key
 from stvla.devices import batch_to
 from stvla.policies.processor import CONTRACT_FILE, InputProcessor, batch_of_one
@@ -63,6 +64,8 @@ class Policy(nn.Module):
         self.model = SmallVLA(self.config.vla, backbone_weights)
         self.processor = self.processor_class(self.config, self.name)
         self.predicted_trace: np.ndarray | None = None  # LLARVA: the latest predicted future path, (P, 2) px
+        self.remove_traces = False  # act on the untraced inputs (the test-time ablation of a traced policy)
+        self.trace_diagnostics: TraceDiagnostics | None = None  # when set, what the traces did this episode
         self._queue: deque[np.ndarray] = deque()  # the current chunk's actions still to execute
         self._chunks: deque[np.ndarray] = deque(maxlen=self.config.vla.chunk_size)  # temporal ensembling
 
@@ -88,6 +91,8 @@ class Policy(nn.Module):
         self._chunks.clear()
         self.predicted_trace = None
         self.processor.reset()
+        if self.trace_diagnostics is not None:
+            self.trace_diagnostics = TraceDiagnostics()
 
     @torch.no_grad()
     def select_action(self, obs: dict[str, Any]) -> np.ndarray:
@@ -97,15 +102,31 @@ class Policy(nn.Module):
         `policy.predicted_trace` ((P, 2) pixels) after the call.
         """
         frame = self.processor.observation_frame(obs)
+        if self.processor.tracer is not None:
+            if self.trace_diagnostics is not None:
+                self.trace_diagnostics.steps += 1
+                if frame[F.HAS_TRACES]:
+                    self.trace_diagnostics.steps_with_traces += 1
+                    self.trace_diagnostics.traced_pixels += self.processor.traced_share(frame)
+            if self.remove_traces:
+                frame = self.processor.untraced(frame)
         if self.config.temporal_ensemble > 0:
             # Every step a new chunk; the chunk predicted i steps ago holds its action for now at index i.
-            self._chunks.append(self._predict_chunk(frame))
+            self._chunks.append(self._acting_chunk(frame))
             actions = np.stack([chunk[len(self._chunks) - 1 - age] for age, chunk in enumerate(self._chunks)])
             weights = np.exp(-self.config.temporal_ensemble * np.arange(len(actions)))  # the oldest weighs most
             return ((weights[:, None] * actions).sum(0) / weights.sum()).astype(actions.dtype)
         if not self._queue:
-            self._queue.extend(self._predict_chunk(frame)[: self.config.vla.n_action_steps])
+            self._queue.extend(self._acting_chunk(frame)[: self.config.vla.n_action_steps])
         return self._queue.popleft()
+
+    def _acting_chunk(self, frame: dict[str, Any]) -> np.ndarray:
+        """The chunk to act on; measuring the traces, also how far it moves without them (same weights)."""
+        chunk = self._predict_chunk(frame)
+        if self.trace_diagnostics is not None and self.processor.tracer is not None and frame[F.HAS_TRACES]:
+            without = self._predict_chunk(self.processor.untraced(frame))
+            self.trace_diagnostics.sensitivities.append(float(np.linalg.norm(chunk - without, axis=-1).mean()))
+        return chunk
 
     def _predict_chunk(self, frame: dict[str, Any], processor: InputProcessor | None = None) -> np.ndarray:
         """(chunk_size, action_dim) actions for one frame (and LLARVA's predicted path, kept). `processor`:
@@ -180,6 +201,24 @@ class Policy(nn.Module):
         if result.unexpected_keys:
             raise ValueError(f"{path}: weights this policy does not have: {result.unexpected_keys[:5]}")
         return list(result.missing_keys)
+
+
+@dataclass
+class TraceDiagnostics:
+    """What a traced policy's traces did over one episode (`stvla eval`): on how many steps there were
+    traces, how much of the input they changed, and how far the decoded action chunk moves when they are
+    removed (the counterfactual forward, same weights, at every chunk predicted with traces)."""
+
+    steps: int = 0  # control steps
+    steps_with_traces: int = 0  # of which the tracer drew traces
+    traced_pixels: float = 0.0  # sum over those steps of the share of input pixels the traces changed
+    sensitivities: list[float] = field(default_factory=list)  # per chunk with traces: mean L2 of its actions' change
+
+    def summary(self) -> dict[str, float | None]:
+        with_traces = self.steps_with_traces
+        return {"trace_step_share": with_traces / self.steps if self.steps else None,
+                "traced_pixel_share": self.traced_pixels / with_traces if with_traces else None,
+                "trace_sensitivity": float(np.mean(self.sensitivities)) if self.sensitivities else None}
 
 
 def checkpoint_fingerprint(directory: str | Path) -> str:

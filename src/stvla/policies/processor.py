@@ -153,6 +153,25 @@ class InputProcessor:
             traced[F.TRACED_RGB] = step.traced_rgb if step.traces else frame[F.RGB]
         return traced
 
+    def untraced(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """The same frame as the model would see it without traces (the counterfactual of a traced policy:
+        raw depth in place of the traced, the plain image twice and the plain prompt)."""
+        out = {**frame, F.HAS_TRACES: np.bool_(False)}
+        if F.TRACED_DEPTH in frame:
+            out[F.TRACED_DEPTH] = frame[F.DEPTH]
+        if F.TRACED_RGB in frame:
+            out[F.TRACED_RGB] = frame[F.RGB]
+        return out
+
+    def traced_share(self, frame: dict[str, Any]) -> float:
+        """The share of the input's pixels the traces changed in this frame (depth for ST-VLA, the second
+        image for TraceVLA)."""
+        if F.TRACED_DEPTH in frame:
+            return float(np.mean(np.asarray(frame[F.TRACED_DEPTH]) != np.asarray(frame[F.DEPTH])))
+        if F.TRACED_RGB in frame:
+            return float(np.mean(np.any(np.asarray(frame[F.TRACED_RGB]) != np.asarray(frame[F.RGB]), axis=-1)))
+        return 0.0
+
     def observation_frame(self, obs: dict[str, Any]) -> dict[str, Any]:
         """One observation as a frame in dataset keys, with what the processor derives from the episode so
         far (call once per control step, after `reset()` at the episode start).
