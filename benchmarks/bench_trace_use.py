@@ -47,9 +47,10 @@ def main() -> None:
         b = removed["overall"] if task == "overall" else removed["per_task"][task]
         rows.append((f"{task}: success with traces / traces removed at test time", f"{percent(a)} / {percent(b)}"))
         rows.append((f"{task}: steps with traces; share of depth pixels they change; action change without them "
-                     f"(mean L2 per action, robot units)",
+                     f"(mean L2 per action, robot units) against the actions' own mean L2",
                      f"{100 * a['trace_step_share']:.0f}%; {100 * (a['traced_pixel_share'] or 0):.2f}%; "
-                     + ("n/a" if a["trace_sensitivity"] is None else f"{a['trace_sensitivity']:.4f}")))
+                     + ("n/a" if a["trace_sensitivity"] is None else
+                        f"{a['trace_sensitivity']:.4f} of {a['action_norm']:.3f}")))
     figures = {name: {"per_task": run["per_task"], "overall": run["overall"]} for name, run in runs.items()}
     record("trace_use", {"policy": checkpoint_fingerprint(args.policy), "tasks": args.tasks, **figures}, rows,
            f"Trace use (the main job's ST-VLA policy, {args.episodes} held-out episodes per task)")

@@ -240,13 +240,16 @@ def test_trace_diagnostics_measure_the_traces_and_removing_them_is_the_counterfa
 
     root, _ = small_dataset
     store = EpisodeStore(root)
+    torch.manual_seed(0)
     policy = tiny_policy(name, selection=SelectionConfig(adaptive=True))
-    # Ego3D starts near zero (init gain 0.01) so that a new model sees RGB first; a random model that reads
-    # depth at all needs it larger, or removing the traces from depth would move nothing.
-    vla = dataclasses.replace(policy.config.vla, ego3d=dataclasses.replace(policy.config.vla.ego3d, init_gain=3.0))
-    policy = make_policy(name, dataclasses.replace(policy.config, vla=vla))
     rng = np.random.default_rng(0)
     policy.fit_statistics(rng.uniform(-1, 1, (200, 4)), rng.normal(0, 0.3, (200, 4)))
+    # At its initial scale a random model picks the same action bins whatever it sees (and Ego3D starts near
+    # zero): its weight matrices scaled up, its decoded actions change with its inputs.
+    with torch.no_grad():
+        for parameter in policy.model.parameters():
+            if parameter.dim() > 1:
+                parameter.mul_(4.0)
     keys = list(policy.processor.input_features())
     frames = store.episode(1, keys)
     observations = [{**{F.FEATURE_OF_OBSERVATION[key]: frames[key][i] for key in keys},
@@ -261,6 +264,7 @@ def test_trace_diagnostics_measure_the_traces_and_removing_them_is_the_counterfa
     assert 0 < figures["traced_pixel_share"] < 0.5
     assert len(diagnostics.sensitivities) == diagnostics.steps_with_traces  # n_action_steps 1: a chunk a step
     assert figures["trace_sensitivity"] > 0  # random weights still read their inputs
+    assert figures["action_norm"] > 0 and len(diagnostics.action_norms) == len(diagnostics.sensitivities)
     # Acting without traces: what enters the model is the untraced frame (raw depth; the plain image twice).
     policy.remove_traces = True
     policy.trace_diagnostics = None

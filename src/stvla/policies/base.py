@@ -126,6 +126,7 @@ class Policy(nn.Module):
         if self.trace_diagnostics is not None and self.processor.tracer is not None and frame[F.HAS_TRACES]:
             without = self._predict_chunk(self.processor.untraced(frame))
             self.trace_diagnostics.sensitivities.append(float(np.linalg.norm(chunk - without, axis=-1).mean()))
+            self.trace_diagnostics.action_norms.append(float(np.linalg.norm(chunk, axis=-1).mean()))
         return chunk
 
     def _predict_chunk(self, frame: dict[str, Any], processor: InputProcessor | None = None) -> np.ndarray:
@@ -213,12 +214,14 @@ class TraceDiagnostics:
     steps_with_traces: int = 0  # of which the tracer drew traces
     traced_pixels: float = 0.0  # sum over those steps of the share of input pixels the traces changed
     sensitivities: list[float] = field(default_factory=list)  # per chunk with traces: mean L2 of its actions' change
+    action_norms: list[float] = field(default_factory=list)  # per chunk with traces: mean L2 of its actions (the scale)
 
     def summary(self) -> dict[str, float | None]:
         with_traces = self.steps_with_traces
         return {"trace_step_share": with_traces / self.steps if self.steps else None,
                 "traced_pixel_share": self.traced_pixels / with_traces if with_traces else None,
-                "trace_sensitivity": float(np.mean(self.sensitivities)) if self.sensitivities else None}
+                "trace_sensitivity": float(np.mean(self.sensitivities)) if self.sensitivities else None,
+                "action_norm": float(np.mean(self.action_norms)) if self.action_norms else None}
 
 
 def checkpoint_fingerprint(directory: str | Path) -> str:
