@@ -280,3 +280,26 @@ def test_trace_diagnostics_measure_the_traces_and_removing_them_is_the_counterfa
         else:
             assert torch.equal(batch[F.TRACED_RGB], batch[F.RGB])
 
+
+
+def test_without_the_state_the_policy_reads_image_depth_and_instruction_only(small_dataset, tmp_path):
+    """--model.use_state false, the papers' inputs: no state token, no state in the contract or the inputs
+    (its statistics still fitted), and training and control still give the model the same inputs."""
+    from stvla.train import train
+
+    root, _ = small_dataset
+    config = TrainConfig(policy="st", dataset=str(root), out=str(tmp_path / "st"), steps=3, batch_size=4,
+                         model=dataclasses.replace(TINY, use_state=False, n_action_steps=1),
+                         traces=TraceConfig(selection=SelectionConfig(adaptive=True)))
+    policy = load_policy(train(config, progress=False))
+    assert policy.model.state is None and not any(k.startswith("state.") for k in policy.model.state_dict())
+    assert F.STATE not in policy.processor.input_features()
+    assert F.STATE not in json.loads((tmp_path / "st" / "policy" / CONTRACT_FILE).read_text())["input_features"]
+    store = EpisodeStore(root)
+    samples = TrainingSamples(store, policy, progress=False)
+    seen = control_inputs(policy, store, 2)
+    span = samples.decoded.episode_slice(2)
+    for index, control in zip(range(span.start, span.stop), seen):
+        training = samples.batch(np.array([index]))
+        assert F.STATE not in control and F.STATE not in training
+        assert all(torch.equal(training[k], control[k]) for k in control if isinstance(control[k], torch.Tensor))

@@ -91,14 +91,14 @@ def open_client(config: EvalConfig) -> PolicyClient:
     return PolicyClient(config.server, token=token)
 
 
-def check_policy_fits_env(action_dim: int, state_dim: int, env: MetaWorldRGBDEnv, checkpoint: str) -> None:
+def check_policy_fits_env(action_dim: int, state_dim: int | None, env: MetaWorldRGBDEnv, checkpoint: str) -> None:
     """A clear error when the checkpoint (`action_dim`, `state_dim`) cannot drive this environment."""
     task_actions = env.action_space.shape[0]
     task_states = env.observation_space[F.OBS_STATE].shape[0]
     if action_dim != task_actions:
         raise ValueError(f"checkpoint {checkpoint} outputs {action_dim}-D actions; task {env.config.task} "
                          f"takes {task_actions}-D actions")
-    if state_dim != task_states:
+    if state_dim is not None and state_dim != task_states:
         raise ValueError(f"checkpoint {checkpoint} reads a {state_dim}-D proprio state; task "
                          f"{env.config.task} gives {task_states}-D")
 
@@ -278,7 +278,8 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
             raise ValueError("--temporal_ensemble applies to a local policy, not to one behind --server")
         contract = served_metadata(config)["contract"]
         image_size = contract["input_features"][F.RGB]["shape"][0]
-        dims = contract["output_features"][F.ACTION]["shape"][0], contract["input_features"][F.STATE]["shape"][0]
+        state = contract["input_features"].get(F.STATE)  # a policy without a state token reads none
+        dims = contract["output_features"][F.ACTION]["shape"][0], state["shape"][0] if state else None
         source = f"served by {config.server}"
     else:
         torch_device(config.device)  # a clear error here, not in every worker

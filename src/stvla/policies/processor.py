@@ -66,8 +66,9 @@ class InputProcessor:
         """The recorded features this policy reads, with the dtype and shape it needs."""
         vla = self.config.vla
         size = [vla.image_size, vla.image_size]
-        wanted = {F.RGB: {"dtype": "uint8", "shape": [*size, 3]},
-                  F.STATE: {"dtype": "float32", "shape": [vla.state_dim]}}
+        wanted = {F.RGB: {"dtype": "uint8", "shape": [*size, 3]}}
+        if vla.use_state or self.uses_state_history:
+            wanted[F.STATE] = {"dtype": "float32", "shape": [vla.state_dim]}
         if self.needs_depth:
             wanted[F.DEPTH] = {"dtype": "float32", "shape": size}
             wanted[F.INTRINSICS] = {"dtype": "float32", "shape": [3, 3]}
@@ -110,7 +111,7 @@ class InputProcessor:
         if action_shape != [vla.action_dim]:
             raise ValueError(f"{where} has actions of shape {action_shape}; {expects} [{vla.action_dim}]")
         state_shape = features.get(F.STATE, {}).get("shape")
-        if state_shape != wanted[F.STATE]["shape"]:
+        if state_shape != [vla.state_dim]:  # read by the model or not, the state's statistics are fitted
             raise ValueError(f"{where} has {F.STATE} of shape {state_shape}; {expects} [{vla.state_dim}]")
 
     # --- per episode -------------------------------------------------------------------------------------
@@ -187,7 +188,8 @@ class InputProcessor:
                                  f"{self.policy_name!r} reads {spec['shape']}")
             frame[feature] = value
         frame[F.TASK] = str(_observed(obs, F.TASK, F.OBS_INSTRUCTION))
-        self._states.append(np.asarray(frame[F.STATE], dtype=np.float64))
+        if F.STATE in frame:
+            self._states.append(np.asarray(frame[F.STATE], dtype=np.float64))
         if self.tracer is not None:
             frame.update(self.trace_frame(frame))
         if self.uses_state_history:
@@ -221,7 +223,9 @@ class InputProcessor:
         shown = np.array(frames[F.HAS_TRACES], dtype=bool) if F.HAS_TRACES in frames else np.zeros(count, bool)
         if self.uses_traced_rgb and augment:
             shown &= rng.random(count) >= self.config.untraced_fraction
-        batch = {F.RGB: image(frames[F.RGB]), F.STATE: floats(frames[F.STATE])}
+        batch = {F.RGB: image(frames[F.RGB])}
+        if F.STATE in self.input_features():
+            batch[F.STATE] = floats(frames[F.STATE])
         if F.DEPTH in self.input_features():
             batch[F.DEPTH] = floats(frames[F.TRACED_DEPTH] if self.depth_source == "traced" else frames[F.DEPTH])
             batch[F.INTRINSICS] = floats(frames[F.INTRINSICS])

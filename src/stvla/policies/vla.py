@@ -66,6 +66,7 @@ class VLAConfig:
     trace_loss_weight: float = 1.0  # weight of the trace loss (L1 in image-normalised units) beside the action loss
     action_dim: int = 4  # robot action dimension (Meta-World: dx, dy, dz, gripper)
     state_dim: int = 4  # proprio dimension (hand position, gripper opening)
+    use_state: bool = field(default=True, metadata=KEY_NEUTRAL)  # a proprio-state token; false: image, depth and instruction only, the papers' inputs
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # patch encoder
     ego3d: Ego3DConfig = field(default_factory=Ego3DConfig)  # 3D position encoder of depth
     trunk: TrunkConfig = field(default_factory=TrunkConfig)  # transformer trunk
@@ -139,7 +140,7 @@ class SmallVLA(nn.Module):
         if config.trace_points:
             self.trace_query = nn.Parameter(torch.randn(1, 1, width) * 0.02)
             self.trace_head = nn.Linear(width, 2 * config.trace_points)
-        self.state = nn.Linear(config.state_dim, width)
+        self.state = nn.Linear(config.state_dim, width) if config.use_state else None
         self.patch_position = nn.Parameter(torch.randn(1, config.num_patches, width) * 0.02)
         self.image_index = nn.Parameter(torch.randn(2, 1, width) * 0.02)  # which of the two images
         self.separator = nn.Parameter(torch.randn(1, 1, width) * 0.02)
@@ -178,11 +179,10 @@ class SmallVLA(nn.Module):
         else:
             language = self.language(batch[F.LANGUAGE]).unsqueeze(1)
             language_mask = torch.ones(batch_size, 1, dtype=torch.bool, device=images.device)
-        parts = [
-            language,
-            self.state(self.state_normalizer.normalize(batch[F.STATE])).unsqueeze(1),
-            self.encode_image(images, 0, depth, intrinsics),
-        ]
+        parts = [language]
+        if self.state is not None:
+            parts.append(self.state(self.state_normalizer.normalize(batch[F.STATE])).unsqueeze(1))
+        parts.append(self.encode_image(images, 0, depth, intrinsics))
         if self.config.two_images:
             traced = batch[F.TRACED_RGB]
             parts += [self.separator.expand(batch_size, -1, -1), self.encode_image(traced, 1, depth, intrinsics)]

@@ -230,7 +230,7 @@ class ServedPolicy:
         inputs = contract["input_features"]
         self.observation_keys = contract["observation_keys"]  # feature -> the env observation key it reads
         self.image_size = int(inputs["observation.images.rgb"]["shape"][0])
-        self.state_dim = int(inputs["observation.state"]["shape"][0])
+        self.state_dim = int(inputs["observation.state"]["shape"][0]) if "observation.state" in inputs else None
         self.action_dim = int(contract["output_features"]["action"]["shape"][0])
         self.predicted_trace: np.ndarray | None = None
         self.traces: list[np.ndarray] = []

@@ -39,7 +39,9 @@ class TrainingSamples:
         self.processor = processor
         self.augment = augment or AugmentConfig()
         self.decoded = DecodedCache(store, progress=progress, cache_dir=cache_dir)
-        self.arrays = self.decoded.require([*processor.input_features(), F.ACTION, F.TASK_INDEX])
+        # The state too, read by the model or not: its statistics are fitted in stage 1.
+        self.arrays = self.decoded.require(list(dict.fromkeys([*processor.input_features(), F.STATE, F.ACTION,
+                                                               F.TASK_INDEX])))
         if processor.tracer is not None:
             traced = DerivedCache(self.decoded, processor.trace_cache_name(), processor.trace_inputs(),
                                   processor.trace_outputs(), processor.reset, processor.trace_frame)
@@ -83,6 +85,8 @@ class TrainingSamples:
         """The frames `indices` as the processor reads them (batch-major, dataset keys)."""
         frames: dict[str, object] = {key: self.arrays[key][indices] for key in self.arrays
                                      if key not in (F.ACTION, F.TASK_INDEX)}
+        if F.STATE not in self.processor.input_features():
+            frames.pop(F.STATE)
         frames[F.TASK] = [self.instructions[int(t)] for t in np.asarray(self.arrays[F.TASK_INDEX][indices])]
         if self.processor.uses_state_history:
             states = np.asarray(self.arrays[F.STATE])[self.history_index[indices]]
