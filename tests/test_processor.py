@@ -303,3 +303,27 @@ def test_without_the_state_the_policy_reads_image_depth_and_instruction_only(sma
         training = samples.batch(np.array([index]))
         assert F.STATE not in control and F.STATE not in training
         assert all(torch.equal(training[k], control[k]) for k in control if isinstance(control[k], torch.Tensor))
+
+
+def test_stacked_frames_are_the_same_frames_in_training_and_control(small_dataset):
+    """--model.previous_frames 2 (frame stacking, another way to give history): the frames before each one,
+    the episode's first standing in before it, reach the model alike from the dataset and from control."""
+    root, _ = small_dataset
+    store = EpisodeStore(root)
+    config = make_policy("spatialvla").config
+    config.vla = dataclasses.replace(TINY, n_action_steps=1, previous_frames=2)
+    policy = make_policy("spatialvla", config)
+    samples = TrainingSamples(store, policy, progress=False)
+    policy.fit_statistics(samples.actions, samples.states)
+    span = samples.decoded.episode_slice(1)
+    trained = samples.batch(np.arange(span.start, span.stop))
+    controlled = control_inputs(policy, store, 1)
+    rgb = trained[F.RGB]
+    assert trained[F.PREVIOUS_RGB].shape == (len(rgb), 6, *rgb.shape[-2:])
+    for step, inputs in enumerate(controlled):
+        assert torch.equal(inputs[F.PREVIOUS_RGB][0], trained[F.PREVIOUS_RGB][step])
+        expected = [rgb[max(step - 2, 0)], rgb[max(step - 1, 0)]]  # oldest first
+        assert torch.equal(trained[F.PREVIOUS_RGB][step], torch.cat(expected))
+    with torch.no_grad():
+        actions, _ = policy.model.predict_chunk(trained)
+    assert actions.shape == (len(rgb), 4, 4) and torch.isfinite(actions).all()

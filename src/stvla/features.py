@@ -37,6 +37,7 @@ TASK = "task"  # the instruction string of each frame (LeRobot's batch key, and 
 TRACED_DEPTH = "observation.depth.traced"  # (H, W) float32 depth with the traces drawn in (ST-VLA)
 TRACED_RGB = "observation.images.rgb_traced"  # (H, W, 3) uint8 image with the traces drawn on (TraceVLA)
 HAS_TRACES = "observation.has_traces"  # () bool: the tracer chose at least one trace at this frame
+PREVIOUS_RGB = "observation.images.rgb_previous"  # (k, H, W, 3) uint8: the k frames before this one, oldest first (frame stacking)
 STATE_HISTORY = "observation.state_history"  # (HISTORY_LENGTH, S) the episode's latest states (LLARVA)
 
 # --- model batch entries beside the features above ---------------------------------------------------------

@@ -50,6 +50,7 @@ class InputProcessor:
         self.last_trace: TraceOutput | None = None  # the tracer's output at the latest frame (for videos)
         self.rng = np.random.default_rng(0)  # control-time prompt noise, re-seeded every episode
         self._states: deque[np.ndarray] = deque(maxlen=HISTORY_LENGTH)  # this episode's latest proprio states
+        self._previous: deque[np.ndarray] = deque(maxlen=max(config.vla.previous_frames, 1))  # frames before this one
 
     @property
     def trace_config(self) -> TraceConfig | None:
@@ -118,6 +119,7 @@ class InputProcessor:
     def reset(self) -> None:
         """Start a new episode: the tracker's buffer, the state history and the prompt noise start over."""
         self._states.clear()
+        self._previous.clear()
         self.rng = np.random.default_rng(0)  # the same noise every episode: reloaded policies act the same
         self.last_trace = None
         if self.tracer is not None:
@@ -190,11 +192,22 @@ class InputProcessor:
         frame[F.TASK] = str(_observed(obs, F.TASK, F.OBS_INSTRUCTION))
         if F.STATE in frame:
             self._states.append(np.asarray(frame[F.STATE], dtype=np.float64))
+        if self.config.vla.previous_frames:
+            frame[F.PREVIOUS_RGB] = self.previous_frames(frame[F.RGB])
         if self.tracer is not None:
             frame.update(self.trace_frame(frame))
         if self.uses_state_history:
             frame[F.STATE_HISTORY] = self.state_history()
         return frame
+
+    def previous_frames(self, rgb: np.ndarray) -> np.ndarray:
+        """(k, H, W, 3): the k frames before this one, oldest first; before the episode's first frame, the
+        first frame again (what training reads). Steps the buffer to this frame."""
+        count = self.config.vla.previous_frames
+        previous = list(self._previous) or [rgb]
+        stacked = np.stack([previous[0]] * (count - len(previous)) + previous[-count:])
+        self._previous.append(np.asarray(rgb))
+        return stacked
 
     def state_history(self) -> np.ndarray:
         """(HISTORY_LENGTH, S): this episode's latest states, oldest first, zero rows before its start."""
@@ -224,6 +237,9 @@ class InputProcessor:
         if self.uses_traced_rgb and augment:
             shown &= rng.random(count) >= self.config.untraced_fraction
         batch = {F.RGB: image(frames[F.RGB])}
+        if self.config.vla.previous_frames:  # (B, k, H, W, 3) -> (B, 3k, H, W)
+            stacked = image(np.asarray(frames[F.PREVIOUS_RGB]).reshape(-1, *np.shape(frames[F.RGB])[1:]))
+            batch[F.PREVIOUS_RGB] = stacked.reshape(count, -1, *stacked.shape[-2:])
         if F.STATE in self.input_features():
             batch[F.STATE] = floats(frames[F.STATE])
         if F.DEPTH in self.input_features():

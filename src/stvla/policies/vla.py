@@ -66,6 +66,7 @@ class VLAConfig:
     trace_loss_weight: float = 1.0  # weight of the trace loss (L1 in image-normalised units) beside the action loss
     action_dim: int = 4  # robot action dimension (Meta-World: dx, dy, dz, gripper)
     state_dim: int = 4  # proprio dimension (hand position, gripper opening)
+    previous_frames: int = field(default=0, metadata=KEY_NEUTRAL)  # frame stacking: also encode the k frames before this one (RGB, no Ego3D), another way to give history
     use_state: bool = field(default=True, metadata=KEY_NEUTRAL)  # a proprio-state token; false: image, depth and instruction only, the papers' inputs
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # patch encoder
     ego3d: Ego3DConfig = field(default_factory=Ego3DConfig)  # 3D position encoder of depth
@@ -74,6 +75,8 @@ class VLAConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig, metadata=KEY_NEUTRAL)  # image encoder and trunk: ours or PaliGemma's
 
     def validate(self) -> None:
+        if self.previous_frames < 0:
+            raise ValueError(f"previous_frames must be >= 0, got {self.previous_frames}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.use_ego3d and self.patch_size % self.ego3d.samples_per_side:
@@ -151,6 +154,8 @@ class SmallVLA(nn.Module):
         self.state_normalizer = StateNormalizer(config.state_dim)
         self.tokenizer = AdaptiveActionGrid(config.grid)
         self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in self.tokenizer.num_classes.items()})
+        if config.previous_frames:  # last: a default model's weights do not depend on this option
+            self.previous_index = nn.Parameter(torch.randn(config.previous_frames, 1, width) * 0.02)
 
     # --- encoding ------------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, index: int, depth: torch.Tensor | None,
@@ -183,6 +188,9 @@ class SmallVLA(nn.Module):
         if self.state is not None:
             parts.append(self.state(self.state_normalizer.normalize(batch[F.STATE])).unsqueeze(1))
         parts.append(self.encode_image(images, 0, depth, intrinsics))
+        if self.config.previous_frames:  # (B, 3k, H, W): the frames before, oldest first, without Ego3D
+            for i, previous in enumerate(batch[F.PREVIOUS_RGB].split(3, dim=1)):
+                parts.append(self.image_encoder(previous) + self.patch_position + self.previous_index[i])
         if self.config.two_images:
             traced = batch[F.TRACED_RGB]
             parts += [self.separator.expand(batch_size, -1, -1), self.encode_image(traced, 1, depth, intrinsics)]

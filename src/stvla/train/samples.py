@@ -59,6 +59,11 @@ class TrainingSamples:
         back = np.arange(len(self.decoded))[:, None] - np.arange(HISTORY_LENGTH - 1, -1, -1)[None]
         self.history_valid = back >= starts[:, None]
         self.history_index = np.maximum(back, starts[:, None])
+        # The frames before each frame (frame stacking), never reaching into the previous episode: the
+        # episode's first frame stands in for those before it.
+        count = policy.config.vla.previous_frames
+        self.previous_index = np.maximum(np.arange(len(self.decoded))[:, None] - np.arange(count, 0, -1)[None],
+                                         starts[:, None])
         self.trace_targets = self.trace_masks = None
         if policy.config.vla.trace_points:
             self.trace_targets, self.trace_masks = self._future_traces(policy.config.vla.trace_points)
@@ -87,6 +92,8 @@ class TrainingSamples:
                                      if key not in (F.ACTION, F.TASK_INDEX)}
         if F.STATE not in self.processor.input_features():
             frames.pop(F.STATE)
+        if self.previous_index.shape[1]:
+            frames[F.PREVIOUS_RGB] = np.asarray(self.arrays[F.RGB])[self.previous_index[indices]]
         frames[F.TASK] = [self.instructions[int(t)] for t in np.asarray(self.arrays[F.TASK_INDEX][indices])]
         if self.processor.uses_state_history:
             states = np.asarray(self.arrays[F.STATE])[self.history_index[indices]]
