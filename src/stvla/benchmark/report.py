@@ -97,6 +97,28 @@ def trace_error_text(cells: list[dict[str, Any]]) -> str:
     return f"{sum(errors) / len(errors):.1f}" if errors else "-"
 
 
+def trace_use_table(results: dict[str, Any], keys: tuple[str, ...], labels: dict[str, str]) -> list[str]:
+    """Per traced row, what its traces did in the evaluation (stvla eval's diagnostics, over every episode of
+    its cells that measured them): steps with traces, pixels changed, and the action change without them."""
+    lines = ["| row | episodes | steps with traces | input pixels changed | action change without traces "
+             "(mean L2) | actions (mean L2) |", "| --- | --- | --- | --- | --- | --- |"]
+    for key in keys:
+        episodes = [e for cell in _row_cells(results, key) for e in cell["episodes"]
+                    if e.get("trace_step_share") is not None]
+        if not episodes:
+            continue
+
+        def mean(name: str) -> float | None:
+            values = [e[name] for e in episodes if e.get(name) is not None]
+            return sum(values) / len(values) if values else None
+
+        moved, scale = mean("trace_sensitivity"), mean("action_norm")
+        lines.append(f"| {labels[key]} | {len(episodes)} | {100 * mean('trace_step_share'):.0f}% | "
+                     f"{100 * (mean('traced_pixel_share') or 0):.2f}% | "
+                     f"{'-' if moved is None else f'{moved:.4f}'} | {'-' if scale is None else f'{scale:.3f}'} |")
+    return lines
+
+
 def recorded_minutes_text(results: dict[str, Any]) -> str:
     """The summed wall time the cells recorded, and how many recorded one (older cells did not)."""
     cells = [cell for by_seed in results["cells"].values() for cell in by_seed.values()]
@@ -197,6 +219,9 @@ def write_report(results: dict[str, Any], config) -> Path:
         table = success_table(results, keys, labels, first_seed_only=True)
         if len(table) > 2:  # a table only once one of its rows has finished
             markdown += ["", f"**{title}** (first seed of each row).", ""] + table
+    table = trace_use_table(results, tuple(dict.fromkeys(MAIN_ROWS + VARIANT_ROWS + BUFFER_ROWS)), labels)
+    if len(table) > 2:  # only once an evaluation measured its traces
+        markdown += ["", "**Trace use** (stvla eval's diagnostics: does the policy read its traces?).", ""] + table
     llarva_keys = tuple(k for k in LLARVA_ROWS if _row_cells(results, k))
     if llarva_keys:
         markdown += ["", "**LLARVA** (first seed; predicted-trace error: mean pixel distance to the path the end "
