@@ -96,3 +96,32 @@ def test_gymnasium_registration_and_truncation():
     flags = [env.step(env.action_space.sample())[3] for _ in range(3)]
     env.close()
     assert flags == [False, False, True]
+
+
+def test_the_moving_goal_variant_moves_its_goal_and_the_expert_leads_it():
+    """reach-moving-v3: the goal moves by its per-episode velocity every step (bouncing inside the goal
+    space), its marker with it; the expert aims ahead of it, the control expert at it."""
+    from stvla.envs import episode_seed, parse_tasks
+    from stvla.envs.variants import VARIANTS
+
+    assert parse_tasks("reach-moving-v3") == ["reach-moving-v3"] and "reach-moving-v3" not in parse_tasks("all")
+    assert episode_seed("reach-moving-v3", 0) not in {episode_seed(t, 0) for t in parse_tasks("all")}
+    env = make_env("reach-moving-v3", image_size=64)
+    obs, _ = env.reset(seed=3)
+    assert obs["instruction"] == VARIANTS["reach-moving-v3"].instruction
+    space = env._mw.goal_space
+    goals = [np.array(env._mw._target_pos)]
+    for _ in range(200):
+        env.step(np.zeros(4))
+        goals.append(np.array(env._mw._target_pos))
+        assert np.all(goals[-1] >= space.low - 1e-9) and np.all(goals[-1] <= space.high + 1e-9)
+    steps = np.linalg.norm(np.diff(goals, axis=0), axis=1)
+    speed = VARIANTS["reach-moving-v3"].speed * 0.0125
+    assert np.median(steps) == pytest.approx(speed, rel=1e-6)  # constant speed between bounces
+    assert np.array_equal(env._mw.model.site("goal").pos, goals[-1])  # the rendered marker follows
+    assert not np.array_equal(env.expert_action(lead=True), env.expert_action(lead=False))
+    env.reset(seed=4)
+    other = np.array(env._mw._target_pos)
+    env.step(np.zeros(4))
+    assert not np.allclose(np.array(env._mw._target_pos) - other, goals[1] - goals[0])  # another velocity
+    env.close()

@@ -22,7 +22,7 @@ from stvla import features as F
 from stvla.config import KEY_NEUTRAL
 from stvla.data.roles import DataConfig, is_depth_feature, resolve_roles
 from stvla.data.store import EpisodeStore, EpisodeWriter, frame_dtype
-from stvla.envs import INSTRUCTIONS, ROBOT_TYPE, EnvConfig, MetaWorldRGBDEnv, episode_seed, parse_tasks
+from stvla.envs import ROBOT_TYPE, EnvConfig, MetaWorldRGBDEnv, episode_seed, instruction_of, parse_tasks
 
 FPS = 80  # Meta-World control rate: 5 MuJoCo steps of 2.5 ms per action
 
@@ -257,7 +257,7 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
                 stats.attempted += 1
                 stats.succeeded += episode.success
                 if episode.success or config.keep_failures:
-                    writer.add_episode(episode.frames, INSTRUCTIONS[task], {
+                    writer.add_episode(episode.frames, instruction_of(task), {
                         "env_task": task, "seed": episode.seed, "attempt": episode.attempt,
                         "success": episode.success, "near_object": episode.reached_near_object,
                         "grasped": episode.reached_grasp,

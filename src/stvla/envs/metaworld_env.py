@@ -39,6 +39,7 @@ from stvla import features as F
 from stvla import geometry
 from stvla.config import KEY_NEUTRAL
 from stvla.envs.instructions import INSTRUCTIONS
+from stvla.envs.variants import VARIANTS
 
 TASKS: tuple[str, ...] = tuple(INSTRUCTIONS)
 MT10_TASKS: tuple[str, ...] = (
@@ -66,8 +67,8 @@ class EnvConfig:
 
     def validate(self) -> None:
         """Raise a ValueError that lists the valid choices when a field is out of range."""
-        if self.task not in INSTRUCTIONS:
-            raise ValueError(f"unknown task {self.task!r}; valid tasks: {', '.join(TASKS)}")
+        if self.task not in INSTRUCTIONS and self.task not in VARIANTS:
+            raise ValueError(f"unknown task {self.task!r}; valid tasks: {', '.join(TASKS + tuple(VARIANTS))}")
         if self.camera not in CAMERAS:
             raise ValueError(f"unknown camera {self.camera!r}; valid cameras: {', '.join(CAMERAS)}")
         if self.image_size not in IMAGE_SIZES:
@@ -108,9 +109,12 @@ class MetaWorldRGBDEnv(gym.Env):
         config.validate()
         self.config = config
         self.render_mode = render_mode
-        self.instruction = INSTRUCTIONS[config.task]
-        self._mw = _make_metaworld(config.task)
-        self._expert = _make_expert(config.task)
+        self.variant = VARIANTS.get(config.task)  # a task whose goal moves (stvla.envs.variants), or None
+        base = self.variant.base if self.variant else config.task
+        self.instruction = instruction_of(config.task)
+        self._mw = _make_metaworld(base)
+        self._expert = _make_expert(base)
+        self._goal_velocity = np.zeros(3)
         self._state = np.zeros(39)
         self._steps = 0
 
@@ -127,6 +131,8 @@ class MetaWorldRGBDEnv(gym.Env):
             rolled = np.zeros(4)
             mujoco.mju_mulQuat(rolled, model.cam_quat[self._camera_id].copy(), np.array([0.0, 0.0, 0.0, 1.0]))
             model.cam_quat[self._camera_id] = rolled
+        if self.variant:  # a marker the camera sees move
+            model.site_size[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")][0] = self.variant.marker_radius
         self._renderer = mujoco.Renderer(model, size, size)
         _track_for_exit(self)
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
@@ -162,6 +168,8 @@ class MetaWorldRGBDEnv(gym.Env):
             self._mw.seed(int(seed))
         self._state, _ = self._mw.reset()
         self._steps = 0
+        if self.variant:
+            self._goal_velocity = self.variant.draw_velocity(seed)
         return self._observation(), {"success": False, "near_object": False, "grasped": False}
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
@@ -172,6 +180,8 @@ class MetaWorldRGBDEnv(gym.Env):
             raise ValueError(f"action must be finite, got {action}")
         self._state, reward, _, _, mw_info = self._mw.step(np.clip(action, -1.0, 1.0))
         self._steps += 1
+        if self.variant:
+            self._move_goal()
         info = {
             "success": bool(mw_info.get("success", 0.0)),
             "near_object": bool(mw_info.get("near_object", 0.0)),
@@ -190,13 +200,28 @@ class MetaWorldRGBDEnv(gym.Env):
         _LIVE_ENVS.discard(self)
 
     # --- extras ------------------------------------------------------------------------------------
-    def expert_action(self) -> np.ndarray:
-        """The Meta-World scripted expert's action for the current state."""
+    def expert_action(self, lead: bool = True) -> np.ndarray:
+        """The Meta-World scripted expert's action for the current state. A moving goal is led (aimed at
+        where it will be, from its velocity); `lead=False` gives the expert the current state only."""
+        state = self._state
+        if self.variant and lead:
+            state = state.copy()
+            state[-3:] += self.variant.lead(self._goal_velocity)
         with warnings.catch_warnings():
             # The experts warn on every step that their gains are high; we clip their actions anyway.
             warnings.simplefilter("ignore", UserWarning)
-            action = self._expert.get_action(self._state)
+            action = self._expert.get_action(state)
         return np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+
+    def _move_goal(self) -> None:
+        """One step of the moving goal: Meta-World's target, its marker and the state the expert reads."""
+        space = self._mw.goal_space
+        goal, self._goal_velocity = self.variant.move(np.array(self._mw._target_pos, dtype=np.float64),
+                                                      self._goal_velocity, space.low, space.high)
+        self._mw._target_pos = goal
+        self._mw.model.site("goal").pos = goal
+        self._state = self._state.copy()
+        self._state[-3:] = goal
 
     @property
     def camera_pose(self) -> np.ndarray:
@@ -258,6 +283,11 @@ def _track_for_exit(env: MetaWorldRGBDEnv) -> None:
 _INSTRUCTION_CHARSET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ,.-'")
 
 
+def instruction_of(task: str) -> str:
+    """The English instruction of a task or task variant."""
+    return VARIANTS[task].instruction if task in VARIANTS else INSTRUCTIONS[task]
+
+
 def parse_tasks(text: str) -> list[str]:
     """Comma-separated task names, "mt10" or "all", as a checked list (an unknown name lists the valid ones)."""
     names = [t.strip() for t in text.split(",") if t.strip()]
@@ -265,9 +295,10 @@ def parse_tasks(text: str) -> list[str]:
         names = list(MT10_TASKS)
     elif [n.lower() for n in names] == ["all"]:
         names = list(TASKS)
-    unknown = [t for t in names if t not in TASKS]
+    unknown = [t for t in names if t not in TASKS and t not in VARIANTS]
     if unknown or not names:
-        raise ValueError(f"unknown task(s) {unknown or text!r}; valid tasks: mt10, all, {', '.join(TASKS)}")
+        raise ValueError(f"unknown task(s) {unknown or text!r}; valid tasks: mt10, all, "
+                         f"{', '.join(TASKS + tuple(VARIANTS))}")
     return names
 
 

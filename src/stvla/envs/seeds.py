@@ -7,6 +7,7 @@ collection is reproducible, a resumed one continues where it stopped, and the tw
 from __future__ import annotations
 
 from stvla.envs.metaworld_env import TASKS
+from stvla.envs.variants import VARIANTS
 
 SEEDS_PER_TASK = 100_000
 EVAL_SEED_OFFSET = 50_000  # evaluation starts use attempts >= this; training ones stay below it
@@ -19,4 +20,5 @@ def episode_seed(task: str, attempt: int, split: str = "train") -> int:
     if not 0 <= attempt < EVAL_SEED_OFFSET:
         raise ValueError(f"attempt must be in [0, {EVAL_SEED_OFFSET}), got {attempt}")
     offset = EVAL_SEED_OFFSET if split == "eval" else 0
-    return TASKS.index(task) * SEEDS_PER_TASK + offset + attempt
+    # Variants number after Meta-World's tasks: every task's seeds keep their values as variants are added.
+    return (TASKS + tuple(VARIANTS)).index(task) * SEEDS_PER_TASK + offset + attempt
