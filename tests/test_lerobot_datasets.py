@@ -193,3 +193,25 @@ def test_view_renders_a_lerobot_episode_with_or_without_depth(tmp_path):
     assert main(["view", str(FIXTURES / "depth_image"), "--episode", "2", "--out", str(tmp_path / "rgbd.mp4")]) == 0
     assert read_video(tmp_path / "rgb.mp4").shape == (FRAMES, 256, 256, 3)  # RGB alone
     assert read_video(tmp_path / "rgbd.mp4").shape == (FRAMES, 256, 512, 3)  # RGB | depth
+
+
+def test_rgb_stored_as_images_reads_back_exactly(tmp_path):
+    """An RGB camera kept as an image feature (PNG bytes in the data files, as LeRobot stores `image`
+    features) is a camera like a video one, and reads back pixel for pixel."""
+    from stvla.data.store import EpisodeWriter
+
+    rng = np.random.default_rng(0)
+    features = {"observation.images.wrist": {"dtype": "image", "shape": [32, 32, 3], "names": ["height", "width", "channels"]},
+                F.STATE: {"dtype": "float32", "shape": [4], "names": None},
+                F.ACTION: {"dtype": "float32", "shape": [4], "names": None}}
+    writer = EpisodeWriter.create_or_resume(tmp_path / "ds", 10, features, "arm", episodes_per_file=2)
+    episodes = [{"observation.images.wrist": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+                 F.STATE: rng.normal(size=(n, 4)).astype(np.float32),
+                 F.ACTION: rng.normal(size=(n, 4)).astype(np.float32)} for n in (5, 7)]
+    for episode in episodes:
+        writer.add_episode(episode, "wave")
+    writer.flush()
+    store = EpisodeStore(tmp_path / "ds", DataConfig())
+    assert store.stored_key(F.RGB) == "observation.images.wrist"
+    for index, episode in enumerate(episodes):
+        np.testing.assert_array_equal(store.episode(index, [F.RGB])[F.RGB], episode["observation.images.wrist"])
