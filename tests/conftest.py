@@ -22,3 +22,19 @@ def small_dataset(tmp_path_factory):
     summary = collect(CollectConfig(task="reach-v3,pick-place-v3", episodes=2, out=str(root), image_size=64),
                       progress=False)
     return root, summary
+
+
+def responsive(policy, rng_seed: int = 0, samples: int = 300):
+    """A random policy whose decoded actions follow its inputs: fitted statistics, and its weight matrices
+    scaled up (at its initial scale a random model picks the same action bins whatever it sees, and Ego3D
+    starts near zero). For tests that must tell inputs apart through the actions."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(rng_seed)
+    policy.fit_statistics(rng.uniform(-1, 1, (samples, 4)), rng.normal(0, 0.3, (samples, 4)))
+    with torch.no_grad():
+        for parameter in policy.model.parameters():
+            if parameter.dim() > 1:
+                parameter.mul_(4.0)
+    return policy

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import responsive
 from stvla import features as F
 from stvla.data import EpisodeStore
 from stvla.policies.image_encoder import ImageEncoderConfig
@@ -241,15 +242,7 @@ def test_trace_diagnostics_measure_the_traces_and_removing_them_is_the_counterfa
     root, _ = small_dataset
     store = EpisodeStore(root)
     torch.manual_seed(0)
-    policy = tiny_policy(name, selection=SelectionConfig(adaptive=True))
-    rng = np.random.default_rng(0)
-    policy.fit_statistics(rng.uniform(-1, 1, (200, 4)), rng.normal(0, 0.3, (200, 4)))
-    # At its initial scale a random model picks the same action bins whatever it sees (and Ego3D starts near
-    # zero): its weight matrices scaled up, its decoded actions change with its inputs.
-    with torch.no_grad():
-        for parameter in policy.model.parameters():
-            if parameter.dim() > 1:
-                parameter.mul_(4.0)
+    policy = responsive(tiny_policy(name, selection=SelectionConfig(adaptive=True)))
     keys = list(policy.processor.input_features())
     frames = store.episode(1, keys)
     observations = [{**{F.FEATURE_OF_OBSERVATION[key]: frames[key][i] for key in keys},

@@ -12,8 +12,8 @@ import urllib.request
 
 import numpy as np
 import pytest
-import torch
 
+from conftest import responsive
 from stvla import features as F
 from stvla.envs import make_env
 from stvla.evaluate import EvalConfig, evaluate
@@ -37,13 +37,7 @@ def tiny_tracevla(tmp_path_factory):
     config = make_policy("tracevla").config
     config.vla = dataclasses.replace(TINY, two_images=True)
     config.traces = TraceConfig(selection=SelectionConfig(adaptive=True))
-    policy = make_policy("tracevla", config)
-    rng = np.random.default_rng(0)
-    policy.fit_statistics(rng.uniform(-1, 1, (300, 4)), rng.normal(0, 0.3, (300, 4)))
-    with torch.no_grad():
-        for parameter in policy.model.parameters():
-            if parameter.dim() > 1:
-                parameter.mul_(4.0)
+    policy = responsive(make_policy("tracevla", config))
     return policy.save_pretrained(tmp_path_factory.mktemp("served") / "policy")
 
 
