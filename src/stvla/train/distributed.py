@@ -64,8 +64,12 @@ def barrier(ranks: Ranks) -> None:
         dist.barrier()
 
 
-def stop(ranks: Ranks) -> None:
+def stop(ranks: Ranks, together: bool = True) -> None:
+    """Leave the process group; `together` (a run that finished on every rank) first waits for all, so that
+    no rank tears its side down while another still uses it (gloo aborted a process otherwise, now and then)."""
     if ranks.distributed and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

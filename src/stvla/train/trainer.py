@@ -308,10 +308,13 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
     if not config.dataset:
         raise ValueError("a dataset is required (--dataset DIR)")
     ranks, device = distributed.start(config.device)
+    finished = False
     try:
-        return _train(config, ranks, device, progress and ranks.is_main, stop_after)
+        result = _train(config, ranks, device, progress and ranks.is_main, stop_after)
+        finished = True
+        return result
     finally:
-        distributed.stop(ranks)
+        distributed.stop(ranks, together=finished)
 
 
 def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, progress: bool,
