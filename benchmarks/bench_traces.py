@@ -1,18 +1,23 @@
 """Traces: latency of one online trace step, and tracking accuracy against simulator ground truth.
 
-    python benchmarks/bench_traces.py [--episodes 3] [--steps 120]
+    python benchmarks/bench_traces.py [--seeds 4] [--steps 120]
 
-Pinned to one core. Frames come from expert pick-place-v3 episodes (Meta-World, corner3 camera).
+Pinned to one core. Frames come from expert episodes (Meta-World, corner3 camera): latency and trace
+precision on pick-place-v3, tracking accuracy on eight tasks (ACCURACY_TASKS) x `--seeds` seeds.
 
 - Latency: one `OnlineTracer.step` (400 points, LK with forward-backward check, selection, drawing
   into depth, variant C) per frame, median and p95 in ms at 128 and 224 px; the median at 128 px for
   buffer lengths 7, 15, 30, 60 (work per step must not grow with b).
-- Accuracy: at the start of each 30-frame window, points are seeded on the gripper (corners inside
-  the gripper's pixels, from MuJoCo's segmentation render), tracked by the LK tracker, and compared
+- Accuracy: at the start of each 30-frame window (every 15 frames), points are seeded on the gripper
+  (corners inside the gripper's pixels, from MuJoCo's segmentation render), tracked, and compared
   with the true image position of the same surface point: the point is back-projected with the true
   depth, attached to its body, moved with the body's simulated pose and projected by the true camera.
-  Frames where the true point is hidden are skipped; points the tracker drops stop counting (their
-  share is reported as the lost fraction).
+  Frames where the true point is hidden (self-occlusion by the fingers and arm, or by objects) are
+  skipped; points the tracker drops stop counting. Reported: median and p95 error over the seen
+  point-frames, the kept share (points seen in every frame of the window that the tracker still holds,
+  never re-seeded, at its end), and the error of the points hidden at some frame once seen again.
+  Three trackers: the default, the default without re-alignment to the seed-time appearance (the
+  tracker before it), and plain OpenCV LK with only the forward-backward check.
 
 - Trace precision: the share of drawn traces that start and end on a moving body (robot or object,
   within one pixel), for the default (TraceVLA) rule and the adaptive rule; the rest are background
@@ -48,7 +53,9 @@ from stvla.traces import (  # noqa: E402
     TrackerConfig,
 )
 
-TASK = "pick-place-v3"
+TASK = "pick-place-v3"  # latency and trace precision
+ACCURACY_TASKS = ("pick-place-v3", "push-v3", "door-open-v3", "window-open-v3", "drawer-open-v3",
+                  "peg-insert-side-v3", "button-press-topdown-v3", "reach-v3")
 GRIPPER_BODIES = ("right_hand", "hand", "rightclaw", "rightpad", "leftclaw", "leftpad")
 WINDOW = 30  # frames per accuracy window (the default buffer length)
 WINDOW_STRIDE = 15  # frames between window starts
@@ -77,8 +84,8 @@ def pin_one_core() -> None:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
-def record_episode(seed: int, size: int, steps: int, ground_truth: bool) -> Episode:
-    env = make_env(TASK, image_size=size)
+def record_episode(task: str, seed: int, size: int, steps: int, ground_truth: bool) -> Episode:
+    env = make_env(task, image_size=size)
     episode = Episode()
     segmenter = None
     try:
@@ -166,45 +173,65 @@ def true_pixels(episode: Episode, start: int, seeds: np.ndarray) -> tuple[np.nda
     return np.array(pixels), np.array(visible)
 
 
-def window_errors(episode: Episode, start: int) -> tuple[list[float], int, int]:
-    """Tracking errors (px) of gripper seeds over one window; also (lost, counted) point-frames."""
+@dataclass
+class WindowResult:
+    """Tracking of one window's gripper seeds against the truth."""
+
+    errors: list = field(default_factory=list)  # px, every seen and still-tracked point-frame
+    occluded_errors: list = field(default_factory=list)  # px, the same for points hidden at some frame
+    always_seen: int = 0  # points seen in every frame of the window
+    kept: int = 0  # of those, still tracked (never re-seeded) at the window's end
+
+
+def track_window(episode: Episode, start: int, config: TrackerConfig) -> WindowResult:
+    """Seed the tracker on the gripper at `start`, track WINDOW frames and compare with the truth."""
+    result = WindowResult()
     seeds = gripper_seeds(episode, start)
     if len(seeds) == 0:
-        return [], 0, 0
+        return result
     truth, visible = true_pixels(episode, start, seeds)
-    tracker = LucasKanadeTracker(TrackerConfig(num_points=400, buffer_length=WINDOW))
+    occluded = ~visible.all(axis=0)
+    tracker = LucasKanadeTracker(config)
     tracker.reset(points=seeds)
-    errors, lost, counted = [], 0, 0
+    slots = np.arange(len(seeds))
     for k in range(WINDOW):
         state = tracker.update(episode.rgb[start + k])
+        tracked = state.age[slots] >= k + 1  # still the seeded point, never re-seeded
         if k == 0:
             continue
-        slots = np.arange(len(seeds))
-        tracked = state.age[slots] >= k + 1  # still the seeded point, never re-seeded
-        lost += int((visible[k] & ~tracked).sum())
-        counted += int(visible[k].sum())
         ok = visible[k] & tracked
-        errors += np.linalg.norm(state.latest[slots[ok]] - truth[k, ok], axis=1).tolist()
-    return errors, lost, counted
+        error = np.linalg.norm(state.latest[slots[ok]] - truth[k, ok], axis=1)
+        result.errors += error.tolist()
+        result.occluded_errors += error[occluded[ok]].tolist()
+    result.always_seen = int((~occluded).sum())
+    result.kept = int((~occluded & tracked).sum())
+    return result
 
 
-def accuracy(episodes: list[Episode]) -> dict:
-    """Gripper tracking error over every window of the episodes (see module docs)."""
-    errors, lost, counted, windows = [], 0, 0, 0
-    for episode in episodes:
-        for start in range(0, len(episode.rgb) - WINDOW + 1, WINDOW_STRIDE):
-            e, l, c = window_errors(episode, start)
-            windows += bool(e)
-            errors += e
-            lost += l
-            counted += c
-    errors = np.array(errors)
+def accuracy(episodes: dict[str, list[Episode]], config: TrackerConfig) -> dict:
+    """Gripper tracking accuracy over every window of the episodes, overall and per task."""
+    per_task, total = {}, WindowResult()
+    for task, task_episodes in episodes.items():
+        errors = []
+        for episode in task_episodes:
+            for start in range(0, len(episode.rgb) - WINDOW + 1, WINDOW_STRIDE):
+                window = track_window(episode, start, config)
+                errors += window.errors
+                total.errors += window.errors
+                total.occluded_errors += window.occluded_errors
+                total.always_seen += window.always_seen
+                total.kept += window.kept
+        per_task[task] = {"median": round(float(np.median(errors)), 3), "p95": round(float(np.percentile(errors, 95)), 3)}
     return {
-        "median": round(float(np.median(errors)), 3),
-        "p95": round(float(np.percentile(errors, 95)), 3),
-        "lost_fraction": round(lost / max(counted, 1), 3),
-        "samples": int(len(errors)),
-        "windows": windows,
+        "median": round(float(np.median(total.errors)), 3),
+        "p95": round(float(np.percentile(total.errors, 95)), 3),
+        "kept_share": round(total.kept / max(total.always_seen, 1), 3),
+        "always_seen_points": total.always_seen,
+        "occluded_median": round(float(np.median(total.occluded_errors)), 3),
+        "occluded_p95": round(float(np.percentile(total.occluded_errors, 95)), 3),
+        "point_frames": len(total.errors),
+        "occluded_point_frames": len(total.occluded_errors),
+        "per_task": per_task,
     }
 
 
@@ -232,17 +259,27 @@ def trace_precision(episodes: list[Episode], config: TraceConfig) -> tuple[float
     return on_body / max(total, 1), traced_steps / max(steps, 1), total
 
 
+TRACKERS = {  # accuracy rows: name -> (tracker config, what it is)
+    "default": (TrackerConfig(num_points=400, buffer_length=WINDOW), "default tracker"),
+    "no_reference": (TrackerConfig(num_points=400, buffer_length=WINDOW, reference_window=None),
+                     "default without re-alignment to the seed-time appearance"),
+    "plain_lk_fb": (TrackerConfig(num_points=400, buffer_length=WINDOW, reference_window=None, static_tolerance=None,
+                                  max_patch_error=None), "plain OpenCV LK with the forward-backward check only"),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--episodes", type=int, default=3, help="expert episodes for the accuracy windows")
+    parser.add_argument("--seeds", type=int, default=4, help="expert episodes per task for the accuracy windows")
     parser.add_argument("--steps", type=int, default=120, help="frames recorded per episode")
     parser.add_argument("--repeats", type=int, default=3, help="passes over the frames per latency figure")
     args = parser.parse_args()
     pin_one_core()
     figures, rows = {}, []
 
-    episodes = {size: record_episode(0, size, args.steps, ground_truth=True) for size in (128, 224)}
-    for size, episode in episodes.items():
+    # The latency episodes first, timed before the long recording of the accuracy episodes.
+    latency_episodes = {size: record_episode(TASK, 0, size, args.steps, ground_truth=True) for size in (128, 224)}
+    for size, episode in latency_episodes.items():
         ms = step_latencies_ms(episode.rgb, episode.depth, trace_config(), args.repeats)
         figures[f"trace_update_ms_median_{size}"] = round(float(np.median(ms)), 3)
         figures[f"trace_update_ms_p95_{size}"] = round(float(np.percentile(ms, 95)), 3)
@@ -250,7 +287,7 @@ def main() -> None:
                      f"{np.median(ms):.2f} / {np.percentile(ms, 95):.2f} ms"))
         print(rows[-1], flush=True)
 
-    ep128 = episodes[128]
+    ep128 = latency_episodes[128]
     adaptive = step_latencies_ms(ep128.rgb, ep128.depth, trace_config(adaptive=True), args.repeats)
     figures["trace_update_ms_median_128_adaptive"] = round(float(np.median(adaptive)), 3)
     rows.append(("trace step at 128 px, adaptive selection (5 traces drawn on most steps): median",
@@ -266,31 +303,34 @@ def main() -> None:
                  ", ".join(f"b={b}: {ms:.2f} ms" for b, ms in by_buffer.items())))
     print(rows[-1], flush=True)
 
-    recorded = {size: [episodes[size]] + [record_episode(s, size, args.steps, True) for s in range(1, args.episodes)]
-                for size in (128, 224)}
-    for size in (128, 224):
-        acc = accuracy(recorded[size])
-        suffix = "" if size == 128 else "_224"
-        figures[f"gripper_track_err_px_median{suffix}"] = acc["median"]
-        figures[f"gripper_track_err_px_p95{suffix}"] = acc["p95"]
-        figures[f"gripper_track_lost_fraction{suffix}"] = acc["lost_fraction"]
-        figures[f"gripper_track_samples{suffix}"] = acc["samples"]
-        rows.append((f"gripper tracking error at {size} px over {WINDOW}-frame windows: median / p95",
-                     f"{acc['median']:.2f} / {acc['p95']:.2f} px"))
-        rows.append((f"gripper points lost before the window's end at {size} px (share of visible point-frames)",
-                     f"{acc['lost_fraction']:.1%} ({acc['windows']} windows, {acc['samples']} point-frames, "
-                     f"{len(recorded[size])} episodes)"))
-        print(rows[-2:], flush=True)
+    recorded = {size: {task: [latency_episodes[size] if (task, seed) == (TASK, 0) else
+                              record_episode(task, seed, size, args.steps, ground_truth=True) for seed in range(args.seeds)]
+                       for task in ACCURACY_TASKS} for size in (128, 224)}
+    clips = sum(len(range(0, args.steps - WINDOW + 1, WINDOW_STRIDE)) for _ in ACCURACY_TASKS for _ in range(args.seeds))
+    figures["accuracy"] = {}
+    for name, size in [(name, 128) for name in TRACKERS] + [("default", 224)]:
+        config, what = TRACKERS[name]
+        acc = accuracy(recorded[size], config)
+        figures["accuracy"][f"{name}_{size}"] = acc
+        rows.append((f"{what}, {size} px: gripper error median / p95; kept share of the always-seen points; "
+                     "error of self-occluded points once seen again (median / p95)",
+                     f"{acc['median']:.2f} / {acc['p95']:.2f} px; {acc['kept_share']:.1%} of {acc['always_seen_points']}; "
+                     f"{acc['occluded_median']:.2f} / {acc['occluded_p95']:.2f} px"))
+        print(rows[-1], flush=True)
+    default = figures["accuracy"]["default_128"]["per_task"]
+    rows.append(("default tracker at 128 px, per task: median / p95 (px)",
+                 "; ".join(f"{task.removesuffix('-v3')} {r['median']:.2f} / {r['p95']:.2f}" for task, r in default.items())))
 
     for rule, adaptive_rule in (("default", False), ("adaptive", True)):
-        on_body, traced, total = trace_precision(recorded[128], trace_config(adaptive=adaptive_rule))
+        on_body, traced, total = trace_precision(recorded[128][TASK], trace_config(adaptive=adaptive_rule))
         figures[f"trace_on_moving_body_fraction_{rule}"] = round(on_body, 3)
         figures[f"steps_with_traces_fraction_{rule}"] = round(traced, 3)
         rows.append((f"{rule} selection at 128 px: traces on a moving body / steps with traces",
                      f"{on_body:.0%} of {total} traces / {traced:.0%} of steps"))
         print(rows[-1], flush=True)
-    figures.update(task=TASK, frames_per_episode=args.steps, window=WINDOW, cores=1)
-    record("traces", figures, rows, title="Traces: online tracker latency and accuracy (issue 3)")
+    figures.update(task=TASK, accuracy_tasks=list(ACCURACY_TASKS), seeds=args.seeds, frames_per_episode=args.steps,
+                   window=WINDOW, clips_per_size=clips, cores=1)
+    record("traces", figures, rows, title="Traces: online tracker latency and accuracy (issues 3 and 18)")
 
 
 if __name__ == "__main__":
