@@ -121,10 +121,50 @@ def test_a_message_in_dataset_keys_and_bad_observations(small_dataset):
         policy.processor.reset()
         made = policy.processor.observation_frame(source)
         assert np.array_equal(made[F.STATE], frame[F.STATE]) and made[F.TASK] == "reach"
-    with pytest.raises(KeyError, match="no 'proprio'"):
+    with pytest.raises(ValueError, match="no 'proprio'"):
         policy.processor.observation_frame({k: v for k, v in obs.items() if k != F.OBS_STATE})
     with pytest.raises(ValueError, match=r"'observation.images.rgb' has shape \[32, 32, 3\]"):
         policy.processor.observation_frame(obs | {F.OBS_RGB: frame[F.RGB][:32, :32]})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({F.OBS_STATE: "nan"}, "'observation.state' must be finite numbers.*non-finite values at \\[0\\]"),
+    ({F.OBS_RGB: "float"}, "must be uint8 RGB"),
+    ({F.OBS_DEPTH: "all_nan"}, "depth has no valid value"),
+    ({F.OBS_DEPTH: "zero"}, "depth has no valid value"),
+    ({F.OBS_DEPTH: "negative"}, "negative values"),
+    ({F.OBS_DEPTH: "millimetres"}, "looks like millimetres"),
+    ({F.OBS_DEPTH: "uint16"}, "must be float metres"),
+    ({F.OBS_INTRINSICS: "nan"}, "intrinsics have non-finite values"),
+    ({F.OBS_INTRINSICS: "zero"}, "fx, fy > 0"),
+    ({F.OBS_INSTRUCTION: None}, "must be a non-empty string"),
+])
+def test_implausible_observations_are_refused_by_name(small_dataset, change, message):
+    """NaN proprio, NaN intrinsics, depth in millimetres ... once gave a finite action: now one line each."""
+    root, _ = small_dataset
+    policy, store = tiny_policy("st"), EpisodeStore(root)
+    recorded = store.episode(0, [F.ACTION, F.STATE])
+    policy.fit_statistics(recorded[F.ACTION], recorded[F.STATE])
+    keys = list(policy.processor.input_features())
+    frame = store.frame(0, 0, keys)
+    obs = {F.FEATURE_OF_OBSERVATION[key]: np.array(frame[key]) for key in keys} | {F.OBS_INSTRUCTION: "reach"}
+    key, how = next(iter(change.items()))
+    broken = {
+        "nan": lambda x: np.where(np.arange(x.size).reshape(x.shape) == 0, np.nan, x).astype(np.float32),
+        "float": lambda x: x.astype(np.float32) / 255,
+        "all_nan": lambda x: np.full_like(x, np.nan),
+        "zero": lambda x: np.zeros_like(x),
+        "negative": lambda x: x - 10,
+        "millimetres": lambda x: x * 1000,
+        "uint16": lambda x: (x * 1000).astype(np.uint16),
+        None: lambda x: None,
+    }[how](obs[key])
+    policy.reset()
+    with pytest.raises(ValueError, match=message):
+        policy.select_action(obs | {key: broken})
+    policy.reset()
+    holes = obs | {F.OBS_DEPTH: np.where(np.eye(*obs[F.OBS_DEPTH].shape, dtype=bool), np.nan, obs[F.OBS_DEPTH])}
+    assert np.isfinite(policy.select_action(holes)).all(), "depth with NaN holes (no reading) is fine"
     with pytest.raises(ValueError, match="frames have no observation.has_traces"):
         policy.processor.model_inputs({key: frame[key][None] for key in keys} | {F.TASK: ["reach"]})
 
@@ -202,7 +242,8 @@ def test_an_incomplete_traced_cache_is_rebuilt_not_read(small_dataset, tmp_path)
     (directory / "traced_depth.npy").write_bytes(b"an older layout")
     again = TrainingSamples(copy, policy, progress=False, cache_dir=str(cache))
     assert np.array_equal(np.asarray(again.arrays[F.TRACED_RGB]), first)
-    assert sorted(p.name for p in directory.iterdir()) == sorted(f"{key}.npy" for key in policy.processor.trace_outputs())
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        name for key in policy.processor.trace_outputs() for name in (f"{key}.npy", f"{key}.npy.json"))
     assert not [p for p in directory.parent.iterdir() if ".tmp-" in p.name]  # nothing temporary left behind
     assert not (copy / "cache").exists()  # the dataset itself is only read
 

@@ -116,10 +116,10 @@ def test_bad_input_is_answered_and_the_connection_goes_on(server):
     good = observations(3, 1)[0]
     cases = [({k: v for k, v in good.items() if k != F.OBS_STATE}, "proprio"),
              ({**good, F.OBS_RGB: good[F.OBS_RGB][:32]}, r"shape \[32, 64, 3\]"),
-             ({**good, F.OBS_STATE: np.full(4, np.nan)}, "NaN"),
-             ({**good, F.OBS_DEPTH: good[F.OBS_DEPTH] * 1000}, "depth must be in metres"),
+             ({**good, F.OBS_STATE: np.full(4, np.nan)}, "non-finite"),
+             ({**good, F.OBS_DEPTH: good[F.OBS_DEPTH] * 1000}, "looks like millimetres"),
              ({**good, F.OBS_RGB: good[F.OBS_RGB].astype(np.float32)}, "must be uint8"),
-             ({**good, F.OBS_INSTRUCTION: 3}, "instruction as a string")]
+             ({**good, F.OBS_INSTRUCTION: 3}, "must be a non-empty string")]
     for observation, reason in cases:
         with pytest.raises(ServerError, match=reason):
             client.step(observation)

@@ -148,7 +148,8 @@ def test_decoded_cache_matches_store_and_is_reused(written):
     assert again.directory == cache.directory and depth_file.stat().st_mtime_ns == built_at
     np.testing.assert_array_equal(more["action"][cache.episode_slice(0)], episodes[0]["action"])
     assert sorted(p.name for p in cache.directory.iterdir()) == [
-        "action.npy", "observation.depth.npy", "observation.images.rgb.npy"]
+        "action.npy", "action.npy.json", "observation.depth.npy", "observation.depth.npy.json",
+        "observation.images.rgb.npy", "observation.images.rgb.npy.json"]
     with pytest.raises(KeyError, match="unknown features"):
         again.require(["observation.nothing"])
 

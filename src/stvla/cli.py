@@ -207,10 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from stvla.data.store import DatasetError
+    from stvla.locks import FolderInUse
 
     try:
         return args.run(args)
-    except (DatasetError, ValueError, FileNotFoundError, FileExistsError, KeyError, IndexError) as error:
+    except (DatasetError, FolderInUse, ValueError, OSError, KeyError, IndexError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"stvla {args.command}: error: {message}", file=sys.stderr)
         return 2

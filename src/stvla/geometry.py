@@ -99,3 +99,43 @@ def backproject_depth(depth: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
     h, w = depth.shape
     v, u = np.mgrid[0:h, 0:w]
     return backproject_pixels(np.stack([u, v], axis=-1), depth, intrinsics)
+
+
+# --- checks on values from outside (sensors, datasets, robot clients) -------------------------------
+# A median valid depth above this is not a tabletop scene in metres: most likely millimetres.
+PLAUSIBLE_DEPTH_MEDIAN_M = 100.0
+
+
+def check_metric_depth(depth: np.ndarray, where: str) -> None:
+    """Raise a ValueError naming `where` unless `depth` looks like metric depth in metres.
+
+    Holes (NaN, inf, 0) are allowed: the encoders treat them as missing. Refused: a non-float dtype (raw
+    sensor units), negative values, no valid value at all, and a median that only millimetres explain.
+    """
+    depth = np.asarray(depth)
+    if depth.dtype.kind != "f":
+        raise ValueError(f"{where}: depth must be float metres, got {depth.dtype} (raw sensor units? scale to metres)")
+    with np.errstate(invalid="ignore"):
+        negative = int((depth < 0).sum())
+        valid = depth[np.isfinite(depth) & (depth > 0)]
+    if negative:
+        raise ValueError(f"{where}: depth has {negative} negative values (min {np.nanmin(depth):.4g}); depth is "
+                         f"distance along the optical axis in metres, >= 0 (0, NaN or inf for no reading)")
+    if valid.size == 0:
+        raise ValueError(f"{where}: depth has no valid value (every pixel is 0, NaN or inf)")
+    median = float(np.median(valid))
+    if median > PLAUSIBLE_DEPTH_MEDIAN_M:
+        raise ValueError(f"{where}: depth's median is {median:.4g}: that looks like millimetres, not metres "
+                         f"(divide by 1000)")
+
+
+def check_intrinsics(intrinsics: np.ndarray, where: str) -> None:
+    """Raise a ValueError naming `where` unless `intrinsics` is a finite, invertible pinhole matrix (3, 3)."""
+    K = np.asarray(intrinsics)
+    if K.shape != (3, 3) or K.dtype.kind not in "fiu":
+        raise ValueError(f"{where}: intrinsics must be a numeric (3, 3) matrix, got {K.dtype} {list(K.shape)}")
+    if not np.isfinite(K).all():
+        raise ValueError(f"{where}: intrinsics have non-finite values: {K.tolist()}")
+    if not (K[0, 0] > 0 and K[1, 1] > 0) or not np.allclose(K[2], [0, 0, 1]):
+        raise ValueError(f"{where}: intrinsics must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0, "
+                         f"got {np.round(K, 4).tolist()}")

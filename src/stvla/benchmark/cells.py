@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stvla.locks import FolderLock
+
 
 def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
@@ -47,11 +49,12 @@ class Cell:
         if result is not None:
             log(f"[bench] {self.name}: cached")
             return result
-        log(f"[bench] {self.name}: running")
-        result = work()
-        self.record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.record.with_name(self.record.name + ".tmp")
-        tmp.write_text(json.dumps({"config": self.config, "config_hash": config_hash(self.config),
-                                   "result": result}, indent=1) + "\n")
-        os.replace(tmp, self.record)
+        # One process per cell: a second benchmark running the same cell is refused, naming the first.
+        with FolderLock(self.record.parent, f"stvla bench (cell {self.name})", name=f".{self.record.name}.lock"):
+            log(f"[bench] {self.name}: running")
+            result = work()
+            tmp = self.record.with_name(self.record.name + ".tmp")
+            tmp.write_text(json.dumps({"config": self.config, "config_hash": config_hash(self.config),
+                                       "result": result}, indent=1) + "\n")
+            os.replace(tmp, self.record)
         return result

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from stvla import features as F
 from stvla.data.roles import DataConfig
 from stvla.data.store import DatasetError, EpisodeStore, append_features
+from stvla.locks import FolderLock
 
 WORK_DIRECTORY = ".stvla-depth"
 
@@ -59,42 +60,46 @@ def add_depth(config: DepthConfig, progress: bool = True, stop_after: int | None
     if F.INTRINSICS not in source.features and not (config.intrinsics or config.fov):
         raise ValueError(f"{source.root} records no {F.INTRINSICS}: give the camera with --intrinsics fx,fy,cx,cy "
                          f"or --fov DEGREES (depth policies lift pixels to 3D with it)")
-    target = _target(config, source)
-    store = EpisodeStore(target, DataConfig(camera=config.camera, intrinsics=config.intrinsics, fov=config.fov))
-    camera = store.stored_key(F.RGB)
-    work = target / WORK_DIRECTORY / hashlib.sha256(f"{Path(config.model).resolve()}|{camera}".encode()).hexdigest()[:12]
-    work.mkdir(parents=True, exist_ok=True)
+    # One writer: the dataset itself when the depth goes into it, else the new copy's name.
+    lock = (FolderLock(source.root, "stvla depth") if not config.out else
+            FolderLock(Path(config.out).parent, "stvla depth", name=f".{Path(config.out).name}.lock"))
+    with lock:
+        target = _target(config, source)
+        store = EpisodeStore(target, DataConfig(camera=config.camera, intrinsics=config.intrinsics, fov=config.fov))
+        camera = store.stored_key(F.RGB)
+        work = target / WORK_DIRECTORY / hashlib.sha256(f"{Path(config.model).resolve()}|{camera}".encode()).hexdigest()[:12]
+        work.mkdir(parents=True, exist_ok=True)
 
-    from stvla.envs.depth_model import load_depth_estimator
+        from stvla.envs.depth_model import load_depth_estimator
 
-    estimator = None
-    todo = [e for e in range(store.num_episodes) if not (work / f"episode-{e:06d}.npy").is_file()]
-    for count, episode in enumerate(tqdm(todo, desc="depth", unit="ep", disable=not progress)):
-        if stop_after is not None and count >= stop_after:
-            return target
-        estimator = estimator or load_depth_estimator(config.model, config.device)
-        rgb = store.episode(episode, [F.RGB])[F.RGB]
-        depth = np.concatenate([estimator.estimate_batch(rgb[i:i + config.batch_size])
-                                for i in range(0, len(rgb), config.batch_size)])
-        _save_atomically(work / f"episode-{episode:06d}.npy", depth.astype(np.float32))
+        estimator = None
+        todo = [e for e in range(store.num_episodes) if not (work / f"episode-{e:06d}.npy").is_file()]
+        for count, episode in enumerate(tqdm(todo, desc="depth", unit="ep", disable=not progress)):
+            if stop_after is not None and count >= stop_after:
+                return target
+            estimator = estimator or load_depth_estimator(config.model, config.device)
+            rgb = store.episode(episode, [F.RGB])[F.RGB]
+            depth = np.concatenate([estimator.estimate_batch(rgb[i:i + config.batch_size])
+                                    for i in range(0, len(rgb), config.batch_size)])
+            _save_atomically(work / f"episode-{episode:06d}.npy", depth.astype(np.float32))
 
-    height, width = store.features[F.RGB]["shape"][:2]
-    added = {f"{camera}_depth": {"dtype": "image", "shape": [height, width, 1], "names": ["height", "width", "channels"],
-                                 "info": {"is_depth_map": True, "depth_unit": "m",
-                                          "source": f"estimated from {camera} by the depth model "
-                                                    f"{Path(config.model).resolve()}"}}}
-    if F.INTRINSICS not in store.info["features"]:
-        added[F.INTRINSICS] = {"dtype": "float32", "shape": [3, 3], "names": None}
+        height, width = store.features[F.RGB]["shape"][:2]
+        added = {f"{camera}_depth": {"dtype": "image", "shape": [height, width, 1], "names": ["height", "width", "channels"],
+                                     "info": {"is_depth_map": True, "depth_unit": "m",
+                                              "source": f"estimated from {camera} by the depth model "
+                                                        f"{Path(config.model).resolve()}"}}}
+        if F.INTRINSICS not in store.info["features"]:
+            added[F.INTRINSICS] = {"dtype": "float32", "shape": [3, 3], "names": None}
 
-    def frames(episode: int) -> dict[str, np.ndarray]:
-        out = {f"{camera}_depth": np.load(work / f"episode-{episode:06d}.npy")}
-        if F.INTRINSICS in added:
-            out[F.INTRINSICS] = store.episode(episode, [F.INTRINSICS])[F.INTRINSICS]
-        return out
+        def frames(episode: int) -> dict[str, np.ndarray]:
+            out = {f"{camera}_depth": np.load(work / f"episode-{episode:06d}.npy")}
+            if F.INTRINSICS in added:
+                out[F.INTRINSICS] = store.episode(episode, [F.INTRINSICS])[F.INTRINSICS]
+            return out
 
-    append_features(target, added, frames, progress=progress)
-    shutil.rmtree(target / WORK_DIRECTORY, ignore_errors=True)
-    return target
+        append_features(target, added, frames, progress=progress)
+        shutil.rmtree(target / WORK_DIRECTORY, ignore_errors=True)
+        return target
 
 
 def _target(config: DepthConfig, source: EpisodeStore) -> Path:

@@ -14,15 +14,22 @@ would dominate the cost.
   `<cache>/<dataset name>-<fingerprint>/<name>-<inputs>/`, where `name` says what made them (the trace
   settings' hash) and `<inputs>` hashes the stored features they were made from.
 
-The fingerprint covers info.json and the episode table, so a dataset that grows (a resumed
-collection) gets fresh caches. Every file is written under a temporary name and renamed when complete: a build that was
-killed leaves nothing that is read, and two processes building the same cache at once both end with
-the same complete files.
+The fingerprint covers info.json, the episode table and every data, video and image file's name, size
+and modification time (and the cache format): a dataset that grows, or a file edited in place, gets
+fresh caches. Every cache file is written under a temporary name and renamed when complete, with a
+manifest (`<file>.json`: size, modification time, a hash of sampled blocks) that is checked before the
+file is read; a cache file that does not match its manifest (replaced, truncated, made by an older
+version) is rebuilt. A build that was killed leaves nothing that is read, and two processes building
+the same cache at once both end with the same complete files.
+
+Decoding checks what it reads: actions and states must be finite, depth must look like metres
+(`geometry.check_metric_depth`); a bad episode is a DatasetError naming the dataset, episode and feature.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -32,7 +39,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from stvla.data.store import EpisodeStore
+from stvla import features as F
+from stvla import geometry
+from stvla.data.store import DatasetError, EpisodeStore
 
 FrameStep = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -46,12 +55,66 @@ def cache_root(cache_dir: str = "") -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stvla"
 
 
+CACHE_FORMAT = 2  # bump when what a cache file holds changes: every older cache is then rebuilt
+SAMPLED_BLOCKS, BLOCK_BYTES = 16, 1 << 16  # a manifest hashes this many blocks spread over the file
+
+
 def dataset_fingerprint(store: EpisodeStore) -> str:
-    """A short hash of info.json and the episode table: it changes whenever an episode is added."""
-    digest = hashlib.sha256((store.root / "meta" / "info.json").read_bytes())
+    """A short hash of info.json, the episode table and the stat of every data, video and image file:
+    it changes whenever an episode is added or a file is rewritten."""
+    digest = hashlib.sha256(f"stvla-cache-{CACHE_FORMAT}".encode())
+    digest.update((store.root / "meta" / "info.json").read_bytes())
     for path in sorted((store.root / "meta" / "episodes").glob("chunk-*/file-*.parquet")):
         digest.update(path.read_bytes())
+    for folder in ("data", "videos", "images"):
+        for path in sorted((store.root / folder).rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path.relative_to(store.root)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:12]
+
+
+def file_manifest(path: Path) -> dict:
+    """What a cache file must still be when it is read: size, modification time, sampled-block hash."""
+    stat = path.stat()
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for offset in np.linspace(0, max(stat.st_size - BLOCK_BYTES, 0), SAMPLED_BLOCKS).astype(np.int64):
+            handle.seek(int(offset))
+            digest.update(handle.read(BLOCK_BYTES))
+    return {"format": CACHE_FORMAT, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sampled_sha256": digest.hexdigest()}
+
+
+def _manifest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def write_manifest(path: Path) -> None:
+    """Record `path` as a complete cache file (call after it was renamed into place)."""
+    manifest = _manifest_path(path)
+    temporary = _temporary_file(path.parent, manifest.name)
+    temporary.write_text(json.dumps(file_manifest(path)))
+    os.replace(temporary, manifest)
+
+
+def verified(path: Path) -> bool:
+    """Whether `path` is a complete cache file, unchanged since its manifest was written."""
+    try:
+        return path.is_file() and json.loads(_manifest_path(path).read_text()) == file_manifest(path)
+    except (OSError, ValueError):
+        return False
+
+
+def check_decoded(store: EpisodeStore, episode: int, key: str, values: np.ndarray) -> None:
+    """Refuse values training must not read: NaN/inf actions or states, depth that is not metres."""
+    where = f"{store.root} episode {episode} feature {store.source_of(key)!r}"
+    if key in (F.ACTION, F.STATE):
+        bad = np.argwhere(~np.isfinite(values))
+        if len(bad):
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise DatasetError(f"{where}: non-finite value at frame {bad[0][0]}{more}")
+    elif key == F.DEPTH:
+        geometry.check_metric_depth(values, where)
 
 
 def _short_hash(text: str) -> str:
@@ -93,7 +156,7 @@ class DecodedCache:
             raise KeyError(f"{self.store.root}: unknown features {unknown}; the dataset has {sorted(self.store.features)}")
         if not self.store.num_episodes:
             raise ValueError(f"dataset {self.store.root} has no episodes")
-        missing = [key for key in keys if key not in self.arrays and not self._file(key).is_file()]
+        missing = [key for key in keys if key not in self.arrays and not verified(self._file(key))]
         if missing:
             self._decode(missing)
         for key in keys:
@@ -116,10 +179,12 @@ class DecodedCache:
                                 disable=not self.progress):
                 frames = self.store.episode(episode, keys)
                 for key in keys:
+                    check_decoded(self.store, episode, key, frames[key])
                     arrays[key][self.episode_slice(episode)] = frames[key]
             for key, array in arrays.items():
                 array.flush()
                 os.replace(temporary[key], self._file(key))
+                write_manifest(self._file(key))
         finally:  # an error (or Ctrl-C) leaves no half-written file behind
             for path in temporary.values():
                 path.unlink(missing_ok=True)
@@ -142,7 +207,7 @@ class DerivedCache:
         self.arrays = {key: np.load(self.directory / f"{key}.npy", mmap_mode="r") for key in outputs}
 
     def _complete(self, outputs: list[str]) -> bool:
-        return all((self.directory / f"{key}.npy").is_file() for key in outputs)
+        return all(verified(self.directory / f"{key}.npy") for key in outputs)
 
     def _build(self, inputs: list[str], outputs: list[str], reset: Callable[[], None], step: FrameStep) -> None:
         sources = self.decoded.require(inputs)
@@ -164,8 +229,9 @@ class DerivedCache:
                             out[key] = np.lib.format.open_memmap(building / f"{key}.npy", mode="w+", dtype=value.dtype,
                                                                  shape=(len(self.decoded), *value.shape))
                         out[key][index] = value
-            for memmap in out.values():
+            for key, memmap in out.items():
                 memmap.flush()
+                write_manifest(building / f"{key}.npy")  # renaming the folder keeps each file's size and mtime
             if self._complete(outputs):
                 return  # another process finished the same cache meanwhile: its files are the same
             shutil.rmtree(self.directory, ignore_errors=True)  # an incomplete one (a kill, an older version)

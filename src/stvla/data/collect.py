@@ -23,6 +23,7 @@ from stvla.config import KEY_NEUTRAL
 from stvla.data.roles import DataConfig, is_depth_feature, resolve_roles
 from stvla.data.store import EpisodeStore, EpisodeWriter, frame_dtype
 from stvla.envs import ROBOT_TYPE, EnvConfig, MetaWorldRGBDEnv, episode_seed, instruction_of, parse_tasks
+from stvla.locks import writes_to_out
 
 FPS = 80  # Meta-World control rate: 5 MuJoCo steps of 2.5 ms per action
 
@@ -225,6 +226,7 @@ def _single_threaded_renderer() -> None:
     os.environ["LP_NUM_THREADS"] = "1"
 
 
+@writes_to_out("stvla collect")
 def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
     """Collect `config.episodes` expert episodes per task into `config.out` (see CollectConfig)."""
     tasks = config.task_list()

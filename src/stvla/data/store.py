@@ -39,7 +39,14 @@ from PIL import Image
 from tqdm import tqdm
 
 from stvla.data.roles import DataConfig, is_depth_feature, resolve_roles
-from stvla.data.video import DepthQuantization, VideoSettings, read_video, write_depth_video, write_video
+from stvla.data.video import (
+    DepthQuantization,
+    VideoSettings,
+    frames_checksum,
+    read_video,
+    write_depth_video,
+    write_video,
+)
 from stvla.features import EPISODE_INDEX, FRAME_INDEX, INDEX, INTRINSICS, TASK, TASK_INDEX, TIMESTAMP
 
 CODEBASE_VERSION = "v3.0"
@@ -148,9 +155,28 @@ def _numpy_column(column: pa.ChunkedArray, feature: dict, path: Path, key: str) 
         flat = flat.flatten()
     values = flat.to_numpy(zero_copy_only=False)
     try:
-        return values.reshape(len(column), *([] if shape == [1] else shape)).astype(feature["dtype"], copy=False)
+        values = values.reshape(len(column), *([] if shape == [1] else shape))
     except ValueError as error:
         raise DatasetError(f"{path}: column {key!r} does not have shape {shape} per frame") from error
+    return _lossless_cast(values, feature["dtype"], path, key)
+
+
+def _lossless_cast(values: np.ndarray, dtype: str, path: Path, key: str) -> np.ndarray:
+    """`values` as info.json's `dtype`, refused where the cast would change values (float to int, float32
+    to float16, an integer out of range) or the dtype is not one."""
+    try:
+        target = np.dtype(dtype)
+    except TypeError:
+        raise DatasetError(f"{path}: meta/info.json gives {key!r} the dtype {dtype!r}, which is not a dtype") from None
+    source = values.dtype
+    if np.can_cast(source, target, "safe") or (source.kind == target.kind == "f" and target.itemsize >= 4):
+        return values.astype(target, copy=False)  # float64 columns read as float32 (as LeRobot does)
+    if source.kind in "iub" and target.kind in "iu" and values.size:
+        info = np.iinfo(target)
+        if info.min <= values.min() and values.max() <= info.max:
+            return values.astype(target, copy=False)
+    raise DatasetError(f"{path}: column {key!r} holds {source} values but meta/info.json says {target}: the cast "
+                       f"would change them (fix the dtype in info.json)")
 
 
 def episode_stats(frames: dict[str, np.ndarray], features: dict[str, dict]) -> dict[str, dict[str, np.ndarray]]:
@@ -323,9 +349,12 @@ class EpisodeWriter:
             row.update({"data/chunk_index": chunk, "data/file_index": file})
             for key, feature in self.features.items():
                 if feature["dtype"] == "video":
+                    span = float(offset / self.fps), float((offset + row["length"]) / self.fps)
+                    path = self.root / VIDEO_PATH.format(video_key=key, chunk_index=chunk, file_index=file)
                     row.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
-                                f"videos/{key}/from_timestamp": float(offset / self.fps),
-                                f"videos/{key}/to_timestamp": float((offset + row["length"]) / self.fps)})
+                                f"videos/{key}/from_timestamp": span[0], f"videos/{key}/to_timestamp": span[1],
+                                # stvla's own column (LeRobot ignores it): damage is found when frames are read
+                                f"videos/{key}/frames_sha256": frames_checksum(path, *span)})
             stats = episode_stats(episode_frames, self.all_features)
             for key, values in stats.items():
                 for name, value in values.items():
@@ -584,9 +613,11 @@ class EpisodeStore:
         depth = None
         if is_depth_feature(stored_key, feature):
             depth = DepthQuantization.from_info(feature.get("info") or {}, f"{self.root}: feature {stored_key!r}")
+        checksum = row.get(f"videos/{stored_key}/frames_sha256")  # written by stvla; LeRobot's datasets have none
         try:
             return read_video(self.video_path(episode, key), expected_frames=length, start=start,
-                              stop=None if stop is None else float(stop), depth=depth)
+                              stop=None if stop is None else float(stop), depth=depth,
+                              checksum=checksum if isinstance(checksum, str) and checksum else None)
         except (ValueError, FileNotFoundError) as error:
             raise DatasetError(f"episode {episode}: {error}") from error
 

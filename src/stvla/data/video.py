@@ -7,11 +7,13 @@ LeRobot packs many episodes into one video file; an episode is the frames whose 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import math
 
 import av
 import numpy as np
@@ -85,16 +87,30 @@ class DepthQuantization:
         return np.clip(depth, self.depth_min, self.depth_max).astype(np.float32)
 
 
+@contextlib.contextmanager
+def mp4_written_atomically(path: str | Path) -> Iterator[av.container.OutputContainer]:
+    """An mp4 container writing to a temporary file that becomes `path` only when complete; on failure
+    nothing is left behind. A directory given as `path` is an error naming it."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory: give the video's file name (e.g. {path / 'episode.mp4'})")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            yield container
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: int, settings: VideoSettings = VideoSettings()) -> None:
     """Write (T, H, W, 3) uint8 RGB frames to an mp4 file, atomically (a temporary file, then rename)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     height, width = frames.shape[1:3]
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    with mp4_written_atomically(path) as container:
         stream = container.add_stream(settings.codec, rate=fps)
         stream.width, stream.height = width, height
         stream.pix_fmt = settings.pix_fmt
@@ -102,7 +118,6 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int, settings: VideoS
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
-    os.replace(tmp, path)
 
 
 def write_depth_video(path: str | Path, depth: np.ndarray, fps: int, quantization: DepthQuantization,
@@ -112,10 +127,7 @@ def write_depth_video(path: str | Path, depth: np.ndarray, fps: int, quantizatio
     depth = np.asarray(depth)
     if depth.ndim != 3:
         raise ValueError(f"depth frames must be (T, H, W) metres, got shape {depth.shape}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    with mp4_written_atomically(path) as container:
         stream = container.add_stream("libx265", rate=fps)
         stream.width, stream.height = depth.shape[2], depth.shape[1]
         stream.pix_fmt = "gray12le"
@@ -123,41 +135,30 @@ def write_depth_video(path: str | Path, depth: np.ndarray, fps: int, quantizatio
         for frame in depth:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(quantization.encode(frame), format="gray12le")))
         container.mux(stream.encode())
-    os.replace(tmp, path)
 
 
 def read_video(path: str | Path, expected_frames: int | None = None, start: float = 0.0,
-               stop: float | None = None, depth: DepthQuantization | None = None) -> np.ndarray:
+               stop: float | None = None, depth: DepthQuantization | None = None,
+               checksum: str | None = None) -> np.ndarray:
     """Decode the frames of a video whose timestamps lie in [start, stop) seconds (all by default): RGB
     as (T, H, W, 3) uint8, or with `depth` a LeRobot depth stream as (T, H, W) float32 metres.
 
     With `expected_frames`, a span that decodes to another count (a truncated or corrupt file) raises an
-    error naming the file instead of returning a shorter array.
+    error naming the file instead of returning a shorter array. With `checksum` (`frames_checksum` of the
+    span when it was written), frames that decode to anything else (a damaged file: decoders conceal
+    errors rather than fail) raise an error naming the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"video file missing: {path}")
-    frames = []
+    frames, digest = [], hashlib.sha256()
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            # A frame belongs to the span when its timestamp is within half a frame of it (timestamps
-            # are stored as float seconds and rounded to the stream's time base).
-            half = 0.5 / float(stream.average_rate or stream.guessed_rate or 30)
-            if start > half:
-                container.seek(int((start - half) / stream.time_base), stream=stream, backward=True)
-            for index, frame in enumerate(container.decode(stream)):
-                time = frame.time if frame.time is not None else index * 2 * half
-                if time < start - half:
-                    continue
-                if stop is not None and time >= stop - half:
-                    break
-                if depth is None:
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                elif frame.format.name != "gray12le":
-                    raise ValueError(f"depth video {path} holds {frame.format.name} frames, not LeRobot's gray12le")
-                else:
-                    frames.append(depth.decode(frame.to_ndarray()))
+        for frame in _span_frames(Path(path), start, stop):
+            if checksum is not None:
+                digest.update(_native(frame))
+            if depth is None:
+                frames.append(frame.to_ndarray(format="rgb24"))
+            elif frame.format.name != "gray12le":
+                raise ValueError(f"depth video {path} holds {frame.format.name} frames, not LeRobot's gray12le")
+            else:
+                frames.append(depth.decode(frame.to_ndarray()))
     except (av.error.FFmpegError, IndexError) as error:
         raise ValueError(f"cannot decode video file {path}: {error}") from error
     span = f" between {start:.3f} s and {stop:.3f} s" if stop is not None else ""
@@ -165,4 +166,40 @@ def read_video(path: str | Path, expected_frames: int | None = None, start: floa
         raise ValueError(f"video file {path} holds {len(frames)} frames{span}, expected {expected_frames} (truncated?)")
     if not frames:
         raise ValueError(f"video file {path} holds no frames{span}")
+    if checksum is not None and digest.hexdigest() != checksum:
+        raise ValueError(f"video file {path}: the frames{span} differ from those written (checksum mismatch): "
+                         f"the file is damaged")
     return np.stack(frames)
+
+
+def frames_checksum(path: str | Path, start: float = 0.0, stop: float | None = None) -> str:
+    """SHA-256 of the decoded frames in [start, stop), in the stream's own pixel format (what the codec
+    standard makes bit-exact on every decoder, unlike a conversion to RGB)."""
+    digest = hashlib.sha256()
+    for frame in _span_frames(Path(path), start, stop):
+        digest.update(_native(frame))
+    return digest.hexdigest()
+
+
+def _native(frame: av.VideoFrame) -> bytes:
+    return np.ascontiguousarray(frame.to_ndarray()).tobytes()
+
+
+def _span_frames(path: Path, start: float, stop: float | None) -> Iterator[av.VideoFrame]:
+    """The decoded frames of `path` whose timestamps lie in [start, stop) seconds."""
+    if not path.is_file():
+        raise FileNotFoundError(f"video file missing: {path}")
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        # A frame belongs to the span when its timestamp is within half a frame of it (timestamps
+        # are stored as float seconds and rounded to the stream's time base).
+        half = 0.5 / float(stream.average_rate or stream.guessed_rate or 30)
+        if start > half:
+            container.seek(int((start - half) / stream.time_base), stream=stream, backward=True)
+        for index, frame in enumerate(container.decode(stream)):
+            time = frame.time if frame.time is not None else index * 2 * half
+            if time < start - half:
+                continue
+            if stop is not None and time >= stop - half:
+                break
+            yield frame

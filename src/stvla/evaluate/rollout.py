@@ -33,6 +33,7 @@ from stvla.data.video import write_video
 from stvla.devices import torch_device
 from stvla.envs import MetaWorldRGBDEnv, episode_seed, make_env, parse_tasks
 from stvla.evaluate.stats import rate_summary
+from stvla.locks import writes_to_out
 from stvla.policies.base import Policy, TraceDiagnostics, checkpoint_fingerprint
 from stvla.policies.registry import load_policy
 from stvla.serve.client import PolicyClient, ServedPolicy
@@ -267,6 +268,7 @@ def plot_success(per_task: dict[str, dict[str, Any]], path: Path, title: str) ->
     return path
 
 
+@writes_to_out("stvla eval")
 def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the evaluation and write its outputs; returns the eval_info dict."""
     tasks = parse_tasks(config.tasks)

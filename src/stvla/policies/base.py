@@ -191,17 +191,22 @@ class Policy(nn.Module):
         path = Path(directory) / WEIGHTS_FILE
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint weights missing: {path}")
-        state = load_file(str(path))
+        state = read_weights(path)
         own = self.model.state_dict()
         mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
         if mismatched:
             raise ValueError(f"{path}: shapes differ from this policy's for {mismatched[:5]} "
                              f"(checkpoint {[tuple(state[k].shape) for k in mismatched[:5]]}, "
                              f"policy {[tuple(own[k].shape) for k in mismatched[:5]]})")
-        result = self.model.load_state_dict(state, strict=strict)
-        if result.unexpected_keys:
-            raise ValueError(f"{path}: weights this policy does not have: {result.unexpected_keys[:5]}")
-        return list(result.missing_keys)
+        unexpected = sorted(set(state) - set(own))
+        if unexpected:
+            raise ValueError(f"{path}: weights this policy does not have: {unexpected[:5]}")
+        missing = sorted(set(own) - set(state))
+        if strict and missing:
+            raise ValueError(f"{path}: weights missing from the checkpoint: {missing[:5]}"
+                             + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
+        self.model.load_state_dict(state, strict=False)
+        return missing
 
 
 @dataclass
@@ -224,6 +229,21 @@ class TraceDiagnostics:
                 "action_norm": float(np.mean(self.action_norms)) if self.action_norms else None}
 
 
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, refused with one line naming the file if it is not one (truncated,
+    a pickle under the name) or holds a non-finite value."""
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error types (and OSError, ValueError) for bad files
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ValueError(f"{path}: not a readable safetensors file ({reason})") from None
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            count = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{path}: tensor {name!r} holds {count} non-finite value(s) (NaN or inf): refusing to act on it")
+    return state
+
+
 def checkpoint_fingerprint(directory: str | Path) -> str:
     """A short hash of a checkpoint's weights and config: what it is, wherever it lies (caches key on it)."""
     digest = hashlib.sha256()
@@ -240,7 +260,12 @@ def read_checkpoint_config(directory: str | Path) -> tuple[str, dict]:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"not a policy checkpoint: {path} is missing")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object with 'type' and 'config'")
     for key in ("type", "config"):
         if key not in data:
             raise ValueError(f"{path}: field {key!r} is missing")

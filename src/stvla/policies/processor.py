@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from stvla import features as F
+from stvla import geometry
 from stvla.config import config_key
 from stvla.policies.prompt import HISTORY_LENGTH
 from stvla.policies.text import instruction_embeddings
@@ -181,15 +182,22 @@ class InputProcessor:
 
         `obs` is keyed as the environment's observations (`rgb`, `proprio`, `instruction`, ...) or, as a
         robot client's message may be, by the dataset features themselves (`observation.state`, `task`).
-        A missing key or a shape other than the contract's is an error naming it."""
+        A missing key, a shape other than the contract's or an implausible value (`checked_observation`)
+        is a ValueError naming it: nothing the policy cannot read turns into an action."""
+        if not isinstance(obs, dict):
+            raise ValueError(f"an observation must be a dict of arrays, got {type(obs).__name__}")
         frame: dict[str, Any] = {}
         for feature, spec in self.input_features().items():
             value = _observed(obs, feature, F.FEATURE_OF_OBSERVATION[feature])
             if list(np.shape(value)) != spec["shape"]:
                 raise ValueError(f"observation {feature!r} has shape {list(np.shape(value))}; policy "
                                  f"{self.policy_name!r} reads {spec['shape']}")
-            frame[feature] = value
-        frame[F.TASK] = str(_observed(obs, F.TASK, F.OBS_INSTRUCTION))
+            frame[feature] = checked_observation(feature, np.asarray(value))
+        instruction = _observed(obs, F.TASK, F.OBS_INSTRUCTION)
+        if not isinstance(instruction, str) or not instruction.strip():
+            given = repr(instruction) if instruction is None or isinstance(instruction, str) else type(instruction).__name__
+            raise ValueError(f"observation {F.OBS_INSTRUCTION!r} must be a non-empty string, got {given}")
+        frame[F.TASK] = instruction
         if F.STATE in frame:
             self._states.append(np.asarray(frame[F.STATE], dtype=np.float64))
         if self.config.vla.previous_frames:
@@ -268,7 +276,24 @@ def _observed(obs: dict[str, Any], feature: str, observation_key: str) -> Any:
     for key in (observation_key, feature):
         if key in obs:
             return obs[key]
-    raise KeyError(f"the observation has no {observation_key!r} (or {feature!r}); it has {sorted(obs)}")
+    raise ValueError(f"the observation has no {observation_key!r} (or {feature!r}); it has {sorted(map(str, obs))}")
+
+
+def checked_observation(feature: str, value: np.ndarray) -> np.ndarray:
+    """`value` when it is what `feature` must hold, else a ValueError naming the feature and the value."""
+    where = f"observation {feature!r}"
+    if feature == F.RGB:
+        if value.dtype != np.uint8:
+            raise ValueError(f"{where} must be uint8 RGB (0-255), got {value.dtype}")
+    elif feature == F.DEPTH:
+        geometry.check_metric_depth(value, where)
+    elif feature == F.INTRINSICS:
+        geometry.check_intrinsics(value, where)
+    elif value.dtype.kind not in "fiub" or not np.isfinite(value).all():
+        bad = np.flatnonzero(~np.isfinite(value)) if value.dtype.kind == "f" else []
+        raise ValueError(f"{where} must be finite numbers, got {value.dtype}"
+                         + (f" with non-finite values at {bad[:5].tolist()}" if len(bad) else ""))
+    return value
 
 
 def batch_of_one(frame: dict[str, Any]) -> dict[str, Any]:

@@ -75,6 +75,9 @@ class VLAConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig, metadata=KEY_NEUTRAL)  # image encoder and trunk: ours or PaliGemma's
 
     def validate(self) -> None:
+        for name in ("image_size", "patch_size", "width", "chunk_size", "action_dim", "state_dim", "prompt_max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.previous_frames < 0:
             raise ValueError(f"previous_frames must be >= 0, got {self.previous_frames}")
         if self.image_size % self.patch_size:
@@ -246,6 +249,11 @@ class SmallVLA(nn.Module):
         """(B, chunk_size, action_dim) actions in robot units (the most likely token of each kind), and
         with trace_points the (B, trace_points, 2) predicted future trace in pixels (else None)."""
         out = self(batch)
+        # argmax over NaN logits still picks a bin: a NaN anywhere must stop here, not become an action.
+        broken = [name for name, value in out.items() if not torch.isfinite(value).all()]
+        if broken:
+            raise ValueError(f"the model computed non-finite {', '.join(broken)} outputs from finite inputs: its "
+                             f"weights or normalisers hold NaN or inf")
         trace = out.pop("trace", None)
         tokens = {name: logits.argmax(-1) for name, logits in out.items()}
         actions = self.action_normalizer.unnormalize(self.tokenizer.decode(tokens))

@@ -37,11 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from stvla import features as F
 from stvla.serve.wire import WireError, pack, unpack
 
 PROTOCOL_VERSION = 1
-MAX_PLAUSIBLE_DEPTH_M = 100.0  # a median depth beyond this is millimetres sent as metres, not a scene
 
 
 @dataclass
@@ -168,7 +166,6 @@ class PolicyServer:
         observation = message.get("observation")
         if not isinstance(observation, dict):
             raise WireError("a step needs an 'observation' map")
-        check_observation(observation, self.contract)
         started = time.perf_counter()
         with self.lock:
             if message.get("reset"):
@@ -212,30 +209,6 @@ class PolicyServer:
         if not self.started.wait(60):
             raise RuntimeError("the server did not start")
         return thread
-
-
-def check_observation(observation: dict[str, Any], contract: dict[str, Any]) -> None:
-    """What the processor does not check: numbers that are finite, images of bytes, depth in metres."""
-    for feature, spec in contract["input_features"].items():
-        key = feature if feature in observation else contract["observation_keys"].get(feature, feature)
-        value = observation.get(key)
-        if value is None:
-            continue  # the processor names what is missing
-        array = np.asarray(value)
-        if array.dtype.kind not in "biuf":
-            raise ValueError(f"observation {key!r} must be numbers, got {array.dtype}")
-        if spec["dtype"] == "uint8" and array.dtype != np.uint8:
-            raise ValueError(f"observation {key!r} must be uint8 (an image), got {array.dtype}")
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise ValueError(f"observation {key!r} holds NaN or infinite values")
-        if feature == F.DEPTH and array.size:
-            median = float(np.median(array))
-            if median < 0 or median > MAX_PLAUSIBLE_DEPTH_M:
-                raise ValueError(f"observation {key!r} has a median of {median:g}: depth must be in metres "
-                                 f"(millimetres / 1000)")
-    instruction = observation.get(F.OBS_INSTRUCTION, observation.get(F.TASK))
-    if not isinstance(instruction, str):
-        raise ValueError(f"observation needs the instruction as a string ({F.OBS_INSTRUCTION!r} or {F.TASK!r})")
 
 
 def serve(config: ServeConfig) -> None:

@@ -18,6 +18,10 @@ for that trace rather than an invented value.
 
 A trace pixel is a pixel whose centre lies within thickness / 2 of the polyline. Where traces
 overlap, the later trace in the list (and, within a trace, the newer segment) wins.
+
+Any finite coordinates are accepted: segments are clipped to the image (plus the line's reach) before
+anything is allocated, so the work is bounded by the image size, never by how far a vertex lies
+outside it; widths are bounded by MAX_THICKNESS. Bad input raises a ValueError naming the argument.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ import numpy as np
 from stvla.traces.lift import sample_depth, valid_depth
 
 
+MAX_THICKNESS = 64  # px: a wider trace would cover a policy's whole input image
+
+
 @dataclass
 class DepthDrawConfig:
     thickness: float = 2.0  # trace width in pixels (pixel centres within thickness / 2 of the line)
@@ -39,8 +46,8 @@ class DepthDrawConfig:
     object_percentile: float = 2.0  # variant C: percentile of the valid depth taken as the nearest object
 
     def __post_init__(self) -> None:
-        if not self.thickness > 0:
-            raise ValueError(f"thickness must be > 0, got {self.thickness}")
+        if not 0 < self.thickness <= MAX_THICKNESS:
+            raise ValueError(f"thickness must be in (0, {MAX_THICKNESS}] px, got {self.thickness}")
         if not np.isfinite(self.marker_depth):
             raise ValueError(f"marker_depth must be finite, got {self.marker_depth}")
         if self.depth_max is not None and not self.depth_max > 0:
@@ -50,11 +57,35 @@ class DepthDrawConfig:
 
 
 def _polyline(trace) -> np.ndarray:
-    """(L, 2) float64 vertices of a Trace or of an array-like polyline."""
-    points = np.asarray(getattr(trace, "points", trace), dtype=np.float64).reshape(-1, 2)
+    """(L, 2) float64 vertices of a Trace or of an array-like polyline (L >= 1, finite)."""
+    try:
+        points = np.asarray(getattr(trace, "points", trace), dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"a trace must be (L, 2) pixel coordinates, got {type(trace).__name__}") from None
+    if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0:
+        raise ValueError(f"a trace must be (L, 2) pixel coordinates with L >= 1, got shape {points.shape}")
     if not np.all(np.isfinite(points)):
         raise ValueError("trace vertices must be finite")
     return points
+
+
+def clip_segments(start: np.ndarray, end: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Segments clipped to the box [low, high] (Liang-Barsky): (keep, t0, t1) with t in [0, 1] along each.
+
+    The kept part of segment i runs from start + t0 * (end - start) to start + t1 * (end - start).
+    """
+    delta = end - start
+    t0, t1 = np.zeros(len(start)), np.ones(len(start))
+    keep = np.ones(len(start), dtype=bool)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for axis in (0, 1):
+            for p, q in ((-delta[:, axis], start[:, axis] - low[axis]), (delta[:, axis], high[axis] - start[:, axis])):
+                parallel = p == 0
+                keep &= ~(parallel & (q < 0))
+                r = q / np.where(parallel, 1.0, p)
+                t0 = np.where(~parallel & (p < 0), np.maximum(t0, r), t0)
+                t1 = np.where(~parallel & (p > 0), np.minimum(t1, r), t1)
+    return keep & (t0 <= t1), t0, t1
 
 
 # --- RGB ------------------------------------------------------------------------------------------
@@ -94,21 +125,44 @@ def draw_traces_rgb(
     arrowhead's opening angle.
     """
     rgb = np.asarray(rgb)
-    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3 or 0 in rgb.shape:
         raise ValueError(f"rgb must be uint8 (H, W, 3), got dtype {rgb.dtype} with shape {rgb.shape}")
-    out = np.ascontiguousarray(rgb).copy()
+    if not (isinstance(thickness, (int, np.integer)) and 1 <= thickness <= MAX_THICKNESS):
+        raise ValueError(f"thickness must be an integer in [1, {MAX_THICKNESS}] px, got {thickness!r}")
     if arrow_length is None:
         arrow_length = max(3.0, 10.0 * min(rgb.shape[:2]) / 256.0)
+    if not (np.isfinite(arrow_length) and 0 <= arrow_length <= max(rgb.shape[:2])):
+        raise ValueError(f"arrow_length must be in [0, {max(rgb.shape[:2])}] px (the image side), got {arrow_length}")
+    if not 0 < arrow_angle_deg < 180:
+        raise ValueError(f"arrow_angle_deg must be in (0, 180), got {arrow_angle_deg}")
+    out = np.ascontiguousarray(rgb).copy()
+    h, w = rgb.shape[:2]
+    # Only what can touch the image is drawn, so OpenCV's int32 fixed-point coordinates never overflow.
+    margin = thickness + arrow_length + 1
+    low, high = np.array([-margin, -margin]), np.array([w - 1 + margin, h - 1 + margin])
     shift = 4  # OpenCV's fixed-point sub-pixel bits: vertices are drawn at 1/16 px
     polylines = [_polyline(t) for t in traces]
     for points, color in zip(polylines, trace_colors(len(polylines))):
         color = tuple(int(c) for c in color)
-        fixed = np.round(points * (1 << shift)).astype(np.int32)
-        cv2.polylines(out, [fixed], False, color, thickness, cv2.LINE_AA, shift)
+        pieces = [points]
+        if (points < low).any() or (points > high).any():
+            pieces = visible_pieces(points, low, high)
+        for piece in pieces:
+            cv2.polylines(out, [np.round(piece * (1 << shift)).astype(np.int32)], False, color, thickness, cv2.LINE_AA, shift)
         head = arrowhead(points, arrow_length, arrow_angle_deg)
-        if head is not None:
+        if head is not None and (head >= low).all() and (head <= high).all():
             cv2.fillPoly(out, [np.round(head * (1 << shift)).astype(np.int32)], color, cv2.LINE_AA, shift)
     return out
+
+
+def visible_pieces(points: np.ndarray, low: np.ndarray, high: np.ndarray) -> list[np.ndarray]:
+    """A polyline's segments clipped to the box [low, high], as 2-vertex polylines."""
+    if len(points) == 1:
+        return [points] if (points >= low).all() and (points <= high).all() else []
+    start, end = points[:-1], points[1:]
+    keep, t0, t1 = clip_segments(start, end, low, high)
+    delta = end - start
+    return [np.stack([start[i] + t0[i] * delta[i], start[i] + t1[i] * delta[i]]) for i in np.flatnonzero(keep)]
 
 
 # --- depth rasterisation --------------------------------------------------------------------------
@@ -142,8 +196,22 @@ def rasterize_segments(segments: Segments, shape: tuple[int, int], thickness: fl
     segment's end values interpolated at the centre's projection onto the segment. Candidates come
     from a stencil around samples taken every pixel along each segment, then the exact distance test.
     """
+    if not 0 < thickness <= MAX_THICKNESS:
+        raise ValueError(f"thickness must be in (0, {MAX_THICKNESS}] px, got {thickness}")
     h, w = shape
     radius = thickness / 2.0
+    # Clip to the pixels the line can reach first: the work below is then bounded by the image.
+    reach = radius + 1.0
+    keep, t0, t1 = clip_segments(segments.start, segments.end, np.array([-reach, -reach]),
+                                 np.array([w - 1 + reach, h - 1 + reach]))
+    full = segments.end - segments.start
+    value_delta = segments.end_value - segments.start_value
+    segments = Segments(
+        start=(segments.start + t0[:, None] * full)[keep],
+        end=(segments.start + t1[:, None] * full)[keep],
+        start_value=(segments.start_value + t0 * value_delta)[keep],
+        end_value=(segments.start_value + t1 * value_delta)[keep],
+    )
     delta = segments.end - segments.start
     length = np.hypot(delta[:, 0], delta[:, 1])
     samples_per = np.ceil(length).astype(np.int64) + 1
@@ -152,7 +220,7 @@ def rasterize_segments(segments: Segments, shape: tuple[int, int], thickness: fl
     fraction = (np.arange(len(segment_id)) - first[segment_id]) / np.maximum(samples_per[segment_id] - 1, 1)
     centres = np.floor(segments.start[segment_id] + fraction[:, None] * delta[segment_id] + 0.5)
     # Samples are <= 0.5 px from any point of the segment and rounding moves them <= 0.5 px per axis.
-    reach = int(np.ceil(radius + 1.0))
+    reach = int(np.ceil(reach))
     offsets = np.stack(np.mgrid[-reach : reach + 1, -reach : reach + 1], axis=-1).reshape(-1, 2)[:, ::-1]
     pixel = (centres[:, None, :] + offsets[None]).reshape(-1, 2)
     segment_id = np.repeat(segment_id, len(offsets))
@@ -204,6 +272,8 @@ def own_depth_values(depth, traces, config: DepthDrawConfig, robot_mask=None) ->
         points = _polyline(trace)
         own = getattr(trace, "vertex_depth", None)
         d = np.asarray(own, dtype=np.float64) if own is not None else sample_depth(depth, points).astype(np.float64)
+        if d.shape != (len(points),):
+            raise ValueError(f"a trace's vertex_depth must have one value per vertex ({len(points)}), got shape {d.shape}")
         ok = valid_depth(d, config.depth_max)
         if not ok.any():
             values.append(None)
@@ -243,14 +313,15 @@ def draw_traces_depth(
     if variant not in DEPTH_VARIANTS:
         raise ValueError(f"unknown depth trace variant {variant!r}; valid: {', '.join(DEPTH_VARIANTS)}")
     depth = np.asarray(depth)
-    if depth.ndim != 2:
-        raise ValueError(f"depth must be (H, W), got shape {depth.shape}")
+    if depth.ndim != 2 or 0 in depth.shape or not np.issubdtype(depth.dtype, np.number):
+        raise ValueError(f"depth must be a numeric (H, W) map, got dtype {depth.dtype} with shape {depth.shape}")
     if robot_mask is not None and np.shape(robot_mask) != depth.shape:
         raise ValueError(f"robot_mask must have the depth's shape {depth.shape}, got {np.shape(robot_mask)}")
     config = config or DepthDrawConfig()
     out = depth.astype(np.float32, copy=True)
+    polylines = [_polyline(t) for t in traces]  # every trace checked, whether the variant draws it or not
     values = DEPTH_VARIANTS[variant](depth, traces, config, robot_mask)
-    drawn = [(_polyline(t), v) for t, v in zip(traces, values) if v is not None]
+    drawn = [(points, v) for points, v in zip(polylines, values) if v is not None]
     if not drawn:
         return out
     rows, cols, written = rasterize_segments(segments_of(*zip(*drawn)), depth.shape, config.thickness)

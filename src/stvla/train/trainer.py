@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from stvla import features as F
@@ -33,8 +33,9 @@ from stvla.config import KEY_NEUTRAL, config_from_dict, config_key, config_to_di
 from stvla.data.roles import DataConfig
 from stvla.data.store import EpisodeStore
 from stvla.devices import batch_to
+from stvla.locks import writes_to_out
 from stvla.policies.action_tokenizer import ActionGridConfig
-from stvla.policies.base import Policy, read_checkpoint_config
+from stvla.policies.base import Policy, read_checkpoint_config, read_weights
 from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.vla import VLAConfig
 from stvla.traces import TraceConfig
@@ -74,6 +75,19 @@ class TrainConfig:
     save_every: int = 250  # steps between training checkpoints
     threads: int = 2  # torch CPU threads
     device: str = field(default="cpu", metadata=KEY_NEUTRAL)  # torch device to train on: cpu, cuda, cuda:1, mps
+    save_every_minutes: float = field(default=5.0, metadata=KEY_NEUTRAL)  # also checkpoint when this much time passed since the last one (0 = steps only)
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "save_every", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "warmup_steps", "save_every_minutes"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.trace_points < -1:
+            raise ValueError(f"--trace_points must be >= 0 (or -1: the policy's own), got {self.trace_points}")
 
     def key(self) -> dict[str, Any]:
         """What the run's weights depend on, as cache keys spell it (stvla.benchmark): `config_key`, with
@@ -175,6 +189,9 @@ def fit_model_to_dataset(model: VLAConfig, features: dict[str, dict], where: str
     if height != width:
         raise ValueError(f"{where}: the camera's images are {height}x{width}; the model reads square images "
                          f"(resize or crop the dataset's video to a square)")
+    if model.image_size not in (VLAConfig.image_size, height):  # set by hand, and not what the dataset holds
+        raise ValueError(f"--model.image_size {model.image_size} differs from {where}'s {height}x{width} images: "
+                         f"the model reads the dataset's size (collect or resize the dataset at {model.image_size})")
     grid = action_grid_for(features[F.ACTION], where)
     grid = dataclasses.replace(model.grid, has_rotation=grid.has_rotation, translation_dims=grid.translation_dims,
                                gripper_dim=grid.gripper_dim, rotation_dims=grid.rotation_dims)
@@ -279,14 +296,14 @@ def save_training_state(directory: Path, policy: Policy, optimizer: torch.optim.
 
 def load_weights_state(directory: Path, policy: Policy, average: WeightAverage | None = None) -> None:
     """A checkpoint's weights (and weight average) into the policy (before it is sharded, with --fsdp)."""
-    policy.model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    policy.model.load_state_dict(read_weights(directory / "model.safetensors"))
     if average is not None:
-        average.load_state_dict(load_file(str(directory / "weight_average.safetensors")))
+        average.load_state_dict(read_weights(directory / "weight_average.safetensors"))
 
 
 def load_optimizer_state(directory: Path, optimizer: torch.optim.Optimizer) -> int:
     """A checkpoint's optimiser state (split like its parameters, if they are sharded), RNG and step."""
-    tensors = load_file(str(directory / "optimizer.safetensors"))
+    tensors = read_weights(directory / "optimizer.safetensors")
     meta = json.loads((directory / "state.json").read_text())
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -302,6 +319,7 @@ def load_optimizer_state(directory: Path, optimizer: torch.optim.Optimizer) -> i
     return int(meta["step"])
 
 
+@writes_to_out("stvla train")
 def train(config: TrainConfig, progress: bool = True, stop_after: int | None = None) -> Path:
     """Train as configured; returns the final policy directory. `stop_after` ends early (for tests).
     Launched by torchrun, every process runs this with its share of each batch (stvla.train.distributed)."""
@@ -386,7 +404,7 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
     bar = tqdm(total=config.steps, initial=step, desc=f"train {config.policy} stage {config.stage}", unit="step",
                disable=not progress, dynamic_ncols=True)
     log_path = out / "train_log.jsonl"
-    started = time.perf_counter()
+    started, last_saved = time.perf_counter(), time.monotonic()
     while step < config.steps and (stop_after is None or step < stop_after):
         indices = samples.indices_for_step(step, config.batch_size, config.seed)
         batch = samples.batch(indices, np.random.default_rng([config.seed, step, 1]))
@@ -408,7 +426,12 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
                                       "samples_per_s": 25 * config.batch_size / max(time.perf_counter() - started, 1e-9),
                                       **logs}) + "\n")
             started = time.perf_counter()
-        if step % config.save_every == 0 or step == config.steps:
+        due = step % config.save_every == 0 or step == config.steps
+        if config.save_every_minutes and not due:  # a kill loses minutes of work at most, whatever a step costs
+            late = time.monotonic() - last_saved >= 60 * config.save_every_minutes
+            due = distributed.sum_over_ranks(float(late), ranks, device) > 0  # every rank decides alike
+        if due:
+            last_saved = time.monotonic()
             if ranks.is_main or sharded:  # sharded: every rank gives its shards, rank 0 writes
                 save_training_state(out / "checkpoint", policy, optimizer, step, average, write=ranks.is_main)
             distributed.barrier(ranks)  # no rank goes on (or resumes) before the checkpoint is whole

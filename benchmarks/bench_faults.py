@@ -1,0 +1,392 @@
+"""Fault injection at scale: a catalogue of bad inputs, damaged files, concurrent and killed runs, each
+run as a user would (a `stvla` command in its own process, or a Python call), and its outcome counted.
+
+    python benchmarks/bench_faults.py [--work runs/bench-faults]
+
+Outcome of a case that must be refused: "clear" (exit code 2 and one line on stderr naming what is
+wrong, or a one-line ValueError from Python), "vague" (refused, but the message does not name the
+needle), "traceback", or "silent wrong" (accepted). A case that must work (a resume after kill -9, a
+second writer refused while the first finishes) is "ok" or "lost" (finished work missing or wrong).
+Writes benchmarks/results/faults.json (every case with its outcome and message) and the "Faults"
+section of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+import torch  # noqa: E402
+from common import record  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+STVLA = [sys.executable, "-m", "stvla.cli"]
+
+
+@dataclass
+class Case:
+    name: str  # what is done
+    run: Callable[[Path], tuple[str, str]]  # -> (outcome, message)
+
+
+def stvla(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*STVLA, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def refused(*args: str, needle: str) -> Callable[[Path], tuple[str, str]]:
+    """A command that must be refused with one line holding `needle` ({work} is replaced)."""
+    def run(work: Path) -> tuple[str, str]:
+        done = stvla(*(str(a).format(work=work) for a in args))
+        return judge(done.returncode, done.stderr, needle.format(work=work))
+    return run
+
+
+def judge(code: int, stderr: str, needle: str) -> tuple[str, str]:
+    lines = [line for line in stderr.strip().splitlines() if line.strip() and "it/s]" not in line and "ep/s]" not in line]
+    last = lines[-1] if lines else ""
+    if "Traceback" in stderr:
+        return "traceback", last
+    if code == 0:
+        return "silent wrong", "exit code 0"
+    errors = [line for line in lines if ": error:" in line]
+    if code == 2 and len(errors) == 1 and needle in errors[0]:
+        return "clear", errors[0]
+    return "vague", last
+
+
+def python_refused(call: Callable[[Path], object], needle: str) -> Callable[[Path], tuple[str, str]]:
+    def run(work: Path) -> tuple[str, str]:
+        try:
+            call(work)
+        except ValueError as error:
+            text = str(error)
+            return ("clear" if needle in text and "\n" not in text else "vague"), text
+        except Exception as error:  # noqa: BLE001 - what the case measures
+            return "traceback", f"{type(error).__name__}: {error}"
+        return "silent wrong", "accepted"
+    return run
+
+
+# --- what the cases work on ------------------------------------------------------------------------------
+def prepare(work: Path) -> None:
+    """A tiny dataset and a policy trained on it, copied by the cases that damage them."""
+    if not (work / "data" / "meta" / "info.json").is_file():
+        done = stvla("collect", "--task", "reach-v3", "--episodes", 2, "--max_steps", 30, "--image_size", 64,
+                     "--out", work / "data")
+        assert done.returncode == 0, done.stderr
+    if not (work / "policy" / "model.safetensors").is_file():
+        done = stvla("train", "--policy", "st", "--dataset", work / "data", "--out", work / "train", "--steps", 3,
+                     "--batch_size", 4, "--cache_dir", work / "cache")
+        assert done.returncode == 0, done.stderr
+        shutil.copytree(work / "train" / "policy", work / "policy")
+
+
+def dataset_copy(work: Path, name: str) -> Path:
+    target = work / "copies" / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(work / "data", target)
+    return target
+
+
+def policy_copy(work: Path, name: str) -> Path:
+    target = work / "copies" / name
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(work / "policy", target)
+    return target
+
+
+def damaged_dataset(name: str, damage: Callable[[Path], None], *command: str, needle: str) -> Case:
+    def run(work: Path) -> tuple[str, str]:
+        root = dataset_copy(work, name)
+        damage(root)
+        args = [a.format(root=root, work=work) for a in command]
+        done = stvla(*args)
+        return judge(done.returncode, done.stderr, needle.format(root=root))
+    return Case(f"{' '.join(command[:1])} on a dataset with {name}", run)
+
+
+def damaged_policy(name: str, damage: Callable[[Path], None], needle: str) -> Case:
+    def run(work: Path) -> tuple[str, str]:
+        policy = policy_copy(work, name)
+        damage(policy)
+        done = stvla("eval", "--policy", policy, "--tasks", "reach-v3", "--episodes", 1, "--max_steps", 5,
+                     "--out", work / "copies" / f"eval-{name}")
+        return judge(done.returncode, done.stderr, needle)
+    return Case(f"eval of a checkpoint with {name}", run)
+
+
+def set_info(path_change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def damage(root: Path) -> None:
+        info = json.loads((root / "meta" / "info.json").read_text())
+        path_change(info)
+        (root / "meta" / "info.json").write_text(json.dumps(info))
+    return damage
+
+
+def first(root: Path, pattern: str) -> Path:
+    return sorted(root.rglob(pattern))[0]
+
+
+def random_bytes_in_video(root: Path) -> None:
+    video = first(root / "videos", "*.mp4")
+    data = bytearray(video.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    video.write_bytes(bytes(data))
+
+
+def nan_action(root: Path) -> None:
+    path = first(root / "data", "*.parquet")
+    table = pq.read_table(path)
+    values = table.column("action").to_pylist()
+    values[3][0] = float("nan")
+    index = table.column_names.index("action")
+    pq.write_table(table.set_column(index, "action", pa.array(values, type=table.column("action").type)), path)
+
+
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def edit_weights(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def damage(policy: Path) -> None:
+        state = load_file(str(policy / "model.safetensors"))
+        change(state)
+        save_file(state, str(policy / "model.safetensors"))
+    return damage
+
+
+def nan_bias(state: dict) -> None:
+    name = next(k for k in sorted(state) if k.endswith(".bias"))
+    state[name] = state[name].clone()
+    state[name][0] = float("nan")
+
+
+# --- Python calls at the policy boundary --------------------------------------------------------------------
+_POLICY = {}
+
+
+def observation_with(work: Path, **changes) -> tuple[object, dict]:
+    from stvla.policies.registry import load_policy
+    from stvla.data import EpisodeStore
+    from stvla import features as F
+
+    if "policy" not in _POLICY:
+        _POLICY["policy"] = load_policy(work / "policy")
+        store = EpisodeStore(work / "data")
+        keys = list(_POLICY["policy"].processor.input_features())
+        frame = store.frame(0, 0, keys)
+        _POLICY["obs"] = {F.FEATURE_OF_OBSERVATION[k]: np.array(frame[k]) for k in keys} | {"instruction": "reach"}
+    obs = dict(_POLICY["obs"])
+    for key, change in changes.items():
+        obs[key.replace("__", ".")] = change(obs.get(key.replace("__", ".")))
+    if "drop" in obs:
+        obs.pop(obs.pop("drop"))
+    return _POLICY["policy"], obs
+
+
+def act_with(**changes) -> Callable[[Path], object]:
+    def call(work: Path) -> object:
+        policy, obs = observation_with(work, **changes)
+        policy.reset()
+        return policy.select_action(obs)
+    return call
+
+
+def draw(**kwargs) -> Callable[[Path], object]:
+    def call(work: Path) -> object:
+        from stvla.traces import DepthDrawConfig, draw_traces_depth, draw_traces_rgb
+
+        if "rgb" in kwargs:
+            return draw_traces_rgb(np.zeros((128, 128, 3), np.uint8), kwargs["traces"], **kwargs["rgb"])
+        return draw_traces_depth(np.ones((128, 128), np.float32), kwargs["traces"], "C",
+                                 DepthDrawConfig(**kwargs.get("config", {})))
+    return call
+
+
+# --- runs that must lose nothing ------------------------------------------------------------------------------
+def two_collects_at_once(work: Path) -> tuple[str, str]:
+    out = work / "copies" / "concurrent-collect"
+    shutil.rmtree(out, ignore_errors=True)
+    args = ["collect", "--task", "reach-v3", "--episodes", 3, "--max_steps", 30, "--image_size", 64, "--out", out]
+    first_run = subprocess.Popen([*STVLA, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # the first holds the folder by now (its imports take a few seconds)
+    second = stvla(*args)
+    first_out, first_err = first_run.communicate(timeout=600)
+    if first_run.returncode != 0:
+        return "lost", first_err.strip().splitlines()[-1]
+    verdict, message = judge(second.returncode, second.stderr, "is in use by `stvla collect`")
+    info = stvla("info", out, "--json")
+    episodes = json.loads(info.stdout)["episodes"] if info.returncode == 0 else -1
+    if episodes != 3:
+        return "lost", f"the dataset holds {episodes} episodes after the race, not 3"
+    return ("ok" if verdict == "clear" else verdict), message
+
+
+def kill_and_resume_training(work: Path) -> tuple[str, str]:
+    out = work / "copies" / "killed-train"
+    shutil.rmtree(out, ignore_errors=True)
+    args = ["train", "--policy", "spatialvla", "--dataset", work / "data", "--out", out, "--steps", 40,
+            "--batch_size", 4, "--save_every", 10, "--cache_dir", work / "cache"]
+    run = subprocess.Popen([*STVLA, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (out / "checkpoint" / "state.json").is_file() and time.time() < deadline:
+        time.sleep(0.5)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    saved = json.loads((out / "checkpoint" / "state.json").read_text())["step"]
+    resumed = stvla(*args)
+    if resumed.returncode != 0 or not (out / "policy" / "model.safetensors").is_file():
+        return "lost", resumed.stderr.strip().splitlines()[-1] if resumed.stderr.strip() else "no policy"
+    return "ok", f"killed after the checkpoint of step {saved}; the resumed run finished"
+
+
+def cases() -> list[Case]:
+    F_STATE, F_DEPTH, F_K, F_RGB = "proprio", "depth", "camera__intrinsics", "rgb"
+    nan_first = lambda x: np.where(np.arange(np.size(x)).reshape(np.shape(x)) == 0, np.nan, x)  # noqa: E731
+    listed = [
+        # collect
+        Case("collect --episodes 0", refused("collect", "--task", "reach-v3", "--episodes", 0, "--out", "{work}/c0",
+                                             needle="episodes")),
+        Case("collect --task nope", refused("collect", "--task", "nope-v3", "--episodes", 1, "--out", "{work}/c1",
+                                            needle="nope-v3")),
+        Case("collect --image_size 0", refused("collect", "--task", "reach-v3", "--image_size", 0, "--out", "{work}/c2",
+                                               needle="image_size")),
+        Case("collect --image_size abc", refused("collect", "--image_size", "abc", needle="image_size")),
+        Case("collect --workers 0", refused("collect", "--task", "reach-v3", "--workers", 0, "--out", "{work}/c3",
+                                            needle="workers")),
+        Case("collect --out under a file", refused("collect", "--task", "reach-v3", "--episodes", 1, "--out",
+                                                   "{work}/data/meta/info.json/x", needle="info.json")),
+        # info / view on bad paths
+        Case("info on a missing folder", refused("info", "{work}/nothing", needle="nothing")),
+        Case("info on a file", refused("info", "{work}/data/meta/info.json", needle="info.json")),
+        Case("view --out DIR", refused("view", "{work}/data", "--episode", 0, "--out", "{work}", needle="is a directory")),
+        Case("view --episode 99", refused("view", "{work}/data", "--episode", 99, "--out", "{work}/v.mp4", needle="99")),
+        # damaged datasets
+        damaged_dataset("info.json not JSON", lambda r: (r / "meta" / "info.json").write_text("{"), "info", "{root}",
+                        needle="info.json"),
+        damaged_dataset("the episode table missing", lambda r: shutil.rmtree(r / "meta" / "episodes"), "info", "{root}",
+                        needle="episodes"),
+        damaged_dataset("a truncated data file", lambda r: truncate(first(r / "data", "*.parquet")), "train",
+                        "--policy", "st", "--dataset", "{root}", "--out", "{work}/copies/t-trunc", "--steps", "2",
+                        needle=".parquet"),
+        damaged_dataset("random bytes in a video", random_bytes_in_video, "train", "--policy", "st", "--dataset",
+                        "{root}", "--out", "{work}/copies/t-video", "--steps", "2", needle=".mp4"),
+        damaged_dataset("a NaN action", nan_action, "train", "--policy", "st", "--dataset", "{root}", "--out",
+                        "{work}/copies/t-nan", "--steps", "2", needle="non-finite"),
+        damaged_dataset("info.json action dtype int64", set_info(lambda i: i["features"]["action"].update(dtype="int64")),
+                        "train", "--policy", "st", "--dataset", "{root}", "--out", "{work}/copies/t-int", "--steps", "2",
+                        needle="int64"),
+        damaged_dataset("info.json action dtype float16",
+                        set_info(lambda i: i["features"]["action"].update(dtype="float16")), "train", "--policy", "st",
+                        "--dataset", "{root}", "--out", "{work}/copies/t-f16", "--steps", "2", needle="float16"),
+        damaged_dataset("info.json action dtype float99",
+                        set_info(lambda i: i["features"]["action"].update(dtype="float99")), "train", "--policy", "st",
+                        "--dataset", "{root}", "--out", "{work}/copies/t-f99", "--steps", "2", needle="float99"),
+        damaged_dataset("the action column missing", set_info(lambda i: i["features"].update(
+            {"observation.extra": {"dtype": "float32", "shape": [2], "names": None}})), "train", "--policy", "st",
+                        "--dataset", "{root}", "--out", "{work}/copies/t-col", "--steps", "2", needle="observation.extra"),
+        # training flags
+        *[Case(f"train {flag} {value}", refused("train", "--policy", "st", "--dataset", "{work}/data", "--out",
+                                                f"{{work}}/copies/flag-{flag[2:]}-{value}", flag, value, needle=needle))
+          for flag, value, needle in [("--steps", 0, "--steps"), ("--steps", -5, "--steps"),
+                                      ("--batch_size", 0, "--batch_size"), ("--save_every", 0, "--save_every"),
+                                      ("--model.patch_size", 0, "patch_size"), ("--model.image_size", 96, "image_size"),
+                                      ("--model.image_size", "abc", "image_size"), ("--lr", -1, "--lr"),
+                                      ("--ema", 1.5, "--ema"), ("--policy", "nope", "nope"),
+                                      ("--init", "{work}/nothing", "nothing"), ("--traces.variant", "D", "variant"),
+                                      ("--traces.tracker.buffer_length", 1, "buffer_length")]],
+        Case("train --dataset missing", refused("train", "--policy", "st", "--dataset", "{work}/nothing", "--out",
+                                                "{work}/copies/t-miss", needle="nothing")),
+        Case("train --out under a file", refused("train", "--policy", "st", "--dataset", "{work}/data", "--out",
+                                                 "{work}/data/meta/info.json/run", "--steps", 2, needle="info.json")),
+        # damaged checkpoints
+        damaged_policy("truncated weights", lambda p: truncate(p / "model.safetensors"), "model.safetensors"),
+        damaged_policy("a pickle as the weights", lambda p: (p / "model.safetensors").write_bytes(pickle.dumps({"a": 1})),
+                       "model.safetensors"),
+        damaged_policy("a tensor missing", edit_weights(lambda s: s.pop(sorted(s)[0])), "weights missing"),
+        damaged_policy("an extra tensor", edit_weights(lambda s: s.update(extra=torch.zeros(2))), "extra"),
+        damaged_policy("a NaN bias", edit_weights(nan_bias), "non-finite"),
+        damaged_policy("config.json not JSON", lambda p: (p / "config.json").write_text("{"), "config.json"),
+        damaged_policy("no config.json", lambda p: (p / "config.json").unlink(), "config.json"),
+        Case("eval --episodes 0", refused("eval", "--policy", "{work}/policy", "--tasks", "reach-v3", "--episodes", 0,
+                                          "--out", "{work}/copies/e0", needle="episodes")),
+        Case("eval --tasks nope", refused("eval", "--policy", "{work}/policy", "--tasks", "nope-v3", "--out",
+                                          "{work}/copies/e1", needle="nope-v3")),
+        # the policy boundary (Python)
+        Case("select_action, NaN proprio", python_refused(act_with(**{F_STATE: nan_first}), "non-finite")),
+        Case("select_action, NaN intrinsics", python_refused(act_with(**{F_K: nan_first}), "intrinsics")),
+        Case("select_action, zero intrinsics", python_refused(act_with(**{F_K: np.zeros_like}), "intrinsics")),
+        Case("select_action, depth all NaN", python_refused(act_with(**{F_DEPTH: lambda d: np.full_like(d, np.nan)}),
+                                                            "no valid value")),
+        Case("select_action, depth all zero", python_refused(act_with(**{F_DEPTH: np.zeros_like}), "no valid value")),
+        Case("select_action, negative depth", python_refused(act_with(**{F_DEPTH: lambda d: d - 10}), "negative")),
+        Case("select_action, depth in millimetres", python_refused(act_with(**{F_DEPTH: lambda d: d * 1000}),
+                                                                   "millimetres")),
+        Case("select_action, a grey image", python_refused(act_with(**{F_RGB: lambda x: x[..., 0]}), "shape")),
+        Case("select_action, a float image", python_refused(act_with(**{F_RGB: lambda x: x / 255.0}), "uint8")),
+        Case("select_action, proprio of length 3", python_refused(act_with(**{F_STATE: lambda x: x[:3]}), "shape")),
+        Case("select_action, instruction None", python_refused(act_with(instruction=lambda x: None), "instruction")),
+        Case("select_action, no depth key", python_refused(act_with(drop=lambda x: "depth"), "'depth'")),
+        Case("select_action, not a dict", python_refused(lambda w: observation_with(w)[0].select_action([1, 2]), "dict")),
+        # trace drawing
+        Case("depth trace (0, 0) -> (1e6, 1e6)", lambda w: ("ok", "") if draw(traces=[np.array([[0, 0], [1e6, 1e6]])])(w)
+             is not None else ("silent wrong", "")),
+        Case("RGB trace across +-5e8", lambda w: ("ok", "") if draw(rgb={}, traces=[np.array([[-5e8, 64], [5e8, 64]])])(w)
+             [64].any() else ("silent wrong", "nothing drawn")),
+        Case("depth trace width 1e9", python_refused(draw(traces=[], config={"thickness": 1e9}), "thickness")),
+        Case("RGB trace width 10**6", python_refused(draw(rgb={"thickness": 10**6}, traces=[]), "thickness")),
+        Case("a trace with a NaN vertex", python_refused(draw(traces=[np.array([[0, 0], [np.nan, 1]])]), "finite")),
+        Case("a trace of shape (3,)", python_refused(draw(traces=[np.zeros(3)]), "(L, 2)")),
+        # runs that must lose nothing
+        Case("two collects into one --out at once", two_collects_at_once),
+        Case("kill -9 of training, then the same command", kill_and_resume_training),
+    ]
+    return listed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="runs/bench-faults", help="scratch folder")
+    args = parser.parse_args()
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    prepare(work)
+    results = []
+    for case in cases():
+        started = time.perf_counter()
+        outcome, message = case.run(work)
+        results.append({"case": case.name, "outcome": outcome, "message": message,
+                        "seconds": round(time.perf_counter() - started, 1)})
+        print(f"{outcome:13s} {case.name}: {message}", flush=True)
+    counts = Counter(r["outcome"] for r in results)
+    figures = {"cases": len(results), **{k: counts.get(k, 0) for k in
+                                         ("clear", "ok", "vague", "traceback", "silent wrong", "lost")},
+               "results": results}
+    rows = [("cases tried (commands in their own process, Python calls, concurrent and killed runs)", str(len(results))),
+            ("refused with a clear one-line error naming the file, field or value", str(counts.get("clear", 0))),
+            ("worked as they must (resume after kill -9, second writer refused, huge traces drawn)", str(counts.get("ok", 0))),
+            ("vague errors / tracebacks / silently wrong / finished work lost",
+             " / ".join(str(counts.get(k, 0)) for k in ("vague", "traceback", "silent wrong", "lost")))]
+    bad = [r for r in results if r["outcome"] not in ("clear", "ok")]
+    rows += [(f"not yet right: {r['case']}", f"{r['outcome']}: {r['message'][:120]}") for r in bad]
+    record("faults", figures, rows, title="Faults: bad input, damaged files, concurrent and killed runs (issue 19)")
+
+
+if __name__ == "__main__":
+    main()

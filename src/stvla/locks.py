@@ -1,0 +1,101 @@
+"""One writer per output folder: `stvla collect`, `train`, `eval` and `depth` hold a lock on their `--out`
+for the whole run, and a benchmark cell holds one on its result file.
+
+    with FolderLock(out, "stvla train"):
+        ...                                   # a second writer gets FolderInUse naming this one
+
+    @writes_to_out("stvla collect")           # the same, for a function of a config with `out`
+    def collect(config): ...
+
+The lock is the operating system's (`flock` on `<folder>/.stvla.lock`; `msvcrt.locking` on Windows): it
+is released when its process ends however it ends, so a lock left by a killed run is never in the way,
+and there is no stale-lock guessing. The file also says who holds it (command, pid, host, start time),
+for the message the second writer gets. (Network file systems may not honour `flock` between
+machines: give each machine its own `--out`.)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+    import msvcrt
+
+LOCK_FILE = ".stvla.lock"
+
+
+class FolderInUse(RuntimeError):
+    """Another process is writing to the folder (the message names it)."""
+
+
+class FolderLock:
+    """An exclusive, non-blocking lock on a folder (created if missing) or, with `name`, on one file in it."""
+
+    def __init__(self, folder: str | Path, command: str, name: str = LOCK_FILE) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / name
+        self.command = command
+        self._fd: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock(fd)
+        except OSError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise FolderInUse(f"{self.folder} is in use by {holder}: wait for it to finish, or write somewhere "
+                              f"else (another --out)") from None
+        # The lock is ours: say who holds it (the file is never removed: that would race a next writer).
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps({"command": self.command, "pid": os.getpid(), "host": socket.gethostname(),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S %Z")}).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+
+def writes_to_out(command: str) -> Callable:
+    """Decorator for a function of a config with an `out` folder: it runs holding that folder's lock.
+
+    Under torchrun only rank 0 writes, so only rank 0 (RANK unset or 0) takes the lock."""
+    def decorate(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def locked(config, *args, **kwargs):
+            if int(os.environ.get("RANK", "0")) != 0:
+                return function(config, *args, **kwargs)
+            with FolderLock(config.out, command):
+                return function(config, *args, **kwargs)
+        return locked
+    return decorate
+
+
+def _lock(fd: int) -> None:
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        holder = json.loads(os.read(fd, 4096) or b"{}")
+        return f"`{holder['command']}` (pid {holder['pid']} on {holder['host']}, since {holder['started']})"
+    except (ValueError, KeyError, OSError):
+        return "another process"

@@ -1,0 +1,279 @@
+"""Fault injection: what a careless user or a hostile file does to stvla, and what must come out.
+
+Every case either gets a one-line error naming the file, field or value (exit code 2 on the command
+line, never a traceback), or recovers without losing finished work.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from stvla.cli import main
+from stvla.policies.base import WEIGHTS_FILE
+from stvla.policies.registry import load_policy
+from stvla.train import train
+from test_train import tiny_config
+
+
+def one_line_error(capsys, argv: list[str], *needles: str) -> str:
+    """Run the CLI and check it refused with exit code 2 and one line on stderr holding every needle."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith(f"stvla {argv[0]}: error:")]
+    assert "Traceback" not in err and len(errors) == 1, err  # beside progress bars, one line says what is wrong
+    for needle in needles:
+        assert needle in errors[0], err
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def saved_policy(small_dataset, tmp_path_factory):
+    root, _ = small_dataset
+    return train(tiny_config(root, tmp_path_factory.mktemp("faults"), steps=4), progress=False)
+
+
+def copy_of(policy_dir, tmp_path):
+    copy = tmp_path / "policy"
+    copy.mkdir()
+    for item in policy_dir.iterdir():
+        (copy / item.name).write_bytes(item.read_bytes())
+    return copy
+
+
+# --- checkpoints ---------------------------------------------------------------------------------------
+def truncate(weights):
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+
+
+def pickle_instead(weights):
+    weights.write_bytes(pickle.dumps({"model": [1, 2, 3]}))
+
+
+def drop_a_tensor(weights):
+    state = load_file(str(weights))
+    state.pop(sorted(state)[0])
+    save_file(state, str(weights))
+
+
+def add_a_tensor(weights):
+    save_file({**load_file(str(weights)), "stranger.weight": torch.zeros(3)}, str(weights))
+
+
+def nan_in_a_bias(weights):
+    state = load_file(str(weights))
+    bias = next(k for k in sorted(state) if k.endswith(".bias") and state[k].is_floating_point())
+    state[bias] = state[bias].clone()
+    state[bias][0] = float("nan")
+    save_file(state, str(weights))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (truncate, "not a readable safetensors file"),
+    (pickle_instead, "not a readable safetensors file"),
+    (drop_a_tensor, "weights missing from the checkpoint"),
+    (add_a_tensor, "weights this policy does not have: ['stranger.weight']"),
+    (nan_in_a_bias, "non-finite value"),
+])
+def test_damaged_checkpoints_are_refused_by_name(saved_policy, tmp_path, capsys, damage, message):
+    policy_dir = copy_of(saved_policy, tmp_path)
+    damage(policy_dir / WEIGHTS_FILE)
+    with pytest.raises(ValueError, match="model.safetensors"):
+        load_policy(policy_dir)
+    one_line_error(capsys, ["eval", "--policy", str(policy_dir), "--tasks", "reach-v3", "--episodes", "1",
+                            "--out", str(tmp_path / "eval")], message, str(policy_dir))
+    assert not (tmp_path / "eval" / "eval_info.json").exists()
+
+
+def test_a_broken_config_json_is_refused_by_name(saved_policy, tmp_path, capsys):
+    policy_dir = copy_of(saved_policy, tmp_path)
+    (policy_dir / "config.json").write_text('{"type": "spatialvla", "config": ')
+    one_line_error(capsys, ["eval", "--policy", str(policy_dir), "--tasks", "reach-v3", "--episodes", "1",
+                            "--out", str(tmp_path / "eval")], "config.json", "not valid JSON")
+
+
+# --- training flags --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, needle", [
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--steps", "-5"], "--steps must be >= 1"),
+    (["--batch_size", "0"], "--batch_size must be >= 1"),
+    (["--save_every", "0"], "--save_every must be >= 1"),
+    (["--model.patch_size", "0"], "model.patch_size must be >= 1"),
+    (["--model.image_size", "96"], "--model.image_size 96 differs"),
+    (["--ema", "1.5"], "--ema must be in [0, 1)"),
+])
+def test_bad_training_flags_are_refused_before_anything_runs(small_dataset, tmp_path, capsys, flags, needle):
+    root, _ = small_dataset
+    out = tmp_path / "run"
+    one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--out", str(out), *flags], needle)
+    assert not (out / "policy").exists(), "nothing untrained is saved"
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(small_dataset, tmp_path, capsys):
+    root, _ = small_dataset
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--out", str(blocker / "run"),
+                            "--steps", "2"], str(blocker))
+
+
+def test_view_into_a_directory_is_refused_and_leaves_nothing(small_dataset, tmp_path, capsys):
+    root, _ = small_dataset
+    one_line_error(capsys, ["view", str(root), "--episode", "0", "--out", str(tmp_path)], "is a directory")
+    assert list(tmp_path.iterdir()) == [], "no half-written video is left behind"
+
+
+# --- checkpoints by time -------------------------------------------------------------------------------
+def test_training_checkpoints_by_time_as_well_as_by_steps(small_dataset, tmp_path):
+    """A run whose steps are slow still checkpoints every few minutes (here: every step is late)."""
+    root, _ = small_dataset
+    config = tiny_config(root, tmp_path / "run", steps=20, save_every=1000, save_every_minutes=1e-9)
+    checkpoint = train(config, progress=False, stop_after=7)
+    assert json.loads((checkpoint / "state.json").read_text())["step"] == 7
+
+
+def test_nan_policy_never_returns_an_action(saved_policy, tmp_path):
+    """A NaN that gets past the checks (here: set in memory after loading) stops the step with an error."""
+    policy = load_policy(saved_policy)
+    with torch.no_grad():
+        for name, parameter in policy.model.named_parameters():
+            if name.endswith("bias"):
+                parameter.fill_(float("nan"))
+    obs = {"rgb": np.zeros((64, 64, 3), np.uint8), "depth": np.ones((64, 64), np.float32),
+           "camera.intrinsics": np.array([[60.0, 0, 32], [0, 60, 32], [0, 0, 1]]), "proprio": np.zeros(4, np.float32),
+           "instruction": "reach the goal"}
+    policy.reset()
+    with pytest.raises(ValueError, match="non-finite .* outputs"):
+        policy.select_action(obs)
+
+
+# --- one writer per output folder ------------------------------------------------------------------------
+HOLD_LOCK = """
+import sys, time
+from stvla.locks import FolderLock
+with FolderLock(sys.argv[1], "stvla collect"):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_writer_is_refused_naming_the_first_and_a_killed_holder_frees_the_folder(tmp_path, capsys):
+    out = tmp_path / "data"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["collect", "--task", "reach-v3", "--episodes", "1", "--max_steps", "20", "--image_size", "64",
+                "--out", str(out)]
+        one_line_error(capsys, argv, f"{out} is in use by `stvla collect` (pid {holder.pid}")
+        assert not (out / "meta").exists(), "the refused run wrote nothing"
+    finally:
+        holder.kill()  # like kill -9: the operating system drops the lock with the process
+        holder.wait()
+    assert main(argv) == 0, "a lock left by a killed process is no obstacle"
+    capsys.readouterr()
+
+
+def test_two_evaluations_into_one_folder_cannot_mix(saved_policy, tmp_path):
+    from stvla.evaluate import EvalConfig, evaluate
+    from stvla.locks import FolderInUse, FolderLock
+
+    config = EvalConfig(policy=str(saved_policy), tasks="reach-v3", episodes=1, max_steps=5, videos=0,
+                        out=str(tmp_path / "eval"))
+    with FolderLock(config.out, "stvla eval"):  # another evaluation is running there
+        with pytest.raises(FolderInUse, match="in use by `stvla eval`"):
+            evaluate(config, progress=False)
+    assert not (tmp_path / "eval" / "episodes.jsonl").exists()
+
+
+# --- caches keyed on what they were made from --------------------------------------------------------------
+def test_caches_follow_the_data_files_and_refuse_forged_cache_files(small_dataset, tmp_path, capsys):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from stvla.data.cache import DecodedCache
+    from stvla.data.store import EpisodeStore
+
+    root = tmp_path / "copy"
+    shutil.copytree(small_dataset[0], root)
+    cache = DecodedCache(EpisodeStore(root), progress=False, cache_dir=str(tmp_path / "cache"))
+    actions = np.array(cache.require(["action"])["action"])
+    # A forged cache file (same name, other values) is not read: it is rebuilt from the dataset.
+    forged = cache.directory / "action.npy"
+    np.save(forged, np.full_like(actions, 7.0))
+    again = DecodedCache(EpisodeStore(root), progress=False, cache_dir=str(tmp_path / "cache"))
+    np.testing.assert_array_equal(again.require(["action"])["action"], actions)
+    # An action set to NaN in the data file: the cache is not reused, and decoding names the episode.
+    data_file = sorted((root / "data").rglob("*.parquet"))[0]
+    table = pq.read_table(data_file)
+    values = table.column("action").to_pylist()
+    values[3][0] = float("nan")
+    pq.write_table(table.set_column(table.column_names.index("action"), "action",
+                                    pa_array_like(values, table.column("action").type)), data_file)
+    later = DecodedCache(EpisodeStore(root), progress=False, cache_dir=str(tmp_path / "cache"))
+    assert later.directory != cache.directory
+    with pytest.raises(ValueError, match=r"episode 0 feature 'action': non-finite value at frame 3"):
+        later.require(["action"])
+    one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--out", str(tmp_path / "run"),
+                            "--steps", "2", "--cache_dir", str(tmp_path / "cache")], "non-finite value at frame 3")
+
+
+def pa_array_like(values, arrow_type):
+    import pyarrow as pa
+
+    return pa.array(values, type=arrow_type)
+
+
+# --- content checks -------------------------------------------------------------------------------------------
+def test_damaged_video_bytes_are_found_when_frames_are_read(small_dataset, tmp_path, capsys):
+    """64 random bytes in the middle of an mp4 once decoded to wrong frames without a word."""
+    import shutil
+
+    from stvla.data.store import DatasetError, EpisodeStore
+
+    root = tmp_path / "copy"
+    shutil.copytree(small_dataset[0], root)
+    store, key = EpisodeStore(root), "observation.images.rgb"
+    video = store.video_path(0, key)
+    data = bytearray(video.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = np.random.default_rng(0).integers(0, 256, 64, dtype=np.uint8).tobytes()
+    video.write_bytes(bytes(data))
+    failures = []
+    for episode in range(store.num_episodes):
+        if store.video_path(episode, key) == video:
+            try:
+                store.episode(episode, [key])
+            except DatasetError as error:
+                failures.append(str(error))
+    assert failures and all(str(video) in f for f in failures), failures
+    one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--out", str(tmp_path / "run"),
+                            "--steps", "2", "--cache_dir", str(tmp_path / "cache")], str(video))
+
+
+@pytest.mark.parametrize("dtype, needle", [
+    ("int64", "holds float32 values but meta/info.json says int64"),
+    ("float16", "holds float32 values but meta/info.json says float16"),
+    ("float99", "'float99', which is not a dtype"),
+])
+def test_info_dtypes_that_disagree_with_the_data_are_refused(small_dataset, tmp_path, dtype, needle):
+    import shutil
+
+    from stvla.data.store import DatasetError, EpisodeStore
+
+    root = tmp_path / "copy"
+    shutil.copytree(small_dataset[0], root)
+    info_path = root / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["features"]["action"]["dtype"] = dtype
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match=needle):
+        EpisodeStore(root).episode(0, ["action"])
