@@ -86,7 +86,7 @@ def python_refused(call: Callable[[Path], object], needle: str) -> Callable[[Pat
 def prepare(work: Path) -> None:
     """A tiny dataset and a policy trained on it, copied by the cases that damage them."""
     if not (work / "data" / "meta" / "info.json").is_file():
-        done = stvla("collect", "--task", "reach-v3", "--episodes", 2, "--max_steps", 30, "--image_size", 64,
+        done = stvla("collect", "--task", "reach-v3", "--episodes", 2, "--max_steps", 150, "--image_size", 64,
                      "--out", work / "data")
         assert done.returncode == 0, done.stderr
     if not (work / "policy" / "model.safetensors").is_file():
@@ -223,9 +223,10 @@ def draw(**kwargs) -> Callable[[Path], object]:
 def two_collects_at_once(work: Path) -> tuple[str, str]:
     out = work / "copies" / "concurrent-collect"
     shutil.rmtree(out, ignore_errors=True)
-    args = ["collect", "--task", "reach-v3", "--episodes", 3, "--max_steps", 30, "--image_size", 64, "--out", out]
+    args = ["collect", "--task", "reach-v3", "--episodes", 10, "--max_steps", 150, "--image_size", 64, "--out", out]
     first_run = subprocess.Popen([*STVLA, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(8)  # the first holds the folder by now (its imports take a few seconds)
+    while not (out / ".stvla.lock").is_file() and first_run.poll() is None:
+        time.sleep(0.1)  # until the first holds the folder
     second = stvla(*args)
     first_out, first_err = first_run.communicate(timeout=600)
     if first_run.returncode != 0:
@@ -233,8 +234,8 @@ def two_collects_at_once(work: Path) -> tuple[str, str]:
     verdict, message = judge(second.returncode, second.stderr, "is in use by `stvla collect`")
     info = stvla("info", out, "--json")
     episodes = json.loads(info.stdout)["episodes"] if info.returncode == 0 else -1
-    if episodes != 3:
-        return "lost", f"the dataset holds {episodes} episodes after the race, not 3"
+    if episodes != 10:
+        return "lost", f"the dataset holds {episodes} episodes after the race, not 10"
     return ("ok" if verdict == "clear" else verdict), message
 
 
@@ -298,7 +299,7 @@ def cases() -> list[Case]:
         damaged_dataset("info.json action dtype float99",
                         set_info(lambda i: i["features"]["action"].update(dtype="float99")), "train", "--policy", "st",
                         "--dataset", "{root}", "--out", "{work}/copies/t-f99", "--steps", "2", needle="float99"),
-        damaged_dataset("the action column missing", set_info(lambda i: i["features"].update(
+        damaged_dataset("a feature in info.json missing from the data", set_info(lambda i: i["features"].update(
             {"observation.extra": {"dtype": "float32", "shape": [2], "names": None}})), "train", "--policy", "st",
                         "--dataset", "{root}", "--out", "{work}/copies/t-col", "--steps", "2", needle="observation.extra"),
         # training flags

@@ -170,7 +170,7 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_killed_holder_frees_t
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        argv = ["collect", "--task", "reach-v3", "--episodes", "1", "--max_steps", "20", "--image_size", "64",
+        argv = ["collect", "--task", "reach-v3", "--episodes", "1", "--max_steps", "150", "--image_size", "64",
                 "--out", str(out)]
         one_line_error(capsys, argv, f"{out} is in use by `stvla collect` (pid {holder.pid}")
         assert not (out / "meta").exists(), "the refused run wrote nothing"
@@ -277,3 +277,16 @@ def test_info_dtypes_that_disagree_with_the_data_are_refused(small_dataset, tmp_
     info_path.write_text(json.dumps(info))
     with pytest.raises(DatasetError, match=needle):
         EpisodeStore(root).episode(0, ["action"])
+
+
+def test_a_feature_info_json_lists_but_the_data_lacks_is_refused_before_training(small_dataset, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(small_dataset[0], root)
+    info_path = root / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["features"]["observation.extra"] = {"dtype": "float32", "shape": [2], "names": None}
+    info_path.write_text(json.dumps(info))
+    one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--out", str(tmp_path / "run"),
+                            "--steps", "2"], "has no column 'observation.extra'")

@@ -277,6 +277,12 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
             pool.terminate()
             pool.join()
     summary.seconds = time.perf_counter() - started
+    short = {task: done[task] for task in tasks if done[task] < config.episodes}
+    if short:  # what was kept is in the dataset; a run that asked for more must not look complete
+        counts = ", ".join(f"{task} {kept} of {config.episodes}" for task, kept in short.items())
+        raise ValueError(f"{config.out}: kept fewer expert episodes than asked ({counts}; the rest failed within "
+                         f"--max_steps {config.max_steps} after {config.max_attempts_factor:g}x the attempts): raise "
+                         f"--max_steps or --max_attempts_factor, or --keep_failures")
     return summary
 
 

@@ -171,9 +171,9 @@ def _lossless_cast(values: np.ndarray, dtype: str, path: Path, key: str) -> np.n
     source = values.dtype
     if np.can_cast(source, target, "safe") or (source.kind == target.kind == "f" and target.itemsize >= 4):
         return values.astype(target, copy=False)  # float64 columns read as float32 (as LeRobot does)
-    if source.kind in "iub" and target.kind in "iu" and values.size:
+    if source.kind in "iub" and target.kind in "iu":  # integers: when every value fits (none to read: the schema)
         info = np.iinfo(target)
-        if info.min <= values.min() and values.max() <= info.max:
+        if not values.size or (info.min <= values.min() and values.max() <= info.max):
             return values.astype(target, copy=False)
     raise DatasetError(f"{path}: column {key!r} holds {source} values but meta/info.json says {target}: the cast "
                        f"would change them (fix the dtype in info.json)")
@@ -556,6 +556,33 @@ class EpisodeStore:
             self._episode_rows(episode, [])
             for key in videos:
                 self._read_video_span(episode, key, self.episode_length(episode))
+
+    def check_schema(self) -> None:
+        """Check every data file's columns against meta/info.json before anything reads rows: each
+        feature stored in the data files exists there, with the shape info.json gives and a dtype that
+        reads without changing values (a DatasetError naming the file and the feature otherwise)."""
+        stored = {k: f for k, f in self.info["features"].items() if f["dtype"] != "video"}
+        for path in sorted({self.data_path(e) for e in range(self.num_episodes)}):
+            if not path.is_file():
+                raise DatasetError(f"data file missing: {path}")
+            try:
+                schema = pq.read_schema(path)
+            except (pa.ArrowException, OSError) as error:
+                raise DatasetError(f"cannot read {path} (truncated or corrupt?): {error}") from error
+            for key, feature in stored.items():
+                if key not in schema.names:
+                    raise DatasetError(f"{path} has no column {key!r}, which meta/info.json lists as a feature")
+                if feature["dtype"] == "image":
+                    continue
+                kind, shape = schema.field(key).type, []
+                while pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind):
+                    shape.append(kind.list_size if pa.types.is_fixed_size_list(kind) else -1)
+                    kind = kind.value_type
+                expected = [] if list(feature["shape"]) == [1] else list(feature["shape"])
+                if -1 not in shape and shape != expected:
+                    raise DatasetError(f"{path}: column {key!r} has shape {shape or [1]} per frame but meta/info.json "
+                                       f"says {feature['shape']}")
+                _lossless_cast(np.empty(0, kind.to_pandas_dtype()), feature["dtype"], path, key)
 
     # --- internals ---------------------------------------------------------------------------------
     def _check_episode(self, episode: int) -> int:

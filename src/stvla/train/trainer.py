@@ -338,6 +338,7 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
 def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, progress: bool,
            stop_after: int | None) -> Path:
     store = EpisodeStore(config.dataset, config.data)
+    store.check_schema()  # info.json against the data files, before anything is decoded or trained
     if not config.init:
         config = dataclasses.replace(config, model=fit_model_to_dataset(config.model, store.features,
                                                                         f"dataset {store.root}"))
