@@ -145,14 +145,21 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 KEY_NEUTRAL = {"key_neutral": True}  # field metadata: left out of `config_key` while at its default
 
 
+def key_neutral_at(value: Any) -> dict[str, Any]:
+    """Field metadata: left out of `config_key` while it holds `value`, the setting that does what runs did
+    before the field existed (when that is not the new default)."""
+    return {"key_neutral": True, "neutral_value": value}
+
+
 def config_key(config: Any) -> dict[str, Any]:
-    """`config_to_dict`, without the KEY_NEUTRAL fields that hold their defaults (at any depth)."""
+    """`config_to_dict`, without the KEY_NEUTRAL fields that hold their defaults (or their `key_neutral_at`
+    value), at any depth: settings added later leave the keys of earlier runs as they were."""
     if not dataclasses.is_dataclass(config):
         return config
     key: dict[str, Any] = {}
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        if f.metadata.get("key_neutral") and value == field_default(f):
+        if f.metadata.get("key_neutral") and value == f.metadata.get("neutral_value", field_default(f)):
             continue
         key[f.name] = config_key(value) if dataclasses.is_dataclass(value) else copy.deepcopy(value)
     return key

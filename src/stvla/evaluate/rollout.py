@@ -198,6 +198,13 @@ def _start_worker(config: dict[str, Any]) -> None:
     _WORKER.update(config=eval_config, policy=policy, envs={})
 
 
+def _close_worker() -> None:
+    """Close the environments and drop the policy of an in-process worker."""
+    for env in _WORKER.get("envs", {}).values():
+        env.close()
+    _WORKER.clear()
+
+
 def _episode_in_worker(job: tuple[str, int, str | None]) -> dict[str, Any]:
     if "error" in _WORKER:  # reported with the first episode, which the parent re-raises
         raise RuntimeError(f"an evaluation worker could not start: {_WORKER['error']}")
@@ -311,6 +318,9 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     bar = tqdm(total=len(tasks) * config.episodes, initial=len(tasks) * config.episodes - len(jobs), desc="eval",
                unit="ep", disable=not progress, dynamic_ncols=True)
     worker_config = asdict(config)
+    # In this process (one worker), the caller's thread count is restored afterwards: a training run that
+    # evaluates as it goes must go on as it would have.
+    threads, lp_threads = torch.get_num_threads(), os.environ.get("LP_NUM_THREADS")
     if config.workers == 1 or len(jobs) <= 1:
         _start_worker(worker_config)
         results = map(_episode_in_worker, jobs)
@@ -336,6 +346,13 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         if pool is not None:
             pool.close() if completed else pool.terminate()
             pool.join()
+        else:
+            _close_worker()
+            torch.set_num_threads(threads)
+            if lp_threads is None:
+                os.environ.pop("LP_NUM_THREADS", None)
+            else:
+                os.environ["LP_NUM_THREADS"] = lp_threads
 
     episodes = [finished[(task, attempt)] for task in tasks for attempt in range(config.episodes)]
     info = {"config": asdict(config), **summarize(episodes, tasks), "episodes": episodes}

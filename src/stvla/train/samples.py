@@ -28,10 +28,12 @@ class TrainingSamples:
     """Batches for `policy` from a dataset: model inputs + action chunks with a pad mask."""
 
     def __init__(self, dataset: EpisodeStore | str | Path, policy: Policy, progress: bool = True,
-                 checkpoint: str | None = None, augment: AugmentConfig | None = None, cache_dir: str = ""):
+                 checkpoint: str | None = None, augment: AugmentConfig | None = None, cache_dir: str = "",
+                 held_out: list[int] | None = None):
         """`dataset`: an opened store, or its directory (read with the default roles). `checkpoint` names
         where the policy's shape came from, for error messages. `augment`: what a training step (a batch
-        drawn with an rng) augments. `cache_dir`: the cache folder (stvla.data.cache.cache_root)."""
+        drawn with an rng) augments. `cache_dir`: the cache folder (stvla.data.cache.cache_root).
+        `held_out`: episodes kept for validation (`val_frames`), never drawn for a training step."""
         store = dataset if isinstance(dataset, EpisodeStore) else EpisodeStore(dataset, DataConfig())
         processor = policy.processor
         expects = f"checkpoint {checkpoint} expects" if checkpoint else "the policy expects"
@@ -64,6 +66,10 @@ class TrainingSamples:
         count = policy.config.vla.previous_frames
         self.previous_index = np.maximum(np.arange(len(self.decoded))[:, None] - np.arange(count, 0, -1)[None],
                                          starts[:, None])
+        validation = np.isin(np.repeat(np.arange(len(self.decoded.episode_lengths)), self.decoded.episode_lengths),
+                             held_out or [])
+        self.train_frames = np.flatnonzero(~validation)
+        self.val_frames = np.flatnonzero(validation)
         self.trace_targets = self.trace_masks = None
         if policy.config.vla.trace_points:
             self.trace_targets, self.trace_masks = self._future_traces(policy.config.vla.trace_points)
@@ -73,17 +79,19 @@ class TrainingSamples:
 
     @property
     def actions(self) -> np.ndarray:
-        return np.asarray(self.arrays[F.ACTION])
+        """The training frames' actions (what the normaliser and the action grid are fitted on)."""
+        return np.asarray(self.arrays[F.ACTION])[self.train_frames]
 
     @property
     def states(self) -> np.ndarray:
-        return np.asarray(self.arrays[F.STATE])
+        return np.asarray(self.arrays[F.STATE])[self.train_frames]
 
     def indices_for_step(self, step: int, batch_size: int, seed: int) -> np.ndarray:
-        """The frame indices of training step `step`: epoch-wise permutations seeded by (seed, epoch)."""
-        per_epoch = max(len(self) // batch_size, 1)
+        """The frame indices of training step `step`: epoch-wise permutations of the training frames seeded
+        by (seed, epoch)."""
+        per_epoch = max(len(self.train_frames) // batch_size, 1)
         epoch, position = divmod(step, per_epoch)
-        order = np.random.default_rng([seed, epoch]).permutation(len(self))
+        order = self.train_frames[np.random.default_rng([seed, epoch]).permutation(len(self.train_frames))]
         return np.sort(order[position * batch_size:(position + 1) * batch_size])
 
     def frames(self, indices: np.ndarray) -> dict[str, object]:

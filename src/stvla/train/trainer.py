@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from stvla import features as F
-from stvla.config import KEY_NEUTRAL, config_from_dict, config_key, config_to_dict, save_config
+from stvla.config import KEY_NEUTRAL, config_from_dict, config_key, config_to_dict, key_neutral_at, save_config
 from stvla.data.roles import DataConfig
 from stvla.data.store import EpisodeStore
 from stvla.devices import batch_to
@@ -42,7 +42,16 @@ from stvla.traces import TraceConfig
 from stvla.train.augment import AugmentConfig
 from stvla.train import distributed
 from stvla.train.ema import WeightAverage
+from stvla.train.monitor import LogConfig, RunLog
 from stvla.train.samples import TrainingSamples
+from stvla.train.validation import (
+    RunRecord,
+    closed_loop_success,
+    held_out_episodes,
+    simulator_tasks,
+    validation_frames,
+    validation_loss,
+)
 
 
 @dataclass
@@ -76,12 +85,17 @@ class TrainConfig:
     threads: int = 2  # torch CPU threads
     device: str = field(default="cpu", metadata=KEY_NEUTRAL)  # torch device to train on: cpu, cuda, cuda:1, mps
     save_every_minutes: float = field(default=5.0, metadata=KEY_NEUTRAL)  # also checkpoint when this much time passed since the last one (0 = steps only)
+    val_episodes: int = field(default=1, metadata=key_neutral_at(0))  # episodes per task held out for validation, each task's last (0 = none; a task keeps 4 to train on)
+    val_every: int = field(default=250, metadata=KEY_NEUTRAL)  # steps between validation losses (the best checkpoint is kept in <out>/best)
+    eval_every: int = field(default=0, metadata=KEY_NEUTRAL)  # steps between closed-loop evaluations in the simulator, as stvla eval runs them (0 = none); the best by success is then kept
+    eval_episodes: int = field(default=5, metadata=KEY_NEUTRAL)  # episodes per task in each of those evaluations
+    log: LogConfig = field(default_factory=LogConfig, metadata=KEY_NEUTRAL)  # what the run records: train_log.jsonl, TensorBoard, W&B, loss.png
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "save_every", "threads"):
+        for name in ("steps", "batch_size", "save_every", "threads", "val_every", "eval_episodes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "weight_decay", "warmup_steps", "save_every_minutes"):
+        for name in ("lr", "weight_decay", "warmup_steps", "save_every_minutes", "val_episodes", "eval_every"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.ema < 1:
@@ -363,9 +377,12 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
 
     policy = build_policy(config, store.features[F.RGB]["shape"][0])
 
+    held_out = held_out_episodes(store, config.val_episodes)
+    eval_tasks = simulator_tasks(store) if config.eval_every else []
+
     def training_samples() -> TrainingSamples:
         return TrainingSamples(store, policy, progress=progress, checkpoint=config.init or None,
-                               augment=config.augment, cache_dir=config.data.cache_dir)
+                               augment=config.augment, cache_dir=config.data.cache_dir, held_out=held_out)
 
     # Rank 0 builds the caches the others then read: no two processes write the same file.
     samples = training_samples() if ranks.is_main else None
@@ -404,7 +421,14 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
 
     bar = tqdm(total=config.steps, initial=step, desc=f"train {config.policy} stage {config.stage}", unit="step",
                disable=not progress, dynamic_ncols=True)
-    log_path = out / "train_log.jsonl"
+    run_log = RunLog(out, config.log, config_to_dict(config), enabled=ranks.is_main)
+    record = RunRecord(out, held_out)
+    # Validation runs on rank 0, on an exportable copy of the weights (the EMA average, LoRA merged): what
+    # `best/` would hold. Sharded weights (--fsdp) are whole only at the end: no validation then.
+    validating = ranks.is_main and not sharded
+    val_batches = ([samples.batch(chunk) for chunk in np.array_split(validation_frames(samples.val_frames),
+                    max(1, -(-len(validation_frames(samples.val_frames)) // config.batch_size)))]
+                   if validating and len(samples.val_frames) else [])
     started, last_saved = time.perf_counter(), time.monotonic()
     while step < config.steps and (stop_after is None or step < stop_after):
         indices = samples.indices_for_step(step, config.batch_size, config.seed)
@@ -421,12 +445,14 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
         logs["loss"] = distributed.sum_over_ranks(logs["loss"], ranks, device)  # the global batch's loss
         bar.update(1)
         bar.set_postfix(loss=f"{logs['loss']:.3f}")
-        if ranks.is_main and (step % 25 == 0 or step == config.steps):
-            with log_path.open("a") as log:
-                log.write(json.dumps({"step": step, "lr": schedule.get_last_lr()[0],
-                                      "samples_per_s": 25 * config.batch_size / max(time.perf_counter() - started, 1e-9),
-                                      **logs}) + "\n")
+        if step % config.log.every == 0 or step == config.steps:
+            run_log.record(step, {"lr": schedule.get_last_lr()[0], **logs, "samples_per_s": config.log.every
+                                  * config.batch_size / max(time.perf_counter() - started, 1e-9)})
             started = time.perf_counter()
+        if validating and (val_batches or eval_tasks) and (step % config.val_every == 0 or step == config.steps
+                                                           or (config.eval_every and step % config.eval_every == 0)):
+            validate(step, policy, average, val_batches, eval_tasks, config, run_log, record, device, store.fps)
+            started = time.perf_counter()  # validation is not counted in the throughput
         due = step % config.save_every == 0 or step == config.steps
         if config.save_every_minutes and not due:  # a kill loses minutes of work at most, whatever a step costs
             late = time.monotonic() - last_saved >= 60 * config.save_every_minutes
@@ -445,11 +471,49 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
         if config.uses_lora:
             add_lora(policy, config.lora)
         policy.model.load_state_dict(weights)
+    if ranks.is_main:
+        save_atomically(exportable(policy, average), out / "policy", store.fps)
+        record.write(finished=True)
+        run_log.close()
+    distributed.barrier(ranks)
+    return out / "policy"
+
+
+def exportable(policy: Policy, average: WeightAverage | None) -> Policy:
+    """A copy of the policy as it is exported: the weight average (with --ema) in place, LoRA merged."""
+    policy = copy.deepcopy(policy)
     if average is not None:
         average.copy_to(policy.model)
     merge_lora(policy)
-    policy.eval()
-    if ranks.is_main:
-        policy.save_pretrained(out / "policy", fps=store.fps)
-    distributed.barrier(ranks)
-    return out / "policy"
+    return policy.eval()
+
+
+def save_atomically(policy: Policy, directory: Path, fps: int) -> Path:
+    """save_pretrained into a temporary folder renamed to `directory`: a kill leaves the old one or the new."""
+    temporary = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    policy.save_pretrained(temporary, fps=fps)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(temporary, directory)
+    return directory
+
+
+def validate(step: int, policy: Policy, average: WeightAverage | None, val_batches: list, eval_tasks: list[str],
+             config: TrainConfig, run_log: RunLog, record: RunRecord, device: torch.device, fps: int) -> None:
+    """The validation loss (every val_every steps) and closed-loop success (every eval_every steps) of the
+    weights as they would be exported; a new best is exported to <out>/best."""
+    candidate = exportable(policy, average)
+    out = Path(config.out)
+    if val_batches and (step % config.val_every == 0 or step == config.steps):
+        loss = validation_loss(candidate, val_batches, device)
+        run_log.record(step, {"loss": loss}, split="val")
+        if not eval_tasks:
+            record.offer(step, "val_loss", loss, lambda d: save_atomically(candidate, d, fps))
+    if eval_tasks and (step % config.eval_every == 0 or step == config.steps):
+        # The evaluation must not move the training's random streams (it builds a policy, which draws).
+        rng = torch.get_rng_state()
+        saved = save_atomically(candidate, out / "evals" / f"step-{step:07d}" / "policy", fps)
+        rate = closed_loop_success(saved, eval_tasks, config.eval_episodes, saved.parent / "eval")
+        torch.set_rng_state(rng)
+        run_log.record(step, {"success_rate": rate}, split="eval")
+        record.offer(step, "success_rate", rate, lambda d: save_atomically(candidate, d, fps))
