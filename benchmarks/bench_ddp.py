@@ -25,6 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record  # noqa: E402
 
+from stvla.train.monitor import read_log  # noqa: E402
+
 DATA_TASKS = "reach-v3,window-open-v3"
 
 
@@ -54,7 +56,7 @@ def allreduce_ms(elements: int, repeats: int = 20) -> float:
 
 
 def samples_per_s(out: Path) -> float:
-    lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    lines = [line for line in read_log(out / "train_log.jsonl") if line["split"] == "train"]
     return float([line for line in lines if line["step"] == 50][0]["samples_per_s"])
 
 
@@ -75,7 +77,7 @@ def main() -> None:
     collect(CollectConfig(task=DATA_TASKS, episodes=5, out=str(dataset), resume=True, workers=2), progress=False)
     env = {**os.environ, "STVLA_CACHE": str(work / "cache"), "OMP_NUM_THREADS": "1"}
     common = ["train", "--policy", "spatialvla", "--dataset", str(dataset), "--steps", str(args.steps),
-              "--batch_size", "32", "--save_every", "100000"]
+              "--batch_size", "32", "--save_every", "100000", "--val_episodes", "0"]
     runs = {"1 process x 2 threads": (1, 2), "2 processes x 1 thread": (2, 1)}
     rates, minutes = {}, {}
     for name, (processes, threads) in runs.items():

@@ -60,7 +60,7 @@ def main() -> None:
         if name not in ROWS:
             parser.error(f"unknown row {name!r}; valid: {', '.join(ROWS)}")
         policy, changes, _ = ROWS[name]
-        config = TrainConfig(policy=policy, dataset=data.out, out=str(work / name), steps=args.steps, seed=0,
+        config = TrainConfig(policy=policy, dataset=data.out, out=str(work / name), steps=args.steps, seed=0, val_episodes=0,
                              model=dataclasses.replace(VLAConfig(), **changes), traces=TraceConfig())
         key = {"train": {k: v for k, v in config.key().items() if k not in ("dataset", "out")},
                "data": config_key(data), "eval": {"episodes": args.episodes, "max_steps": args.max_steps}}

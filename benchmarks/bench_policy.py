@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import resource
 import shutil
 import sys
@@ -31,6 +30,7 @@ from stvla.data import CollectConfig, EpisodeStore, collect  # noqa: E402
 from stvla.policies.registry import load_policy, make_policy  # noqa: E402
 from stvla.data.roles import DataConfig  # noqa: E402
 from stvla.train import TrainConfig, train  # noqa: E402
+from stvla.train.monitor import read_log  # noqa: E402
 
 FINETUNE_TASKS = "pick-place-v3,push-v3,drawer-open-v3,door-open-v3"
 OBSERVED = (F.RGB, F.DEPTH, F.INTRINSICS, F.STATE)  # the recorded features an `st` policy reads
@@ -38,7 +38,7 @@ OBSERVED = (F.RGB, F.DEPTH, F.INTRINSICS, F.STATE)  # the recorded features an `
 
 def throughput(out: Path, skip_steps: int) -> float:
     """Mean samples/s over the logged intervals after the first `skip_steps` (warm-up, caches)."""
-    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    rows = [row for row in read_log(out / "train_log.jsonl") if row["split"] == "train"]
     rates = [row["samples_per_s"] for row in rows if row["step"] > skip_steps]
     return float(np.mean(rates))
 
@@ -83,7 +83,7 @@ def main() -> None:
     shutil.rmtree(stage1_out, ignore_errors=True)
     data = DataConfig(cache_dir=str(work / "cache"))  # the caches this script builds and times
     base = train(TrainConfig(policy="spatialvla", dataset=str(dataset), out=str(stage1_out), data=data,
-                             steps=args.stage1_steps, save_every=10_000), progress=True)
+                             steps=args.stage1_steps, save_every=10_000, val_episodes=0), progress=True)
     stage1_rate = throughput(stage1_out, skip_steps=25)
 
     per_step = control_step_ms(base, dataset, n_action_steps=1)
@@ -92,7 +92,8 @@ def main() -> None:
     stage2_out = work / "stage2"
     shutil.rmtree(stage2_out, ignore_errors=True)
     shutil.rmtree(data.cache_dir, ignore_errors=True)  # time the trace cache too, as a first run has it
-    stage2_config = TrainConfig(policy="st", dataset=str(dataset), out=str(stage2_out), init=str(base), data=data)
+    stage2_config = TrainConfig(policy="st", dataset=str(dataset), out=str(stage2_out), init=str(base), data=data,
+                                val_episodes=0)
     started = time.perf_counter()
     train(stage2_config, progress=True)
     stage2_minutes = (time.perf_counter() - started) / 60

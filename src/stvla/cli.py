@@ -9,6 +9,7 @@
     stvla eval --policy CKPT --tasks pick-place-v3,push-v3 --episodes 50 --out DIR
     stvla serve --policy CKPT [--host 0.0.0.0 --token_file FILE] [--port 8765]
     stvla eval --server ws://HOST:PORT --tasks pick-place-v3 --episodes 50 --out DIR
+    stvla report DIR          (an evaluation or a training run -> DIR/report.html)
     stvla bench [--quick]
 """
 
@@ -79,6 +80,13 @@ def _serve(args: argparse.Namespace) -> int:
     from stvla.serve.server import ServeConfig, serve
 
     serve(config_from_arguments(ServeConfig, args))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from stvla.report import write_report
+
+    print(f"wrote {write_report(args.directory)}")
     return 0
 
 
@@ -156,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("dataset", help="dataset directory")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(run=_info)
+
+    report = commands.add_parser("report", help="one HTML page for an evaluation or a training run (DIR/report.html)")
+    report.add_argument("directory", help="an evaluation's --out, or a training run's --out")
+    report.set_defaults(run=_report)
 
     from stvla.data.add_depth import DepthConfig
 

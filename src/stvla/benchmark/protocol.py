@@ -173,9 +173,9 @@ class Bench:
 
     def train_config(self, **fields: Any) -> TrainConfig:
         """A training run of the protocol: `fields`, and what every run of it shares (model, augmentation,
-        weight average)."""
+        weight average, and every episode trains: the protocol's budget, 52 in stage 2, holds none out)."""
         c = self.config
-        return TrainConfig(model=c.model, augment=copy.deepcopy(c.augment), ema=c.ema, **fields)
+        return TrainConfig(model=c.model, augment=copy.deepcopy(c.augment), ema=c.ema, val_episodes=0, **fields)
 
     # --- data and stage 1 ----------------------------------------------------------------------------
     def collect_cell(self, name: str, tasks: str, episodes: int, first_attempt: int) -> Path:

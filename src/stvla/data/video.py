@@ -104,11 +104,18 @@ def mp4_written_atomically(path: str | Path) -> Iterator[av.container.OutputCont
         tmp.unlink(missing_ok=True)
 
 
+# Videos for people (evaluation episodes, `stvla view` and `stvla trace`): yuv420p h264, which players
+# and browsers show in the right colours (they read a lossless rgb24 stream's planes as YUV).
+VIEWING = VideoSettings(codec="libx264", pix_fmt="yuv420p", crf=18)
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: int, settings: VideoSettings = VideoSettings()) -> None:
     """Write (T, H, W, 3) uint8 RGB frames to an mp4 file, atomically (a temporary file, then rename)."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    if settings.pix_fmt == "yuv420p":  # chroma at half resolution: the sides must be even (edge pixels repeated)
+        frames = np.pad(frames, ((0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2), (0, 0)), mode="edge")
     height, width = frames.shape[1:3]
     with mp4_written_atomically(path) as container:
         stream = container.add_stream(settings.codec, rate=fps)

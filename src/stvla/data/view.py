@@ -10,7 +10,7 @@ import numpy as np
 from stvla import features as F
 from stvla.data.roles import DataConfig
 from stvla.data.store import EpisodeStore
-from stvla.data.video import read_video, write_video
+from stvla.data.video import VIEWING, read_video, write_video
 from stvla.traces import OnlineTracer, TraceConfig, draw_traces_rgb
 from stvla.visualize import colorize_depth, mark_point, panels
 
@@ -34,7 +34,7 @@ def render_episode_video(root: str | Path, episode: int, out: str | Path, height
     else:
         video = np.stack([panels([mark_point(rgb, uv)], ["rgb"], height) for rgb, uv in zip(frames[F.RGB], pixels)])
     out = Path(out)
-    write_video(out, video, fps=min(store.fps, 30))
+    write_video(out, video, fps=min(store.fps, 30), settings=VIEWING)
     return out
 
 
@@ -69,5 +69,5 @@ def render_trace_video(source: str | Path, out: str | Path, trace_config: TraceC
         no_depth = np.zeros(rgbs.shape[1:3], np.float32)
         video = [panels([tracer.step(rgb, no_depth).traced_rgb], ["rgb + traces"], height) for rgb in rgbs]
     out = Path(out)
-    write_video(out, np.stack(video), fps=30)
+    write_video(out, np.stack(video), fps=30, settings=VIEWING)
     return out

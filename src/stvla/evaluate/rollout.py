@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from stvla import features as F
 from stvla.config import KEY_NEUTRAL, save_config
-from stvla.data.video import write_video
+from stvla.data.video import VIEWING, write_video
 from stvla.devices import torch_device
 from stvla.envs import MetaWorldRGBDEnv, episode_seed, make_env, parse_tasks
 from stvla.evaluate.stats import rate_summary
@@ -151,7 +151,7 @@ def run_episode(policy: Policy | ServedPolicy, env: MetaWorldRGBDEnv, task: str,
     written = None
     if video is not None and frames:
         written = video.with_name(f"{video.name}-{'success' if success else 'failure'}.mp4")
-        write_video(written, np.stack(frames), fps=30)
+        write_video(written, np.stack(frames), fps=30, settings=VIEWING)
     return {"task": task, "attempt": attempt, "seed": seed, "success": success,
             "subgoal": near_object or grasped, "near_object": near_object, "grasped": grasped, "steps": steps,
             "final_ee_position": [float(x) for x in obs[F.OBS_EE_POSITION]],  # where the actions led

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ class RunLog:
         self.config = config
         self.enabled = enabled
         self.path = self.out / LOG_FILE
+        self.seconds = 0.0  # wall time spent recording (what logging costs the run)
         self._tensorboard = self._wandb = None
         if not enabled:
             return
@@ -62,6 +64,11 @@ class RunLog:
     def record(self, step: int, values: dict[str, float], split: str = "train") -> None:
         if not self.enabled:
             return
+        started = time.perf_counter()
+        self._write(step, values, split)
+        self.seconds += time.perf_counter() - started
+
+    def _write(self, step: int, values: dict[str, float], split: str) -> None:
         with self.path.open("a") as log:
             log.write(json.dumps({"step": step, "split": split, **values}) + "\n")
         if self._tensorboard is not None:

@@ -430,6 +430,7 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
                     max(1, -(-len(validation_frames(samples.val_frames)) // config.batch_size)))]
                    if validating and len(samples.val_frames) else [])
     started, last_saved = time.perf_counter(), time.monotonic()
+    run_started, validation_seconds = time.perf_counter(), 0.0
     while step < config.steps and (stop_after is None or step < stop_after):
         indices = samples.indices_for_step(step, config.batch_size, config.seed)
         batch = samples.batch(indices, np.random.default_rng([config.seed, step, 1]))
@@ -451,8 +452,10 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
             started = time.perf_counter()
         if validating and (val_batches or eval_tasks) and (step % config.val_every == 0 or step == config.steps
                                                            or (config.eval_every and step % config.eval_every == 0)):
+            validating_since = time.perf_counter()
             validate(step, policy, average, val_batches, eval_tasks, config, run_log, record, device, store.fps)
             started = time.perf_counter()  # validation is not counted in the throughput
+            validation_seconds += started - validating_since
         due = step % config.save_every == 0 or step == config.steps
         if config.save_every_minutes and not due:  # a kill loses minutes of work at most, whatever a step costs
             late = time.monotonic() - last_saved >= 60 * config.save_every_minutes
@@ -463,6 +466,7 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
                 save_training_state(out / "checkpoint", policy, optimizer, step, average, write=ranks.is_main)
             distributed.barrier(ranks)  # no rank goes on (or resumes) before the checkpoint is whole
     bar.close()
+    loop = time.perf_counter() - run_started  # this process's steps (since it started or resumed)
     if step < config.steps:
         return out / "checkpoint"
     if sharded:  # the whole weights, into an unsharded copy of the policy (built alike) that is exported
@@ -473,7 +477,8 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
         policy.model.load_state_dict(weights)
     if ranks.is_main:
         save_atomically(exportable(policy, average), out / "policy", store.fps)
-        record.write(finished=True)
+        record.write(finished=True, seconds={"loop": round(loop, 3), "logging": round(run_log.seconds, 3),
+                                             "validation": round(validation_seconds, 3)})
         run_log.close()
     distributed.barrier(ranks)
     return out / "policy"

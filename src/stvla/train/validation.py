@@ -115,9 +115,11 @@ class RunRecord:
         self.write(finished=False)
         return True
 
-    def write(self, finished: bool) -> None:
+    def write(self, finished: bool, seconds: dict[str, float] | None = None) -> None:
+        """`seconds`: where the run's wall time went (training steps, logging, validation)."""
         record = {
             "policy": "policy/ holds the weights of the last step" if finished else None,
+            "seconds": seconds,
             "best": None if self.best is None else {"directory": BEST_DIR, "metric": self.best.metric,
                                                     "value": self.best.value, "step": self.best.step},
             "validation_episodes": self.held_out,

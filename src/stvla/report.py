@@ -1,0 +1,164 @@
+"""`stvla report DIR`: one self-contained HTML page for an evaluation or a training run, to look at
+rather than read.
+
+    stvla report runs/eval            # -> runs/eval/report.html
+    stvla report runs/st              # a training run: curves, validation, best checkpoint, config
+
+An evaluation's page has the per-task table with 95% intervals (and, for traced policies, what the
+traces did), the success plot, every saved episode video (RGB with its traces | the depth the policy
+read, LLARVA's predicted path drawn on the RGB) and the run's config. A training run's page has the
+loss plot, the validation and closed-loop figures, which checkpoint is the best, and the config; an
+evaluation inside it (`evals/step-*/eval`) gets its own page, linked. Links are relative, nothing
+is fetched from a server, and the folder can be copied as it is. A file the page would show that is
+missing is an error naming it, never a broken page.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+REPORT_FILE = "report.html"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; }
+table { border-collapse: collapse; margin: 0.5em 0; } th, td { border: 1px solid #ccc; padding: 4px 10px; }
+th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.overall td { font-weight: bold; }
+.videos { display: flex; flex-wrap: wrap; gap: 14px; }
+figure { margin: 0; } figcaption { font-size: 0.9em; color: #555; }
+pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+.success { color: #1a7f37; } .failure { color: #b42318; }
+"""
+
+
+def write_report(directory: str | Path) -> Path:
+    """Write DIR/report.html for an evaluation or a training run in DIR; returns its path."""
+    directory = Path(directory)
+    if (directory / "eval_info.json").is_file():
+        body = evaluation_page(directory)
+    elif (directory / "train_config.json").is_file():
+        body = training_page(directory)
+    else:
+        raise ValueError(f"{directory} holds neither an evaluation (eval_info.json) nor a training run "
+                         f"(train_config.json)")
+    out = directory / REPORT_FILE
+    temporary = out.with_name(out.name + ".tmp")
+    temporary.write_text(f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(str(directory))}"
+                         f"</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+    os.replace(temporary, out)
+    return out
+
+
+# --- evaluation ---------------------------------------------------------------------------------------------
+TRACE_COLUMNS = [("trace_step_share", "steps with traces", "{:.0%}"),
+                 ("traced_pixel_share", "pixels traced", "{:.2%}"),
+                 ("trace_sensitivity", "action change without traces", "{:.4f}"),
+                 ("trace_error_px", "predicted-path error (px)", "{:.1f}")]
+
+
+def evaluation_page(directory: Path) -> str:
+    info = _read_json(directory / "eval_info.json")
+    config = info.get("config", {})
+    who = config.get("server") or config.get("policy", "")
+    parts = [f"<h1>Evaluation of {html.escape(str(who))}</h1>",
+             f"<p>{info['overall']['episodes']} episodes, at most {config.get('max_steps', '?')} steps each, "
+             f"held-out seeds.</p>", "<h2>Success by task (95% intervals)</h2>", success_table(info)]
+    if (directory / "success_by_task.png").is_file():
+        parts.append(_image(directory, "success_by_task.png", "success by task"))
+    videos = [episode for episode in info["episodes"] if episode.get("video")]
+    if videos:
+        parts.append("<h2>Episodes</h2><p>Left: the camera image with the traces the policy was given (LLARVA: the "
+                     "path it predicts); right: the depth it read (ST-VLA: with its traces drawn in).</p>")
+        parts.append('<div class="videos">' + "".join(_video(directory, episode) for episode in videos) + "</div>")
+    parts.append(_config_block(config))
+    return "\n".join(parts)
+
+
+def success_table(info: dict[str, Any]) -> str:
+    rows = list(info["per_task"].items()) + [("overall", info["overall"])]
+    extra = [c for c in TRACE_COLUMNS if any(row.get(c[0]) is not None for _, row in rows)]
+    head = "".join(f"<th>{html.escape(title)}</th>" for title in
+                   ["task", "episodes", "success", "95% interval", "sub-goal", "mean steps"] + [c[1] for c in extra])
+    body = []
+    for task, row in rows:
+        low, high = row["ci95"]
+        cells = [html.escape(task), str(row["episodes"]), f"{100 * row['success_rate']:.0f}%",
+                 f"[{100 * low:.0f}, {100 * high:.0f}]",
+                 "" if row.get("subgoal_rate") is None else f"{100 * row['subgoal_rate']:.0f}%",
+                 "" if row.get("mean_steps") is None else f"{row['mean_steps']:.1f}"]
+        cells += ["" if row.get(key) is None else fmt.format(row[key]) for key, _, fmt in extra]
+        css = ' class="overall"' if task == "overall" else ""
+        body.append(f"<tr{css}>" + "".join(f'<td class="num">{c}</td>' if i else f"<td>{c}</td>"
+                                            for i, c in enumerate(cells)) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _video(directory: Path, episode: dict[str, Any]) -> str:
+    path = directory / "videos" / Path(episode["video"]).name
+    outcome = "success" if episode["success"] else "failure"
+    caption = (f"{html.escape(episode['task'])}, episode {episode['attempt']}: "
+               f"<span class=\"{outcome}\">{outcome}</span> in {episode['steps']} steps")
+    return (f'<figure><video controls preload="metadata" width="512" src="{_relative(directory, path)}"></video>'
+            f"<figcaption>{caption}</figcaption></figure>")
+
+
+# --- training ------------------------------------------------------------------------------------------------
+def training_page(directory: Path) -> str:
+    config = _read_json(directory / "train_config.json")
+    parts = [f"<h1>Training run {html.escape(directory.name)}: {html.escape(config.get('policy', ''))}</h1>",
+             f"<p>Dataset {html.escape(str(config.get('dataset', '')))}, {config.get('steps')} steps of "
+             f"{config.get('batch_size')}.</p>"]
+    if (directory / "loss.png").is_file():
+        parts.append("<h2>Curves</h2>" + _image(directory, "loss.png", "training and validation loss"))
+    run = _read_json(directory / "run.json") if (directory / "run.json").is_file() else {}
+    best = run.get("best")
+    parts.append("<h2>Checkpoints</h2><ul>"
+                 + ("<li><code>policy/</code>: the last step's weights</li>" if (directory / "policy").is_dir() else "")
+                 + (f"<li><code>best/</code>: step {best['step']}, {html.escape(best['metric'])} "
+                    f"{best['value']:.4g}</li>" if best else "<li>no best checkpoint (nothing held out)</li>")
+                 + "</ul>")
+    if run.get("validation_episodes"):
+        parts.append(f"<p>Held out for validation: episodes {run['validation_episodes']}.</p>")
+    evals = sorted(directory.glob("evals/step-*/eval/eval_info.json"))
+    if evals:
+        rows = []
+        for path in evals:
+            info = _read_json(path)
+            page = write_report(path.parent)
+            low, high = info["overall"]["ci95"]
+            rows.append(f"<tr><td><a href=\"{_relative(directory, page)}\">{html.escape(path.parent.parent.name)}</a>"
+                        f"</td><td class=\"num\">{100 * info['overall']['success_rate']:.0f}% [{100 * low:.0f}, "
+                        f"{100 * high:.0f}]</td></tr>")
+        parts.append("<h2>Closed-loop evaluations during training</h2><table><thead><tr><th>checkpoint</th>"
+                     f"<th>success (95% interval)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+    parts.append(_config_block(config))
+    return "\n".join(parts)
+
+
+# --- pieces ----------------------------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"report: {path} is missing") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"report: {path} is not valid JSON ({error})") from None
+
+
+def _relative(directory: Path, path: Path) -> str:
+    """`path` as a link from the page in `directory`; a file the page would show must exist."""
+    if not path.is_file():
+        raise FileNotFoundError(f"report: {path} is missing (the page would show it)")
+    return html.escape(Path(os.path.relpath(path, directory)).as_posix(), quote=True)
+
+
+def _image(directory: Path, name: str, alt: str) -> str:
+    return f'<img src="{_relative(directory, directory / name)}" alt="{html.escape(alt)}" style="max-width:100%">'
+
+
+def _config_block(config: dict[str, Any]) -> str:
+    return f"<h2>Configuration</h2><pre>{html.escape(json.dumps(config, indent=2))}</pre>"
