@@ -98,3 +98,21 @@ def test_saved_videos_are_what_browsers_show_in_the_right_colours(run_with_eval)
     with av.open(str(next((eval_dir / "videos").glob("*.mp4")))) as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+
+
+def test_benchmark_results_page_renders_the_recorded_tables_and_plots(tmp_path):
+    import json
+
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    results = tmp_path / "benchmarks" / "results"
+    Image.new("RGB", (40, 30), "white").save(results / "bench.png")
+    markdown = ["**Main table**: success % [95% CI].\n\n| row | reach-v3 |\n| --- | --- |\n| base | 16% [8, 29] |",
+                "![per-task success](benchmarks/results/bench.png)"]
+    (results / "bench.json").write_text(json.dumps({"command": "stvla bench", "date": "today", "machine": "here",
+                                                    "markdown": markdown}))
+    page = write_report(results).read_text()
+    assert "<b>Main table</b>" in page and "<td>16% [8, 29]</td>" in page and 'src="bench.png"' in page
+    (results / "bench.png").unlink()
+    with pytest.raises(FileNotFoundError, match="bench.png"):
+        write_report(results)

@@ -1,8 +1,9 @@
-"""`stvla report DIR`: one self-contained HTML page for an evaluation or a training run, to look at
-rather than read.
+"""`stvla report DIR`: one self-contained HTML page for an evaluation, a training run or benchmark
+results, to look at rather than read.
 
     stvla report runs/eval            # -> runs/eval/report.html
     stvla report runs/st              # a training run: curves, validation, best checkpoint, config
+    stvla report benchmarks/results   # stvla bench's tables and plots (bench.json, bench_quick.json)
 
 An evaluation's page has the per-task table with 95% intervals (and, for traced policies, what the
 traces did), the success plot, every saved episode video (RGB with its traces | the depth the policy
@@ -18,6 +19,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +44,11 @@ def write_report(directory: str | Path) -> Path:
         body = evaluation_page(directory)
     elif (directory / "train_config.json").is_file():
         body = training_page(directory)
+    elif list(directory.glob("bench*.json")):
+        body = bench_page(directory)
     else:
-        raise ValueError(f"{directory} holds neither an evaluation (eval_info.json) nor a training run "
-                         f"(train_config.json)")
+        raise ValueError(f"{directory} holds no evaluation (eval_info.json), training run (train_config.json) or "
+                         f"benchmark results (bench.json)")
     out = directory / REPORT_FILE
     temporary = out.with_name(out.name + ".tmp")
     temporary.write_text(f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(str(directory))}"
@@ -137,6 +141,54 @@ def training_page(directory: Path) -> str:
                      f"<th>success (95% interval)</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
     parts.append(_config_block(config))
     return "\n".join(parts)
+
+
+# --- benchmark ---------------------------------------------------------------------------------------------------
+def bench_page(directory: Path) -> str:
+    """Every `stvla bench` result in DIR (the full protocol, --quick): its tables and plots, as recorded."""
+    parts = ["<h1>Benchmark results</h1>"]
+    for path in sorted(directory.glob("bench*.json")):
+        result = _read_json(path)
+        if "markdown" not in result:
+            continue
+        parts.append(f"<h2>{html.escape(path.stem)}: <code>{html.escape(result.get('command', ''))}</code></h2>"
+                     f"<p>{html.escape(result.get('date', ''))}, {html.escape(result.get('machine', ''))}</p>")
+        parts.append(markdown_html(result["markdown"], directory))
+    return "\n".join(parts)
+
+
+def markdown_html(lines: list[str], directory: Path) -> str:
+    """The recorder's markdown (paragraphs, bold, code, pipe tables, images) as HTML; images are looked up
+    by file name in `directory`."""
+    out, table = [], []
+
+    def flush_table() -> None:
+        if table:
+            head, *rows = [row for row in table if not set(row.replace("|", "").strip()) <= {"-", " "}]
+            cells = [[_inline(c.strip()) for c in row.strip().strip("|").split("|")] for row in [head, *rows]]
+            out.append("<table><thead><tr>" + "".join(f"<th>{c}</th>" for c in cells[0]) + "</tr></thead><tbody>"
+                       + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
+                       + "</tbody></table>")
+            table.clear()
+
+    for line in (part for entry in lines for part in entry.splitlines()):
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        image = re.fullmatch(r"!\[(.*)\]\((.*)\)", line.strip())
+        if image:
+            out.append(_image(directory, Path(image.group(2)).name, image.group(1)))
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    flush_table()
+    return "\n".join(out)
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
 # --- pieces ----------------------------------------------------------------------------------------------------
