@@ -116,3 +116,20 @@ def test_benchmark_results_page_renders_the_recorded_tables_and_plots(tmp_path):
     (results / "bench.png").unlink()
     with pytest.raises(FileNotFoundError, match="bench.png"):
         write_report(results)
+
+
+def test_llarva_episodes_show_the_predicted_path_against_the_actual_one(small_dataset, tmp_path):
+    from stvla.train import TrainConfig
+
+    from test_llarva import TINY
+
+    root, _ = small_dataset
+    policy = train(TrainConfig(policy="llarva", dataset=str(root), out=str(tmp_path / "llarva"), model=TINY, steps=4,
+                               batch_size=8, trace_points=8, save_every=1000), progress=False)
+    info = evaluate(EvalConfig(policy=str(policy), tasks="reach-v3", episodes=1, max_steps=12, videos=1,
+                               out=str(tmp_path / "eval")), progress=False)
+    paths = tmp_path / "eval" / "videos" / os.path.basename(info["episodes"][0]["paths_image"])
+    image = np.asarray(Image.open(paths))
+    assert image.shape[0] == 256 and image.shape[1] == 3 * 256, "three steps side by side"
+    page = write_report(tmp_path / "eval").read_text()
+    assert f'src="videos/{paths.name}"' in page and "predicted path (cyan)" in page

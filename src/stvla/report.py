@@ -106,8 +106,13 @@ def _video(directory: Path, episode: dict[str, Any]) -> str:
     outcome = "success" if episode["success"] else "failure"
     caption = (f"{html.escape(episode['task'])}, episode {episode['attempt']}: "
                f"<span class=\"{outcome}\">{outcome}</span> in {episode['steps']} steps")
+    paths = ""
+    if episode.get("paths_image"):  # LLARVA: its predicted path against the one the end effector took
+        image = directory / "videos" / Path(episode["paths_image"]).name
+        paths = (f'<br><img src="{_relative(directory, image)}" width="512" alt="predicted and actual paths">'
+                 "<br>predicted path (cyan) and the path the end effector then took (red)")
     return (f'<figure><video controls preload="metadata" width="512" src="{_relative(directory, path)}"></video>'
-            f"<figcaption>{caption}</figcaption></figure>")
+            f"<figcaption>{caption}{paths}</figcaption></figure>")
 
 
 # --- training ------------------------------------------------------------------------------------------------

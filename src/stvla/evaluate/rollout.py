@@ -132,6 +132,7 @@ def run_episode(policy: Policy | ServedPolicy, env: MetaWorldRGBDEnv, task: str,
     frames: list[np.ndarray] = []
     path: dict[str, list[np.ndarray]] = {F.OBS_EE_POSITION: [], F.OBS_INTRINSICS: [], F.OBS_CAMERA_POSE: []}
     predictions: dict[int, np.ndarray] = {}  # step -> predicted future trace (LLARVA)
+    images: dict[int, np.ndarray] = {}  # step -> camera image, where a prediction was made (for the paths figure)
     depth = obs[F.OBS_DEPTH]
     depth_range = (float(np.percentile(depth, 1)), float(depth.max()))  # fixed per episode: stable colours
     steps = 0
@@ -141,6 +142,8 @@ def run_episode(policy: Policy | ServedPolicy, env: MetaWorldRGBDEnv, task: str,
             path[key].append(obs[key])
         if policy.predicted_trace is not None:
             predictions[steps] = policy.predicted_trace
+            if video is not None:
+                images[steps] = obs[F.OBS_RGB]
         if video is not None:
             frames.append(video_frame(obs, policy, depth_range))
         obs, _, _, _, info = env.step(action)
@@ -148,15 +151,36 @@ def run_episode(policy: Policy | ServedPolicy, env: MetaWorldRGBDEnv, task: str,
         success = bool(info["success"])
         near_object |= bool(info["near_object"])
         grasped |= bool(info["grasped"])
-    written = None
+    written = paths_image = None
     if video is not None and frames:
         written = video.with_name(f"{video.name}-{'success' if success else 'failure'}.mp4")
         write_video(written, np.stack(frames), fps=30, settings=VIEWING)
+        if predictions:
+            paths_image = written.with_name(written.stem + "-paths.png")
+            draw_predicted_paths(predictions, images, path, paths_image)
     return {"task": task, "attempt": attempt, "seed": seed, "success": success,
             "subgoal": near_object or grasped, "near_object": near_object, "grasped": grasped, "steps": steps,
             "final_ee_position": [float(x) for x in obs[F.OBS_EE_POSITION]],  # where the actions led
             **(diagnostics.summary() if (diagnostics := getattr(policy, "trace_diagnostics", None)) else {}),
-            "trace_error_px": predicted_trace_error(predictions, path), "video": str(written) if written else None}
+            "trace_error_px": predicted_trace_error(predictions, path), "video": str(written) if written else None,
+            **({"paths_image": str(paths_image)} if paths_image else {})}
+
+
+def draw_predicted_paths(predictions: dict[int, np.ndarray], images: dict[int, np.ndarray],
+                         path: dict[str, list[np.ndarray]], out: Path, count: int = 3) -> Path:
+    """LLARVA's predicted future path (second colour, cyan) against the path the end effector then took
+    (first colour, red), on the camera image at `count` steps spread over the episode."""
+    from PIL import Image
+
+    points = len(next(iter(predictions.values())))
+    targets, masks = future_trace_targets(*(np.stack(path[key]) for key in (F.OBS_EE_POSITION, F.OBS_INTRINSICS,
+                                                                             F.OBS_CAMERA_POSE)), points)
+    steps = sorted(predictions)
+    chosen = [steps[i] for i in sorted(set(np.linspace(0, len(steps) - 1, count).astype(int)))]
+    tiles = [draw_traces_rgb(images[step], [targets[step][masks[step]], predictions[step]]) if masks[step].any()
+             else draw_traces_rgb(images[step], [predictions[step]]) for step in chosen]
+    Image.fromarray(panels(tiles, [f"step {step}" for step in chosen])).save(out)
+    return out
 
 
 def predicted_trace_error(predictions: dict[int, np.ndarray], path: dict[str, list[np.ndarray]]) -> float | None:
