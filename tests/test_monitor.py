@@ -103,3 +103,15 @@ def _without_env_task(store):
             return {k: v for k, v in store.episode_meta(episode).items() if k != "env_task"}
 
     return Recorded()
+
+
+def test_weights_and_biases_logs_offline_without_a_network(small_dataset, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")  # a test extra: `pip install -e .[test]` has it
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    root, _ = small_dataset
+    log = dataclasses.replace(TrainConfig().log, wandb=True, every=5)
+    train(tiny_config(root, tmp_path / "run", steps=10, log=log), progress=False)
+    (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    (records,) = run.glob("run-*.wandb")
+    assert records.stat().st_size > 0, "the run's records are on disk for `wandb sync`"
