@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml scripts/setup-headless-gl.sh
 # closed-loop evaluation on held-out seeds that prints the per-task table and the path of a video.
 demo: install
 	$(STVLA) collect --task $(DEMO_TASKS) --episodes 13 --first_attempt 1000 --workers 2 --out $(DEMO_DIR)/data --resume
-	$(STVLA) train --policy st --init $(BASE) --dataset $(DEMO_DIR)/data --out $(DEMO_DIR)/st --steps 600
+	$(STVLA) train --policy st --init $(BASE) --dataset $(DEMO_DIR)/data --out $(DEMO_DIR)/st --steps 600 --val_episodes 0
 	$(STVLA) eval --policy $(DEMO_DIR)/st/policy --tasks $(DEMO_TASKS) --episodes 10 --workers 2 --out $(DEMO_DIR)/eval
 
 test: install
