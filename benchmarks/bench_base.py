@@ -39,16 +39,19 @@ TRIALS: dict[str, tuple[dict, dict, str]] = {
     "steps20k": ({"steps": 20000}, {}, "twice the steps (20,000 of 32)"),
     "ensemble": ({}, {"temporal_ensemble": 0.01}, "the kept base acting with ACT's temporal ensembling (m = 0.01): "
                                                   "a chunk every step, the overlapping actions averaged"),
+    "steps20k-ensemble": ({"steps": 20000}, {"temporal_ensemble": 0.01}, "the steps20k base acting with temporal "
+                                                                         "ensembling (m = 0.01)"),
     "size192": ({}, {}, "images of 192 px (the reach and push goals are 1-2 px markers at 128 px): MT10 x 50 "
                         "collected again at 192 px, 144 image tokens instead of 64"),
 }
 TRIAL_IMAGE_SIZES = {"size192": 192}  # trials trained on a dataset collected at another image size
+TRAINED_AS = {"steps20k-ensemble": "steps20k"}  # trials that only act differently from another trial's checkpoint
 RESULTS = ROOT / "benchmarks" / "results" / "base_trials"
 
 
 def trial_config(name: str, dataset: Path, work: Path) -> TrainConfig:
     base, _ = Bench(BenchConfig(repo=str(ROOT))).stage1()  # the kept base's own settings
-    return dataclasses.replace(base, dataset=str(dataset), out=str(work / name), **TRIALS[name][0])
+    return dataclasses.replace(base, dataset=str(dataset), out=str(work / TRAINED_AS.get(name, name)), **TRIALS[name][0])
 
 
 def run_trial(name: str, dataset: Path, work: Path, episodes: int, workers: int) -> dict:
