@@ -115,3 +115,18 @@ def test_weights_and_biases_logs_offline_without_a_network(small_dataset, tmp_pa
     (run,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
     (records,) = run.glob("run-*.wandb")
     assert records.stat().st_size > 0, "the run's records are on disk for `wandb sync`"
+
+
+def test_a_run_saved_before_validation_existed_resumes_as_it_was(small_dataset, tmp_path):
+    """Its train_config.json has no val_episodes: it held nothing out, and reads back so (not as the default)."""
+    from stvla.train.trainer import load_train_config
+
+    root, _ = small_dataset
+    config = tiny_config(root, tmp_path / "run", steps=20, val_episodes=0)
+    train(config, progress=False, stop_after=10)
+    path = tmp_path / "run" / "train_config.json"
+    saved = json.loads(path.read_text())
+    del saved["val_episodes"]
+    path.write_text(json.dumps(saved))
+    assert load_train_config(path).val_episodes == 0
+    assert train(config, progress=False).name == "policy"  # the same settings: it resumes, not refused

@@ -166,7 +166,8 @@ def config_key(config: Any) -> dict[str, Any]:
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config") -> T:
-    """Build a dataclass from a dict, refusing unknown keys (a typo is an error, not a new field)."""
+    """Build a dataclass from a dict, refusing unknown keys (a typo is an error, not a new field). A missing
+    field takes its default, or its `key_neutral_at` value: what runs did before the field existed."""
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(names))
     if unknown:
@@ -175,6 +176,9 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config")
     for name, value in data.items():
         kind = _field_type(cls, name)
         values[name] = config_from_dict(kind, value, f"{source}.{name}") if dataclasses.is_dataclass(kind) else value
+    for name, f in names.items():  # a config saved before a `key_neutral_at` field existed did what it now says
+        if name not in data and "neutral_value" in f.metadata:
+            values[name] = copy.deepcopy(f.metadata["neutral_value"])
     return cls(**values)
 
 
