@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from stvla.data import CollectConfig, EpisodeStore, collect
 from stvla.policies.registry import load_policy
+from stvla.report import write_report
 from stvla.train import TrainConfig, train
 from stvla.train.monitor import read_log
 from stvla.train.samples import TrainingSamples
@@ -78,6 +79,9 @@ def test_closed_loop_success_during_training_picks_the_best(six_reach_episodes, 
     assert run["best"]["metric"] == "success_rate" and run["best"]["step"] in (6, 12)
     info = json.loads((tmp_path / "run" / "evals" / "step-0000006" / "eval" / "eval_info.json").read_text())
     assert info["overall"]["episodes"] == 1, "the same evaluation as stvla eval, its outputs kept"
+    page = write_report(tmp_path / "run").read_text()  # the run's page links a page per evaluation
+    assert 'href="evals/step-0000006/eval/report.html"' in page and "<code>best/</code>: step" in page
+    assert (tmp_path / "run" / "evals" / "step-0000012" / "eval" / "report.html").is_file()
 
 
 def test_validation_settings_and_run_keys(small_dataset, tmp_path):
