@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import shutil
 import signal
 import subprocess
@@ -36,6 +35,8 @@ from common import record  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 STVLA = [sys.executable, "-m", "stvla.cli"]
+# What pickle.dumps({"a": 1}) writes (protocol 4): a pickle saved under the weights' name.
+PICKLED = b"\x80\x04\x95\n\x00\x00\x00\x00\x00\x00\x00}\x94\x8c\x01a\x94K\x01s."
 
 
 @dataclass
@@ -318,7 +319,7 @@ def cases() -> list[Case]:
                                                  "{work}/data/meta/info.json/run", "--steps", 2, needle="info.json")),
         # damaged checkpoints
         damaged_policy("truncated weights", lambda p: truncate(p / "model.safetensors"), "model.safetensors"),
-        damaged_policy("a pickle as the weights", lambda p: (p / "model.safetensors").write_bytes(pickle.dumps({"a": 1})),
+        damaged_policy("a pickle as the weights", lambda p: (p / "model.safetensors").write_bytes(PICKLED),
                        "model.safetensors"),
         damaged_policy("a tensor missing", edit_weights(lambda s: s.pop(sorted(s)[0])), "weights missing"),
         damaged_policy("an extra tensor", edit_weights(lambda s: s.update(extra=torch.zeros(2))), "extra"),
