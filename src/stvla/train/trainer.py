@@ -426,9 +426,9 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
     # Validation runs on rank 0, on an exportable copy of the weights (the EMA average, LoRA merged): what
     # `best/` would hold. Sharded weights (--fsdp) are whole only at the end: no validation then.
     validating = ranks.is_main and not sharded
-    val_batches = ([samples.batch(chunk) for chunk in np.array_split(validation_frames(samples.val_frames),
-                    max(1, -(-len(validation_frames(samples.val_frames)) // config.batch_size)))]
-                   if validating and len(samples.val_frames) else [])
+    frames = validation_frames(samples.val_frames) if validating else np.empty(0, np.int64)
+    val_batches = [samples.batch(chunk) for chunk in np.array_split(frames, -(-len(frames) // config.batch_size))
+                   ] if len(frames) else []
     started, last_saved = time.perf_counter(), time.monotonic()
     run_started, validation_seconds = time.perf_counter(), 0.0
     while step < config.steps and (stop_after is None or step < stop_after):
