@@ -23,6 +23,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from stvla.data.store import write_atomically
+
 REPORT_FILE = "report.html"
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -50,10 +52,9 @@ def write_report(directory: str | Path) -> Path:
         raise ValueError(f"{directory} holds no evaluation (eval_info.json), training run (train_config.json) or "
                          f"benchmark results (bench.json)")
     out = directory / REPORT_FILE
-    temporary = out.with_name(out.name + ".tmp")
-    temporary.write_text(f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(str(directory))}"
-                         f"</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
-    os.replace(temporary, out)
+    page = (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(str(directory))}"
+            f"</title><style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+    write_atomically(out, lambda temporary: temporary.write_text(page))
     return out
 
 

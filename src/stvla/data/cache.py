@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from stvla import features as F
 from stvla import geometry
-from stvla.data.store import DatasetError, EpisodeStore
+from stvla.data.store import DatasetError, EpisodeStore, write_atomically
 
 FrameStep = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -91,10 +91,8 @@ def _manifest_path(path: Path) -> Path:
 
 def write_manifest(path: Path) -> None:
     """Record `path` as a complete cache file (call after it was renamed into place)."""
-    manifest = _manifest_path(path)
-    temporary = _temporary_file(path.parent, manifest.name)
-    temporary.write_text(json.dumps(file_manifest(path)))
-    os.replace(temporary, manifest)
+    manifest = file_manifest(path)
+    write_atomically(_manifest_path(path), lambda temporary: temporary.write_text(json.dumps(manifest)))
 
 
 def verified(path: Path) -> bool:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -88,20 +89,26 @@ class DatasetError(ValueError):
 
 
 # --- small helpers --------------------------------------------------------------------------------
-def _atomic_write_bytes(path: Path, write) -> None:
+def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """`write(temporary)`, then the temporary renamed to `path`: a reader sees the old file or the whole new
+    one, never a part. The temporary's name is unique, so concurrent writers never share one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.tmp-")
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    _atomic_write_bytes(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=4) + "\n"))
+    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=4) + "\n"))
 
 
 def _write_parquet(path: Path, table: pa.Table, float_columns: list[str] | None = None) -> None:
     # Byte-stream-split lets zstd compress float maps (depth) about twice as well, losslessly.
-    _atomic_write_bytes(path, lambda tmp: pq.write_table(
+    write_atomically(path, lambda tmp: pq.write_table(
         table, tmp, compression="zstd", use_byte_stream_split=float_columns or False))
 
 
@@ -377,7 +384,7 @@ class EpisodeWriter:
         # Order matters for a kill at any instant: the episodes table, written last, is the record
         # of what is finished; the files before it only ever describe a superset or the same set.
         tasks = pd.DataFrame({TASK_INDEX: range(len(self._tasks))}, index=pd.Index(self._tasks, name=TASK))
-        _atomic_write_bytes(self.root / "meta" / "tasks.parquet", lambda tmp: tasks.to_parquet(tmp))
+        write_atomically(self.root / "meta" / "tasks.parquet", lambda tmp: tasks.to_parquet(tmp))
         stats = aggregate_stats(self._stats)
         _write_json(self.root / "meta" / "stats.json",
                     {k: {n: v.tolist() for n, v in s.items()} for k, s in stats.items()})

@@ -10,7 +10,6 @@ the best, and that `policy/` is the last. A resumed run reads the best so far fr
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from stvla.data.store import EpisodeStore
+from stvla.data.store import EpisodeStore, write_atomically
 from stvla.devices import batch_to
 from stvla.policies.base import Policy
 
@@ -124,6 +123,4 @@ class RunRecord:
                                                     "value": self.best.value, "step": self.best.step},
             "validation_episodes": self.held_out,
         }
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(temporary, self.path)
+        write_atomically(self.path, lambda temporary: temporary.write_text(json.dumps(record, indent=2) + "\n"))
