@@ -66,13 +66,14 @@ def run_trial(name: str, dataset: Path, work: Path, episodes: int, workers: int)
     def work_() -> dict:
         resumed = (Path(config.out) / "checkpoint").exists()  # then this call's training time is not the run's
         started = time.perf_counter()
-        # A trial of acting only evaluates the kept base (trained with exactly `config`).
-        policy = train(config) if TRIALS[name][0] else Bench(BenchConfig(repo=str(ROOT))).base_checkpoint()
+        # A trial of acting only evaluates the kept base (trained with exactly `config`, on the same data).
+        acting_only = not TRIALS[name][0] and name not in TRIAL_IMAGE_SIZES
+        policy = Bench(BenchConfig(repo=str(ROOT))).base_checkpoint() if acting_only else train(config)
         trained = time.perf_counter()
         info = evaluate(EvalConfig(policy=str(policy), tasks="mt10", episodes=episodes, workers=workers,
                                    max_steps=200, videos=1, out=str(work / name / "eval"), **acting))
         return {"checkpoint": checkpoint_fingerprint(policy),
-                "train_minutes": None if resumed or not TRIALS[name][0] else (trained - started) / 60,
+                "train_minutes": None if resumed or acting_only else (trained - started) / 60,
                 "eval_minutes": (time.perf_counter() - trained) / 60,
                 "per_task": {t: {k: r[k] for k in ("episodes", "success_rate", "ci95")} for t, r in info["per_task"].items()},
                 "overall": {k: info["overall"][k] for k in ("episodes", "success_rate", "ci95")}}
