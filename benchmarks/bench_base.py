@@ -43,8 +43,11 @@ TRIALS: dict[str, tuple[dict, dict, str]] = {
                                                                          "ensembling (m = 0.01)"),
     "size192": ({}, {}, "images of 192 px (the reach and push goals are 1-2 px markers at 128 px): MT10 x 50 "
                         "collected again at 192 px, 144 image tokens instead of 64"),
+    "dart0.2": ({}, {}, "DART demonstrations: the expert's moves executed with Gaussian noise (std 0.2 per "
+                        "translation axis), its clean actions recorded, MT10 x 50 collected again"),
 }
-TRIAL_IMAGE_SIZES = {"size192": 192}  # trials trained on a dataset collected at another image size
+# Trials trained on a dataset collected otherwise: the BenchConfig fields of its collection.
+TRIAL_DATA = {"size192": {"image_size": 192}, "dart0.2": {"action_noise": 0.2}}
 TRAINED_AS = {"steps20k-ensemble": "steps20k"}  # trials that only act differently from another trial's checkpoint
 RESULTS = ROOT / "benchmarks" / "results" / "base_trials"
 
@@ -57,9 +60,7 @@ def trial_config(name: str, dataset: Path, work: Path) -> TrainConfig:
 def run_trial(name: str, dataset: Path, work: Path, episodes: int, workers: int) -> dict:
     config = trial_config(name, dataset, work)
     acting = TRIALS[name][1]
-    data = {"tasks": "mt10", "episodes": 50}
-    if name in TRIAL_IMAGE_SIZES:
-        data["image_size"] = TRIAL_IMAGE_SIZES[name]
+    data = {"tasks": "mt10", "episodes": 50, **TRIAL_DATA.get(name, {})}
     key = {"train": {k: v for k, v in config.key().items() if k not in ("dataset", "out")},
            "data": data, "eval": {"episodes": episodes, "max_steps": 200, **acting}}
 
@@ -67,7 +68,7 @@ def run_trial(name: str, dataset: Path, work: Path, episodes: int, workers: int)
         resumed = (Path(config.out) / "checkpoint").exists()  # then this call's training time is not the run's
         started = time.perf_counter()
         # A trial of acting only evaluates the kept base (trained with exactly `config`, on the same data).
-        acting_only = not TRIALS[name][0] and name not in TRIAL_IMAGE_SIZES
+        acting_only = not TRIALS[name][0] and name not in TRIAL_DATA
         policy = Bench(BenchConfig(repo=str(ROOT))).base_checkpoint() if acting_only else train(config)
         trained = time.perf_counter()
         info = evaluate(EvalConfig(policy=str(policy), tasks="mt10", episodes=episodes, workers=workers,
@@ -116,9 +117,10 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown trial(s) {unknown}; valid: {', '.join(TRIALS)}")
         for name in names:
-            size = TRIAL_IMAGE_SIZES.get(name)
-            bench = Bench(BenchConfig(repo=str(ROOT), workers=args.workers, **({"image_size": size} if size else {})))
-            dataset = bench.collect_cell(f"pretrain-mt10-{size}px" if size else "pretrain-mt10", "mt10", 50, 0)
+            data = TRIAL_DATA.get(name, {})
+            bench = Bench(BenchConfig(repo=str(ROOT), workers=args.workers, **data))
+            suffix = "".join(f"-{v}px" if k == "image_size" else f"-dart{v}" for k, v in data.items())
+            dataset = bench.collect_cell(f"pretrain-mt10{suffix}", "mt10", 50, 0)
             run_trial(name, dataset, Path(args.work), args.episodes, args.workers)
             report()
     report()

@@ -81,6 +81,33 @@ def test_expert_solves_reach_and_reports_success():
     assert info["success"]
 
 
+def test_dart_noise_moves_the_robot_but_records_the_experts_correction():
+    from stvla import features as F
+    from stvla.data.collect import run_expert_episode
+
+    env = make_env("reach-v3", image_size=64, max_episode_steps=200)
+    clean = run_expert_episode(env, seed=7, action_noise=0.0)
+    noisy = run_expert_episode(env, seed=7, action_noise=0.3)
+    again = run_expert_episode(env, seed=7, action_noise=0.3)
+    assert clean.success and noisy.success
+    # The same start, another path: the executed moves were perturbed ...
+    assert np.allclose(clean.frames[F.STATE][0], noisy.frames[F.STATE][0])
+    steps = min(clean.length, noisy.length)
+    assert np.abs(clean.frames[F.STATE][1:steps, :3] - noisy.frames[F.STATE][1:steps, :3]).max() > 1e-3
+    # ... and each recorded action is the expert's own at the state it was recorded in (replayed from it).
+    env.reset(seed=7)
+    noise = np.random.default_rng(7)
+    for index in range(5):
+        assert np.allclose(env._state[:4], noisy.frames[F.STATE][index], atol=1e-5)
+        assert np.allclose(env.expert_action(), noisy.frames[F.ACTION][index])
+        executed = noisy.frames[F.ACTION][index].copy()  # the move made: the recorded action plus the seed's noise
+        executed[:3] = np.clip(executed[:3] + noise.normal(0.0, 0.3, 3), -1.0, 1.0)
+        env.step(executed)
+    # The noise is drawn from the episode's seed: the same episode again.
+    assert np.array_equal(noisy.frames[F.ACTION], again.frames[F.ACTION])
+    env.close()
+
+
 def test_bad_configuration_lists_valid_choices():
     with pytest.raises(ValueError, match="valid tasks: .*reach-v3"):
         EnvConfig(task="reach").validate()

@@ -121,6 +121,7 @@ class BenchConfig:
     workers: int = 2  # simulator processes for collection and evaluation
     videos: int = 1  # evaluation videos saved per task and cell
     image_size: int = 128  # camera image side for every dataset and evaluation
+    action_noise: float = field(default=0.0, metadata=KEY_NEUTRAL)  # DART noise of every collected demonstration (see CollectConfig.action_noise)
     model: VLAConfig = field(default_factory=VLAConfig)  # the stage-1 model (image_size comes from image_size)
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata=KEY_NEUTRAL)  # training-time augmentation of every run
     ema: float = field(default=0.0, metadata=KEY_NEUTRAL)  # every run exports a moving average of its weights with this decay (0 = off)
@@ -181,7 +182,8 @@ class Bench:
     def collect_cell(self, name: str, tasks: str, episodes: int, first_attempt: int) -> Path:
         c = self.config
         collect_config = CollectConfig(task=tasks, episodes=episodes, out=str(self.out / "data" / name), resume=True,
-                                       workers=c.workers, image_size=c.image_size, first_attempt=first_attempt)
+                                       workers=c.workers, image_size=c.image_size, first_attempt=first_attempt,
+                                       action_noise=c.action_noise)
         cell = Cell(f"data/{name}", self.out / "data" / f"{name}.cell.json", config_key(collect_config))
         cell.run(lambda: collect(collect_config).as_dict(), self.log)
         return Path(collect_config.out)

@@ -97,6 +97,7 @@ class CollectConfig:
     max_steps: int = 500  # steps before an episode is cut off
     max_attempts_factor: float = 3.0  # give up on a task after episodes * this attempts
     first_attempt: int = 0  # attempt index (hence seed) of each task's first episode: another value, other starts
+    action_noise: float = field(default=0.0, metadata=KEY_NEUTRAL)  # DART: std of Gaussian noise added to the executed translation (the recorded action stays the expert's, so the data shows how to recover); 0 = none
     depth_model: str = field(default="", metadata=KEY_NEUTRAL)  # local depth model checkpoint (ZoeDepth or Depth Anything V2 metric) whose estimate is stored as depth ("" = rendered)
     depth_device: str = field(default="cpu", metadata=KEY_NEUTRAL)  # torch device the depth model runs on (cuda with one worker per GPU)
 
@@ -128,14 +129,23 @@ class ExpertEpisode:
         return len(self.frames[F.ACTION])
 
 
-def run_expert_episode(env: MetaWorldRGBDEnv, seed: int, attempt: int = 0) -> ExpertEpisode:
-    """Roll out the scripted expert from the seeded start until success or truncation."""
+def run_expert_episode(env: MetaWorldRGBDEnv, seed: int, attempt: int = 0, action_noise: float = 0.0) -> ExpertEpisode:
+    """Roll out the scripted expert from the seeded start until success or truncation.
+
+    With `action_noise` (DART, Laskey et al. 2017) the robot executes the expert's translation plus Gaussian
+    noise, drawn from the episode's seed, while the expert's own action is recorded: the states drift as a
+    learned policy's do, and every one of them is labelled with the expert's correction."""
     obs, _ = env.reset(seed=seed)
+    noise = np.random.default_rng(seed)
     steps: dict[str, list] = {key: [] for key in dataset_features(env.config.image_size)}
     success = False
     while True:
         action = env.expert_action()
-        next_obs, reward, _, truncated, info = env.step(action)
+        executed = action
+        if action_noise > 0:
+            executed = action.copy()
+            executed[:3] = np.clip(action[:3] + noise.normal(0.0, action_noise, 3), -1.0, 1.0)
+        next_obs, reward, _, truncated, info = env.step(executed)
         for key, obs_key in F.FEATURE_OF_OBSERVATION.items():
             steps[key].append(obs[obs_key])
         steps[F.ACTION].append(action)
@@ -159,12 +169,12 @@ def run_expert_episode(env: MetaWorldRGBDEnv, seed: int, attempt: int = 0) -> Ex
 _WORKER_ENVS: dict[tuple, MetaWorldRGBDEnv] = {}
 
 
-def _collect_in_worker(job: tuple[dict, int, int]) -> ExpertEpisode:
-    env_fields, seed, attempt = job
+def _collect_in_worker(job: tuple[dict, int, int, float]) -> ExpertEpisode:
+    env_fields, seed, attempt, action_noise = job
     key = tuple(sorted(env_fields.items()))
     if key not in _WORKER_ENVS:
         _WORKER_ENVS[key] = MetaWorldRGBDEnv(EnvConfig(**env_fields))
-    return run_expert_episode(_WORKER_ENVS[key], seed, attempt)
+    return run_expert_episode(_WORKER_ENVS[key], seed, attempt, action_noise)
 
 
 @dataclass
@@ -206,7 +216,8 @@ class CollectSummary:
         return "\n".join(lines)
 
 
-def _attempt_batches(config: CollectConfig, task: str, start_attempt: int, done: int) -> Iterator[list[tuple[dict, int, int]]]:
+def _attempt_batches(config: CollectConfig, task: str, start_attempt: int,
+                     done: int) -> Iterator[list[tuple[dict, int, int, float]]]:
     """Attempts of one task in batches of exactly as many as are still missing.
 
     Batches, not one long stream: a pool consumes its whole input at once, and attempts submitted
@@ -217,7 +228,7 @@ def _attempt_batches(config: CollectConfig, task: str, start_attempt: int, done:
     attempt = start_attempt
     while done < config.episodes and attempt < limit:
         batch = list(range(attempt, min(attempt + config.episodes - done, limit)))
-        done = yield [(env_fields, episode_seed(task, a), a) for a in batch]
+        done = yield [(env_fields, episode_seed(task, a), a, config.action_noise) for a in batch]
         attempt = batch[-1] + 1
 
 
@@ -234,6 +245,8 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
         raise ValueError(f"episodes must be >= 1, got {config.episodes}")
     if config.workers < 1:
         raise ValueError(f"workers must be >= 1, got {config.workers}")
+    if not 0.0 <= config.action_noise <= 1.0:
+        raise ValueError(f"action_noise must be in [0, 1] (std in action units), got {config.action_noise}")
     depth_format = config.depth_format
     if config.resume and (Path(config.out) / "meta" / "info.json").is_file():
         depth_format = stored_depth_format(EpisodeStore(config.out).info["features"].get(F.DEPTH, {}), depth_format)
