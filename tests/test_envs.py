@@ -81,6 +81,19 @@ def test_expert_solves_reach_and_reports_success():
     assert info["success"]
 
 
+def test_first_frame_shows_the_goal_marker_where_the_goal_is():
+    env = make_env("reach-v3", image_size=128)
+    for seed in (1, 2):  # the second episode's first frame once showed the first one's marker
+        obs, _ = env.reset(seed=seed)
+        goal = np.asarray(env._mw._target_pos)
+        u, v = np.round(geometry.project_world_points(goal, obs["camera.intrinsics"], obs["camera.pose"])).astype(int)
+        in_camera = np.linalg.inv(obs["camera.pose"]) @ np.append(goal, 1.0)
+        assert abs(obs["depth"][v, u] - in_camera[2]) < 0.02  # the marker's own depth, not the table's behind it
+        red, green, blue = obs["rgb"][v, u].astype(int)
+        assert red > 150 and green < 80 and blue < 80  # reach's marker is red
+    env.close()
+
+
 def test_dart_noise_moves_the_robot_but_records_the_experts_correction():
     from stvla import features as F
     from stvla.data.collect import run_expert_episode

@@ -167,6 +167,9 @@ class MetaWorldRGBDEnv(gym.Env):
             # Meta-World ignores reset(seed=...): its start positions come from the RNG seed() sets.
             self._mw.seed(int(seed))
         self._state, _ = self._mw.reset()
+        # Meta-World places the goal marker after its last kinematics pass: without this the first frame
+        # shows the marker where the previous episode's goal was.
+        mujoco.mj_forward(self._mw.model, self._mw.data)
         self._steps = 0
         if self.variant:
             self._goal_velocity = self.variant.draw_velocity(seed)
