@@ -48,6 +48,10 @@ TRIALS: dict[str, tuple[dict, dict, str]] = {
     "ego3d-r4": ({"model": VLAConfig(ego3d=Ego3DConfig(samples_per_side=4))}, {},
                  "Ego3D with 4 x 4 depth sub-cells per patch instead of 2 x 2: the goal marker (3 x 3 px at 128 px, "
                  "the only cue to the goal's height) fills half a sub-cell instead of a seventh"),
+    "jitter0.2": ({"augment": AugmentConfig(color_jitter=0.2)}, {},
+                  "colour jitter: RGB brightness and contrast scaled by factors in [0.8, 1.2] per sample"),
+    "chunk8-ensemble": ({"model": VLAConfig(chunk_size=8)}, {"temporal_ensemble": 0.01},
+                        "chunks of 8 actions (4 executed) and, acting, temporal ensembling over 8 chunks"),
     "dart0.2": ({}, {}, "DART demonstrations: the expert's moves executed with Gaussian noise (std 0.2 per "
                         "translation axis), its clean actions recorded, MT10 x 50 collected again"),
 }

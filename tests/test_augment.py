@@ -10,7 +10,7 @@ import torch
 from stvla import features as F
 from stvla.policies.ego3d import patch_points
 from stvla.train import train
-from stvla.train.augment import AugmentConfig, augment_batch, shift_batch
+from stvla.train.augment import AugmentConfig, augment_batch, jitter_batch, shift_batch
 from stvla.train.trainer import load_train_config
 
 
@@ -67,6 +67,30 @@ def test_random_shift_draws_per_sample_and_is_off_by_default():
     assert moved.abs().max() <= 4 and len({tuple(m.tolist()) for m in moved}) > 4
     again = augment_batch(batch, AugmentConfig(shift_px=4), np.random.default_rng(0))
     assert torch.equal(again[F.DEPTH], shifted[F.DEPTH])  # a seeded draw: resumed runs see the same shifts
+
+
+def test_colour_jitter_changes_rgb_alike_per_sample_and_leaves_depth_and_hue():
+    batch = camera_batch(count=2)
+    jittered = jitter_batch(batch, brightness=np.array([1.2, 1.0]), contrast=np.array([1.0, 0.5]))
+    # Sample 0: brightness x1.2 only; sample 1: contrast halved about its mean grey level.
+    torch.testing.assert_close(jittered[F.RGB][0], (batch[F.RGB][0] * 1.2).clamp(0, 1))
+    mean = batch[F.RGB][1].mean()
+    torch.testing.assert_close(jittered[F.RGB][1], (batch[F.RGB][1] - mean) * 0.5 + mean)
+    # The traced image gets its sample's factors; depth, intrinsics and traces are untouched.
+    torch.testing.assert_close(jittered[F.TRACED_RGB][0], (batch[F.TRACED_RGB][0] * 1.2).clamp(0, 1))
+    for key in (F.DEPTH, F.INTRINSICS, F.TRACE_TARGET):
+        assert jittered[key] is batch[key]
+    # A pure red pixel stays the reddest channel (the goal markers' colours tell the tasks apart).
+    red = {F.RGB: torch.zeros(1, 3, 2, 2)}
+    red[F.RGB][0, 0] = 0.9
+    for brightness, contrast in ((0.7, 1.3), (1.3, 0.7)):
+        out = jitter_batch(red, np.array([brightness]), np.array([contrast]))[F.RGB][0]
+        assert (out[0] > out[1]).all() and torch.equal(out[1], out[2])
+    drawn = augment_batch(camera_batch(count=16), AugmentConfig(color_jitter=0.3), np.random.default_rng(0))
+    ratio = drawn[F.RGB].mean(dim=(1, 2, 3)) / camera_batch(count=16)[F.RGB].mean(dim=(1, 2, 3))
+    assert ratio.min() >= 0.69 and ratio.max() <= 1.31 and ratio.std() > 0.05  # one draw per sample
+    with pytest.raises(ValueError, match="color_jitter"):
+        AugmentConfig(color_jitter=1.5)
 
 
 def test_training_with_random_shift(small_dataset, tmp_path):

@@ -1,4 +1,5 @@
-"""Training-time augmentation of a model batch: random shift (DrQ), the same for every image-like input.
+"""Training-time augmentation of a model batch: random shift (DrQ), the same for every image-like input,
+and colour jitter (brightness and contrast) of the RGB inputs.
 
 Each sample's RGB, TraceVLA's traced RGB and the depth Ego3D encodes (raw or traced) are padded by
 `shift_px` pixels (edge values repeated) and cropped back to their size at one random offset per
@@ -8,6 +9,10 @@ this), and LLARVA's trace targets (pixels of the current image) move with the im
 
 Diffusion Policy, robomimic and DrQ find crop or shift augmentation essential for image policies
 trained on few demonstrations.
+
+Colour jitter scales each sample's brightness and contrast by factors drawn from [1 - j, 1 + j], the
+same factors for all of a sample's RGB images (so a traced image still matches its original) and none
+for depth: hues, which tell Meta-World's red, green and blue goal markers apart, are kept.
 """
 
 from __future__ import annotations
@@ -28,23 +33,45 @@ DEPTH_KEYS = (F.DEPTH,)  # (B, H, W) batch entries
 @dataclass
 class AugmentConfig:
     shift_px: int = 0  # random shift: pad every image-like input by this many pixels and crop back at a random offset (0 = off)
+    color_jitter: float = 0.0  # RGB brightness and contrast scaled by factors drawn from [1 - x, 1 + x] per sample (0 = off)
 
     def __post_init__(self) -> None:
         if self.shift_px < 0:
             raise ValueError(f"shift_px must be >= 0, got {self.shift_px}")
+        if not 0.0 <= self.color_jitter < 1.0:
+            raise ValueError(f"color_jitter must be in [0, 1), got {self.color_jitter}")
 
     @property
     def enabled(self) -> bool:
-        return self.shift_px > 0
+        return self.shift_px > 0 or self.color_jitter > 0
 
 
 def augment_batch(batch: dict[str, Any], config: AugmentConfig, rng: np.random.Generator) -> dict[str, Any]:
-    """The batch with each sample shifted by its own random offset (see the module docs)."""
-    if not config.enabled:
-        return batch
+    """The batch with each sample shifted by its own random offset and its colours jittered (module docs)."""
     count = len(batch[F.RGB])
-    shifts = rng.integers(-config.shift_px, config.shift_px + 1, size=(count, 2))
-    return shift_batch(batch, shifts, config.shift_px)
+    if config.shift_px > 0:
+        shifts = rng.integers(-config.shift_px, config.shift_px + 1, size=(count, 2))
+        batch = shift_batch(batch, shifts, config.shift_px)
+    if config.color_jitter > 0:
+        factors = rng.uniform(1.0 - config.color_jitter, 1.0 + config.color_jitter, size=(2, count))
+        batch = jitter_batch(batch, brightness=factors[0], contrast=factors[1])
+    return batch
+
+
+def jitter_batch(batch: dict[str, Any], brightness: np.ndarray, contrast: np.ndarray) -> dict[str, Any]:
+    """Sample i's RGB images (values in [0, 1]) with contrast scaled by `contrast[i]` about the image's mean
+    grey level, then brightness by `brightness[i]`, clipped to [0, 1]; depth and the rest as they were."""
+    out = dict(batch)
+    for key in IMAGE_KEYS:
+        if key not in batch:
+            continue
+        images = batch[key]
+        shape = (len(images),) + (1,) * (images.dim() - 1)
+        gain = torch.as_tensor(contrast, dtype=images.dtype).view(shape)
+        scale = torch.as_tensor(brightness, dtype=images.dtype).view(shape)
+        mean = images.mean(dim=tuple(range(1, images.dim())), keepdim=True)
+        out[key] = (((images - mean) * gain + mean) * scale).clamp_(0.0, 1.0)
+    return out
 
 
 def shift_batch(batch: dict[str, Any], shifts: np.ndarray, pad: int) -> dict[str, Any]:
