@@ -4,6 +4,7 @@ only how the policy acts (temporal ensembling) evaluates the kept base itself.
 
     python benchmarks/bench_base.py --trials shift4 [--episodes 20] [--work runs/base-trials]
     python benchmarks/bench_base.py --report_only
+    python benchmarks/bench_base.py --keep steps20k   # a finished trial's checkpoint becomes the kept base
 
 Every trial is cached: the dataset is the one `stvla bench` collects (same directory and key), the
 training resumes from its checkpoint, the evaluation keeps finished episodes, and a finished trial's
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -91,6 +93,31 @@ def run_trial(name: str, dataset: Path, work: Path, episodes: int, workers: int)
     return Cell(f"base-trial/{name}", RESULTS / f"{name}.json", key).run(work_)
 
 
+def keep_trial(name: str, work: Path) -> Path:
+    """Make a finished trial's checkpoint the kept base (checkpoints/base-mt10), without training it again.
+
+    Only a trial that IS the protocol's stage 1 qualifies: BenchConfig's defaults must already hold its
+    settings (its training config and data equal to what `stvla bench` would pre-train), so the kept
+    cell's key, which `stvla bench` and the main job check, tells the truth about the weights."""
+    bench = Bench(BenchConfig(repo=str(ROOT)))
+    stage1, kept = bench.stage1()
+    trial = trial_config(name, Path(stage1.dataset), work)
+    differs = sorted(k for k, v in trial.key().items() if k not in ("dataset", "out") and stage1.key().get(k) != v)
+    if differs or TRIALS[name][1] or TRIAL_DATA.get(name):
+        raise SystemExit(f"trial {name!r} is not the protocol's stage 1 (it differs in {differs or 'data or acting'}): "
+                         f"set BenchConfig's defaults to its settings first")
+    record = json.loads((RESULTS / f"{name}.json").read_text())["result"]
+    policy = work / TRAINED_AS.get(name, name) / "policy"
+    if checkpoint_fingerprint(policy) != record["checkpoint"]:
+        raise SystemExit(f"{policy} is not the checkpoint trial {name!r} evaluated (its weights changed since)")
+    kept.record.parent.mkdir(parents=True, exist_ok=True)
+    for file in policy.iterdir():
+        shutil.copyfile(file, kept.record.parent / file.name)
+    kept.run(lambda: {"policy": bench.config.keep_base, "minutes": record["train_minutes"],
+                      "kept_from": f"base trial {name} ({policy})"})
+    return kept.record.parent
+
+
 def percent(row: dict) -> str:
     low, high = row["ci95"]
     return f"{100 * row['success_rate']:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
@@ -123,7 +150,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes for collection and evaluation")
     parser.add_argument("--work", default="runs/base-trials", help="directory for checkpoints and evaluations")
     parser.add_argument("--report_only", action="store_true", help="write the table from the finished trials only")
+    parser.add_argument("--keep", default="", help="make this finished trial's checkpoint the kept base")
     args = parser.parse_args()
+    if args.keep:
+        print(f"kept base: {keep_trial(args.keep, Path(args.work))}")
+        return
     if not args.report_only:
         names = [t.strip() for t in args.trials.split(",") if t.strip()]
         unknown = [t for t in names if t not in TRIALS]
