@@ -124,7 +124,7 @@ def percent(row: dict) -> str:
 
 
 def report() -> None:
-    selection = json.loads((ROOT / "benchmarks/results/bench/selection.json").read_text())["result"]
+    selection = json.loads((ROOT / "benchmarks/results/archive/bench-base10k/selection.json").read_text())["result"]
     rows_by_name = {"kept base (reference)": ("the committed checkpoints/base-mt10, 10,000 steps", selection)}
     for name, (_, _, what) in TRIALS.items():
         path = RESULTS / f"{name}.json"

@@ -163,6 +163,21 @@ def test_the_committed_base_still_matches_the_protocol():
     assert cell.finished() is not None, f"{cell.record} no longer matches stage 1's configuration"
 
 
+def test_datasets_and_runs_made_otherwise_get_directories_of_their_own(tmp_path):
+    """Resuming must never extend or continue another configuration's work: DART data or another image
+    size is collected apart, and another stage-1 configuration trains in its own directory."""
+    plain = Bench(BenchConfig(out=str(tmp_path)))
+    dart = Bench(BenchConfig(out=str(tmp_path), action_noise=0.2))
+    larger = Bench(BenchConfig(out=str(tmp_path), image_size=192))
+    directories = {bench.dataset_dir("pretrain-mt10") for bench in (plain, dart, larger)}
+    assert directories == {tmp_path / "data" / name for name in ("pretrain-mt10", "pretrain-mt10-dart0.2",
+                                                                  "pretrain-mt10-192px")}
+    longer = Bench(BenchConfig(out=str(tmp_path), stage1_steps=20000))
+    runs = {bench.stage1()[0].out for bench in (plain, dart, larger, longer)}
+    keys = {json.dumps(bench.stage1()[1].config, sort_keys=True) for bench in (plain, dart, larger, longer)}
+    assert len(runs) == 4 and len(keys) == 4
+
+
 def test_targets_chosen_by_fine_tuning_on_new_tasks(miniature, tmp_path):
     """The "finetuned" selection fine-tunes the base once on each candidate outside the pre-training set
     and keeps the candidates closest to 50%; a pre-training task as a candidate is refused."""
@@ -174,7 +189,8 @@ def test_targets_chosen_by_fine_tuning_on_new_tasks(miniature, tmp_path):
     assert results["selection"]["method"] == "finetuned"
     assert set(results["selection"]["per_task"]) == {"reach-wall-v3", "push-back-v3"}
     assert results["targets"][0] in ("reach-wall-v3", "push-back-v3") and len(results["targets"]) == 1
-    assert (Path(chosen.out) / "selection" / "push-back-v3" / "policy" / "model.safetensors").is_file()
+    (selected,) = (Path(chosen.out) / "selection").glob("push-back-v3-*")  # one directory per base
+    assert (selected / "policy" / "model.safetensors").is_file()
     # The row's fine-tuning set of a single target is the candidate's own set: collected once.
     assert sum("finetune-" in line and "running" in line for line in logs) == 2
     with pytest.raises(ValueError, match="are pre-training tasks"):

@@ -107,7 +107,7 @@ class BenchConfig:
     selection_episodes: int = 20  # evaluation episodes per candidate task when choosing the targets
     num_targets: int = 4  # target tasks: the candidates whose base success is closest to 50%
     targets: str = ""  # fixed comma-separated target tasks instead of the selection
-    target_selection: str = field(default="pretrained", metadata=KEY_NEUTRAL)  # "pretrained": the base zero-shot on the pre-training tasks; "finetuned": the base fine-tuned once on each of `target_candidates` (outside the pre-training set)
+    target_selection: str = field(default="finetuned", metadata=KEY_NEUTRAL)  # "finetuned": the base fine-tuned once on each of `target_candidates` (outside the pre-training set, as the papers fine-tune on a new setting); "pretrained": the base zero-shot on the pre-training tasks
     target_candidates: str = field(default=",".join(NEW_TASK_CANDIDATES), metadata=KEY_NEUTRAL)  # "finetuned" selection: candidate tasks, none of them a pre-training task
     llarva_pretrain_tasks: str = "all"  # LLARVA's instruction pre-training: tasks ("all": every task whose expert succeeds)
     llarva_pretrain_episodes: int = 10  # expert episodes per LLARVA pre-training task
@@ -141,9 +141,11 @@ class BenchConfig:
 
     @property
     def name(self) -> str:
-        """The results file and report section: `bench`, or `bench_new_tasks` for targets chosen by the
-        "finetuned" selection (a table of its own; the other stays as it was), `_quick` appended for --quick."""
-        name = "bench_new_tasks" if self.target_selection == "finetuned" else "bench"
+        """The results file and report section: `bench` (`bench_quick` for --quick) with the protocol's own
+        target selection ("finetuned"; the quick preset's small base selects "pretrained"), and
+        `bench_<selection>_targets` with the other, a table of its own."""
+        own = "pretrained" if self.quick else "finetuned"
+        name = "bench" if self.target_selection == own else f"bench_{self.target_selection}_targets"
         return f"{name}_quick" if self.quick else name
 
     @property
@@ -154,7 +156,7 @@ class BenchConfig:
 
 def quick_preset() -> BenchConfig:
     """The reduced protocol of `stvla bench --quick`: every step of the full one, on a small scale."""
-    return BenchConfig(out="runs/bench-quick", quick=True,
+    return BenchConfig(out="runs/bench-quick", quick=True, target_selection="pretrained",
                        pretrain_tasks="reach-v3,drawer-open-v3,button-press-topdown-v3,window-open-v3",
                        pretrain_episodes=10, stage1_steps=500, selection_episodes=6, num_targets=2,
                        finetune_episodes=6, stage2_steps=150, eval_episodes=8, max_steps=120, seeds="0",
@@ -179,14 +181,29 @@ class Bench:
         return TrainConfig(model=c.model, augment=copy.deepcopy(c.augment), ema=c.ema, val_episodes=0, **fields)
 
     # --- data and stage 1 ----------------------------------------------------------------------------
+    def dataset_dir(self, name: str) -> Path:
+        """Where the dataset `name` is collected: collected at another image size or with DART noise, it
+        has a directory of its own, so that resuming one never extends another."""
+        c = self.config
+        size = f"-{c.image_size}px" if c.image_size != BenchConfig.image_size else ""
+        noise = f"-dart{c.action_noise:g}" if c.action_noise else ""
+        return self.out / "data" / f"{name}{size}{noise}"
+
     def collect_cell(self, name: str, tasks: str, episodes: int, first_attempt: int) -> Path:
         c = self.config
-        collect_config = CollectConfig(task=tasks, episodes=episodes, out=str(self.out / "data" / name), resume=True,
+        out = self.dataset_dir(name)
+        collect_config = CollectConfig(task=tasks, episodes=episodes, out=str(out), resume=True,
                                        workers=c.workers, image_size=c.image_size, first_attempt=first_attempt,
                                        action_noise=c.action_noise)
-        cell = Cell(f"data/{name}", self.out / "data" / f"{name}.cell.json", config_key(collect_config))
+        cell = Cell(f"data/{out.name}", out.with_name(f"{out.name}.cell.json"), config_key(collect_config))
         cell.run(lambda: collect(collect_config).as_dict(), self.log)
         return Path(collect_config.out)
+
+    @property
+    def pretrain_name(self) -> str:
+        """The pre-training set's name: its tasks (a list of several, by their hash)."""
+        tasks = self.config.pretrain_tasks
+        return f"pretrain-{tasks if ',' not in tasks else config_hash({'tasks': tasks})[:8]}"
 
     def stage1(self) -> tuple[TrainConfig, Cell]:
         """Stage 1's training config, and the cell of the base kept in the repository (`keep_base`).
@@ -195,12 +212,13 @@ class Bench:
         any machine; it also holds every field of TrainConfig and VLAConfig, so a new field there
         invalidates the kept base (a test guards the committed one)."""
         c = self.config
-        tasks = c.pretrain_tasks if "," not in c.pretrain_tasks else config_hash({"tasks": c.pretrain_tasks})[:8]
-        dataset = self.out / "data" / f"pretrain-{tasks}"
-        train_config = self.train_config(policy="spatialvla", dataset=str(dataset), out=str(self.out / "stage1-s0"),
-                                         steps=c.stage1_steps, seed=0)
+        dataset = self.dataset_dir(self.pretrain_name)
+        train_config = self.train_config(policy="spatialvla", dataset=str(dataset), out="", steps=c.stage1_steps, seed=0)
         key = {"train": {k: v for k, v in train_config.key().items() if k not in ("dataset", "out")},
-               "data": {"tasks": c.pretrain_tasks, "episodes": c.pretrain_episodes, "image_size": c.image_size}}
+               "data": {"tasks": c.pretrain_tasks, "episodes": c.pretrain_episodes, "image_size": c.image_size,
+                        **({"action_noise": c.action_noise} if c.action_noise else {})}}
+        # One directory per configuration: another base's settings never try to resume this one's run.
+        train_config.out = str(self.out / f"stage1-s0-{config_hash(key)[:8]}")
         return train_config, Cell("stage1 (kept)", Path(c.repo) / c.keep_base / "cell.json", key)
 
     def base_checkpoint(self) -> Path:
@@ -217,10 +235,10 @@ class Bench:
             return kept.record.parent
 
         def pretrain() -> dict[str, Any]:
-            self.collect_cell(Path(train_config.dataset).name, c.pretrain_tasks, c.pretrain_episodes, 0)
+            self.collect_cell(self.pretrain_name, c.pretrain_tasks, c.pretrain_episodes, 0)
             return self._train(train_config)
 
-        trained = Cell("stage1", self.out / "stage1-s0" / "cell.json", kept.config)
+        trained = Cell("stage1", Path(train_config.out) / "cell.json", kept.config)
         if c.report_only and trained.finished() is None:
             raise RuntimeError(f"report_only: no finished stage-1 base ({kept.record}, {trained.record}); nothing to report yet")
         result = trained.run(pretrain, self.log)
@@ -275,8 +293,9 @@ class Bench:
         per_task, minutes = {}, 0.0
         for task in candidates:
             train_config = self.train_config(policy="spatialvla", init=str(base), steps=c.stage2_steps, seed=0,
-                                             dataset=str(self.out / "data" / f"finetune-{task}"),
-                                             out=str(self.out / "selection" / task))
+                                             dataset=str(self.dataset_dir(f"finetune-{task}")),
+                                             # one directory per base: another base's run never resumes this one
+                                             out=str(self.out / "selection" / f"{task}-{checkpoint_fingerprint(base)[:8]}"))
 
             def checkpoint(task=task, train_config=train_config) -> Path:
                 self.collect_cell(f"finetune-{task}", task, c.finetune_episodes, FINETUNE_FIRST_ATTEMPT)
@@ -306,12 +325,13 @@ class Bench:
                 return base
             return self._zero_shot_traced(row, base)
         init = base if row.init == "base" else (self.llarva_checkpoint(row.init) if row.init else None)
+        init_id = checkpoint_fingerprint(init) if init else None
         train_config = self.train_config(
             policy=row.policy, dataset=str(self.finetune_data(targets)), init=str(init or ""),
             traces=copy.deepcopy(row.traces), trace_points=row.trace_points, steps=c.stage2_steps, seed=seed,
-            # One directory per target set: another selection never resumes this one.
-            out=str(self.out / "stage2" / f"{row.key}-s{seed}-{config_hash({'targets': targets})[:8]}"))
-        key = {**train_config.key(), "init": checkpoint_fingerprint(init) if init else None}
+            # One directory per target set and starting point: another selection or base never resumes this one.
+            out=str(self.out / "stage2" / f"{row.key}-s{seed}-{config_hash({'targets': targets, 'init': init_id})[:8]}"))
+        key = {**train_config.key(), "init": init_id}
         cell = Cell(f"stage2/{row.key}-s{seed}", Path(train_config.out) / "cell.json", key)
         return Path(cell.run(lambda: self._train(train_config), self.log)["policy"])
 

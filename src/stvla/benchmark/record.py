@@ -79,7 +79,8 @@ def record(name: str, figures: dict, table: list[tuple[str, str]], title: str, r
 
 def rebuild_report(root: str | Path = ".") -> None:
     """Write <root>/BENCHMARKS.md from every <root>/benchmarks/results/*.json: the reproduction benchmark
-    (bench*.json) first, the headline of the file, then the other sections in file-name order."""
+    (bench*.json) first, the headline of the file, then the other sections in file-name order, and last
+    the superseded results kept as they were measured (archive*.json)."""
     root = Path(root)
     lines = [
         "# Benchmarks",
@@ -89,7 +90,11 @@ def rebuild_report(root: str | Path = ".") -> None:
         "its section.",
         "",
     ]
-    for path in sorted((root / RESULTS_SUBDIR).glob("*.json"), key=lambda p: (not p.stem.startswith("bench"), p.name)):
+
+    def place(path: Path) -> tuple[int, str]:  # the reproduction benchmark first, superseded results last
+        return (0 if path.stem.startswith("bench") else 2 if path.stem.startswith("archive") else 1), path.name
+
+    for path in sorted((root / RESULTS_SUBDIR).glob("*.json"), key=place):
         result = json.loads(path.read_text())
         report = result.get("report")
         if not report:
