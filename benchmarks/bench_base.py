@@ -3,12 +3,14 @@ episodes with one change, and evaluates it closed loop on the ten MT10 tasks; a 
 only how the policy acts (temporal ensembling) evaluates the kept base itself.
 
     python benchmarks/bench_base.py --trials shift4 [--episodes 20] [--work runs/base-trials]
+    python benchmarks/bench_base.py --trials steps20k --episodes 50   # a closer look at a leader
     python benchmarks/bench_base.py --report_only
     python benchmarks/bench_base.py --keep steps20k   # a finished trial's checkpoint becomes the kept base
 
 Every trial is cached: the dataset is the one `stvla bench` collects (same directory and key), the
 training resumes from its checkpoint, the evaluation keeps finished episodes, and a finished trial's
-result lands in benchmarks/results/base_trials/<trial>.json (commit it: the table resumes anywhere).
+result lands in benchmarks/results/base_trials/<trial>.json (<trial>-<N>ep.json evaluated on N episodes
+per task instead of 20; the evaluation extends the 20 it has; commit them: the table resumes anywhere).
 The reference row is the kept base's own target selection (`stvla bench`, the same 20 held-out seeds
 per task). Writes benchmarks/results/base_trials.json and the "Base trials" section of BENCHMARKS.md,
 trials that lost included.
@@ -90,7 +92,11 @@ def run_trial(name: str, dataset: Path, work: Path, episodes: int, workers: int)
                 "per_task": {t: {k: r[k] for k in ("episodes", "success_rate", "ci95")} for t, r in info["per_task"].items()},
                 "overall": {k: info["overall"][k] for k in ("episodes", "success_rate", "ci95")}}
 
-    return Cell(f"base-trial/{name}", RESULTS / f"{name}.json", key).run(work_)
+    return Cell(f"base-trial/{name}", result_path(name, episodes), key).run(work_)
+
+
+def result_path(name: str, episodes: int) -> Path:
+    return RESULTS / (f"{name}.json" if episodes == 20 else f"{name}-{episodes}ep.json")
 
 
 def keep_trial(name: str, work: Path) -> Path:
@@ -127,19 +133,21 @@ def report() -> None:
     selection = json.loads((ROOT / "benchmarks/results/archive/bench-base10k/selection.json").read_text())["result"]
     rows_by_name = {"kept base (reference)": ("the committed checkpoints/base-mt10, 10,000 steps", selection)}
     for name, (_, _, what) in TRIALS.items():
-        path = RESULTS / f"{name}.json"
-        if path.is_file():
-            rows_by_name[name] = (what, json.loads(path.read_text())["result"])
+        for episodes in (20, 50):
+            path = result_path(name, episodes)
+            if path.is_file():
+                label = name if episodes == 20 else f"{name} ({episodes} ep)"
+                rows_by_name[label] = (what, json.loads(path.read_text())["result"])
     tasks = list(selection["per_task"])
     rows = [(f"{name}: {what} - mean success over MT10 (95% CI)", percent(result["overall"]))
             for name, (what, result) in rows_by_name.items()]
     names = list(rows_by_name)
-    per_task = ["Success per task (20 held-out episodes each):", "",
+    per_task = ["Success per task (20 held-out episodes each; 50 where a column says so):", "",
                 "| task | " + " | ".join(names) + " |", "| --- |" + " --- |" * len(names)]
     per_task += [f"| {task} | " + " | ".join(f"{100 * rows_by_name[n][1]['per_task'][task]['success_rate']:.0f}%"
                                             for n in names) + " |" for task in tasks]
     figures = {name: result for name, (_, result) in rows_by_name.items()}
-    record("base_trials", figures, rows, "Base trials (stage 1 on MT10 x 50, closed loop on MT10, 20 held-out episodes per task)",
+    record("base_trials", figures, rows, "Base trials (stage 1 on MT10 x 50, closed loop on MT10, 20 held-out episodes per task unless said)",
            markdown=["\n".join(per_task)])
 
 
