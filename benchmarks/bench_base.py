@@ -11,9 +11,10 @@ Every trial is cached: the dataset is the one `stvla bench` collects (same direc
 training resumes from its checkpoint, the evaluation keeps finished episodes, and a finished trial's
 result lands in benchmarks/results/base_trials/<trial>.json (<trial>-<N>ep.json evaluated on N episodes
 per task instead of 20; the evaluation extends the 20 it has; commit them: the table resumes anywhere).
-The reference row is the kept base's own target selection (`stvla bench`, the same 20 held-out seeds
-per task). Writes benchmarks/results/base_trials.json and the "Base trials" section of BENCHMARKS.md,
-trials that lost included.
+The reference row is the first (10,000-step) base's own target selection (`stvla bench`, the same 20
+held-out seeds per task). Each trial changes the kept base's settings: since steps20k became the kept
+base, a trial run from then on starts from 20,000 steps. Writes benchmarks/results/base_trials.json
+and the "Base trials" section of BENCHMARKS.md, trials that lost included.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def percent(row: dict) -> str:
 
 def report() -> None:
     selection = json.loads((ROOT / "benchmarks/results/archive/bench-base10k/selection.json").read_text())["result"]
-    rows_by_name = {"kept base (reference)": ("the committed checkpoints/base-mt10, 10,000 steps", selection)}
+    rows_by_name = {"base10k (reference)": ("the first base (10,000 steps), its own target selection", selection)}
     for name, (_, _, what) in TRIALS.items():
         for episodes in (20, 50):
             path = result_path(name, episodes)

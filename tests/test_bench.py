@@ -154,7 +154,7 @@ def test_claims_compare_fine_tuned_rows_on_their_common_seeds():
 
 
 def test_the_committed_base_still_matches_the_protocol():
-    """A new field in TrainConfig or VLAConfig changes stage 1's key: the kept 45-minute base (and every
+    """A new field in TrainConfig or VLAConfig changes stage 1's key: the kept base (and every
     row evaluated from it) would silently be re-made. Such a field must not change the default protocol."""
     root = Path(__file__).resolve().parent.parent
     config = BenchConfig(repo=str(root))
@@ -172,7 +172,7 @@ def test_datasets_and_runs_made_otherwise_get_directories_of_their_own(tmp_path)
     directories = {bench.dataset_dir("pretrain-mt10") for bench in (plain, dart, larger)}
     assert directories == {tmp_path / "data" / name for name in ("pretrain-mt10", "pretrain-mt10-dart0.2",
                                                                   "pretrain-mt10-192px")}
-    longer = Bench(BenchConfig(out=str(tmp_path), stage1_steps=20000))
+    longer = Bench(BenchConfig(out=str(tmp_path), stage1_steps=2 * BenchConfig.stage1_steps))
     runs = {bench.stage1()[0].out for bench in (plain, dart, larger, longer)}
     keys = {json.dumps(bench.stage1()[1].config, sort_keys=True) for bench in (plain, dart, larger, longer)}
     assert len(runs) == 4 and len(keys) == 4
