@@ -172,8 +172,8 @@ def main() -> None:
         for name in names:
             data = TRIAL_DATA.get(name, {})
             bench = Bench(BenchConfig(repo=str(ROOT), workers=args.workers, **data))
-            suffix = "".join(f"-{v}px" if k == "image_size" else f"-dart{v}" for k, v in data.items())
-            dataset = bench.collect_cell(f"pretrain-mt10{suffix}", "mt10", 50, 0)
+            # The protocol's own pre-training set, in the directory its collection settings give it.
+            dataset = bench.collect_cell(bench.pretrain_name, "mt10", 50, 0)
             run_trial(name, dataset, Path(args.work), args.episodes, args.workers)
             report()
     report()
