@@ -11,6 +11,7 @@ import pytest
 
 from stvla.benchmark.protocol import Bench, BenchConfig, quick_preset
 from stvla.benchmark.cells import Cell
+from stvla.policies.base import read_checkpoint_config
 from stvla.policies.image_encoder import ImageEncoderConfig
 from stvla.policies.trunk import TrunkConfig
 from stvla.policies.vla import VLAConfig
@@ -40,7 +41,8 @@ def miniature(tmp_path_factory):
         stage2_steps=4, eval_episodes=2, max_steps=12, workers=1, videos=1, image_size=64, model=TINY,
         llarva_pretrain_tasks="reach-v3", llarva_pretrain_episodes=2, llarva_pretrain_steps=4,
         keep_base="checkpoints/base",
-        rows="base-zero-shot,base-finetuned,st-C-b30,zero-shot-traces,st-A-b30,llarva,llarva-no-pretrain")
+        rows="base-zero-shot,base-finetuned,st-C-b30,zero-shot-traces,st-A-b30,llarva,llarva-no-pretrain,"
+             "st-C-b30-traces-removed,base-finetuned-no-state")
     logs: list[str] = []
     return config, run_bench_logged(config, logs), logs
 
@@ -53,20 +55,21 @@ def test_quick_miniature_runs_every_stage(miniature):
     config, results, logs = miniature
     assert len(results["targets"]) == 1 and results["targets"][0] in ("reach-v3", "drawer-close-v3")
     assert set(results["cells"]) == {"base-zero-shot", "base-finetuned", "st-C-b30", "zero-shot-traces", "st-A-b30",
-                                     "llarva", "llarva-no-pretrain"}
+                                     "llarva", "llarva-no-pretrain", "st-C-b30-traces-removed",
+                                     "base-finetuned-no-state"}
     for by_seed in results["cells"].values():
         (cell,) = by_seed.values()
         assert len(cell["episodes"]) == 2 and cell["per_task"][results["targets"][0]]["episodes"] == 2
     report = (config.results_dir.parent.parent.parent / "BENCHMARKS.md").read_text()
     assert "Paper-reproduction benchmark, reduced" in report and "**Main table**" in report
     assert "ST-VLA > SpatialVLA-style base" in report and "LLARVA: instruction pre-training helps" in report
-    assert "| evaluation cells finished (a row and a training seed each) | 7 of 7 |" in report
+    assert "| evaluation cells finished (a row and a training seed each) | 9 of 9 |" in report
     minutes = json.loads((Path(config.repo) / config.keep_base / "cell.json").read_text())["result"]["minutes"]
     assert f"| stage-1 pre-training of the base: minutes | {minutes:.1f} |" in report
     recorded = [cell["minutes"] for by_seed in results["cells"].values() for cell in by_seed.values()]
     recorded.append(results["selection"]["minutes"])
     assert all(m > 0 for m in recorded)
-    assert f"| {sum(recorded):.1f} (8 of 8 cells recorded a time) |" in report
+    assert f"| {sum(recorded):.1f} (10 of 10 cells recorded a time) |" in report
     assert "**Trace use**" in report  # the traced rows' diagnostics (steps with traces, sensitivity)
     trace_rows = report.split("**Trace use**")[1].split("\n\n")[1].splitlines()[2:]
     assert trace_rows and all(line.count("|") == 7 for line in trace_rows)
@@ -101,7 +104,7 @@ def test_report_only_runs_nothing_and_reports_the_finished_cells(miniature, tmp_
     assert not [line for line in logs if line.endswith(": running")]
     assert set(report["cells"]) == set(first["cells"]) - {"st-A-b30"}
     text = (config.results_dir.parent.parent.parent / "BENCHMARKS.md").read_text()
-    assert "| evaluation cells finished (a row and a training seed each) | 6 of 7 |" in text
+    assert "| evaluation cells finished (a row and a training seed each) | 8 of 9 |" in text
     assert "| wall time of this call (cached cells not re-run): minutes | - (written by --report_only: no cell ran) |" in text
     with pytest.raises(RuntimeError, match="nothing to report yet"):
         Bench(dataclasses.replace(config, report_only=True, repo=str(tmp_path / "empty"), out=str(tmp_path / "o")),
@@ -119,6 +122,24 @@ def test_another_machine_resumes_from_the_kept_base_and_the_committed_results(mi
     assert not [line for line in logs if line.endswith(": running")]
     assert again["targets"] == first["targets"] and set(again["cells"]) == set(first["cells"])
     assert not (tmp_path / "empty").exists()  # no dataset collected, no checkpoint trained
+
+
+def test_traces_removed_at_test_time_and_rows_without_state(miniature):
+    """"Traces removed" evaluates the ST-VLA row's own checkpoint with raw depth in place of the traced; the
+    rows without state fine-tune a base pre-trained without the state token, kept beside the other."""
+    config, results, _ = miniature
+    stage2 = sorted(p.name.rsplit("-", 1)[0] for p in (Path(config.out) / "stage2").iterdir())
+    assert "st-C-b30-s0" in stage2 and not [name for name in stage2 if "removed" in name]  # no second fine-tune
+    removed = json.loads((Path(config.out) / "eval" / config.name / "st-C-b30-traces-removed-s0" / "eval_config.json")
+                         .read_text())
+    assert removed["remove_traces"] is True and removed["policy"].startswith(str(Path(config.out) / "stage2" / "st-C-b30-s0-"))
+    no_state_base = Path(config.repo) / f"{config.keep_base}-no-state"
+    assert read_checkpoint_config(no_state_base)[1]["vla"]["use_state"] is False
+    assert read_checkpoint_config(Path(config.repo) / config.keep_base)[1]["vla"].get("use_state", True) is True
+    (tuned,) = (Path(config.out) / "stage2").glob("base-finetuned-no-state-s0-*")
+    assert read_checkpoint_config(tuned / "policy")[1]["vla"]["use_state"] is False
+    report = (config.results_dir.parent.parent.parent / "BENCHMARKS.md").read_text()
+    assert "**Without state**" in report and "| ST-VLA reads its traces (as trained > traces removed at test time) |" in report
 
 
 def test_difference_interval_and_verdicts():

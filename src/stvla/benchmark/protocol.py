@@ -58,12 +58,18 @@ class Row:
     init: str = "base"  # fine-tuned from: "base" (stage 1), "llarva" / "llarva-no-traces" (LLARVA's instruction
     #                     pre-training with / without trace prediction), or "" (from scratch, every weight trained)
     trace_points: int = -1  # llarva: future trace points (-1: the policy's default; 0: no trace prediction)
+    traces_removed_from: str = ""  # evaluate that row's checkpoints (same weights) with the traces removed at test time
+    use_state: bool = True  # False: the papers' inputs (image, depth, instruction), from a base pre-trained without state
 
     def identity(self) -> dict[str, Any]:
-        """The row's settings as cache keys spell them (the trace settings flat, as before they were nested)."""
+        """The row's settings as cache keys spell them (the trace settings flat, as before they were nested;
+        a field added later only where it is set, so the cells recorded before it keep their keys)."""
         identity: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            identity.update(flat_trace_key(self.traces) if f.name == "traces" else {f.name: getattr(self, f.name)})
+            value = getattr(self, f.name)
+            if f.name in ("traces_removed_from", "use_state") and value == f.default:
+                continue
+            identity.update(flat_trace_key(self.traces) if f.name == "traces" else {f.name: value})
         return identity
 
 
@@ -87,7 +93,19 @@ ROWS: tuple[Row, ...] = (
     Row("llarva-no-traces", "LLARVA without trace prediction", "llarva", finetuned=True, init="llarva-no-traces",
         trace_points=0),
     Row("llarva-no-pretrain", "LLARVA without instruction pre-training", "llarva", finetuned=True, init=""),
+    # Does the policy read its traces? The ST-VLA row's own checkpoints, the traces removed at test time.
+    Row("st-C-b30-traces-removed", "ST-VLA fine-tuned, traces removed at test time", "st", finetuned=True,
+        traces=traced("C", 30), main=True, traces_removed_from="st-C-b30"),
+    # The papers' inputs: no proprio state, so where the gripper is must be read from the image. Last, as
+    # they need a base of their own (stage 1 again, without state).
+    Row("base-finetuned-no-state", "base fine-tuned, no state", "spatialvla", finetuned=True, main=True,
+        use_state=False),
+    Row("tracevla-no-state", "TraceVLA-style fine-tuned, no state", "tracevla", finetuned=True, main=True,
+        use_state=False),
+    Row("st-C-b30-no-state", "ST-VLA fine-tuned (C, b=30), no state", "st", finetuned=True, traces=traced("C", 30),
+        main=True, use_state=False),
 )
+ROW_BY_KEY = {row.key: row for row in ROWS}
 # LLARVA's instruction pre-training checkpoints, by the trace points they predict.
 LLARVA_PRETRAINING = {"llarva": -1, "llarva-no-traces": 0}
 
@@ -133,11 +151,10 @@ class BenchConfig:
         if not self.rows:
             return list(ROWS)
         wanted = [r.strip() for r in self.rows.split(",") if r.strip()]
-        known = {row.key: row for row in ROWS}
-        unknown = [key for key in wanted if key not in known]
+        unknown = [key for key in wanted if key not in ROW_BY_KEY]
         if unknown:
-            raise ValueError(f"unknown bench row(s) {unknown}; valid rows: {', '.join(known)}")
-        return [known[key] for key in wanted]
+            raise ValueError(f"unknown bench row(s) {unknown}; valid rows: {', '.join(ROW_BY_KEY)}")
+        return [ROW_BY_KEY[key] for key in wanted]
 
     @property
     def name(self) -> str:
@@ -178,7 +195,8 @@ class Bench:
         """A training run of the protocol: `fields`, and what every run of it shares (model, augmentation,
         weight average, and every episode trains: the protocol's budget, 52 in stage 2, holds none out)."""
         c = self.config
-        return TrainConfig(model=c.model, augment=copy.deepcopy(c.augment), ema=c.ema, val_episodes=0, **fields)
+        return TrainConfig(**{"model": c.model, "augment": copy.deepcopy(c.augment), "ema": c.ema, "val_episodes": 0,
+                              **fields})
 
     # --- data and stage 1 ----------------------------------------------------------------------------
     def dataset_dir(self, name: str) -> Path:
@@ -205,44 +223,53 @@ class Bench:
         tasks = self.config.pretrain_tasks
         return f"pretrain-{tasks if ',' not in tasks else config_hash({'tasks': tasks})[:8]}"
 
-    def stage1(self) -> tuple[TrainConfig, Cell]:
-        """Stage 1's training config, and the cell of the base kept in the repository (`keep_base`).
+    def stage1(self, use_state: bool = True) -> tuple[TrainConfig, Cell]:
+        """Stage 1's training config, and the cell of the base kept in the repository (`keep_base`; the
+        base without state, for the rows with the papers' inputs, beside it with the suffix -no-state).
 
         The cell is keyed by what makes the weights, not by where they were written, so the key holds on
         any machine; it also holds every field of TrainConfig and VLAConfig, so a new field there
         invalidates the kept base (a test guards the committed one)."""
         c = self.config
         dataset = self.dataset_dir(self.pretrain_name)
-        train_config = self.train_config(policy="spatialvla", dataset=str(dataset), out="", steps=c.stage1_steps, seed=0)
+        model = c.model if use_state else dataclasses.replace(c.model, use_state=False)
+        train_config = self.train_config(policy="spatialvla", dataset=str(dataset), out="", steps=c.stage1_steps, seed=0,
+                                         model=model)
         key = {"train": {k: v for k, v in train_config.key().items() if k not in ("dataset", "out")},
                "data": {"tasks": c.pretrain_tasks, "episodes": c.pretrain_episodes, "image_size": c.image_size,
                         **({"action_noise": c.action_noise} if c.action_noise else {})}}
         # One directory per configuration: another base's settings never try to resume this one's run.
         train_config.out = str(self.out / f"stage1-s0-{config_hash(key)[:8]}")
-        return train_config, Cell("stage1 (kept)", Path(c.repo) / c.keep_base / "cell.json", key)
+        suffix = "" if use_state else "-no-state"
+        return train_config, Cell(f"stage1{suffix} (kept)", Path(c.repo) / f"{c.keep_base}{suffix}" / "cell.json", key)
 
-    def base_checkpoint(self) -> Path:
+    def base_checkpoint(self, use_state: bool = True) -> Path | None:
         """The stage-1 base: given by `base`, kept in the repository by an earlier run (`keep_base`), or
-        pre-trained here on the pre-training set (and then kept)."""
+        pre-trained here on the pre-training set (and then kept). The base without state is always the
+        protocol's own; with report_only it is None until it has been made."""
         c = self.config
-        if c.base:
+        if c.base and use_state:
             return Path(c.base)
-        train_config, kept = self.stage1()
+        train_config, kept = self.stage1(use_state)
         kept_result = kept.finished() if c.keep_base else None
         if kept_result is not None:
-            self.log(f"[bench] stage1: kept in {kept.record.parent}")
-            self.stage1_minutes = kept_result["minutes"]
+            self.log(f"[bench] {kept.name.removesuffix(' (kept)')}: kept in {kept.record.parent}")
+            if use_state:
+                self.stage1_minutes = kept_result["minutes"]
             return kept.record.parent
 
         def pretrain() -> dict[str, Any]:
             self.collect_cell(self.pretrain_name, c.pretrain_tasks, c.pretrain_episodes, 0)
             return self._train(train_config)
 
-        trained = Cell("stage1", Path(train_config.out) / "cell.json", kept.config)
+        trained = Cell(kept.name.removesuffix(" (kept)"), Path(train_config.out) / "cell.json", kept.config)
         if c.report_only and trained.finished() is None:
+            if not use_state:
+                return None
             raise RuntimeError(f"report_only: no finished stage-1 base ({kept.record}, {trained.record}); nothing to report yet")
         result = trained.run(pretrain, self.log)
-        self.stage1_minutes = result["minutes"]
+        if use_state:
+            self.stage1_minutes = result["minutes"]
         policy = Path(result["policy"])
         if not c.keep_base:
             return policy
@@ -250,7 +277,7 @@ class Bench:
         kept.record.parent.mkdir(parents=True, exist_ok=True)
         for file in policy.iterdir():
             shutil.copyfile(file, kept.record.parent / file.name)
-        kept.run(lambda: {**result, "policy": c.keep_base}, self.log)
+        kept.run(lambda: {**result, "policy": f"{c.keep_base}{'' if use_state else '-no-state'}"}, self.log)
         return kept.record.parent
 
     @staticmethod
@@ -318,8 +345,11 @@ class Bench:
                                  FINETUNE_FIRST_ATTEMPT)
 
     def row_checkpoint(self, row: Row, seed: int, base: Path, targets: list[str]) -> Path:
-        """The checkpoint a row evaluates: a stage-2 fine-tune, or the base (with traces for zero-shot traces)."""
+        """The checkpoint a row evaluates: a stage-2 fine-tune from `base`, the base itself (with traces for
+        zero-shot traces), or the checkpoint of the row whose traces it removes at test time."""
         c = self.config
+        if row.traces_removed_from:
+            return self.row_checkpoint(ROW_BY_KEY[row.traces_removed_from], seed, base, targets)
         if not row.finetuned:
             if row.policy == "spatialvla":
                 return base
@@ -360,12 +390,14 @@ class Bench:
         return directory
 
     def evaluation_cell(self, name: str, checkpoint: Path | None, tasks: list[str], episodes: int,
-                        make_checkpoint=None, identity: dict[str, Any] | None = None) -> dict[str, Any] | None:
-        """Evaluate a checkpoint on `tasks`; the result is kept under `results` (small, committed).
-        With `report_only`, only a finished result is returned (None when there is none).
+                        make_checkpoint=None, identity: dict[str, Any] | None = None,
+                        remove_traces: bool = False) -> dict[str, Any] | None:
+        """Evaluate a checkpoint on `tasks` (a traced one with its traces removed, if `remove_traces`); the
+        result is kept under `results` (small, committed). With `report_only`, only a finished result is
+        returned (None when there is none).
 
-        `identity` is what the checkpoint is (for the cache key); `make_checkpoint` builds it only when
-        the evaluation has not run yet.
+        `identity` is what the checkpoint is and how it is evaluated (for the cache key); `make_checkpoint`
+        builds it only when the evaluation has not run yet.
         """
         c = self.config
         key = {"name": name, "tasks": tasks, "episodes": episodes, "max_steps": c.max_steps,
@@ -380,7 +412,7 @@ class Bench:
             path = checkpoint if checkpoint is not None else make_checkpoint()
             info = evaluate(EvalConfig(policy=str(path), tasks=",".join(tasks), episodes=episodes,
                                        max_steps=c.max_steps, workers=c.workers, videos=c.videos,
-                                       out=str(self.out / "eval" / c.name / name)))
+                                       remove_traces=remove_traces, out=str(self.out / "eval" / c.name / name)))
             keep = ("task", "attempt", "seed", "success", "subgoal", "steps", "trace_error_px", *TRACE_FIGURES)
             return {"per_task": info["per_task"], "overall": info["overall"],
                     "episodes": [{k: e[k] for k in keep if k in e} for e in info["episodes"]],
@@ -402,6 +434,7 @@ class Bench:
         self.log(f"[bench] target tasks: {', '.join(targets)}")
         seeds = c.seed_list()
         cells: dict[str, dict[int, Any]] = {}
+        bases = {True: base}  # by use_state; the base without state is made when its first row needs it
 
         def results() -> dict[str, Any]:
             return {"config": config_key(c), "targets": targets, "selection": selection,
@@ -414,17 +447,22 @@ class Bench:
             for row in c.row_list():
                 if position > 0 and not (row.main and row.finetuned):
                     continue
+                if row.use_state not in bases:
+                    bases[row.use_state] = self.base_checkpoint(use_state=row.use_state)
+                row_base = bases[row.use_state]
+                if row_base is None:  # report_only, and the base without state has not been made
+                    continue
                 llarva = row.init.startswith("llarva")
                 identity = {"row": row.identity(), "seed": seed if row.finetuned else None,
-                            "base": checkpoint_fingerprint(base) if row.init == "base" else None,
+                            "base": checkpoint_fingerprint(row_base) if row.init == "base" else None,
                             "llarva_pretrain": {"tasks": c.llarva_pretrain_tasks, "episodes": c.llarva_pretrain_episodes,
                                                 "steps": c.llarva_pretrain_steps} if llarva else None,
                             "stage2_steps": c.stage2_steps if row.finetuned else None,
                             "finetune": {"tasks": targets, "episodes": c.finetune_episodes} if row.finetuned else None}
                 result = self.evaluation_cell(
                     f"{row.key}-s{seed}", None, targets, c.eval_episodes,
-                    make_checkpoint=lambda row=row, seed=seed: self.row_checkpoint(row, seed, base, targets),
-                    identity=identity)
+                    make_checkpoint=lambda row=row, seed=seed, row_base=row_base: self.row_checkpoint(row, seed, row_base, targets),
+                    identity=identity, remove_traces=bool(row.traces_removed_from))
                 if result is None:  # report_only, and this cell has not finished
                     continue
                 cells.setdefault(row.key, {})[seed] = result

@@ -31,8 +31,15 @@ CLAIMS = (
      "LLARVA paper (RLBench, theirs): about +15 points with traces"),
     ("LLARVA: instruction pre-training helps", "llarva", "llarva-no-pretrain",
      "LLARVA paper (RLBench, theirs): about +17.5 points with pre-training"),
+    ("ST-VLA reads its traces (as trained > traces removed at test time)", "st-C-b30", "st-C-b30-traces-removed",
+     "not measured by the papers"),
+    ("no state: ST-VLA > SpatialVLA-style base", "st-C-b30-no-state", "base-finetuned-no-state",
+     "the papers' inputs: ST-VLA paper +4 points"),
+    ("no state: ST-VLA > TraceVLA-style", "st-C-b30-no-state", "tracevla-no-state",
+     "the papers' inputs: ST-VLA paper +19 points"),
 )
-MAIN_ROWS = ("base-zero-shot", "base-finetuned", "tracevla", "st-C-b30", "zero-shot-traces")
+MAIN_ROWS = ("base-zero-shot", "base-finetuned", "tracevla", "st-C-b30", "zero-shot-traces", "st-C-b30-traces-removed")
+NO_STATE_ROWS = ("base-finetuned-no-state", "tracevla-no-state", "st-C-b30-no-state")
 VARIANT_ROWS = ("st-A-b30", "st-B-b30", "st-C-b30")
 BUFFER_ROWS = ("st-C-b7", "st-C-b15", "st-C-b30")
 LLARVA_ROWS = ("llarva", "llarva-no-traces", "llarva-no-pretrain")
@@ -215,11 +222,15 @@ def write_report(results: dict[str, Any], config) -> Path:
     markdown += floor_ceiling_notes(results, MAIN_ROWS)
     markdown += ["", "**Sub-goal rate** (near the object or grasped at some step), same rows.", ""]
     markdown += success_table(results, MAIN_ROWS, labels, first_seed_only=False, metric="subgoal")
+    table = success_table(results, NO_STATE_ROWS, labels, first_seed_only=False)
+    if len(table) > 2:  # a table only once one of its rows has finished
+        markdown += ["", "**Without state** (the papers' inputs: image, depth and instruction; a base pre-trained "
+                     "alike without the state token), pooled over the training seeds.", ""] + table
     for title, keys in (("Trace variants", VARIANT_ROWS), ("Trace buffers", BUFFER_ROWS)):
         table = success_table(results, keys, labels, first_seed_only=True)
-        if len(table) > 2:  # a table only once one of its rows has finished
+        if len(table) > 2:
             markdown += ["", f"**{title}** (first seed of each row).", ""] + table
-    table = trace_use_table(results, tuple(dict.fromkeys(MAIN_ROWS + VARIANT_ROWS + BUFFER_ROWS)), labels)
+    table = trace_use_table(results, tuple(dict.fromkeys(MAIN_ROWS + NO_STATE_ROWS + VARIANT_ROWS + BUFFER_ROWS)), labels)
     if len(table) > 2:  # only once an evaluation measured its traces
         markdown += ["", "**Trace use** (stvla eval's diagnostics: does the policy read its traces?).", ""] + table
     llarva_keys = tuple(k for k in LLARVA_ROWS if _row_cells(results, k))
