@@ -4,7 +4,9 @@
 
 Clones this repository's HEAD into a temporary directory (nothing of this checkout's .venv or runs/
 comes along), runs `make demo` there, and records the wall time of the install and of the job, the
-per-task success the job printed, and the machine's load while it ran (other work slows it).
+per-task success the job printed, and the machine's load while it ran (other work slows it). Then,
+outside the timed job, the kept base is evaluated zero-shot on the same tasks and held-out episodes:
+what the fine-tuning added.
 Writes benchmarks/results/demo.json and the "Main job" section of BENCHMARKS.md.
 """
 
@@ -21,6 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, record  # noqa: E402
+
+
+def percent(row: dict) -> str:
+    low, high = row["ci95"]
+    return f"{100 * row['success_rate']:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
 
 
 def run(command: list[str], cwd: Path, log) -> float:
@@ -43,6 +50,12 @@ def main() -> None:
         demo_s = run(["make", "demo"], clone, log)
     info = json.loads((clone / "runs/demo/eval/eval_info.json").read_text())
     config = json.loads((clone / "runs/demo/st/train_config.json").read_text())
+    evaluated = json.loads((clone / "runs/demo/eval/eval_config.json").read_text())
+    with (parent / "demo.log").open("a") as log:  # the base before fine-tuning, on the same held-out episodes
+        run([str(clone / ".venv/bin/stvla"), "eval", "--policy", "checkpoints/base-mt10", "--tasks", evaluated["tasks"],
+             "--episodes", str(evaluated["episodes"]), "--workers", "2", "--videos", "0",
+             "--out", "runs/demo/eval-base"], clone, log)
+    zero_shot = json.loads((clone / "runs/demo/eval-base/eval_info.json").read_text())
     figures = {
         "install_minutes": round(install_s / 60, 2),
         "demo_minutes": round(demo_s / 60, 2),
@@ -50,6 +63,8 @@ def main() -> None:
         "per_task": {task: {k: row[k] for k in ("episodes", "success_rate", "ci95", "subgoal_rate")}
                      for task, row in info["per_task"].items()},
         "overall": {k: info["overall"][k] for k in ("episodes", "success_rate", "ci95", "subgoal_rate")},
+        "base_zero_shot": {task: {k: row[k] for k in ("episodes", "success_rate", "ci95")}
+                           for task, row in [*zero_shot["per_task"].items(), ("overall", zero_shot["overall"])]},
         "init": config["init"], "steps": config["steps"],
         "load_average_at_start": round(load_before, 2), "load_average_at_end": round(os.getloadavg()[0], 2),
         "log": str(parent / "demo.log"),
@@ -60,10 +75,10 @@ def main() -> None:
          f"{figures['demo_minutes']}"),
     ]
     for task, row in [*figures["per_task"].items(), ("overall", figures["overall"])]:
-        low, high = row["ci95"]
+        before = figures["base_zero_shot"].get(task)
         rows.append((f"success of the fine-tuned `st` policy, {task} ({row['episodes']} held-out episodes)",
-                     f"{100 * row['success_rate']:.0f}% [{100 * low:.0f}, {100 * high:.0f}]; "
-                     f"sub-goal {100 * row['subgoal_rate']:.0f}%"))
+                     f"{percent(row)}; sub-goal {100 * row['subgoal_rate']:.0f}%"
+                     + (f"; the base before fine-tuning: {percent(before)}" if before else "")))
     rows.append(("machine load average (1 min) at the start / end: other work running beside it slows the job",
                  f"{figures['load_average_at_start']} / {figures['load_average_at_end']}"))
     print(json.dumps(figures, indent=1))
