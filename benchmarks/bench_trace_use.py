@@ -30,7 +30,7 @@ def percent(row: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default="runs/demo/st/policy", help="a traced policy (st or tracevla)")
-    parser.add_argument("--tasks", default="window-open-v3,peg-insert-side-v3", help="evaluation tasks")
+    parser.add_argument("--tasks", default="button-press-wall-v3,door-close-v3", help="evaluation tasks (default: the main job's)")
     parser.add_argument("--episodes", type=int, default=20, help="held-out episodes per task")
     parser.add_argument("--workers", type=int, default=2, help="evaluation processes")
     parser.add_argument("--work", default="runs/bench-trace-use", help="directory for the evaluations")
