@@ -1,10 +1,11 @@
 """Ways of giving a policy history, side by side, on a task where one frame is not enough
 (`reach-moving-v3`: the goal moves; stvla.envs.variants): no history (the SpatialVLA-style base), the
 previous frames stacked as extra image input, traces on RGB (TraceVLA), traces in depth (ST-VLA), and
-traces in depth with the adaptive selection that keeps slow motion (ours), each trained from scratch
-with the same data, steps and training seeds, and evaluated on the same held-out episodes.
+traces in depth with the adaptive selection that keeps slow motion (ours) or drawn wider, each
+trained from scratch with the same data, steps and training seeds, and evaluated on the same
+held-out episodes.
 
-    python benchmarks/bench_history.py [--rows base,stack2,tracevla,st,st-adaptive] [--seeds 0,1,2]
+    python benchmarks/bench_history.py [--rows base,stack2,tracevla,st,st-adaptive,st-thick6] [--seeds 0,1,2]
                                        [--steps 1000] [--episodes 50]
 
 Every (row, seed) is a cached cell (benchmarks/results/history/<row>[-s<seed>].json): a killed run
@@ -17,6 +18,7 @@ benchmarks/results/history.json and the "History" section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import sys
 from pathlib import Path
@@ -32,16 +34,22 @@ from stvla.evaluate import EvalConfig, evaluate  # noqa: E402
 from stvla.evaluate.stats import wilson_interval  # noqa: E402
 from stvla.policies.vla import VLAConfig  # noqa: E402
 from stvla.traces import TraceConfig  # noqa: E402
+from stvla.traces.drawing import DepthDrawConfig  # noqa: E402
 from stvla.traces.selection import SelectionConfig  # noqa: E402
 from stvla.train import TrainConfig, train  # noqa: E402
 
 TASK = "reach-moving-v3"
-ROWS: dict[str, tuple[str, dict, dict, str]] = {  # row -> (policy type, model changes, trace selection changes, what it is)
-    "base": ("spatialvla", {}, {}, "no history (SpatialVLA-style: RGB + Ego3D, the current frame)"),
-    "stack2": ("spatialvla", {"previous_frames": 2}, {}, "the 2 previous frames stacked as extra image input"),
-    "tracevla": ("tracevla", {}, {}, "traces on a second RGB image (TraceVLA)"),
-    "st": ("st", {}, {}, "traces in depth (ST-VLA, variant C, b = 30)"),
-    "st-adaptive": ("st", {}, {"adaptive": True}, "traces in depth, adaptive selection (slow motion kept; ours)"),
+ROWS: dict[str, tuple[str, dict, TraceConfig, str]] = {  # row -> (policy type, model changes, traces, what it is)
+    "base": ("spatialvla", {}, TraceConfig(), "no history (SpatialVLA-style: RGB + Ego3D, the current frame)"),
+    "stack2": ("spatialvla", {"previous_frames": 2}, TraceConfig(), "the 2 previous frames stacked as extra image input"),
+    "tracevla": ("tracevla", {}, TraceConfig(), "traces on a second RGB image (TraceVLA)"),
+    "st": ("st", {}, TraceConfig(), "traces in depth (ST-VLA, variant C, b = 30)"),
+    "st-adaptive": ("st", {}, TraceConfig(selection=SelectionConfig(adaptive=True)),
+                    "traces in depth, adaptive selection (slow motion kept; ours)"),
+    # Ego3D reads depth as sub-cell means (8 x 8 px at 128 px), where a 2 px trace moves the mean by a
+    # quarter of its depth change at most: do wider traces get read?
+    "st-thick6": ("st", {}, TraceConfig(depth=DepthDrawConfig(thickness=6.0)),
+                  "traces in depth, 6 px wide instead of 2 (ST-VLA, variant C, b = 30)"),
 }
 RESULTS = ROOT / "benchmarks" / "results" / "history"
 
@@ -78,11 +86,11 @@ def main() -> None:
     results: dict[str, dict[int, dict]] = {name: {} for name in names}
     for seed in seeds:
         for name in names:
-            policy, model_changes, selection_changes, _ = ROWS[name]
-            traces = TraceConfig(selection=dataclasses.replace(SelectionConfig(), **selection_changes))
+            policy, model_changes, traces, _ = ROWS[name]
             run_dir = work / (name if seed == 0 else f"{name}-s{seed}")
             config = TrainConfig(policy=policy, dataset=data.out, out=str(run_dir), steps=args.steps, seed=seed,
-                                 val_episodes=0, model=dataclasses.replace(VLAConfig(), **model_changes), traces=traces)
+                                 val_episodes=0, model=dataclasses.replace(VLAConfig(), **model_changes),
+                                 traces=copy.deepcopy(traces))
             key = {"train": {k: v for k, v in config.key().items() if k not in ("dataset", "out")},
                    "data": config_key(data), "eval": {"episodes": args.episodes, "max_steps": args.max_steps}}
 
