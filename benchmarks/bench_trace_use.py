@@ -46,9 +46,12 @@ def main() -> None:
         a = traced["overall"] if task == "overall" else traced["per_task"][task]
         b = removed["overall"] if task == "overall" else removed["per_task"][task]
         rows.append((f"{task}: success with traces / traces removed at test time", f"{percent(a)} / {percent(b)}"))
-        rows.append((f"{task}: steps with traces; share of depth pixels they change; action change without them "
-                     f"(mean L2 per action, robot units) against the actions' own mean L2",
+        tokens = a.get("trace_token_change")
+        rows.append((f"{task}: steps with traces; share of depth pixels they change; share of the image tokens they "
+                     f"change (relative L2); action change without them (mean L2 per action, robot units) against "
+                     f"the actions' own mean L2",
                      f"{100 * a['trace_step_share']:.0f}%; {100 * (a['traced_pixel_share'] or 0):.2f}%; "
+                     + ("n/a; " if tokens is None else f"{100 * tokens:.2f}%; ")
                      + ("n/a" if a["trace_sensitivity"] is None else
                         f"{a['trace_sensitivity']:.4f} of {a['action_norm']:.3f}")))
     figures = {name: {"per_task": run["per_task"], "overall": run["overall"]} for name, run in runs.items()}

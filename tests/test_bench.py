@@ -72,7 +72,7 @@ def test_quick_miniature_runs_every_stage(miniature):
     assert f"| {sum(recorded):.1f} (10 of 10 cells recorded a time) |" in report
     assert "**Trace use**" in report  # the traced rows' diagnostics (steps with traces, sensitivity)
     trace_rows = report.split("**Trace use**")[1].split("\n\n")[1].splitlines()[2:]
-    assert trace_rows and all(line.count("|") == 7 for line in trace_rows)
+    assert trace_rows and all(line.count("|") == 8 for line in trace_rows)
     llarva_line = next(line for line in report.splitlines() if line.startswith("| LLARVA (instruction"))
     assert llarva_line.rstrip(" |").split("|")[-1].strip() != "-"  # a measured trace error
     stored = json.loads((config.results_dir.parent / "bench_quick.json").read_text())

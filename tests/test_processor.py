@@ -299,6 +299,8 @@ def test_trace_diagnostics_measure_the_traces_and_removing_them_is_the_counterfa
     assert len(diagnostics.sensitivities) == diagnostics.steps_with_traces  # n_action_steps 1: a chunk a step
     assert figures["trace_sensitivity"] > 0  # random weights still read their inputs
     assert figures["action_norm"] > 0 and len(diagnostics.action_norms) == len(diagnostics.sensitivities)
+    assert len(diagnostics.token_changes) == len(diagnostics.sensitivities)
+    assert 0 < figures["trace_token_change"] < 1  # the image tokens the traces reach moved, not all of them
     # Acting without traces: what enters the model is the untraced frame (raw depth; the plain image twice).
     policy.remove_traces = True
     policy.trace_diagnostics = None

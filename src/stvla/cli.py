@@ -129,8 +129,10 @@ def _eval(args: argparse.Namespace) -> int:
     overall = info["overall"]
     if overall.get("trace_step_share") is not None:
         share, pixels, moved = (overall[k] for k in ("trace_step_share", "traced_pixel_share", "trace_sensitivity"))
-        print(f"traces: on {100 * share:.0f}% of steps, {100 * (pixels or 0):.2f}% of the input's pixels when drawn; "
-              f"action change without them: " + ("n/a" if moved is None else
+        tokens = overall.get("trace_token_change")
+        print(f"traces: on {100 * share:.0f}% of steps, {100 * (pixels or 0):.2f}% of the input's pixels when drawn"
+              + ("" if tokens is None else f", {100 * tokens:.2f}% of the image tokens they reach (relative L2)")
+              + "; action change without them: " + ("n/a" if moved is None else
                                                  f"{moved:.4f} (mean L2 per action; actions {overall['action_norm']:.3f})"))
     videos = [e["video"] for e in info["episodes"] if e["video"]]
     print(f"results: {config.out}/eval_info.json" + (f"; a video: {videos[0]}" if videos else ""))

@@ -107,8 +107,8 @@ def trace_error_text(cells: list[dict[str, Any]]) -> str:
 def trace_use_table(results: dict[str, Any], keys: tuple[str, ...], labels: dict[str, str]) -> list[str]:
     """Per traced row, what its traces did in the evaluation (stvla eval's diagnostics, over every episode of
     its cells that measured them): steps with traces, pixels changed, and the action change without them."""
-    lines = ["| row | episodes | steps with traces | input pixels changed | action change without traces "
-             "(mean L2) | actions (mean L2) |", "| --- | --- | --- | --- | --- | --- |"]
+    lines = ["| row | episodes | steps with traces | input pixels changed | image tokens changed (relative L2) "
+             "| action change without traces (mean L2) | actions (mean L2) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for key in keys:
         episodes = [e for cell in _row_cells(results, key) for e in cell["episodes"]
                     if e.get("trace_step_share") is not None]
@@ -119,9 +119,10 @@ def trace_use_table(results: dict[str, Any], keys: tuple[str, ...], labels: dict
             values = [e[name] for e in episodes if e.get(name) is not None]
             return sum(values) / len(values) if values else None
 
-        moved, scale = mean("trace_sensitivity"), mean("action_norm")
+        moved, scale, tokens = mean("trace_sensitivity"), mean("action_norm"), mean("trace_token_change")
         lines.append(f"| {labels[key]} | {len(episodes)} | {100 * mean('trace_step_share'):.0f}% | "
                      f"{100 * (mean('traced_pixel_share') or 0):.2f}% | "
+                     f"{'-' if tokens is None else f'{100 * tokens:.2f}%'} | "
                      f"{'-' if moved is None else f'{moved:.4f}'} | {'-' if scale is None else f'{scale:.3f}'} |")
     return lines
 

@@ -194,7 +194,7 @@ def predicted_trace_error(predictions: dict[int, np.ndarray], path: dict[str, li
     return float(np.mean([trace_error_px(trace, targets[step], masks[step]) for step, trace in predictions.items()]))
 
 
-TRACE_FIGURES = ("trace_step_share", "traced_pixel_share", "trace_sensitivity", "action_norm")  # TraceDiagnostics.summary()
+TRACE_FIGURES = ("trace_step_share", "traced_pixel_share", "trace_sensitivity", "action_norm", "trace_token_change")  # TraceDiagnostics.summary()
 
 # Worker side: the policy loaded once per process, one simulator per task.
 _WORKER: dict[str, Any] = {}

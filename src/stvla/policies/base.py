@@ -124,10 +124,24 @@ class Policy(nn.Module):
         """The chunk to act on; measuring the traces, also how far it moves without them (same weights)."""
         chunk = self._predict_chunk(frame)
         if self.trace_diagnostics is not None and self.processor.tracer is not None and frame[F.HAS_TRACES]:
-            without = self._predict_chunk(self.processor.untraced(frame))
+            untraced = self.processor.untraced(frame)
+            without = self._predict_chunk(untraced)
             self.trace_diagnostics.sensitivities.append(float(np.linalg.norm(chunk - without, axis=-1).mean()))
             self.trace_diagnostics.action_norms.append(float(np.linalg.norm(chunk, axis=-1).mean()))
+            traced_tokens, untraced_tokens = self._image_tokens(frame), self._image_tokens(untraced)
+            change = torch.linalg.vector_norm(traced_tokens - untraced_tokens) / torch.linalg.vector_norm(traced_tokens)
+            self.trace_diagnostics.token_changes.append(float(change))
         return chunk
+
+    @torch.no_grad()
+    def _image_tokens(self, frame: dict[str, Any]) -> torch.Tensor:
+        """The image tokens traces can reach for one frame, every image's patches in one tensor."""
+        was_training = self.training
+        self.eval()
+        inputs = self.processor.model_inputs(batch_of_one(frame), rng=self.processor.rng)
+        tokens = torch.cat(self.model.image_tokens(batch_to(inputs, self.device)), dim=1)
+        self.train(was_training)
+        return tokens
 
     def _predict_chunk(self, frame: dict[str, Any], processor: InputProcessor | None = None) -> np.ndarray:
         """(chunk_size, action_dim) actions for one frame (and LLARVA's predicted path, kept). `processor`:
@@ -212,21 +226,25 @@ class Policy(nn.Module):
 @dataclass
 class TraceDiagnostics:
     """What a traced policy's traces did over one episode (`stvla eval`): on how many steps there were
-    traces, how much of the input they changed, and how far the decoded action chunk moves when they are
-    removed (the counterfactual forward, same weights, at every chunk predicted with traces)."""
+    traces, how much of the input they changed, how much of the image tokens they reach (the relative
+    change of the tokens traces can enter: ST-VLA's through Ego3D, TraceVLA's second image), and how far
+    the decoded action chunk moves when they are removed (the counterfactual forward, same weights, at
+    every chunk predicted with traces)."""
 
     steps: int = 0  # control steps
     steps_with_traces: int = 0  # of which the tracer drew traces
     traced_pixels: float = 0.0  # sum over those steps of the share of input pixels the traces changed
     sensitivities: list[float] = field(default_factory=list)  # per chunk with traces: mean L2 of its actions' change
     action_norms: list[float] = field(default_factory=list)  # per chunk with traces: mean L2 of its actions (the scale)
+    token_changes: list[float] = field(default_factory=list)  # per chunk with traces: |tokens - untraced tokens| / |tokens|
 
     def summary(self) -> dict[str, float | None]:
         with_traces = self.steps_with_traces
         return {"trace_step_share": with_traces / self.steps if self.steps else None,
                 "traced_pixel_share": self.traced_pixels / with_traces if with_traces else None,
                 "trace_sensitivity": float(np.mean(self.sensitivities)) if self.sensitivities else None,
-                "action_norm": float(np.mean(self.action_norms)) if self.action_norms else None}
+                "action_norm": float(np.mean(self.action_norms)) if self.action_norms else None,
+                "trace_token_change": float(np.mean(self.token_changes)) if self.token_changes else None}
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

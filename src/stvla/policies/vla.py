@@ -168,9 +168,9 @@ class SmallVLA(nn.Module):
             tokens = tokens + self.ego3d(depth, intrinsics, self.config.patch_size)
         return tokens
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Logits per action-token kind, each (B, chunk_size, classes); with trace_points, also "trace":
-        (B, trace_points, 2) future end-effector pixels normalised to [0, 1] by the image size."""
+    def image_tokens(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """The tokens of the images traces can reach, each (B, patches, width): the current image's (its
+        depth enters through Ego3D: ST-VLA's traces) and, with two images, the traced RGB's (TraceVLA's)."""
         images = batch[F.RGB]
         size = self.config.image_size
         if images.shape[-2:] != (size, size):
@@ -179,6 +179,16 @@ class SmallVLA(nn.Module):
         intrinsics = batch.get(F.INTRINSICS)
         if self.ego3d is not None and (depth is None or intrinsics is None):
             raise ValueError(f"this policy encodes depth: the batch needs {F.DEPTH} and {F.INTRINSICS}")
+        tokens = [self.encode_image(images, 0, depth, intrinsics)]
+        if self.config.two_images:
+            tokens.append(self.encode_image(batch[F.TRACED_RGB], 1, depth, intrinsics))
+        return tokens
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Logits per action-token kind, each (B, chunk_size, classes); with trace_points, also "trace":
+        (B, trace_points, 2) future end-effector pixels normalised to [0, 1] by the image size."""
+        images = batch[F.RGB]
+        current, *traced = self.image_tokens(batch)
         batch_size = len(images)
         if self.config.language == "prompt":
             language, language_mask = self.prompt_tokens(batch[F.PROMPT])
@@ -190,13 +200,12 @@ class SmallVLA(nn.Module):
         parts = [language]
         if self.state is not None:
             parts.append(self.state(self.state_normalizer.normalize(batch[F.STATE])).unsqueeze(1))
-        parts.append(self.encode_image(images, 0, depth, intrinsics))
+        parts.append(current)
         if self.config.previous_frames:  # (B, 3k, H, W): the frames before, oldest first, without Ego3D
             for i, previous in enumerate(batch[F.PREVIOUS_RGB].split(3, dim=1)):
                 parts.append(self.image_encoder(previous) + self.patch_position + self.previous_index[i])
         if self.config.two_images:
-            traced = batch[F.TRACED_RGB]
-            parts += [self.separator.expand(batch_size, -1, -1), self.encode_image(traced, 1, depth, intrinsics)]
+            parts += [self.separator.expand(batch_size, -1, -1), *traced]
         if self.config.trace_points:
             parts.append(self.trace_query.expand(batch_size, -1, -1))
         parts.append(self.action_queries.expand(batch_size, -1, -1))
