@@ -6,13 +6,14 @@ trained from scratch with the same data, steps and training seeds, and evaluated
 held-out episodes.
 
     python benchmarks/bench_history.py [--rows base,stack2,tracevla,st,st-adaptive,st-thick6] [--seeds 0,1,2]
-                                       [--steps 1000] [--episodes 50]
+                                       [--steps 1000] [--episodes 50] [--report_only]
 
 Every (row, seed) is a cached cell (benchmarks/results/history/<row>[-s<seed>].json): a killed run
 resumes, finished cells are not re-run; every row's first seed runs before any row's second. Success
 is pooled over a row's finished seeds (Wilson 95% interval), and each row is compared with "no
 history" on the seeds both have (Newcombe 95% interval of the difference). Writes
-benchmarks/results/history.json and the "History" section of BENCHMARKS.md.
+benchmarks/results/history.json and the "History" section of BENCHMARKS.md (`--report_only`: from the
+cells finished so far, running nothing, e.g. beside a running one).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=50, help="held-out evaluation episodes")
     parser.add_argument("--max_steps", type=int, default=80, help="steps before an episode fails")
     parser.add_argument("--work", default="runs/bench-history", help="directory for data, runs and evaluations")
+    parser.add_argument("--report_only", action="store_true", help="run nothing: report the cells finished so far")
     args = parser.parse_args()
     names = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [name for name in names if name not in ROWS]
@@ -82,7 +84,8 @@ def main() -> None:
     work = Path(args.work)
     data = CollectConfig(task=TASK, episodes=args.demos, out=str(work / "data"), resume=True, workers=2,
                          max_steps=args.max_steps)
-    Cell("history/data", work / "data.cell.json", config_key(data)).run(lambda: collect(data).as_dict())
+    if not args.report_only:
+        Cell("history/data", work / "data.cell.json", config_key(data)).run(lambda: collect(data).as_dict())
     results: dict[str, dict[int, dict]] = {name: {} for name in names}
     for seed in seeds:
         for name in names:
@@ -100,7 +103,11 @@ def main() -> None:
                                            max_steps=args.max_steps, videos=1, out=str(run_dir / "eval")))
                 return {"overall": info["overall"]}
 
-            results[name][seed] = Cell(f"history/{name}-s{seed}", cell_file(name, seed), key).run(work_)
+            cell = Cell(f"history/{name}-s{seed}", cell_file(name, seed), key)
+            result = cell.finished() if args.report_only else cell.run(work_)
+            if result is not None:
+                results[name][seed] = result
+    results = {name: by_seed for name, by_seed in results.items() if by_seed}
     report(results, args)
 
 
