@@ -122,7 +122,7 @@ class BenchConfig:
     quick: bool = False  # the reduced protocol (fewer tasks, episodes and steps; under 20 minutes)
     pretrain_tasks: str = "mt10"  # pre-training tasks, also the candidates for the targets
     pretrain_episodes: int = 50  # expert episodes per pre-training task
-    base: str = ""  # a stage-1 checkpoint to start from instead of pre-training one here
+    base: str = ""  # a stage-1 checkpoint to start from instead of pre-training one here (the rows without state pre-train their own)
     keep_base: str = "checkpoints/base-mt10"  # the pre-trained base is kept here, inside `repo` (committed: the table and the main job resume from it on any machine); "" keeps it under `out` only
     stage1_steps: int = 20000  # stage-1 optimiser steps (batch 32; about 17 epochs of MT10 x 50; 20,000 beat 10,000 in the base trials)
     selection_episodes: int = 20  # evaluation episodes per candidate task when choosing the targets
