@@ -1,19 +1,20 @@
 """Ways of giving a policy history, side by side, on a task where one frame is not enough
-(`reach-moving-v3`: the goal moves; stvla.envs.variants): no history (the SpatialVLA-style base), the
-previous frames stacked as extra image input, traces on RGB (TraceVLA), traces in depth (ST-VLA), and
-traces in depth with the adaptive selection that keeps slow motion (ours) or drawn wider, each
-trained from scratch with the same data, steps and training seeds, and evaluated on the same
-held-out episodes.
+(stvla.envs.variants: `reach-moving-v3`, the goal moves; `reach-moving-hidden-v3`, it is also hidden
+for a while): no history (the SpatialVLA-style base), the previous frames stacked as extra image
+input, traces on RGB (TraceVLA), traces in depth (ST-VLA), and traces in depth with the adaptive
+selection that keeps slow motion (ours) or drawn wider, each trained from scratch with the same data,
+steps and training seeds, and evaluated on the same held-out episodes.
 
-    python benchmarks/bench_history.py [--rows base,stack2,tracevla,st,st-adaptive,st-thick6] [--seeds 0,1,2]
-                                       [--steps 1000] [--episodes 50] [--report_only]
+    python benchmarks/bench_history.py [--task reach-moving-v3] [--seeds 0,1,2] [--steps 1000]
+        [--rows base,stack2,tracevla,st,st-adaptive,st-thick6] [--episodes 50] [--report_only]
 
-Every (row, seed) is a cached cell (benchmarks/results/history/<row>[-s<seed>].json): a killed run
-resumes, finished cells are not re-run; every row's first seed runs before any row's second. Success
-is pooled over a row's finished seeds (Wilson 95% interval), and each row is compared with "no
-history" on the seeds both have (Newcombe 95% interval of the difference). Writes
-benchmarks/results/history.json and the "History" section of BENCHMARKS.md (`--report_only`: from the
-cells finished so far, running nothing, e.g. beside a running one).
+Every (row, seed) is a cached cell (benchmarks/results/history[_<task>]/<row>[-s<seed>].json, the
+task named unless it is reach-moving-v3): a killed run resumes, finished cells are not re-run; every
+row's first seed runs before any row's second. Success is pooled over a row's finished seeds (Wilson
+95% interval), and each row is compared with "no history" on the seeds both have (Newcombe 95%
+interval of the difference). Writes benchmarks/results/history[_<task>].json and its section of
+BENCHMARKS.md (`--report_only`: from the cells finished so far, running nothing, e.g. beside a
+running one).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from stvla.benchmark.report import difference  # noqa: E402
 from stvla.config import config_key  # noqa: E402
 from stvla.data import CollectConfig, collect  # noqa: E402
 from stvla.evaluate import EvalConfig, evaluate  # noqa: E402
+from stvla.envs.variants import VARIANTS  # noqa: E402
 from stvla.evaluate.stats import wilson_interval  # noqa: E402
 from stvla.policies.vla import VLAConfig  # noqa: E402
 from stvla.traces import TraceConfig  # noqa: E402
@@ -39,7 +41,7 @@ from stvla.traces.drawing import DepthDrawConfig  # noqa: E402
 from stvla.traces.selection import SelectionConfig  # noqa: E402
 from stvla.train import TrainConfig, train  # noqa: E402
 
-TASK = "reach-moving-v3"
+DEFAULT_TASK = "reach-moving-v3"
 ROWS: dict[str, tuple[str, dict, TraceConfig, str]] = {  # row -> (policy type, model changes, traces, what it is)
     "base": ("spatialvla", {}, TraceConfig(), "no history (SpatialVLA-style: RGB + Ego3D, the current frame)"),
     "stack2": ("spatialvla", {"previous_frames": 2}, TraceConfig(), "the 2 previous frames stacked as extra image input"),
@@ -52,7 +54,6 @@ ROWS: dict[str, tuple[str, dict, TraceConfig, str]] = {  # row -> (policy type, 
     "st-thick6": ("st", {}, TraceConfig(depth=DepthDrawConfig(thickness=6.0)),
                   "traces in depth, 6 px wide instead of 2 (ST-VLA, variant C, b = 30)"),
 }
-RESULTS = ROOT / "benchmarks" / "results" / "history"
 
 
 def percent(successes: int, episodes: int) -> str:
@@ -60,9 +61,14 @@ def percent(successes: int, episodes: int) -> str:
     return f"{100 * successes / episodes:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
 
 
-def cell_file(name: str, seed: int) -> Path:
+def results_name(task: str) -> str:
+    """The results' name: `history` for the default task (as before there were others), else per task."""
+    return "history" if task == DEFAULT_TASK else f"history_{task}"
+
+
+def cell_file(task: str, name: str, seed: int) -> Path:
     """The first seed keeps the name the cells had before there were seeds."""
-    return RESULTS / (f"{name}.json" if seed == 0 else f"{name}-s{seed}.json")
+    return ROOT / "benchmarks" / "results" / results_name(task) / (f"{name}.json" if seed == 0 else f"{name}-s{seed}.json")
 
 
 def main() -> None:
@@ -73,7 +79,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="training steps of every row (batch 32)")
     parser.add_argument("--episodes", type=int, default=50, help="held-out evaluation episodes")
     parser.add_argument("--max_steps", type=int, default=80, help="steps before an episode fails")
-    parser.add_argument("--work", default="runs/bench-history", help="directory for data, runs and evaluations")
+    parser.add_argument("--task", default=DEFAULT_TASK, help="a history-needing task (stvla.envs.variants)")
+    parser.add_argument("--work", default="", help="directory for data, runs and evaluations (default: "
+                        "runs/bench-history, or runs/bench-history-<task> for another task)")
     parser.add_argument("--report_only", action="store_true", help="run nothing: report the cells finished so far")
     args = parser.parse_args()
     names = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -81,8 +89,10 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown row(s) {unknown}; valid: {', '.join(ROWS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    work = Path(args.work)
-    data = CollectConfig(task=TASK, episodes=args.demos, out=str(work / "data"), resume=True, workers=2,
+    if args.task not in VARIANTS:
+        parser.error(f"--task {args.task!r} is not a history-needing variant; valid: {', '.join(VARIANTS)}")
+    work = Path(args.work or ("runs/bench-history" if args.task == DEFAULT_TASK else f"runs/bench-history-{args.task}"))
+    data = CollectConfig(task=args.task, episodes=args.demos, out=str(work / "data"), resume=True, workers=2,
                          max_steps=args.max_steps)
     if not args.report_only:
         Cell("history/data", work / "data.cell.json", config_key(data)).run(lambda: collect(data).as_dict())
@@ -99,11 +109,11 @@ def main() -> None:
 
             def work_(config: TrainConfig = config, run_dir: Path = run_dir) -> dict:
                 policy_dir = train(config)
-                info = evaluate(EvalConfig(policy=str(policy_dir), tasks=TASK, episodes=args.episodes, workers=2,
+                info = evaluate(EvalConfig(policy=str(policy_dir), tasks=args.task, episodes=args.episodes, workers=2,
                                            max_steps=args.max_steps, videos=1, out=str(run_dir / "eval")))
                 return {"overall": info["overall"]}
 
-            cell = Cell(f"history/{name}-s{seed}", cell_file(name, seed), key)
+            cell = Cell(f"history/{name}-s{seed}", cell_file(args.task, name, seed), key)
             result = cell.finished() if args.report_only else cell.run(work_)
             if result is not None:
                 results[name][seed] = result
@@ -135,8 +145,8 @@ def report(results: dict[str, dict[int, dict]], args) -> None:
                          f"{100 * mean['trace_step_share']:.0f}%; {mean['trace_sensitivity']:.4f} of "
                          f"{mean['action_norm']:.3f}"))
     figures = {name: {str(seed): cell for seed, cell in by_seed.items()} for name, by_seed in results.items()}
-    record("history", figures, rows,
-           f"History ({TASK}: {args.demos} demonstrations, {args.steps} training steps per row from scratch, "
+    record(results_name(args.task), figures, rows,
+           f"History ({args.task}: {args.demos} demonstrations, {args.steps} training steps per row from scratch, "
            f"{args.episodes} held-out episodes of at most {args.max_steps} steps, training seeds {args.seeds})")
 
 

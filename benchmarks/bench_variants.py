@@ -1,6 +1,7 @@
 """Does the task need history? The scripted expert on each history-needing variant (stvla.envs.variants),
-leading the moving goal (which needs its velocity, i.e. more than one frame) against the same expert
-given only the current state.
+leading the moving goal (which needs its velocity, i.e. more than one frame) and following it while it
+is hidden, against the same expert given only the current frame (the goal where it is now; nothing
+while it is hidden).
 
     python benchmarks/bench_variants.py [--episodes 50] [--max_steps 80]
 
@@ -49,8 +50,9 @@ def main() -> None:
             low, high = row["ci95"]
             return f"{100 * row['success_rate']:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
 
-        rows.append((f"{task} (goal at {variant.speed} m/s): the expert leading the goal / given the current "
-                     f"state only", f"{text(led)} / {text(current)}"))
+        hidden = f", hidden on steps {variant.hidden[0]}-{variant.hidden[1] - 1}" if variant.hidden[1] else ""
+        rows.append((f"{task} (goal at {variant.speed} m/s{hidden}): the expert with history / given the current "
+                     f"frame only", f"{text(led)} / {text(current)}"))
     record("variants", figures, rows, f"History-needing tasks (scripted expert, {args.episodes} held-out episodes, "
                                       f"at most {args.max_steps} steps)")
 

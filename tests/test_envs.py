@@ -165,3 +165,29 @@ def test_the_moving_goal_variant_moves_its_goal_and_the_expert_leads_it():
     env.step(np.zeros(4))
     assert not np.allclose(np.array(env._mw._target_pos) - other, goals[1] - goals[0])  # another velocity
     env.close()
+
+
+def test_the_hidden_goal_variant_hides_its_marker_and_the_current_frame_expert_holds():
+    """reach-moving-hidden-v3: the moving marker is not drawn on its hidden steps (the table shows
+    through, in RGB and depth) and drawn again after them; while it is hidden, the expert given the
+    current frame only holds still, the expert with history keeps leading the goal."""
+    from stvla.envs.variants import VARIANTS
+
+    variant = VARIANTS["reach-moving-hidden-v3"]
+    start, end = variant.hidden
+    env = make_env("reach-moving-hidden-v3", image_size=128)
+    obs, _ = env.reset(seed=3)
+    for step in range(end + 2):
+        goal = np.asarray(env._mw._target_pos)
+        u, v = np.round(geometry.project_world_points(goal, obs["camera.intrinsics"], obs["camera.pose"])).astype(int)
+        marker_depth = (np.linalg.inv(obs["camera.pose"]) @ np.append(goal, 1.0))[2]
+        red, green, blue = obs["rgb"][v, u].astype(int)
+        # the sphere's near surface, up to its radius in front of its centre; the table lies 0.2 m behind
+        on_marker = abs(obs["depth"][v, u] - marker_depth) < variant.marker_radius + 0.01
+        shown = red > 150 and green < 80 and blue < 80 and on_marker
+        assert shown == (not start <= step < end), step
+        if start <= step < end:
+            assert np.all(env.expert_action(lead=False)[:3] == 0)
+            assert np.abs(env.expert_action(lead=True)[:3]).max() > 0
+        obs, *_ = env.step(np.zeros(4))  # the arm stays back: it never stands between camera and marker
+    env.close()

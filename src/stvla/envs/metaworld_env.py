@@ -132,7 +132,9 @@ class MetaWorldRGBDEnv(gym.Env):
             mujoco.mju_mulQuat(rolled, model.cam_quat[self._camera_id].copy(), np.array([0.0, 0.0, 0.0, 1.0]))
             model.cam_quat[self._camera_id] = rolled
         if self.variant:  # a marker the camera sees move
-            model.site_size[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")][0] = self.variant.marker_radius
+            goal_site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+            model.site_size[goal_site][0] = self.variant.marker_radius
+            self._goal_alpha = float(model.site_rgba[goal_site][3])  # restored when a hidden marker shows again
         self._renderer = mujoco.Renderer(model, size, size)
         _track_for_exit(self)
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
@@ -173,6 +175,7 @@ class MetaWorldRGBDEnv(gym.Env):
         self._steps = 0
         if self.variant:
             self._goal_velocity = self.variant.draw_velocity(seed)
+            self._show_goal()
         return self._observation(), {"success": False, "near_object": False, "grasped": False}
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
@@ -185,6 +188,7 @@ class MetaWorldRGBDEnv(gym.Env):
         self._steps += 1
         if self.variant:
             self._move_goal()
+            self._show_goal()
         info = {
             "success": bool(mw_info.get("success", 0.0)),
             "near_object": bool(mw_info.get("near_object", 0.0)),
@@ -205,7 +209,8 @@ class MetaWorldRGBDEnv(gym.Env):
     # --- extras ------------------------------------------------------------------------------------
     def expert_action(self, lead: bool = True) -> np.ndarray:
         """The Meta-World scripted expert's action for the current state. A moving goal is led (aimed at
-        where it will be, from its velocity); `lead=False` gives the expert the current state only."""
+        where it will be, from its velocity); `lead=False` gives the expert the current frame only: the
+        goal where it is now, and nothing while the marker is hidden (the hand then holds still)."""
         state = self._state
         if self.variant and lead:
             state = state.copy()
@@ -213,8 +218,15 @@ class MetaWorldRGBDEnv(gym.Env):
         with warnings.catch_warnings():
             # The experts warn on every step that their gains are high; we clip their actions anyway.
             warnings.simplefilter("ignore", UserWarning)
-            action = self._expert.get_action(state)
-        return np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+            action = np.clip(np.asarray(self._expert.get_action(state), dtype=np.float32), -1.0, 1.0)
+        if self.variant and not lead and self.variant.hidden_at(self._steps):
+            action[:3] = 0.0
+        return action
+
+    def _show_goal(self) -> None:
+        """Draw the goal marker, or not while the variant hides it."""
+        hidden = self.variant.hidden_at(self._steps)
+        self._mw.model.site("goal").rgba[3] = 0.0 if hidden else self._goal_alpha
 
     def _move_goal(self) -> None:
         """One step of the moving goal: Meta-World's target, its marker and the state the expert reads."""

@@ -1,4 +1,4 @@
-"""Task variants where the current frame is not enough: the goal moves.
+"""Task variants where the current frame is not enough: the goal moves, or is hidden for a while.
 
 In `reach-moving-v3` the reach goal moves across the table at a constant velocity drawn per episode
 (its direction uniform, its speed `speed`), bouncing off the goal space's edges. A policy that sees one
@@ -6,6 +6,10 @@ frame knows where the goal is but not where it is going; the expert leads it (ai
 be after the hand's lag), which needs the goal's velocity: history. `expert_action(lead=False)` is the
 same expert given only the current state, the control that shows the history is needed
 (`python benchmarks/bench_variants.py`).
+
+`reach-moving-hidden-v3` also hides the moving marker for a stretch of steps (`hidden`): a policy must
+carry where the goal was and where it was going through frames that do not show it. The expert with
+history keeps leading it; given the current frame only, it cannot see the goal then, and holds still.
 
 The goal marker is drawn larger than Meta-World's (radius `marker_radius`), so that a 128 px camera
 sees it move.
@@ -27,6 +31,11 @@ class MovingGoal:
     instruction: str  # what the policy is told
     speed: float = 0.3  # metres per second
     marker_radius: float = 0.03  # metres: the goal marker as rendered
+    hidden: tuple[int, int] = (0, 0)  # the marker is not drawn on steps [start, end) of an episode
+
+    def hidden_at(self, step: int) -> bool:
+        """Whether the marker is hidden in the frame after `step` environment steps."""
+        return self.hidden[0] <= step < self.hidden[1]
 
     def draw_velocity(self, seed: int | None) -> np.ndarray:
         """The episode's velocity (x, y, 0) in metres per step, a function of the episode's seed."""
@@ -52,4 +61,6 @@ class MovingGoal:
 
 VARIANTS: dict[str, MovingGoal] = {
     "reach-moving-v3": MovingGoal(base="reach-v3", instruction="reach the moving red goal"),
+    "reach-moving-hidden-v3": MovingGoal(base="reach-v3", instruction="reach the moving red goal, even while it is hidden",
+                                         hidden=(15, 35)),
 }
