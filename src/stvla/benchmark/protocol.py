@@ -243,8 +243,12 @@ class Bench:
                         **({"action_noise": c.action_noise} if c.action_noise else {})}}
         # One directory per configuration: another base's settings never try to resume this one's run.
         train_config.out = str(self.out / f"stage1-s0-{config_hash(key)[:8]}")
-        suffix = "" if use_state else "-no-state"
-        return train_config, Cell(f"stage1{suffix} (kept)", Path(c.repo) / f"{c.keep_base}{suffix}" / "cell.json", key)
+        name = "stage1" if use_state else "stage1-no-state"
+        return train_config, Cell(f"{name} (kept)", Path(c.repo) / self.kept_base(use_state) / "cell.json", key)
+
+    def kept_base(self, use_state: bool = True) -> str:
+        """Where a base is kept, relative to the repository: `keep_base`, the base without state beside it."""
+        return self.config.keep_base + ("" if use_state else "-no-state")
 
     def base_checkpoint(self, use_state: bool = True) -> Path | None:
         """The stage-1 base: given by `base`, kept in the repository by an earlier run (`keep_base`), or
@@ -280,7 +284,7 @@ class Bench:
         kept.record.parent.mkdir(parents=True, exist_ok=True)
         for file in policy.iterdir():
             shutil.copyfile(file, kept.record.parent / file.name)
-        kept.run(lambda: {**result, "policy": f"{c.keep_base}{'' if use_state else '-no-state'}"}, self.log)
+        kept.run(lambda: {**result, "policy": self.kept_base(use_state)}, self.log)
         return kept.record.parent
 
     @staticmethod

@@ -11,6 +11,7 @@ and in control alike.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -121,40 +122,48 @@ class Policy(nn.Module):
         return self._queue.popleft()
 
     def _acting_chunk(self, frame: dict[str, Any]) -> np.ndarray:
-        """The chunk to act on; measuring the traces, also how far it moves without them (same weights)."""
-        chunk = self._predict_chunk(frame)
+        """The chunk to act on; measuring the traces, also how far it and the image tokens the traces reach
+        move without them (same weights)."""
+        traced = self._model_batch(frame)
+        chunk = self._chunk(traced)
         if self.trace_diagnostics is not None and self.processor.tracer is not None and frame[F.HAS_TRACES]:
-            untraced = self.processor.untraced(frame)
-            without = self._predict_chunk(untraced)
+            untraced = self._model_batch(self.processor.untraced(frame))
+            without = self._chunk(untraced, keep_trace=False)
             self.trace_diagnostics.sensitivities.append(float(np.linalg.norm(chunk - without, axis=-1).mean()))
             self.trace_diagnostics.action_norms.append(float(np.linalg.norm(chunk, axis=-1).mean()))
-            traced_tokens, untraced_tokens = self._image_tokens(frame), self._image_tokens(untraced)
-            change = torch.linalg.vector_norm(traced_tokens - untraced_tokens) / torch.linalg.vector_norm(traced_tokens)
+            with torch.no_grad(), self._evaluating():
+                tokens, tokens_without = (torch.cat(self.model.image_tokens(batch), dim=1) for batch in (traced, untraced))
+            change = torch.linalg.vector_norm(tokens - tokens_without) / torch.linalg.vector_norm(tokens)
             self.trace_diagnostics.token_changes.append(float(change))
         return chunk
-
-    @torch.no_grad()
-    def _image_tokens(self, frame: dict[str, Any]) -> torch.Tensor:
-        """The image tokens traces can reach for one frame, every image's patches in one tensor."""
-        was_training = self.training
-        self.eval()
-        inputs = self.processor.model_inputs(batch_of_one(frame), rng=self.processor.rng)
-        tokens = torch.cat(self.model.image_tokens(batch_to(inputs, self.device)), dim=1)
-        self.train(was_training)
-        return tokens
 
     def _predict_chunk(self, frame: dict[str, Any], processor: InputProcessor | None = None) -> np.ndarray:
         """(chunk_size, action_dim) actions for one frame (and LLARVA's predicted path, kept). `processor`:
         whose episode state made the frame (a served connection's own; the policy's by default)."""
+        return self._chunk(self._model_batch(frame, processor))
+
+    def _model_batch(self, frame: dict[str, Any], processor: InputProcessor | None = None) -> dict[str, torch.Tensor]:
+        """One frame's model inputs, a batch of one on the policy's device."""
         processor = processor or self.processor
-        was_training = self.training
-        self.eval()
-        inputs = processor.model_inputs(batch_of_one(frame), rng=processor.rng)
-        chunk, trace = self.model.predict_chunk(batch_to(inputs, self.device))
-        self.train(was_training)
-        if trace is not None:
+        return batch_to(processor.model_inputs(batch_of_one(frame), rng=processor.rng), self.device)
+
+    def _chunk(self, batch: dict[str, torch.Tensor], keep_trace: bool = True) -> np.ndarray:
+        """The decoded action chunk of a batch of one; LLARVA's predicted path is kept (`keep_trace`)."""
+        with self._evaluating():
+            chunk, trace = self.model.predict_chunk(batch)
+        if trace is not None and keep_trace:
             self.predicted_trace = trace[0].cpu().numpy()
         return chunk[0].cpu().numpy()
+
+    @contextlib.contextmanager
+    def _evaluating(self):
+        """Eval mode (no dropout) for the forwards inside, the previous mode restored after."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
 
     # --- checkpoints -------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, fps: int | None = None) -> Path:
