@@ -2,17 +2,20 @@
 (stvla.envs.variants: `reach-moving-v3`, the goal moves; `reach-moving-hidden-v3`, it is also hidden
 for a while): no history (the SpatialVLA-style base), the previous frames stacked as extra image
 input, traces on RGB (TraceVLA), traces in depth (ST-VLA), and traces in depth with the adaptive
-selection that keeps slow motion (ours) or drawn wider, each trained from scratch with the same data,
-steps and training seeds, and evaluated on the same held-out episodes.
+selection that keeps slow motion (ours) or drawn wider, each trained with the same data, steps and
+training seeds (from scratch, or LoRA fine-tuned from a pre-trained base with `--init`, as the papers
+fine-tune), and evaluated on the same held-out episodes.
 
     python benchmarks/bench_history.py [--task reach-moving-v3] [--seeds 0,1,2] [--steps 1000]
-        [--rows base,stack2,tracevla,st,st-adaptive,st-thick6] [--episodes 50] [--report_only]
+        [--init checkpoints/base-mt10] [--rows base,stack2,tracevla,st,st-adaptive,st-thick6]
+        [--episodes 50] [--report_only]
 
-Every (row, seed) is a cached cell (benchmarks/results/history[_<task>]/<row>[-s<seed>].json, the
-task named unless it is reach-moving-v3): a killed run resumes, finished cells are not re-run; every
+Every (row, seed) is a cached cell (benchmarks/results/history[_<task>][_from-<init>][_<steps>steps]/
+<row>[-s<seed>].json, the task named unless it is reach-moving-v3, the steps unless 1000): a killed
+run resumes, finished cells are not re-run; every
 row's first seed runs before any row's second. Success is pooled over a row's finished seeds (Wilson
 95% interval), and each row is compared with "no history" on the seeds both have (Newcombe 95%
-interval of the difference). Writes benchmarks/results/history[_<task>].json and its section of
+interval of the difference). Writes benchmarks/results/<that name>.json and its section of
 BENCHMARKS.md (`--report_only`: from the cells finished so far, running nothing, e.g. beside a
 running one).
 """
@@ -35,6 +38,7 @@ from stvla.data import CollectConfig, collect  # noqa: E402
 from stvla.evaluate import EvalConfig, evaluate  # noqa: E402
 from stvla.envs.variants import VARIANTS  # noqa: E402
 from stvla.evaluate.stats import wilson_interval  # noqa: E402
+from stvla.policies.base import checkpoint_fingerprint  # noqa: E402
 from stvla.policies.vla import VLAConfig  # noqa: E402
 from stvla.traces import TraceConfig  # noqa: E402
 from stvla.traces.drawing import DepthDrawConfig  # noqa: E402
@@ -42,6 +46,7 @@ from stvla.traces.selection import SelectionConfig  # noqa: E402
 from stvla.train import TrainConfig, train  # noqa: E402
 
 DEFAULT_TASK = "reach-moving-v3"
+DEFAULT_STEPS = 1000
 ROWS: dict[str, tuple[str, dict, TraceConfig, str]] = {  # row -> (policy type, model changes, traces, what it is)
     "base": ("spatialvla", {}, TraceConfig(), "no history (SpatialVLA-style: RGB + Ego3D, the current frame)"),
     "stack2": ("spatialvla", {"previous_frames": 2}, TraceConfig(), "the 2 previous frames stacked as extra image input"),
@@ -61,14 +66,17 @@ def percent(successes: int, episodes: int) -> str:
     return f"{100 * successes / episodes:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
 
 
-def results_name(task: str) -> str:
-    """The results' name: `history` for the default task (as before there were others), else per task."""
-    return "history" if task == DEFAULT_TASK else f"history_{task}"
+def results_name(task: str, init: str = "", steps: int = DEFAULT_STEPS) -> str:
+    """The results' name: `history` for the default setting (as before there were others), then what
+    differs from it: the task, the checkpoint fine-tuned from, the training steps."""
+    parts = ["history"] + ([task] if task != DEFAULT_TASK else []) + ([f"from-{Path(init).name}"] if init else []) \
+        + ([f"{steps}steps"] if steps != DEFAULT_STEPS else [])
+    return "_".join(parts)
 
 
-def cell_file(task: str, name: str, seed: int) -> Path:
+def cell_file(results: str, name: str, seed: int) -> Path:
     """The first seed keeps the name the cells had before there were seeds."""
-    return ROOT / "benchmarks" / "results" / results_name(task) / (f"{name}.json" if seed == 0 else f"{name}-s{seed}.json")
+    return ROOT / "benchmarks" / "results" / results / (f"{name}.json" if seed == 0 else f"{name}-s{seed}.json")
 
 
 def main() -> None:
@@ -76,12 +84,14 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"rows to run: {', '.join(ROWS)}")
     parser.add_argument("--seeds", default="0", help="training seeds of every row, comma-separated")
     parser.add_argument("--demos", type=int, default=50, help="expert demonstrations")
-    parser.add_argument("--steps", type=int, default=1000, help="training steps of every row (batch 32)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps of every row (batch 32)")
+    parser.add_argument("--init", default="", help="a pre-trained checkpoint every row is LoRA fine-tuned from "
+                        "(e.g. checkpoints/base-mt10, the kept base); default: every row trains from scratch")
     parser.add_argument("--episodes", type=int, default=50, help="held-out evaluation episodes")
     parser.add_argument("--max_steps", type=int, default=80, help="steps before an episode fails")
     parser.add_argument("--task", default=DEFAULT_TASK, help="a history-needing task (stvla.envs.variants)")
     parser.add_argument("--work", default="", help="directory for data, runs and evaluations (default: "
-                        "runs/bench-history, or runs/bench-history-<task> for another task)")
+                        "runs/bench-<the results' name>)")
     parser.add_argument("--report_only", action="store_true", help="run nothing: report the cells finished so far")
     args = parser.parse_args()
     names = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -91,11 +101,15 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.task not in VARIANTS:
         parser.error(f"--task {args.task!r} is not a history-needing variant; valid: {', '.join(VARIANTS)}")
-    work = Path(args.work or ("runs/bench-history" if args.task == DEFAULT_TASK else f"runs/bench-history-{args.task}"))
-    data = CollectConfig(task=args.task, episodes=args.demos, out=str(work / "data"), resume=True, workers=2,
+    results_dir = results_name(args.task, args.init, args.steps)
+    # Runs of one setting never resume another's; the demonstrations depend on the task only.
+    work = Path(args.work or f"runs/bench-{results_dir}")
+    data_dir = Path(args.work or ("runs/bench-history" if args.task == DEFAULT_TASK else f"runs/bench-history-{args.task}"))
+    init = {"init": args.init, "init_weights": checkpoint_fingerprint(args.init)} if args.init else {}
+    data = CollectConfig(task=args.task, episodes=args.demos, out=str(data_dir / "data"), resume=True, workers=2,
                          max_steps=args.max_steps)
     if not args.report_only:
-        Cell("history/data", work / "data.cell.json", config_key(data)).run(lambda: collect(data).as_dict())
+        Cell("history/data", data_dir / "data.cell.json", config_key(data)).run(lambda: collect(data).as_dict())
     results: dict[str, dict[int, dict]] = {name: {} for name in names}
     for seed in seeds:
         for name in names:
@@ -103,8 +117,10 @@ def main() -> None:
             run_dir = work / (name if seed == 0 else f"{name}-s{seed}")
             config = TrainConfig(policy=policy, dataset=data.out, out=str(run_dir), steps=args.steps, seed=seed,
                                  val_episodes=0, model=dataclasses.replace(VLAConfig(), **model_changes),
-                                 traces=copy.deepcopy(traces))
-            key = {"train": {k: v for k, v in config.key().items() if k not in ("dataset", "out")},
+                                 traces=copy.deepcopy(traces), init=args.init)
+            # The init's path is where it lies; its weights' fingerprint is what it is.
+            exclude = ("dataset", "out", "init") if args.init else ("dataset", "out")
+            key = {"train": {k: v for k, v in config.key().items() if k not in exclude}, **init,
                    "data": config_key(data), "eval": {"episodes": args.episodes, "max_steps": args.max_steps}}
 
             def work_(config: TrainConfig = config, run_dir: Path = run_dir) -> dict:
@@ -113,7 +129,7 @@ def main() -> None:
                                            max_steps=args.max_steps, videos=1, out=str(run_dir / "eval")))
                 return {"overall": info["overall"]}
 
-            cell = Cell(f"history/{name}-s{seed}", cell_file(args.task, name, seed), key)
+            cell = Cell(f"{results_dir}/{name}-s{seed}", cell_file(results_dir, name, seed), key)
             result = cell.finished() if args.report_only else cell.run(work_)
             if result is not None:
                 results[name][seed] = result
@@ -145,8 +161,9 @@ def report(results: dict[str, dict[int, dict]], args) -> None:
                          f"{100 * mean['trace_step_share']:.0f}%; {mean['trace_sensitivity']:.4f} of "
                          f"{mean['action_norm']:.3f}"))
     figures = {name: {str(seed): cell for seed, cell in by_seed.items()} for name, by_seed in results.items()}
-    record(results_name(args.task), figures, rows,
-           f"History ({args.task}: {args.demos} demonstrations, {args.steps} training steps per row from scratch, "
+    how = f"LoRA fine-tuned from {args.init}" if args.init else "from scratch"
+    record(results_name(args.task, args.init, args.steps), figures, rows,
+           f"History ({args.task}: {args.demos} demonstrations, {args.steps} training steps per row {how}, "
            f"{args.episodes} held-out episodes of at most {args.max_steps} steps, training seeds {args.seeds})")
 
 

@@ -22,6 +22,7 @@ from stvla.policies.st import STPolicy
 from stvla.policies.trunk import TrunkConfig
 from stvla.policies.vla import VLAConfig
 from stvla.train import TrainConfig, train
+from stvla.train.trainer import build_policy
 from stvla.train.samples import TrainingSamples
 
 # A model small enough that tests train it in seconds.
@@ -101,6 +102,27 @@ def test_lora_trains_only_the_adapters(stage1, small_dataset, tmp_path):
     assert not torch.equal(merged["trunk.blocks.0.attn.q_proj.weight"], base["trunk.blocks.0.attn.q_proj.weight"])
     assert torch.equal(merged["image_encoder.stages.0.weight"], base["image_encoder.stages.0.weight"])
     assert load_policy(policy_dir).name == "st"
+
+
+def test_lora_also_trains_what_the_checkpoint_lacks(stage1, small_dataset, tmp_path):
+    """Stacked frames on a base made without them: their index embedding is new, and is trained with the
+    adapters instead of staying at its random start."""
+    root, _ = small_dataset
+    config = tiny_config(root, tmp_path / "stack", init=str(stage1), steps=12, lr=1e-2,
+                         model=dataclasses.replace(TINY, previous_frames=1))
+    config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, rank=4))
+    def initial_index() -> torch.Tensor:  # the trainer's own start: seeded, then built
+        torch.manual_seed(config.seed)
+        return build_policy(config, 64).model.previous_index.detach().clone()
+
+    start = initial_index()
+    assert torch.equal(start, initial_index())
+    policy_dir = train(config, progress=False)
+    trained, base = load_file(str(policy_dir / WEIGHTS_FILE)), load_file(str(stage1 / WEIGHTS_FILE))
+    assert set(trained) - set(base) == {"previous_index"}
+    assert not torch.allclose(trained["previous_index"], start), "the new parameter stayed at its random start"
+    changed = {k for k in base if not torch.equal(trained[k], base[k])}
+    assert changed and all(k.startswith("trunk.") for k in changed), "only the trunk (adapters merged) may change"
 
 
 def test_save_load_gives_identical_actions(stage1, tmp_path):

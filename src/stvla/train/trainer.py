@@ -219,7 +219,8 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
     The model's shape comes from `--model` in stage 1 (fitted to the dataset by `fit_model_to_dataset`)
     and from the `--init` checkpoint in stage 2 (so its weights fit), except for what the policy type
     defines: TraceVLA's second image, LLARVA's prompt tokens and its trace head (whose size
-    `--trace_points` may set).
+    `--trace_points` may set); and stage 2 may add stacked previous frames (`--model.previous_frames`)
+    to a base made without them, their index embedding then trained with the LoRA adapters.
     """
     cls = policy_class(config.policy)
     policy_config = cls.config_class()
@@ -228,6 +229,7 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
     if config.init:
         _, init_config = read_checkpoint_config(config.init)
         vla = config_from_dict(VLAConfig, init_config["vla"], f"{config.init}/config.json")
+        vla = dataclasses.replace(vla, previous_frames=config.model.previous_frames or vla.previous_frames)
         if vla.image_size != image_size:
             raise ValueError(f"checkpoint {config.init} was built for {vla.image_size}x{vla.image_size} "
                              f"images; dataset {config.dataset} has {image_size}x{image_size}")
@@ -257,16 +259,22 @@ def load_train_config(path: str | Path) -> TrainConfig:
     return config_from_dict(TrainConfig, upgrade_legacy_options(data), str(path))
 
 
-def add_lora(policy: Policy, settings: LoraSettings) -> None:
-    """Wrap every linear layer of the trunk with LoRA adapters and freeze everything else."""
+def add_lora(policy: Policy, settings: LoraSettings, train_also: list[str] = ()) -> None:
+    """Wrap every linear layer of the trunk with LoRA adapters and freeze everything else but the
+    parameters named in `train_also` (those the --init checkpoint did not have: frozen, they would stay
+    at their random initial values)."""
     from peft import LoraConfig, get_peft_model
 
     trunk = policy.model.trunk
     lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
                       target_modules=trunk.lora_target_modules())
+    named = dict(policy.model.named_parameters())
+    new = [named[name] for name in train_also if name in named]  # before wrapping renames the trunk's
     for parameter in policy.parameters():
         parameter.requires_grad_(False)
-    policy.model.trunk = get_peft_model(trunk, lora)  # only the adapters are trainable
+    policy.model.trunk = get_peft_model(trunk, lora)  # the adapters are trainable ...
+    for parameter in new:  # ... and what the checkpoint did not have
+        parameter.requires_grad_(True)
 
 
 def merge_lora(policy: Policy) -> None:
@@ -388,6 +396,7 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
     samples = training_samples() if ranks.is_main else None
     distributed.barrier(ranks)
     samples = samples or training_samples()
+    fresh: list[str] = []
     if config.init:
         fresh = policy.load_weights(config.init)
         if fresh and progress:
@@ -395,7 +404,7 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
     else:
         policy.fit_statistics(samples.actions, samples.states)
     if config.uses_lora:
-        add_lora(policy, config.lora)
+        add_lora(policy, config.lora, train_also=fresh)
     policy.to(device)
     policy.train()
     sharded = ranks.distributed and config.fsdp
