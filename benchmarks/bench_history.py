@@ -161,6 +161,8 @@ def report(results: dict[str, dict[int, dict]], args) -> None:
                          f"{100 * mean['trace_step_share']:.0f}%; {mean['trace_sensitivity']:.4f} of "
                          f"{mean['action_norm']:.3f}"))
     figures = {name: {str(seed): cell for seed, cell in by_seed.items()} for name, by_seed in results.items()}
+    figures["setting"] = {"task": args.task, "init": args.init, "steps": args.steps, "demos": args.demos,
+                          "episodes": args.episodes, "max_steps": args.max_steps}
     how = f"LoRA fine-tuned from {args.init}" if args.init else "from scratch"
     record(results_name(args.task, args.init, args.steps), figures, rows,
            f"History ({args.task}: {args.demos} demonstrations, {args.steps} training steps per row {how}, "

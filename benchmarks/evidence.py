@@ -1,0 +1,162 @@
+"""The answers to "does the policy read its traces, and do traces help where history matters?" (issue 18),
+in one section of BENCHMARKS.md, composed from the results the other benchmarks wrote. It runs nothing.
+
+    python benchmarks/evidence.py
+
+Sources (each row names its own): `bench_trace_use.py` (the main job's policy with and without its
+traces), `stvla bench` (the benchmark's claims, with and without the proprio state), `bench_variants.py`
+(the scripted expert with and without history), and every `bench_history.py` setting
+(benchmarks/results/history*.json). Each comparison is a difference of pooled success with Newcombe's
+95% interval, over the training seeds both rows have; its verdict is "supported" or "contradicted"
+when the interval excludes zero, else "inside the noise". What has not been measured yet is said so.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, record  # noqa: E402
+
+from stvla.benchmark.report import difference, rate_text, verdict  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+# History rows compared with stacking the previous frames: the traced ways of giving history.
+TRACED_ROWS = ("tracevla", "st", "st-adaptive", "st-thick6")
+# The benchmark's claims this section repeats (stvla.benchmark.report.CLAIMS), by what they answer.
+READS_TRACES = "ST-VLA reads its traces (as trained > traces removed at test time)"
+STATE_PAIRS = (("ST-VLA > SpatialVLA-style base (both fine-tuned)", "no state: ST-VLA > SpatialVLA-style base"),
+               ("ST-VLA > TraceVLA-style", "no state: ST-VLA > TraceVLA-style"))
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def compared(a: tuple[int, int], b: tuple[int, int]) -> str:
+    """`a - b` in points with its interval and verdict."""
+    diff, low, high = difference(a, b)
+    return f"{100 * diff:+.0f} [{100 * low:+.0f}, {100 * high:+.0f}] points: {verdict(low, high)}"
+
+
+def counts(overall: dict) -> tuple[int, int]:
+    return overall["successes"], overall["episodes"]
+
+
+def claim_text(claim: dict) -> str:
+    low, high = claim["ci95"]
+    return (f"{100 * claim['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] points: {claim['verdict']} "
+            f"(training seeds {claim['seeds']})")
+
+
+def reads_traces_rows() -> list[tuple[str, str]]:
+    rows = []
+    use = load("trace_use")
+    if use:
+        on, off = use["with traces"]["overall"], use["traces removed at test time"]["overall"]
+        rows.append((f"Does the policy read its traces? The main job's ST-VLA ({use['tasks']}): success with its "
+                     "traces / with them removed at test time; difference",
+                     f"{rate_text(*counts(on))} / {rate_text(*counts(off))}; {compared(counts(on), counts(off))} "
+                     f"(`bench_trace_use.py`)"))
+        tokens = on.get("trace_token_change")
+        rows.append(("... the same policy: traces on the steps / depth pixels / image tokens (relative L2); how far "
+                     "its decoded actions move without them, relative to their size",
+                     f"{100 * on['trace_step_share']:.0f}% / {100 * on['traced_pixel_share']:.2f}% / "
+                     + (f"{100 * tokens:.2f}%" if tokens is not None else "not measured")
+                     + f"; {100 * on['trace_sensitivity'] / on['action_norm']:.1f}%"))
+    bench = load("bench")
+    claims = {c["claim"]: c for c in (bench or {}).get("claims", [])}
+    rows.append(("... on the benchmark's targets (`stvla bench`): ST-VLA as trained minus the same checkpoints with "
+                 "traces removed at test time",
+                 claim_text(claims[READS_TRACES]) if READS_TRACES in claims else "not measured yet"))
+    for name, result in history_settings():
+        sensitivities = []
+        for row in TRACED_ROWS:
+            cells = [c["overall"] for c in result.get(row, {}).values() if c["overall"].get("trace_sensitivity") is not None]
+            if cells:
+                relative = sum(c["trace_sensitivity"] / c["action_norm"] for c in cells) / len(cells)
+                sensitivities.append(f"{row} {100 * relative:.1f}%")
+        if sensitivities:
+            rows.append((f"... {setting_label(result)}: how far the decoded actions move without the traces, "
+                         "relative to their size", "; ".join(sensitivities) + f" (`{name}`)"))
+    return rows
+
+
+def history_settings() -> list[tuple[str, dict]]:
+    """Every bench_history.py setting's results, by name."""
+    return [(path.stem, json.loads(path.read_text())) for path in sorted(RESULTS.glob("history*.json"))]
+
+
+
+def setting_label(result: dict) -> str:
+    """The setting in a few words: `reach-moving-v3, from scratch, 1000 steps`."""
+    setting = result.get("setting")
+    if not setting:  # recorded before settings were: the section's title says it
+        title = result["report"]["title"]
+        return title[title.find("(") + 1:title.rfind(")")]
+    how = f"LoRA fine-tuned from {Path(setting['init']).name}" if setting["init"] else "from scratch"
+    return f"{setting['task']}, {how}, {setting['steps']} steps"
+
+
+def pooled_over(result: dict, row: str, seeds: list[str]) -> tuple[int, int]:
+    cells = [result[row][s]["overall"] for s in seeds]
+    return sum(c["successes"] for c in cells), sum(c["episodes"] for c in cells)
+
+
+def common_seeds(result: dict, a: str, b: str) -> list[str]:
+    return sorted(set(result.get(a, {})) & set(result.get(b, {})), key=int)
+
+
+def history_rows() -> list[tuple[str, str]]:
+    rows = []
+    variants = load("variants")
+    for task, expert in (variants or {}).items():
+        if isinstance(expert, dict) and "leading" in expert:
+            rows.append((f"Is history needed on {task}? The scripted expert with history / given the current frame "
+                         "only; difference",
+                         f"{rate_text(*counts(expert['leading']))} / {rate_text(*counts(expert['current_state_only']))}; "
+                         f"{compared(counts(expert['leading']), counts(expert['current_state_only']))} "
+                         "(`bench_variants.py`)"))
+    for name, result in history_settings():
+        label = setting_label(result)
+        if "base" in result:
+            seeds = sorted(result["base"], key=int)
+            rows.append((f"{label}: no history (the learner's level)",
+                         f"{rate_text(*pooled_over(result, 'base', seeds))} (seeds {','.join(seeds)}; `{name}`)"))
+        for row in ("stack2",) + TRACED_ROWS:
+            seeds = common_seeds(result, row, "base")
+            if seeds:
+                rows.append((f"Do they help when history is needed? {label}: {row} minus no history",
+                             f"{compared(pooled_over(result, row, seeds), pooled_over(result, 'base', seeds))} "
+                             f"(seeds {','.join(seeds)})"))
+        for row in TRACED_ROWS:
+            seeds = common_seeds(result, row, "stack2")
+            if seeds:
+                rows.append((f"Do traces beat stacking frames? {label}: {row} minus 2 frames stacked",
+                             f"{compared(pooled_over(result, row, seeds), pooled_over(result, 'stack2', seeds))} "
+                             f"(seeds {','.join(seeds)})"))
+    return rows
+
+
+def state_rows() -> list[tuple[str, str]]:
+    claims = {c["claim"]: c for c in ((load("bench") or {}).get("claims", []))}
+    rows = []
+    for with_state, without in STATE_PAIRS:
+        rows.append((f"Do the papers' inputs (no proprio state) change the verdict? {with_state}: with state / "
+                     "without (`stvla bench`)",
+                     " / ".join(claim_text(claims[c]) if c in claims else "not measured yet" for c in (with_state, without))))
+    return rows
+
+
+def main() -> None:
+    rows = reads_traces_rows() + history_rows() + state_rows()
+    record("evidence", {"rows": [list(r) for r in rows]}, rows,
+           "Evidence: does the policy read its traces, and do traces help where history matters? (issue 18)")
+    print("\n".join(f"{what}: {value}" for what, value in rows))
+
+
+if __name__ == "__main__":
+    main()
