@@ -86,6 +86,10 @@ ROWS: tuple[Row, ...] = (
     Row("base-finetuned", "base fine-tuned (no traces)", "spatialvla", finetuned=True, main=True),
     Row("tracevla", "TraceVLA-style fine-tuned", "tracevla", finetuned=True, main=True),
     Row("st-C-b30", "ST-VLA fine-tuned (C, b=30)", "st", finetuned=True, traces=traced("C", 30), main=True),
+    # Does the policy read its traces? The ST-VLA row's own checkpoints, the traces removed at test time (next, as it
+    # trains nothing).
+    Row("st-C-b30-traces-removed", "ST-VLA fine-tuned, traces removed at test time", "st", finetuned=True,
+        traces=traced("C", 30), main=True, traces_removed_from="st-C-b30"),
     Row("zero-shot-traces", "zero-shot traces (base + C, b=30)", "st", finetuned=False, traces=traced("C", 30),
         main=True),
     Row("st-A-b30", "ST-VLA variant A (own depth)", "st", finetuned=True, traces=traced("A")),
@@ -96,9 +100,6 @@ ROWS: tuple[Row, ...] = (
     Row("llarva-no-traces", "LLARVA without trace prediction", "llarva", finetuned=True, init="llarva-no-traces",
         trace_points=0),
     Row("llarva-no-pretrain", "LLARVA without instruction pre-training", "llarva", finetuned=True, init=""),
-    # Does the policy read its traces? The ST-VLA row's own checkpoints, the traces removed at test time.
-    Row("st-C-b30-traces-removed", "ST-VLA fine-tuned, traces removed at test time", "st", finetuned=True,
-        traces=traced("C", 30), main=True, traces_removed_from="st-C-b30"),
     # The papers' inputs: no proprio state, so where the gripper is must be read from the image. Last, as
     # they need a base of their own (stage 1 again, without state).
     Row("base-finetuned-no-state", "base fine-tuned, no state", "spatialvla", finetuned=True, main=True,
