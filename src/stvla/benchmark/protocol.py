@@ -194,6 +194,7 @@ class Bench:
         self.results = config.results_dir
         self.log = log
         self.stage1_minutes: float | None = None  # wall time of the base's pre-training, where this bench made it
+        self.stage1_kept_from: str | None = None  # what made the kept base, when not this bench (its cell says)
 
     def train_config(self, **fields: Any) -> TrainConfig:
         """A training run of the protocol: `fields`, and what every run of it shares (model, augmentation,
@@ -264,6 +265,7 @@ class Bench:
             self.log(f"[bench] {kept.name.removesuffix(' (kept)')}: kept in {kept.record.parent}")
             if use_state:
                 self.stage1_minutes = kept_result["minutes"]
+                self.stage1_kept_from = kept_result.get("kept_from")
             return kept.record.parent
 
         def pretrain() -> dict[str, Any]:
@@ -448,6 +450,7 @@ class Bench:
             return {"config": config_key(c), "targets": targets, "selection": selection,
                     "cells": cells, "rows": [r.identity() for r in c.row_list()],
                     "minutes_this_call": (time.perf_counter() - started) / 60, "stage1_minutes": self.stage1_minutes,
+                    "stage1_kept_from": self.stage1_kept_from,
                     "config_hash": config_hash(config_key(c))}
 
         # Every row's first seed before any row's second: a complete one-seed table comes early.

@@ -127,6 +127,14 @@ def trace_use_table(results: dict[str, Any], keys: tuple[str, ...], labels: dict
     return lines
 
 
+def stage1_minutes_text(results: dict[str, Any], protocol: dict[str, Any]) -> str:
+    if results.get("stage1_minutes") is not None:
+        return f"{results['stage1_minutes']:.1f}"
+    if results.get("stage1_kept_from"):
+        return f"not timed by the bench: the kept base was made by {results['stage1_kept_from']}"
+    return "given (--base)" if protocol.get("base") else "not recorded"
+
+
 def recorded_minutes_text(results: dict[str, Any]) -> str:
     """The summed wall time the cells recorded, and how many recorded one (older cells did not)."""
     cells = [cell for by_seed in results["cells"].values() for cell in by_seed.values()]
@@ -255,8 +263,7 @@ def write_report(results: dict[str, Any], config) -> Path:
     rows = [
         ("pre-training set", f"{c['pretrain_tasks']}, {c['pretrain_episodes']} expert episodes per task"),
         ("stage 1 / stage 2 steps (batch 32)", f"{c['stage1_steps']} / {c['stage2_steps']}"),
-        ("stage-1 pre-training of the base: minutes", "given (--base)" if results.get("stage1_minutes") is None
-         else f"{results['stage1_minutes']:.1f}"),
+        ("stage-1 pre-training of the base: minutes", stage1_minutes_text(results, c)),
         ("target tasks", ", ".join(results["targets"])),
         ("fine-tuning set", f"{c['finetune_episodes']} episodes per target task"),
         ("LLARVA instruction pre-training", f"{c['llarva_pretrain_tasks']} tasks, {c['llarva_pretrain_episodes']} "
