@@ -170,6 +170,12 @@ def test_mismatched_inputs_are_refused(stage1, small_dataset, tmp_path):
     info_path.write_text(json.dumps(info))
     with pytest.raises(ValueError, match="has no depth: policy 'spatialvla' needs it .*train tracevla"):
         train(tiny_config(no_depth, tmp_path / "c"), progress=False)
+    # --model options the run would not use are refused, not dropped: stage 2 takes the model from --init.
+    with pytest.raises(ValueError, match=r"--model.use_state False differs from the --init checkpoint's \(True"):
+        train(tiny_config(root, tmp_path / "d", init=str(stage1), model=dataclasses.replace(TINY, use_state=False)),
+              progress=False)
+    with pytest.raises(ValueError, match="--model.two_images True is not what policy 'spatialvla' uses .*--policy tracevla"):
+        train(tiny_config(root, tmp_path / "e", model=dataclasses.replace(TINY, two_images=True)), progress=False)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")

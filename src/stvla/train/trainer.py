@@ -213,6 +213,30 @@ def fit_model_to_dataset(model: VLAConfig, features: dict[str, dict], where: str
                                action_dim=int(features[F.ACTION]["shape"][0]), grid=grid)
 
 
+# --model fields the policy type sets (TraceVLA's second image, LLARVA's prompt and trace head), with
+# the option that sets each instead.
+SET_BY_POLICY_TYPE = {"two_images": "--policy tracevla", "language": "--policy llarva",
+                      "trace_points": "--trace_points (llarva)"}
+
+
+def refuse_unused_model_options(config: TrainConfig, used: VLAConfig) -> None:
+    """A --model option the run would not use is an error, not silently dropped: one the policy type sets
+    otherwise, and in stage 2 one that differs from the --init checkpoint's model (`used` is the model built)."""
+    def plain(value: Any) -> Any:  # as JSON holds it: a checkpoint's config has lists where a default has tuples
+        return json.loads(json.dumps(dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value))
+
+    default = VLAConfig()
+    for field_ in dataclasses.fields(VLAConfig):
+        name, asked = field_.name, plain(getattr(config.model, field_.name))
+        if asked == plain(getattr(default, name)) or asked == plain(getattr(used, name)):
+            continue
+        if name in SET_BY_POLICY_TYPE:
+            raise ValueError(f"--model.{name} {asked!r} is not what policy {config.policy!r} uses "
+                             f"({getattr(used, name)!r}): it is set by the policy type; use {SET_BY_POLICY_TYPE[name]}")
+        raise ValueError(f"--model.{name} {asked!r} differs from the --init checkpoint's ({getattr(used, name)!r}, "
+                         f"{config.init}): stage 2 takes the model from --init; set it in stage 1")
+
+
 def build_policy(config: TrainConfig, image_size: int) -> Policy:
     """The policy this run trains, at the dataset's image size and with the run's trace settings.
 
@@ -240,6 +264,7 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
         trace_points = config.trace_points
     policy_config.vla = dataclasses.replace(vla, image_size=image_size, two_images=defaults.two_images,
                                             language=defaults.language, trace_points=trace_points)
+    refuse_unused_model_options(config, policy_config.vla)
     if hasattr(policy_config, "traces"):
         checkpoint = config.traces.cotracker.checkpoint
         # Absolute: the policy keeps it, and is loaded from other working directories.
