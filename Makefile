@@ -9,6 +9,8 @@ DEMO_DIR ?= runs/demo
 BASE ?= checkpoints/base-mt10
 DEMO_TASKS ?= button-press-wall-v3,door-close-v3
 DEMO_EPISODES ?= 50
+# PyTorch's CPU wheels, where pip finds no local torch 2.13.0+cpu (PyPI's Linux wheel is the CUDA build).
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 STVLA = MUJOCO_GL=$$(cat $(VENV)/mujoco_gl) $(VENV)/bin/stvla
 
 .PHONY: install demo test clean
@@ -18,7 +20,8 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/setup-headless-gl.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q "torch==2.13.0+cpu" 2>/dev/null || \
+		$(PY) -m pip install -q "torch==2.13.0" --index-url $(TORCH_CPU_INDEX)
 	$(PY) -m pip install -q -e ".[test]"
 	scripts/setup-headless-gl.sh $(PY) > $(VENV)/mujoco_gl
 	touch $@
