@@ -1,9 +1,11 @@
-"""`stvla bench`: the paper-reproduction protocol of DESIGN.md, end to end, as cached cells.
+"""`stvla bench`: the paper-reproduction protocol, end to end, as cached cells.
 
-    collect pre-training set (MT10 x 50)  ->  stage 1: spatialvla base  ->  base success on every
-    pre-training task, choose the 4 targets closest to 50%  ->  collect fine-tuning set (4 x 13,
-    other seeds)  ->  every row: stage-2 LoRA fine-tune (or the base, zero-shot)  ->  evaluate on
-    held-out seeds  ->  tables and claims (stvla.benchmark.report)
+    collect pre-training set (MT10 x 50)  ->  stage 1: spatialvla base  ->  target selection: the
+    base fine-tuned once on 13 demonstrations of each candidate task outside the pre-training set
+    (or, `--target_selection pretrained`, its zero-shot success on the pre-training tasks); the 4
+    closest to 50% are the targets  ->  collect fine-tuning set (4 x 13, other seeds)  ->  every row:
+    stage-2 LoRA fine-tune (or the base, zero-shot)  ->  evaluate on held-out seeds  ->  tables and
+    claims (stvla.benchmark.report)
 
 Large things (datasets, checkpoints, videos) live under `out`; the small result of every selection
 and evaluation cell lives under `results` (committed to the repository), so the table resumes on
@@ -118,7 +120,7 @@ LLARVA_PRETRAINING = {"llarva": -1, "llarva-no-traces": 0}
 class BenchConfig:
     out: str = "runs/bench"  # working directory: datasets, checkpoints, videos (large; not committed)
     repo: str = "."  # holds benchmarks/results/ (small per-cell results: commit them, the table resumes anywhere) and BENCHMARKS.md
-    report: bool = True  # write the tables into BENCHMARKS.md and benchmarks/results/<name>.json at the end
+    report: bool = True  # write the tables into BENCHMARKS.md and benchmarks/results/<name>.json (after every evaluation cell)
     report_only: bool = False  # run nothing: write the tables from the cells finished so far (e.g. beside a running bench)
     quick: bool = False  # the reduced protocol (fewer tasks, episodes and steps; under 20 minutes)
     pretrain_tasks: str = "mt10"  # pre-training tasks, also the candidates for the targets

@@ -16,7 +16,7 @@ from typing import Any
 from stvla.benchmark.record import RESULTS_SUBDIR, record
 from stvla.evaluate.stats import wilson_interval
 
-# The papers' own figures for the direction of each claim (SimplerEnv WidowX; SPEC.md), shown beside ours.
+# The papers' own figures for the direction of each claim (SimplerEnv WidowX, as their papers report them), shown beside ours.
 CLAIMS = (
     # (claim, better row, worse row, the papers' figure)
     ("ST-VLA > SpatialVLA-style base (both fine-tuned)", "st-C-b30", "base-finetuned",

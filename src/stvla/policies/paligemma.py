@@ -1,6 +1,6 @@
 """PaliGemma(2) as the VLA's backbone: its SigLIP tower encodes the image, its Gemma decoder is the trunk.
 
-This is the papers' backbone (SpatialVLA and ST-VLA fine-tune PaliGemma2; SPEC.md), behind the same two
+This is the papers' backbone (SpatialVLA and ST-VLA fine-tune PaliGemma2), behind the same two
 slots the small CPU model fills, so every policy (spatialvla, tracevla, st, llarva) runs on it unchanged:
 
     image slot  (B, 3, H, W) in [0, 1] -> SigLIP (at its own input size) -> multi-modal projector

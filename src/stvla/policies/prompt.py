@@ -5,7 +5,7 @@
     [0.0123, 0.6012, 0.2001, 1.0]], can you predict action of the next 4 step and the trajectories
     of the end effector?
 
-The wording is LLARVA's (SPEC.md section 4); the trace form appends " and the trajectories of the end
+The wording is LLARVA's (its paper); the trace form appends " and the trajectories of the end
 effector" before the question mark. The history holds the last five proprio states, oldest first,
 zero-padded at the start of an episode (documented padding, never a shifted window), with Gaussian
 noise (sigma 0.01) added in training and at test time and every number rounded to 4 decimals.
@@ -28,7 +28,7 @@ from stvla.policies.trunk import MLP, SelfAttention, TrunkConfig
 HISTORY_LENGTH = 5  # LLARVA: the previous five (including current) proprio states
 # Latents that read a prompt's word pieces before the trunk (PromptResampler). A constant rather than a
 # VLAConfig field: every cached cell and kept checkpoint is keyed by the full VLAConfig, and a new field
-# would invalidate them all (the committed 45-minute MT10 base among them).
+# would invalidate them all (the committed MT10 base among them).
 PROMPT_LATENTS = 16
 
 

@@ -1,7 +1,7 @@
 """Visual traces: track points online, choose the moving ones, draw them into depth or onto RGB.
 
-Layer 2 of stvla (numpy + OpenCV; imports only stvla.geometry and stvla.config from the rest of
-stvla). Importing it does not import torch: the one part that needs torch, the `cotracker`
+Layer 2 of stvla (numpy + OpenCV; imports only stvla.geometry, stvla.config and, for CoTracker,
+stvla.devices from the rest of stvla). Importing it does not import torch: the one part that needs torch, the `cotracker`
 subpackage, loads its torch modules only when one of their names is asked for.
 
 - tracker:   `PointTracker` interface; `LucasKanadeTracker` (default) and `DenseFlowTracker`, one

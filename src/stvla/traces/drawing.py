@@ -2,7 +2,7 @@
 
 RGB: one anti-aliased polyline per trace, 2 px wide, in evenly spaced hues, with a filled arrowhead
 at the newest point. Depth: the polylines are rasterised without anti-aliasing, and only those pixels
-get new values, chosen by the variant (our reading of the ST-VLA paper, see SPEC.md section 1):
+get new values, chosen by the variant (our reading of the ST-VLA paper):
 
     "A" own depth      each vertex carries the depth its point had in the frame it was seen in;
                        values are interpolated linearly along each segment.
