@@ -77,7 +77,8 @@ def main() -> None:
     for task, row in [*figures["per_task"].items(), ("overall", figures["overall"])]:
         before = figures["base_zero_shot"].get(task)
         rows.append((f"success of the fine-tuned `st` policy, {task} ({row['episodes']} held-out episodes)",
-                     f"{percent(row)}; sub-goal {100 * row['subgoal_rate']:.0f}%"
+                     f"{percent(row)}; sub-goal "
+                     + (f"{100 * row['subgoal_rate']:.0f}%" if row["subgoal_rate"] is not None else "none defined")
                      + (f"; the base before fine-tuning: {percent(before)}" if before else "")))
     rows.append(("machine load average (1 min) at the start / end: other work running beside it slows the job",
                  f"{figures['load_average_at_start']} / {figures['load_average_at_end']}"))

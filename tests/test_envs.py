@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from stvla import geometry
-from stvla.envs import INSTRUCTIONS, TASKS, EnvConfig, make_env
+from stvla.benchmark.report import pooled
+from stvla.envs import INSTRUCTIONS, TASKS, EnvConfig, has_subgoal, make_env
+from stvla.evaluate.rollout import summarize
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +36,29 @@ def test_observation_shapes_and_dtypes(pick_place_env):
     assert pick_place_env.observation_space.contains(obs)
     assert 0.0 < obs["depth"].min() and obs["depth"].max() <= pick_place_env.config.depth_max
     assert set(info) >= {"success", "near_object", "grasped"}
+
+
+def test_tasks_without_a_subgoal_report_none():
+    """Meta-World's reach gives the distance to the goal as `near_object` (always truthy), reach-wall and
+    door-close a constant 0: no sub-goal is reported for them, in the env, an evaluation or the bench."""
+    env = make_env("reach-v3", image_size=64)
+    try:
+        env.reset(seed=0)
+        _, _, _, _, info = env.step(np.zeros(4, dtype=np.float32))
+    finally:
+        env.close()
+    assert info["near_object"] is False and info["grasped"] is False
+    assert not has_subgoal("reach-v3") and not has_subgoal("reach-moving-v3") and not has_subgoal("door-close-v3")
+    assert has_subgoal("push-v3") and has_subgoal("pick-place-v3")
+    episodes = [{"task": "reach-v3", "success": True, "subgoal": None, "steps": 5},
+                {"task": "push-v3", "success": False, "subgoal": True, "steps": 9}]
+    summary = summarize(episodes, ["reach-v3", "push-v3"])
+    assert summary["per_task"]["reach-v3"]["subgoal_rate"] is None
+    assert summary["per_task"]["push-v3"]["subgoal_rate"] == 1.0 and summary["overall"]["subgoal_rate"] == 1.0
+    # A bench cell recorded before: reach-wall's sub-goal stored as False is left out, not counted as a miss.
+    cell = {"episodes": [{"task": "reach-wall-v3", "success": True, "subgoal": False},
+                         {"task": "push-wall-v3", "success": False, "subgoal": True}]}
+    assert pooled([cell], metric="subgoal") == (1, 1) and pooled([cell], "reach-wall-v3", "subgoal") == (0, 0)
 
 
 def test_depth_at_end_effector_pixel_matches_camera_frame_depth(pick_place_env):

@@ -125,7 +125,7 @@ def _eval(args: argparse.Namespace) -> int:
     for task, row in [*info["per_task"].items(), ("overall", info["overall"])]:
         low, high = row["ci95"]
         print(f"{task:28s} {row['episodes']:8d}  {100 * row['success_rate']:5.1f}% [{100 * low:4.1f}, {100 * high:5.1f}]"
-              f"  {100 * row['subgoal_rate']:7.1f}%")
+              + (f"  {100 * row['subgoal_rate']:7.1f}%" if row["subgoal_rate"] is not None else "       n/a"))
     overall = info["overall"]
     if overall.get("trace_step_share") is not None:
         share, pixels, moved = (overall[k] for k in ("trace_step_share", "traced_pixel_share", "trace_sensitivity"))

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stvla.benchmark.record import RESULTS_SUBDIR, record
+from stvla.envs import has_subgoal
 from stvla.evaluate.stats import wilson_interval
 
 # The papers' own figures for the direction of each claim (SimplerEnv WidowX, as their papers report them), shown beside ours.
@@ -46,8 +47,11 @@ LLARVA_ROWS = ("llarva", "llarva-no-traces", "llarva-no-pretrain")
 
 
 def pooled(results: list[dict[str, Any]], task: str | None = None, metric: str = "success") -> tuple[int, int]:
-    """(successes, episodes) over several cells' episodes, for one task or all."""
+    """(successes, episodes) over several cells' episodes, for one task or all (the sub-goal: over the
+    tasks that have one; a cell recorded before that was known counts False for the others)."""
     episodes = [e for r in results for e in r["episodes"] if task is None or e["task"] == task]
+    if metric == "subgoal":
+        episodes = [e for e in episodes if e.get("subgoal") is not None and has_subgoal(e["task"])]
     return sum(bool(e[metric]) for e in episodes), len(episodes)
 
 

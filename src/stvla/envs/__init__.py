@@ -20,6 +20,7 @@ from stvla.envs.metaworld_env import (
     TASKS,
     EnvConfig,
     MetaWorldRGBDEnv,
+    has_subgoal,
     instruction_of,
     make_env,
     parse_tasks,
@@ -33,5 +34,5 @@ for _task in TASKS + tuple(VARIANTS):
 
 __all__ = [
     "CAMERAS", "CONTROL_MODE", "IMAGE_SIZES", "INSTRUCTIONS", "instruction_of", "MT10_TASKS", "ROBOT_TYPE", "TASKS",
-    "VARIANTS", "EnvConfig", "MetaWorldRGBDEnv", "episode_seed", "make_env", "parse_tasks",
+    "VARIANTS", "EnvConfig", "MetaWorldRGBDEnv", "episode_seed", "has_subgoal", "make_env", "parse_tasks",
 ]

@@ -16,7 +16,7 @@ With `depth_model` (a local ZoeDepth or Depth Anything V2 metric checkpoint), "d
 of the rendered depth (stvla.envs.depth_model), as on a robot without a depth sensor.
 
 The action is Meta-World's 4-D (dx, dy, dz, gripper) in [-1, 1]. `info` carries `success` and the
-sub-goal signals `near_object` and `grasped`. Episodes never terminate on their own; they are
+sub-goal signals `near_object` and `grasped` (a task without a sub-goal, `has_subgoal`, reports neither). Episodes never terminate on their own; they are
 truncated after `max_episode_steps`.
 """
 
@@ -51,6 +51,9 @@ CAMERAS: tuple[str, ...] = ("corner", "corner2", "corner3", "corner4", "topview"
 IMAGE_SIZES: tuple[int, ...] = (64, 96, 128, 160, 192, 224, 256)
 # Meta-World mounts its corner cameras upside down; we roll them 180 degrees about the optical axis.
 _UPSIDE_DOWN_CAMERAS = ("corner", "corner2", "corner3", "corner4")
+# Tasks for which Meta-World defines no sub-goal: its `near_object` is constant 0 (reach-wall, door-close)
+# or, for reach, the distance to the goal rather than an indicator; nothing is grasped in any of them.
+NO_SUBGOAL_TASKS = frozenset({"reach-v3", "reach-wall-v3", "door-close-v3"})
 ROBOT_TYPE = "sawyer"
 CONTROL_MODE = "end-effector delta position control"
 
@@ -189,10 +192,11 @@ class MetaWorldRGBDEnv(gym.Env):
         if self.variant:
             self._move_goal()
             self._show_goal()
+        subgoals = has_subgoal(self.config.task)
         info = {
             "success": bool(mw_info.get("success", 0.0)),
-            "near_object": bool(mw_info.get("near_object", 0.0)),
-            "grasped": bool(mw_info.get("grasp_success", 0.0)),
+            "near_object": subgoals and bool(mw_info.get("near_object", 0.0)),
+            "grasped": subgoals and bool(mw_info.get("grasp_success", 0.0)),
         }
         truncated = self._steps >= self.config.max_episode_steps
         return self._observation(), float(reward), False, truncated, info
@@ -296,6 +300,11 @@ def _track_for_exit(env: MetaWorldRGBDEnv) -> None:
     _LIVE_ENVS.add(env)
 
 _INSTRUCTION_CHARSET = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ,.-'")
+
+
+def has_subgoal(task: str) -> bool:
+    """Whether Meta-World defines a sub-goal (near the object, grasped) for `task` (a variant: its base task's)."""
+    return (VARIANTS[task].base if task in VARIANTS else task) not in NO_SUBGOAL_TASKS
 
 
 def instruction_of(task: str) -> str:

@@ -31,7 +31,7 @@ from stvla import features as F
 from stvla.config import KEY_NEUTRAL, save_config
 from stvla.data.video import VIEWING, write_video
 from stvla.devices import torch_device
-from stvla.envs import MetaWorldRGBDEnv, episode_seed, make_env, parse_tasks
+from stvla.envs import MetaWorldRGBDEnv, episode_seed, has_subgoal, make_env, parse_tasks
 from stvla.evaluate.stats import rate_summary
 from stvla.locks import writes_to_out
 from stvla.policies.base import Policy, TraceDiagnostics, checkpoint_fingerprint
@@ -159,7 +159,7 @@ def run_episode(policy: Policy | ServedPolicy, env: MetaWorldRGBDEnv, task: str,
             paths_image = written.with_name(written.stem + "-paths.png")
             draw_predicted_paths(predictions, images, path, paths_image)
     return {"task": task, "attempt": attempt, "seed": seed, "success": success,
-            "subgoal": near_object or grasped, "near_object": near_object, "grasped": grasped, "steps": steps,
+            "subgoal": (near_object or grasped) if has_subgoal(task) else None, "near_object": near_object, "grasped": grasped, "steps": steps,
             "final_ee_position": [float(x) for x in obs[F.OBS_EE_POSITION]],  # where the actions led
             **(diagnostics.summary() if (diagnostics := getattr(policy, "trace_diagnostics", None)) else {}),
             "trace_error_px": predicted_trace_error(predictions, path), "video": str(written) if written else None,
@@ -261,10 +261,13 @@ def read_finished(path: Path) -> list[dict[str, Any]]:
 
 
 def summarize(episodes: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]:
-    """Per task and overall: success and sub-goal counts, rates and Wilson 95% intervals."""
+    """Per task and overall: success and sub-goal counts, rates and Wilson 95% intervals (the sub-goal's
+    over the episodes of tasks that have one; None where none has)."""
     def block(group: list[dict[str, Any]]) -> dict[str, Any]:
         success = rate_summary(sum(e["success"] for e in group), len(group))
-        subgoal = rate_summary(sum(e["subgoal"] for e in group), len(group))
+        with_subgoal = [e for e in group if e.get("subgoal") is not None and has_subgoal(e["task"])]
+        subgoal = rate_summary(sum(e["subgoal"] for e in with_subgoal), len(with_subgoal)) if with_subgoal else \
+            {"success_rate": None, "ci95": None}
         def mean_of(name: str) -> float | None:  # over the episodes that have the figure
             values = [e[name] for e in group if e.get(name) is not None]
             return float(np.mean(values)) if values else None
