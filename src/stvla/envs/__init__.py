@@ -2,8 +2,8 @@
 
 Observation keys are named in stvla.features (`OBS_*`); `episode_seed` gives every episode's start,
 disjoint between training and evaluation. Each Meta-World task, and each task variant whose goal moves
-(`VARIANTS`: reach-moving-v3 and reach-moving-hidden-v3, where history is needed), is registered with gymnasium as `stvla/<task>`,
-for example `gymnasium.make("stvla/pick-place-v3", image_size=128)`.
+(`VARIANTS`: reach-moving-v3 and reach-moving-hidden-v3, where history is needed), is registered with
+gymnasium as `stvla/<task>`, for example `gymnasium.make("stvla/pick-place-v3", image_size=128)`.
 """
 
 from __future__ import annotations

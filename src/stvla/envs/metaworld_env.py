@@ -16,8 +16,8 @@ With `depth_model` (a local ZoeDepth or Depth Anything V2 metric checkpoint), "d
 of the rendered depth (stvla.envs.depth_model), as on a robot without a depth sensor.
 
 The action is Meta-World's 4-D (dx, dy, dz, gripper) in [-1, 1]. `info` carries `success` and the
-sub-goal signals `near_object` and `grasped` (a task without a sub-goal, `has_subgoal`, reports neither). Episodes never terminate on their own; they are
-truncated after `max_episode_steps`.
+sub-goal signals `near_object` and `grasped` (a task without a sub-goal, `has_subgoal`, reports neither).
+Episodes never terminate on their own; they are truncated after `max_episode_steps`.
 """
 
 from __future__ import annotations

@@ -159,7 +159,8 @@ def run_episode(policy: Policy | ServedPolicy, env: MetaWorldRGBDEnv, task: str,
             paths_image = written.with_name(written.stem + "-paths.png")
             draw_predicted_paths(predictions, images, path, paths_image)
     return {"task": task, "attempt": attempt, "seed": seed, "success": success,
-            "subgoal": (near_object or grasped) if has_subgoal(task) else None, "near_object": near_object, "grasped": grasped, "steps": steps,
+            "subgoal": (near_object or grasped) if has_subgoal(task) else None,  # None: the task defines none
+            "near_object": near_object, "grasped": grasped, "steps": steps,
             "final_ee_position": [float(x) for x in obs[F.OBS_EE_POSITION]],  # where the actions led
             **(diagnostics.summary() if (diagnostics := getattr(policy, "trace_diagnostics", None)) else {}),
             "trace_error_px": predicted_trace_error(predictions, path), "video": str(written) if written else None,
