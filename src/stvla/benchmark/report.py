@@ -17,7 +17,8 @@ from stvla.benchmark.record import RESULTS_SUBDIR, record
 from stvla.envs import has_subgoal
 from stvla.evaluate.stats import wilson_interval
 
-# The papers' own figures for the direction of each claim (SimplerEnv WidowX, as their papers report them), shown beside ours.
+# The papers' own figures for the direction of each claim (SimplerEnv WidowX, as the papers report them), shown
+# beside ours.
 CLAIMS = (
     # (claim, better row, worse row, the papers' figure)
     ("ST-VLA > SpatialVLA-style base (both fine-tuned)", "st-C-b30", "base-finetuned",
