@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from stvla.benchmark.record import RESULTS_SUBDIR, record
-from stvla.envs import has_subgoal
+from stvla.evaluate.rollout import has_subgoal_record
 from stvla.evaluate.stats import wilson_interval
 
 # The papers' own figures for the direction of each claim (SimplerEnv WidowX, as the papers report them), shown
@@ -49,10 +49,10 @@ LLARVA_ROWS = ("llarva", "llarva-no-traces", "llarva-no-pretrain")
 
 def pooled(results: list[dict[str, Any]], task: str | None = None, metric: str = "success") -> tuple[int, int]:
     """(successes, episodes) over several cells' episodes, for one task or all (the sub-goal: over the
-    tasks that have one; a cell recorded before that was known counts False for the others)."""
+    tasks that define one)."""
     episodes = [e for r in results for e in r["episodes"] if task is None or e["task"] == task]
     if metric == "subgoal":
-        episodes = [e for e in episodes if e.get("subgoal") is not None and has_subgoal(e["task"])]
+        episodes = [e for e in episodes if has_subgoal_record(e)]
     return sum(bool(e[metric]) for e in episodes), len(episodes)
 
 

@@ -261,12 +261,18 @@ def read_finished(path: Path) -> list[dict[str, Any]]:
     return finished
 
 
+def has_subgoal_record(episode: dict[str, Any]) -> bool:
+    """Whether an episode's sub-goal counts: its task defines one (an episode recorded before that was
+    known holds False for the tasks that define none)."""
+    return episode.get("subgoal") is not None and has_subgoal(episode["task"])
+
+
 def summarize(episodes: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any]:
     """Per task and overall: success and sub-goal counts, rates and Wilson 95% intervals (the sub-goal's
     over the episodes of tasks that have one; None where none has)."""
     def block(group: list[dict[str, Any]]) -> dict[str, Any]:
         success = rate_summary(sum(e["success"] for e in group), len(group))
-        with_subgoal = [e for e in group if e.get("subgoal") is not None and has_subgoal(e["task"])]
+        with_subgoal = [e for e in group if has_subgoal_record(e)]
         subgoal = rate_summary(sum(e["subgoal"] for e in with_subgoal), len(with_subgoal)) if with_subgoal else \
             {"success_rate": None, "ci95": None}
         def mean_of(name: str) -> float | None:  # over the episodes that have the figure
