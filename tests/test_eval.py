@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from stvla.envs import episode_seed
 from stvla.evaluate import EvalConfig, evaluate, wilson_interval
 from stvla.policies.action_tokenizer import ActionGridConfig
 from stvla.policies.image_encoder import ImageEncoderConfig
@@ -78,6 +79,14 @@ def test_evaluation_writes_consistent_results_and_resumes(tmp_path):
     save_tiny(tmp_path / "moved", seed=1)
     with pytest.raises(ValueError, match="episodes of another evaluation"):
         evaluate(dataclasses.replace(config, policy=str(moved), episodes=3), progress=False)
+    # The training split replays the collection's starts, never the held-out ones; it is another evaluation.
+    with pytest.raises(ValueError, match="episodes of another evaluation"):
+        evaluate(dataclasses.replace(config, split="train"), progress=False)
+    train = evaluate(dataclasses.replace(config, split="train", out=str(tmp_path / "train")), progress=False)
+    assert [e["seed"] for e in train["episodes"]] == [episode_seed("reach-v3", 0, "train")]
+    assert train["episodes"][0]["seed"] != episodes[0]["seed"] == episode_seed("reach-v3", 0, "eval")
+    with pytest.raises(ValueError, match="--split must be 'eval'"):
+        evaluate(dataclasses.replace(config, split="test"), progress=False)
 
 
 def test_bad_task_and_mismatched_checkpoint_are_refused(tmp_path):

@@ -10,8 +10,9 @@ Outputs in `out/`:
     success_by_task.png     per-task success with the intervals
     videos/<task>-ep<k>-<success|failure>.mp4   RGB with the policy's traces | the depth it encoded
 
-Seeds come from `episode_seed(task, attempt, "eval")`, disjoint from every training seed. An
-interrupted evaluation keeps its finished episodes and a second call runs only the missing ones.
+Seeds come from `episode_seed(task, attempt, "eval")`, disjoint from every training seed (`--split
+train` replays the starts a collection drew instead: success there against held-out success tells
+memorising from generalising). An interrupted evaluation keeps its finished episodes and a second call runs only the missing ones.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class EvalConfig:
     policy: str = ""  # policy checkpoint directory (the `policy/` folder written by `stvla train`)
     tasks: str = "pick-place-v3"  # comma-separated Meta-World tasks, or "mt10"
     episodes: int = 50  # evaluation episodes per task, on held-out seeds
+    split: str = "eval"  # whose starts: "eval" (held-out) or "train" (the ones `stvla collect` drew: a memorisation check)
     max_steps: int = 200  # steps before an episode counts as a failure
     workers: int = 2  # processes, each with its own simulator and copy of the policy
     out: str = "runs/eval"  # output directory (resumes if it holds finished episodes)
@@ -73,6 +75,8 @@ class EvalConfig:
             key["temporal_ensemble"] = self.temporal_ensemble
         if self.remove_traces:  # other inputs
             key["remove_traces"] = True
+        if self.split != "eval":  # other starts
+            key["split"] = self.split
         return key
 
 
@@ -123,9 +127,9 @@ def video_frame(obs: dict[str, Any], policy: Policy | ServedPolicy, depth_range:
 
 
 def run_episode(policy: Policy | ServedPolicy, env: MetaWorldRGBDEnv, task: str, attempt: int, max_steps: int,
-                video: Path | None) -> dict[str, Any]:
+                video: Path | None, split: str = "eval") -> dict[str, Any]:
     """One closed-loop episode; success = info["success"] at any step (the episode stops there)."""
-    seed = episode_seed(task, attempt, "eval")
+    seed = episode_seed(task, attempt, split)
     obs, _ = env.reset(seed=seed)
     policy.reset()
     success = near_object = grasped = False
@@ -241,7 +245,7 @@ def _episode_in_worker(job: tuple[str, int, str | None]) -> dict[str, Any]:
                               max_episode_steps=config.max_steps, depth_model=config.depth_model,
                               depth_device=config.device)
     return run_episode(_WORKER["policy"], envs[task], task, attempt, config.max_steps,
-                       Path(video) if video else None)
+                       Path(video) if video else None, config.split)
 
 
 def image_size_of(policy: Policy | ServedPolicy) -> int:
@@ -316,6 +320,8 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     if config.episodes < 1 or config.workers < 1 or config.max_steps < 1:
         raise ValueError(f"episodes, workers and max_steps must be >= 1, got {config.episodes}, {config.workers}, "
                          f"{config.max_steps}")
+    if config.split not in ("eval", "train"):
+        raise ValueError(f"--split must be 'eval' (held-out starts) or 'train' (the collected ones), got {config.split!r}")
     if config.server:
         if config.temporal_ensemble:
             raise ValueError("--temporal_ensemble applies to a local policy, not to one behind --server")

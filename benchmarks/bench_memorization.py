@@ -1,0 +1,79 @@
+"""Memorising or generalising? A policy's success on the starts it was trained on against held-out ones.
+
+The kept MT10 base solves the tasks whose goal is the same every episode relative to the scene
+(doors, drawers, buttons, windows: 84-100%) and fails those with a goal drawn anew per episode
+(reach, push, pick-place: 12-36%). This tells two explanations apart: if it succeeds on the
+training starts (the goals it saw demonstrated) and fails on held-out ones, it has learnt each
+demonstrated goal, not where a goal is from the image: more demonstrations per goal-varying task
+(or a representation that generalises over goal positions) is what it lacks; if it fails on its
+training starts too, it cannot even fit them, and the limit is capacity or training.
+
+Both evaluations are ordinary `stvla eval` runs (`--split train` and the default held-out split),
+so they resume; the training dataset is read to say how many of the replayed starts it holds (a
+start whose expert episode failed is not in it).
+
+    python benchmarks/bench_memorization.py [--policy checkpoints/base-mt10] [--tasks reach-v3,push-v3,pick-place-v3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import ROOT, record  # noqa: E402
+
+from stvla.benchmark.report import difference, rate_text  # noqa: E402
+from stvla.data.store import EpisodeStore  # noqa: E402
+from stvla.envs import episode_seed, parse_tasks  # noqa: E402
+from stvla.evaluate import EvalConfig, evaluate  # noqa: E402
+
+
+def training_seeds(dataset: Path) -> set[int]:
+    """The environment seeds of the episodes a dataset holds."""
+    store = EpisodeStore(dataset)
+    return {int(store.episode_meta(i)["seed"]) for i in range(store.num_episodes)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", default="checkpoints/base-mt10", help="the policy checkpoint to evaluate")
+    parser.add_argument("--dataset", default="runs/bench/data/pretrain-mt10",
+                        help="the dataset it was trained on (to count the replayed starts it holds)")
+    parser.add_argument("--tasks", default="reach-v3,push-v3,pick-place-v3")
+    parser.add_argument("--episodes", type=int, default=50, help="episodes per task and split")
+    parser.add_argument("--work", default="runs/bench-memorization")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    tasks = parse_tasks(args.tasks)
+    dataset = ROOT / args.dataset
+    if not (dataset / "meta" / "info.json").is_file():
+        sys.exit(f"error: {dataset} is not a dataset: pass the policy's training data with --dataset")
+    seen = training_seeds(dataset)
+
+    episodes: dict[str, list[dict]] = {}
+    for split in ("train", "eval"):
+        info = evaluate(EvalConfig(policy=str(ROOT / args.policy), tasks=",".join(tasks), episodes=args.episodes,
+                                   split=split, workers=args.workers, videos=0, out=str(ROOT / args.work / split)))
+        episodes[split] = info["episodes"]
+
+    rows, figures = [], {"policy": args.policy, "dataset": args.dataset, "episodes": args.episodes, "tasks": {}}
+    for task in tasks:
+        counts = {split: (sum(e["success"] for e in episodes[split] if e["task"] == task),
+                          sum(e["task"] == task for e in episodes[split])) for split in episodes}
+        held = sum(episode_seed(task, attempt, "train") in seen for attempt in range(args.episodes))
+        diff, low, high = difference(counts["train"], counts["eval"])
+        figures["tasks"][task] = {"train": counts["train"], "eval": counts["eval"], "train_starts_in_dataset": held,
+                                  "difference": [diff, low, high]}
+        rows.append((f"{task}: success on its training starts ({held} of {args.episodes} in the dataset) / "
+                     "on held-out starts; difference (95% CI)",
+                     f"{rate_text(*counts['train'])} / {rate_text(*counts['eval'])}; "
+                     f"{100 * diff:+.0f} [{100 * low:+.0f}, {100 * high:+.0f}] points"))
+    record("memorization", figures, rows, f"Memorising or generalising ({args.policy}, {args.episodes} episodes "
+                                           "per task and split)")
+    print("\n".join(f"{what}: {value}" for what, value in rows))
+
+
+if __name__ == "__main__":
+    main()
