@@ -7,7 +7,8 @@ only how the policy acts (temporal ensembling) evaluates the kept base itself.
     python benchmarks/bench_base.py --report_only
     python benchmarks/bench_base.py --keep steps20k   # a finished trial's checkpoint becomes the kept base
 
-Every trial is cached: the dataset is the one `stvla bench` collects (same directory and key), the
+Every trial is cached: the dataset is the one `stvla bench` collects (same directory and key; goal200
+copies it and collects more episodes of three tasks into the copy), the
 training resumes from its checkpoint, the evaluation keeps finished episodes, and a finished trial's
 result lands in benchmarks/results/base_trials/<trial>.json (<trial>-<N>ep.json evaluated on N episodes
 per task instead of 20; the evaluation extends the 20 it has; commit them: the table resumes anywhere).
@@ -32,6 +33,7 @@ from common import ROOT, record  # noqa: E402
 
 from stvla.benchmark.cells import Cell  # noqa: E402
 from stvla.benchmark.protocol import Bench, BenchConfig  # noqa: E402
+from stvla.data.collect import CollectConfig, collect  # noqa: E402
 from stvla.evaluate import EvalConfig, evaluate  # noqa: E402
 from stvla.policies.base import checkpoint_fingerprint  # noqa: E402
 from stvla.policies.ego3d import Ego3DConfig  # noqa: E402
@@ -59,9 +61,14 @@ TRIALS: dict[str, tuple[dict, dict, str]] = {
                         "chunks of 8 actions (4 executed) and, acting, temporal ensembling over 8 chunks"),
     "dart0.2": ({}, {}, "DART demonstrations: the expert's moves executed with Gaussian noise (std 0.2 per "
                         "translation axis), its clean actions recorded, MT10 x 50 collected again"),
+    "goal200": ({}, {}, "four times the demonstrations (200) of the three tasks whose goal is drawn anew per "
+                        "episode (reach, push, pick-place; MT10 x 50 otherwise): the kept base succeeds on the starts "
+                        "it was trained on and fails on new ones (bench_memorization.py)"),
 }
 # Trials trained on a dataset collected otherwise: the BenchConfig fields of its collection.
 TRIAL_DATA = {"size192": {"image_size": 192}, "dart0.2": {"action_noise": 0.2}}
+# Trials trained on the pre-training set extended with more episodes of some tasks: (tasks, episodes per task).
+TRIAL_MORE_EPISODES = {"goal200": ("reach-v3,push-v3,pick-place-v3", 200)}
 TRAINED_AS = {"steps20k-ensemble": "steps20k"}  # trials that only act differently from another trial's checkpoint
 RESULTS = ROOT / "benchmarks" / "results" / "base_trials"
 
@@ -74,7 +81,8 @@ def trial_config(name: str, dataset: Path, work: Path) -> TrainConfig:
 def run_trial(name: str, dataset: Path, work: Path, episodes: int, workers: int) -> dict:
     config = trial_config(name, dataset, work)
     acting = TRIALS[name][1]
-    data = {"tasks": "mt10", "episodes": 50, **TRIAL_DATA.get(name, {})}
+    data = {"tasks": "mt10", "episodes": 50, **TRIAL_DATA.get(name, {}),
+            **({"more_episodes": TRIAL_MORE_EPISODES[name]} if name in TRIAL_MORE_EPISODES else {})}
     key = {"train": {k: v for k, v in config.key().items() if k not in ("dataset", "out")},
            "data": data, "eval": {"episodes": episodes, "max_steps": 200, **acting}}
 
@@ -82,7 +90,7 @@ def run_trial(name: str, dataset: Path, work: Path, episodes: int, workers: int)
         resumed = (Path(config.out) / "checkpoint").exists()  # then this call's training time is not the run's
         started = time.perf_counter()
         # A trial of acting only evaluates the kept base (trained with exactly `config`, on the same data).
-        acting_only = not TRIALS[name][0] and name not in TRIAL_DATA
+        acting_only = not TRIALS[name][0] and not own_data(name)
         policy = Bench(BenchConfig(repo=str(ROOT))).base_checkpoint() if acting_only else train(config)
         trained = time.perf_counter()
         info = evaluate(EvalConfig(policy=str(policy), tasks="mt10", episodes=episodes, workers=workers,
@@ -94,6 +102,25 @@ def run_trial(name: str, dataset: Path, work: Path, episodes: int, workers: int)
                 "overall": {k: info["overall"][k] for k in ("episodes", "success_rate", "ci95")}}
 
     return Cell(f"base-trial/{name}", result_path(name, episodes), key).run(work_)
+
+
+def own_data(name: str) -> bool:
+    """Whether the trial trains on other data than the protocol's pre-training set."""
+    return name in TRIAL_DATA or name in TRIAL_MORE_EPISODES
+
+
+def extended_dataset(dataset: Path, name: str, workers: int) -> Path:
+    """A copy of `dataset` beside it, collected up to more episodes of some tasks (TRIAL_MORE_EPISODES):
+    the added episodes continue each task's attempts, so they are new starts, never held-out ones."""
+    tasks, episodes = TRIAL_MORE_EPISODES[name]
+    extended = dataset.with_name(f"{dataset.name}-{name}")
+    if not extended.exists():  # copied whole, then renamed: a killed copy leaves no half dataset behind
+        partial = extended.with_name(extended.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(dataset, partial, ignore=shutil.ignore_patterns("cache", ".stvla.lock"))
+        partial.rename(extended)
+    collect(CollectConfig(task=tasks, episodes=episodes, out=str(extended), resume=True, workers=workers))
+    return extended
 
 
 def result_path(name: str, episodes: int) -> Path:
@@ -110,7 +137,7 @@ def keep_trial(name: str, work: Path) -> Path:
     stage1, kept = bench.stage1()
     trial = trial_config(name, Path(stage1.dataset), work)
     differs = sorted(k for k, v in trial.key().items() if k not in ("dataset", "out") and stage1.key().get(k) != v)
-    if differs or TRIALS[name][1] or TRIAL_DATA.get(name):
+    if differs or TRIALS[name][1] or own_data(name):
         raise SystemExit(f"trial {name!r} is not the protocol's stage 1 (it differs in {differs or 'data or acting'}): "
                          f"set BenchConfig's defaults to its settings first")
     record = json.loads((RESULTS / f"{name}.json").read_text())["result"]
@@ -174,6 +201,8 @@ def main() -> None:
             bench = Bench(BenchConfig(repo=str(ROOT), workers=args.workers, **data))
             # The protocol's own pre-training set, in the directory its collection settings give it.
             dataset = bench.collect_cell(bench.pretrain_name, "mt10", 50, 0)
+            if name in TRIAL_MORE_EPISODES:
+                dataset = extended_dataset(dataset, name, args.workers)
             run_trial(name, dataset, Path(args.work), args.episodes, args.workers)
             report()
     report()
