@@ -8,10 +8,14 @@ fine-tune), and evaluated on the same held-out episodes.
 
     python benchmarks/bench_history.py [--task reach-moving-v3] [--seeds 0,1,2] [--steps 1000]
         [--init checkpoints/base-mt10] [--rows base,stack2,tracevla,st,st-adaptive,st-thick6]
-        [--episodes 50] [--report_only]
+        [--no_state] [--episodes 50] [--report_only]
+
+`--no_state` trains every row on the papers' inputs (image, depth and instruction, no proprio state):
+where the gripper is and how it moves must then be read from the images, the traces among them.
 
 Every (row, seed) is a cached cell (benchmarks/results/history[_<task>][_from-<init>][_<steps>steps]/
-<row>[-s<seed>].json, the task named unless it is reach-moving-v3, the steps unless 1000): a killed
+<row>[-s<seed>].json, the task named unless it is reach-moving-v3, the steps unless 1000, then
+`_no-state` with --no_state): a killed
 run resumes, finished cells are not re-run; every
 row's first seed runs before any row's second. Success is pooled over a row's finished seeds (Wilson
 95% interval), and each row is compared with "no history" on the seeds both have (Newcombe 95%
@@ -66,11 +70,11 @@ def percent(successes: int, episodes: int) -> str:
     return f"{100 * successes / episodes:.0f}% [{100 * low:.0f}, {100 * high:.0f}]"
 
 
-def results_name(task: str, init: str = "", steps: int = DEFAULT_STEPS) -> str:
+def results_name(task: str, init: str = "", steps: int = DEFAULT_STEPS, use_state: bool = True) -> str:
     """The results' name: `history` for the default setting (as before there were others), then what
-    differs from it: the task, the checkpoint fine-tuned from, the training steps."""
+    differs from it: the task, the checkpoint fine-tuned from, the training steps, the inputs."""
     parts = ["history"] + ([task] if task != DEFAULT_TASK else []) + ([f"from-{Path(init).name}"] if init else []) \
-        + ([f"{steps}steps"] if steps != DEFAULT_STEPS else [])
+        + ([f"{steps}steps"] if steps != DEFAULT_STEPS else []) + ([] if use_state else ["no-state"])
     return "_".join(parts)
 
 
@@ -92,6 +96,7 @@ def main() -> None:
     parser.add_argument("--task", default=DEFAULT_TASK, help="a history-needing task (stvla.envs.variants)")
     parser.add_argument("--work", default="", help="directory for data, runs and evaluations (default: "
                         "runs/bench-<the results' name>)")
+    parser.add_argument("--no_state", action="store_true", help="the papers' inputs: no proprio state token")
     parser.add_argument("--report_only", action="store_true", help="run nothing: report the cells finished so far")
     args = parser.parse_args()
     names = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -101,7 +106,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.task not in VARIANTS:
         parser.error(f"--task {args.task!r} is not a history-needing variant; valid: {', '.join(VARIANTS)}")
-    results_dir = results_name(args.task, args.init, args.steps)
+    if args.no_state and args.init:
+        parser.error("--no_state trains from scratch: a fine-tuned row keeps its --init's state token")
+    results_dir = results_name(args.task, args.init, args.steps, not args.no_state)
     # Runs of one setting never resume another's; the demonstrations depend on the task only.
     work = Path(args.work or f"runs/bench-{results_dir}")
     data_dir = Path(args.work or ("runs/bench-history" if args.task == DEFAULT_TASK else f"runs/bench-history-{args.task}"))
@@ -116,7 +123,8 @@ def main() -> None:
             policy, model_changes, traces, _ = ROWS[name]
             run_dir = work / (name if seed == 0 else f"{name}-s{seed}")
             config = TrainConfig(policy=policy, dataset=data.out, out=str(run_dir), steps=args.steps, seed=seed,
-                                 val_episodes=0, model=dataclasses.replace(VLAConfig(), **model_changes),
+                                 val_episodes=0, model=dataclasses.replace(VLAConfig(), **model_changes,
+                                                                           use_state=not args.no_state),
                                  traces=copy.deepcopy(traces), init=args.init)
             # The init's path is where it lies; its weights' fingerprint is what it is.
             exclude = ("dataset", "out", "init") if args.init else ("dataset", "out")
@@ -162,9 +170,10 @@ def report(results: dict[str, dict[int, dict]], args) -> None:
                          f"{mean['action_norm']:.3f}"))
     figures = {name: {str(seed): cell for seed, cell in by_seed.items()} for name, by_seed in results.items()}
     figures["setting"] = {"task": args.task, "init": args.init, "steps": args.steps, "demos": args.demos,
-                          "episodes": args.episodes, "max_steps": args.max_steps}
-    how = f"LoRA fine-tuned from {args.init}" if args.init else "from scratch"
-    record(results_name(args.task, args.init, args.steps), figures, rows,
+                          "episodes": args.episodes, "max_steps": args.max_steps, "use_state": not args.no_state}
+    how = (f"LoRA fine-tuned from {args.init}" if args.init else "from scratch") + ("" if not args.no_state else
+                                                                                 ", no proprio state")
+    record(results_name(args.task, args.init, args.steps, not args.no_state), figures, rows,
            f"History ({args.task}: {args.demos} demonstrations, {args.steps} training steps per row {how}, "
            f"{args.episodes} held-out episodes of at most {args.max_steps} steps, training seeds {args.seeds})")
 

@@ -98,7 +98,8 @@ def setting_label(result: dict) -> str:
         title = result["report"]["title"]
         return title[title.find("(") + 1:title.rfind(")")]
     how = f"LoRA fine-tuned from {Path(setting['init']).name}" if setting["init"] else "from scratch"
-    return f"{setting['task']}, {how}, {setting['steps']} steps"
+    inputs = "" if setting.get("use_state", True) else ", no proprio state"
+    return f"{setting['task']}, {how}, {setting['steps']} steps{inputs}"
 
 
 def pooled_over(result: dict, row: str, seeds: list[str]) -> tuple[int, int]:
