@@ -75,6 +75,22 @@ def test_depth_at_end_effector_pixel_matches_camera_frame_depth(pick_place_env):
     assert np.median(errors) < 0.02 and max(errors) < 0.05, errors
 
 
+def test_one_pass_colour_and_depth_equal_mujocos_two_renders(pick_place_env):
+    """The env reads colour and depth from one pass; MuJoCo's Renderer draws the scene once for each."""
+    pick_place_env.reset(seed=5)
+    renderer = pick_place_env.unwrapped._renderer
+    for _ in range(3):
+        pick_place_env.step(pick_place_env.expert_action())
+        renderer.update_scene(pick_place_env.unwrapped._mw.data, camera=pick_place_env.unwrapped._camera_id)
+        rgb, depth = renderer.render_rgb_depth()
+        renderer.enable_depth_rendering()
+        two_pass_depth = renderer.render()
+        renderer.disable_depth_rendering()
+        np.testing.assert_array_equal(rgb, renderer.render())
+        np.testing.assert_array_equal(depth, two_pass_depth)  # unclipped: the far background included
+        assert 0.3 < float(np.median(depth)) < 3.0
+
+
 def test_pose_is_a_rigid_transform_with_the_camera_looking_at_the_table(pick_place_env):
     obs, _ = pick_place_env.reset(seed=1)
     R = obs["camera.pose"][:3, :3]

@@ -138,7 +138,7 @@ class MetaWorldRGBDEnv(gym.Env):
             goal_site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
             model.site_size[goal_site][0] = self.variant.marker_radius
             self._goal_alpha = float(model.site_rgba[goal_site][3])  # restored when a hidden marker shows again
-        self._renderer = mujoco.Renderer(model, size, size)
+        self._renderer = RGBDRenderer(model, size, size)
         _track_for_exit(self)
         for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION):
             self._renderer.scene.flags[flag] = False
@@ -256,13 +256,9 @@ class MetaWorldRGBDEnv(gym.Env):
     def _render_rgb_depth(self) -> tuple[np.ndarray, np.ndarray]:
         renderer = self._renderer
         renderer.update_scene(self._mw.data, camera=self._camera_id)
-        rgb = renderer.render().copy()
-        if self.depth_estimator is not None:  # the estimate replaces the rendered depth: no second render
+        rgb, depth = renderer.render_rgb_depth()
+        if self.depth_estimator is not None:  # the estimate replaces the rendered depth
             depth = self.depth_estimator(rgb)
-        else:
-            renderer.enable_depth_rendering()
-            depth = renderer.render().astype(np.float32)
-            renderer.disable_depth_rendering()
         np.minimum(depth, self.config.depth_max, out=depth)
         return rgb, depth
 
@@ -280,6 +276,31 @@ class MetaWorldRGBDEnv(gym.Env):
             F.OBS_STATE: self._state[:4].astype(np.float32),
             F.OBS_INSTRUCTION: self.instruction,
         }
+
+
+class RGBDRenderer(mujoco.Renderer):
+    """MuJoCo's offscreen renderer, reading colour and metric depth from one pass over the scene.
+
+    `mujoco.Renderer` draws the scene once per image it returns, so colour and depth cost two passes;
+    rendering is most of a simulated step's time. The depth buffer of the colour pass holds the same
+    depths (a test holds the two ways equal, pixel for pixel)."""
+
+    def render_rgb_depth(self) -> tuple[np.ndarray, np.ndarray]:
+        """(H, W, 3) uint8 colour and (H, W) float32 depth in metres along the optical axis."""
+        if self._gl_context:
+            self._gl_context.make_current()
+        mujoco.mjr_render(self._rect, self._scene, self._mjr_context)
+        rgb = np.empty((self.height, self.width, 3), np.uint8)
+        buffer = np.empty((self.height, self.width), np.float32)
+        mujoco.mjr_readPixels(rgb, buffer, self._rect, self._mjr_context)
+        # OpenGL's rows run bottom-up; the buffer holds reversed-Z window depths (1 at the near plane, 0 at
+        # the far one), undone here as the base class undoes them (in float64, then cast back).
+        extent = self.model.stat.extent
+        near, far = np.float32(self.model.vis.map.znear * extent), np.float32(self.model.vis.map.zfar * extent)
+        scale = np.float32(-0.5) * (-(np.float32(2) * far * near) / (far - near))
+        offset = np.float32(-0.5) * (-(far + near) / (far - near)) - np.float32(0.5)
+        depth = (scale / (buffer.astype(np.float64) + offset)).astype(np.float32)
+        return np.flipud(rgb).copy(), np.flipud(depth).copy()
 
 
 # Renderers left to the garbage collector at interpreter exit outlive their EGL display and print
