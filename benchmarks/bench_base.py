@@ -66,11 +66,16 @@ TRIALS: dict[str, tuple[dict, dict, str]] = {
     "goal200": ({}, {}, "four times the demonstrations (200) of the three tasks whose goal is drawn anew per "
                         "episode (reach, push, pick-place; MT10 x 50 otherwise): the kept base succeeds on the starts "
                         "it was trained on and fails on new ones (bench_memorization.py)"),
+    "goal200-steps33k": ({"steps": 33000}, {}, "goal200's data with the steps scaled to its frames (62,296 against "
+                                                "37,814: 33,000 steps), so the other seven tasks are seen as often "
+                                                "as by the kept base"),
 }
 # Trials trained on a dataset collected otherwise: the BenchConfig fields of its collection.
 TRIAL_DATA = {"size192": {"image_size": 192}, "dart0.2": {"action_noise": 0.2}}
 # Trials trained on the pre-training set extended with more episodes of some tasks: (tasks, episodes per task).
 TRIAL_MORE_EPISODES = {"goal200": ("reach-v3,push-v3,pick-place-v3", 200)}
+TRIAL_MORE_EPISODES["goal200-steps33k"] = TRIAL_MORE_EPISODES["goal200"]
+DATA_AS = {"goal200-steps33k": "goal200"}  # trials that train on another trial's extended dataset
 TRAINED_AS = {"steps20k-ensemble": "steps20k"}  # trials that only act differently from another trial's checkpoint
 RESULTS = ROOT / "benchmarks" / "results" / "base_trials"
 
@@ -115,7 +120,7 @@ def extended_dataset(dataset: Path, name: str, workers: int) -> Path:
     """A copy of `dataset` beside it, collected up to more episodes of some tasks (TRIAL_MORE_EPISODES):
     the added episodes continue each task's attempts, so they are new starts, never held-out ones."""
     tasks, episodes = TRIAL_MORE_EPISODES[name]
-    extended = dataset.with_name(f"{dataset.name}-{name}")
+    extended = dataset.with_name(f"{dataset.name}-{DATA_AS.get(name, name)}")
     if not extended.exists():  # copied whole, then renamed: a killed copy leaves no half dataset behind
         partial = extended.with_name(extended.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
