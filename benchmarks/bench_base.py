@@ -61,8 +61,8 @@ TRIALS: dict[str, tuple[dict, dict, str]] = {
                         "chunks of 8 actions (4 executed) and, acting, temporal ensembling over 8 chunks"),
     "dart0.2": ({}, {}, "DART demonstrations: the expert's moves executed with Gaussian noise (std 0.2 per "
                         "translation axis), its clean actions recorded, MT10 x 50 collected again"),
-    "kept": ({}, {}, "the kept base (steps20k) evaluated again after the fix of the first frame's goal marker "
-                     "(aa0d9b0; the rows above were evaluated before it, steps20k's 50 episodes partly)"),
+    "kept": ({}, {}, "the kept base (steps20k) evaluated again on the code goal200 ran on, after the fix of the "
+                     "first frame's goal marker (aa0d9b0), which came after steps20k's first 20 episodes per task"),
     "goal200": ({}, {}, "four times the demonstrations (200) of the three tasks whose goal is drawn anew per "
                         "episode (reach, push, pick-place; MT10 x 50 otherwise): the kept base succeeds on the starts "
                         "it was trained on and fails on new ones (bench_memorization.py)"),
