@@ -12,7 +12,8 @@ Outputs in `out/`:
 
 Seeds come from `episode_seed(task, attempt, "eval")`, disjoint from every training seed (`--split
 train` replays the starts a collection drew instead: success there against held-out success tells
-memorising from generalising). An interrupted evaluation keeps its finished episodes and a second call runs only the missing ones.
+memorising from generalising). An interrupted evaluation keeps its finished episodes and a second
+call runs only the missing ones.
 """
 
 from __future__ import annotations
