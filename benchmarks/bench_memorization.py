@@ -1,8 +1,8 @@
 """Memorising or generalising? A policy's success on the starts it was trained on against held-out ones.
 
 The kept MT10 base solves the tasks whose goal is the same every episode relative to the scene
-(doors, drawers, buttons, windows: 84-100%) and fails those with a goal drawn anew per episode
-(reach, push, pick-place: 12-36%). This tells two explanations apart: if it succeeds on the
+(doors, drawers, buttons, windows) and mostly fails those with a goal drawn anew per episode (reach,
+push, pick-place; BENCHMARKS.md's base trials). This tells two explanations apart: if it succeeds on the
 training starts (the goals it saw demonstrated) and fails on held-out ones, it has learnt each
 demonstrated goal, not where a goal is from the image: more demonstrations per goal-varying task
 (or a representation that generalises over goal positions) is what it lacks; if it fails on its
