@@ -38,7 +38,7 @@ from stvla.evaluate import EvalConfig, evaluate  # noqa: E402
 from stvla.policies.base import checkpoint_fingerprint  # noqa: E402
 from stvla.policies.ego3d import Ego3DConfig  # noqa: E402
 from stvla.policies.vla import VLAConfig  # noqa: E402
-from stvla.train import TrainConfig, train  # noqa: E402
+from stvla.train import LoraSettings, TrainConfig, train  # noqa: E402
 from stvla.train.augment import AugmentConfig  # noqa: E402
 
 # Each trial: what it changes in the kept base's stage-1 TrainConfig, in its EvalConfig, and why.
@@ -69,13 +69,18 @@ TRIALS: dict[str, tuple[dict, dict, str]] = {
     "goal200-steps33k": ({"steps": 33000}, {}, "goal200's data with the steps scaled to its frames (62,296 against "
                                                 "37,814: 33,000 steps), so the other seven tasks are seen as often "
                                                 "as by the kept base"),
+    "goal200-continue13k": ({"init": "checkpoints/base-mt10", "lora": LoraSettings(rank=0), "steps": 13000}, {},
+                            "the kept base trained on (every weight, a new warm-up and cosine from 3e-4) for 13,000 "
+                            "more steps on goal200's data: goal200-steps33k's 33,000 steps in all, 20,000 of them "
+                            "already made"),
 }
 # Trials trained on a dataset collected otherwise: the BenchConfig fields of its collection.
 TRIAL_DATA = {"size192": {"image_size": 192}, "dart0.2": {"action_noise": 0.2}}
 # Trials trained on the pre-training set extended with more episodes of some tasks: (tasks, episodes per task).
 TRIAL_MORE_EPISODES = {"goal200": ("reach-v3,push-v3,pick-place-v3", 200)}
 TRIAL_MORE_EPISODES["goal200-steps33k"] = TRIAL_MORE_EPISODES["goal200"]
-DATA_AS = {"goal200-steps33k": "goal200"}  # trials that train on another trial's extended dataset
+TRIAL_MORE_EPISODES["goal200-continue13k"] = TRIAL_MORE_EPISODES["goal200"]
+DATA_AS = {"goal200-steps33k": "goal200", "goal200-continue13k": "goal200"}  # trials that train on another trial's extended dataset
 TRAINED_AS = {"steps20k-ensemble": "steps20k"}  # trials that only act differently from another trial's checkpoint
 RESULTS = ROOT / "benchmarks" / "results" / "base_trials"
 
