@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 RESULTS_SUBDIR = Path("benchmarks") / "results"
-
+PROVENANCE = ("command", "date", "machine")  # where, when and how the figures were measured
 
 
 def machine_description() -> str:
@@ -56,7 +56,8 @@ def record(name: str, figures: dict, table: list[tuple[str, str]], title: str, r
     """Save `figures` as <root>/benchmarks/results/<name>.json with provenance; rebuild <root>/BENCHMARKS.md.
 
     `table` is a list of (what, value) rows shown in the report under `title`; `markdown` blocks
-    (tables, images) follow it.
+    (tables, images) follow it. Figures equal to the ones already recorded keep their command, date and
+    machine: a report rebuilt from the same cached cells (elsewhere, later) did not measure them again.
     """
     root = Path(root)
     results_dir = root / RESULTS_SUBDIR
@@ -70,11 +71,25 @@ def record(name: str, figures: dict, table: list[tuple[str, str]], title: str, r
         "markdown": markdown or [],
     }
     path = results_dir / f"{name}.json"
+    previous = _read_json(path)
+    if previous is not None and _without_provenance(previous) == _without_provenance(json.loads(json.dumps(payload))):
+        payload.update({key: previous[key] for key in PROVENANCE if key in previous})
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     os.replace(tmp, path)
     rebuild_report(root)
     return path
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None  # none yet, or a damaged file: it is written anew
+
+
+def _without_provenance(payload: dict) -> dict:
+    return {key: value for key, value in payload.items() if key not in PROVENANCE}
 
 
 def rebuild_report(root: str | Path = ".") -> None:
