@@ -8,7 +8,7 @@ only how the policy acts (temporal ensembling) evaluates the kept base itself.
     python benchmarks/bench_base.py --keep steps20k   # a finished trial's checkpoint becomes the kept base
 
 Every trial is cached: the dataset is the one `stvla bench` collects (same directory and key; goal200
-copies it and collects more episodes of three tasks into the copy), the
+copies it and collects more episodes of three tasks into the copy, as stage 1's second phase does), the
 training resumes from its checkpoint, the evaluation keeps finished episodes, and a finished trial's
 result lands in benchmarks/results/base_trials/<trial>.json (<trial>-<N>ep.json evaluated on N episodes
 per task instead of 20; the evaluation extends the 20 it has; commit them: the table resumes anywhere).
@@ -33,7 +33,6 @@ from common import ROOT, record  # noqa: E402
 
 from stvla.benchmark.cells import Cell  # noqa: E402
 from stvla.benchmark.protocol import Bench, BenchConfig  # noqa: E402
-from stvla.data.collect import CollectConfig, collect  # noqa: E402
 from stvla.evaluate import EvalConfig, evaluate  # noqa: E402
 from stvla.policies.base import checkpoint_fingerprint  # noqa: E402
 from stvla.policies.ego3d import Ego3DConfig  # noqa: E402
@@ -80,7 +79,6 @@ TRIAL_DATA = {"size192": {"image_size": 192}, "dart0.2": {"action_noise": 0.2}}
 TRIAL_MORE_EPISODES = {"goal200": ("reach-v3,push-v3,pick-place-v3", 200)}
 TRIAL_MORE_EPISODES["goal200-steps33k"] = TRIAL_MORE_EPISODES["goal200"]
 TRIAL_MORE_EPISODES["goal200-continue13k"] = TRIAL_MORE_EPISODES["goal200"]
-DATA_AS = {"goal200-steps33k": "goal200", "goal200-continue13k": "goal200"}  # trials that train on another trial's extended dataset
 TRAINED_AS = {"steps20k-ensemble": "steps20k"}  # trials that only act differently from another trial's checkpoint
 RESULTS = ROOT / "benchmarks" / "results" / "base_trials"
 
@@ -121,18 +119,12 @@ def own_data(name: str) -> bool:
     return name in TRIAL_DATA or name in TRIAL_MORE_EPISODES
 
 
-def extended_dataset(dataset: Path, name: str, workers: int) -> Path:
-    """A copy of `dataset` beside it, collected up to more episodes of some tasks (TRIAL_MORE_EPISODES):
-    the added episodes continue each task's attempts, so they are new starts, never held-out ones."""
+def extended_dataset(name: str, workers: int) -> Path:
+    """The protocol's pre-training set extended with more episodes of some tasks (TRIAL_MORE_EPISODES),
+    as stage 1's second phase collects it (Bench.extended_pretrain_set)."""
     tasks, episodes = TRIAL_MORE_EPISODES[name]
-    extended = dataset.with_name(f"{dataset.name}-{DATA_AS.get(name, name)}")
-    if not extended.exists():  # copied whole, then renamed: a killed copy leaves no half dataset behind
-        partial = extended.with_name(extended.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(dataset, partial, ignore=shutil.ignore_patterns("cache", ".stvla.lock"))
-        partial.rename(extended)
-    collect(CollectConfig(task=tasks, episodes=episodes, out=str(extended), resume=True, workers=workers))
-    return extended
+    config = BenchConfig(repo=str(ROOT), workers=workers, pretrain_more_tasks=tasks, pretrain_more_episodes=episodes)
+    return Bench(config).extended_pretrain_set()
 
 
 def result_path(name: str, episodes: int) -> Path:
@@ -143,13 +135,30 @@ def keep_trial(name: str, work: Path) -> Path:
     """Make a finished trial's checkpoint the kept base (checkpoints/base-mt10), without training it again.
 
     Only a trial that IS the protocol's stage 1 qualifies: BenchConfig's defaults must already hold its
-    settings (its training config and data equal to what `stvla bench` would pre-train), so the kept
-    cell's key, which `stvla bench` and the main job check, tells the truth about the weights."""
+    settings (its training config and data equal to what `stvla bench` would pre-train; a trial trained
+    on from a checkpoint (`init`) is stage 1's second phase, and that checkpoint must be the protocol's
+    first), so the kept cell's key, which `stvla bench` and the main job check, tells the truth about
+    the weights."""
     bench = Bench(BenchConfig(repo=str(ROOT)))
-    stage1, kept = bench.stage1()
-    trial = trial_config(name, Path(stage1.dataset), work)
-    differs = sorted(k for k, v in trial.key().items() if k not in ("dataset", "out") and stage1.key().get(k) != v)
-    if differs or TRIALS[name][1] or own_data(name):
+    first, kept = bench.stage1()
+    more = bench.stage1_more(first)
+    trial = trial_config(name, Path(first.dataset), work)
+    protocol = more if trial.init else first  # the protocol's run that the trial made
+    differs = sorted(k for k, v in trial.key().items() if k not in ("dataset", "out", "init") and protocol.key().get(k) != v)
+    c = bench.config
+    data = TRIAL_MORE_EPISODES.get(name) != ((c.pretrain_more_tasks, c.pretrain_more_episodes) if more else None)
+    first_minutes = 0.0
+    if trial.init:
+        if Path(trial.init) == Path(c.keep_base):
+            raise SystemExit(f"trial {name!r} starts from {trial.init}, which keeping it overwrites: copy that "
+                             f"checkpoint elsewhere and start the trial from the copy")
+        one_phase = Bench(dataclasses.replace(c, stage1_more_steps=0)).stage1()[1].config
+        started = json.loads((Path(ROOT) / trial.init / "cell.json").read_text())
+        differs += ["init (not the protocol's first phase)"] if started["config"] != one_phase else []
+        first_minutes = started["result"]["minutes"]
+    elif more:
+        differs.append("phases (the protocol has a second)")
+    if differs or TRIALS[name][1] or data or name in TRIAL_DATA:
         raise SystemExit(f"trial {name!r} is not the protocol's stage 1 (it differs in {differs or 'data or acting'}): "
                          f"set BenchConfig's defaults to its settings first")
     record = json.loads((RESULTS / f"{name}.json").read_text())["result"]
@@ -159,7 +168,8 @@ def keep_trial(name: str, work: Path) -> Path:
     kept.record.parent.mkdir(parents=True, exist_ok=True)
     for file in policy.iterdir():
         shutil.copyfile(file, kept.record.parent / file.name)
-    kept.run(lambda: {"policy": bench.config.keep_base, "minutes": record["train_minutes"],
+    parts = (first_minutes, record["train_minutes"])  # None where a run was resumed: its time is not known
+    kept.run(lambda: {"policy": bench.config.keep_base, "minutes": None if None in parts else sum(parts),
                       "kept_from": f"base trial {name} ({policy})"})
     return kept.record.parent
 
@@ -214,7 +224,7 @@ def main() -> None:
             # The protocol's own pre-training set, in the directory its collection settings give it.
             dataset = bench.collect_cell(bench.pretrain_name, "mt10", 50, 0)
             if name in TRIAL_MORE_EPISODES:
-                dataset = extended_dataset(dataset, name, args.workers)
+                dataset = extended_dataset(name, args.workers)
             run_trial(name, dataset, Path(args.work), args.episodes, args.workers)
             report()
     report()

@@ -37,7 +37,8 @@ def miniature(tmp_path_factory):
     root = tmp_path_factory.mktemp("bench")
     config = dataclasses.replace(
         quick_preset(), out=str(root / "out"), repo=str(root / "repo"), pretrain_tasks="reach-v3,drawer-close-v3",
-        pretrain_episodes=2, stage1_steps=8, selection_episodes=1, num_targets=1, finetune_episodes=2,
+        pretrain_episodes=2, stage1_steps=8, pretrain_more_tasks="reach-v3", pretrain_more_episodes=3,
+        stage1_more_steps=4, selection_episodes=1, num_targets=1, finetune_episodes=2,
         stage2_steps=4, eval_episodes=2, max_steps=12, workers=1, videos=1, image_size=64, model=TINY,
         llarva_pretrain_tasks="reach-v3", llarva_pretrain_episodes=2, llarva_pretrain_steps=4,
         keep_base="checkpoints/base",
@@ -172,6 +173,28 @@ def test_claims_compare_fine_tuned_rows_on_their_common_seeds():
     assert tuned["seeds"] == "0 / 0" and tuned["difference"] == 0.0  # seed 1 of the base is not weighed
     zero_shot = by_claim["zero-shot traces >= fine-tuned without traces"]  # no training seed: every seed of the other
     assert zero_shot["seeds"] == "0 / 0,1" and zero_shot["difference"] == pytest.approx(0.5 - 0.25)
+
+
+def test_stage1_trains_on_with_more_episodes_of_some_tasks(miniature):
+    """The second phase of stage 1: the pre-training set copied and extended (new starts of the named
+    tasks only), every weight trained on from the first phase; the kept base is the second phase's."""
+    from stvla.data.collect import dataset_summary
+
+    def episodes_per_task(dataset: str) -> dict[str, int]:
+        return {task: row["episodes"] for task, row in dataset_summary(dataset)["per_task"].items()}
+
+    config, _, _ = miniature
+    bench = Bench(config)
+    first, kept = bench.stage1()
+    more = bench.stage1_more(first)
+    assert more.init == str(Path(first.out) / "policy") and more.lora.rank == 0 and more.steps == 4
+    assert episodes_per_task(first.dataset) == {"reach-v3": 2, "drawer-close-v3": 2}
+    assert episodes_per_task(more.dataset) == {"reach-v3": 3, "drawer-close-v3": 2}
+    assert kept.config["more"]["tasks"] == "reach-v3" and kept.finished() is not None
+    weights = (Path(config.repo) / config.keep_base / "model.safetensors").read_bytes()
+    assert weights == (Path(more.out) / "policy" / "model.safetensors").read_bytes()
+    one_phase = Bench(dataclasses.replace(config, stage1_more_steps=0)).stage1()[1]
+    assert "more" not in one_phase.config and one_phase.config != kept.config
 
 
 def test_the_committed_base_still_matches_the_protocol():

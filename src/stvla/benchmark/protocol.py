@@ -34,7 +34,7 @@ from stvla.policies.base import WEIGHTS_FILE, checkpoint_fingerprint, read_check
 from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.vla import VLAConfig
 from stvla.traces import TraceConfig, TrackerConfig
-from stvla.train import TrainConfig, train
+from stvla.train import LoraSettings, TrainConfig, train
 from stvla.train.augment import AugmentConfig
 from stvla.train.trainer import flat_trace_key
 
@@ -128,6 +128,9 @@ class BenchConfig:
     base: str = ""  # a stage-1 checkpoint to start from instead of pre-training one here (the rows without state pre-train their own)
     keep_base: str = "checkpoints/base-mt10"  # the pre-trained base is kept here, inside `repo` (committed: the table and the main job resume from it on any machine); "" keeps it under `out` only
     stage1_steps: int = 20000  # stage-1 optimiser steps (batch 32; about 17 epochs of MT10 x 50; 20,000 beat 10,000 in the base trials)
+    pretrain_more_tasks: str = ""  # stage 1's second phase: these pre-training tasks collected up to pretrain_more_episodes each ("" = no second phase)
+    pretrain_more_episodes: int = 200  # expert episodes per task named by pretrain_more_tasks in the extended pre-training set
+    stage1_more_steps: int = 0  # steps of the second phase: every weight trained on from the first phase's, on the extended set (new warm-up and cosine)
     selection_episodes: int = 20  # evaluation episodes per candidate task when choosing the targets
     num_targets: int = 4  # target tasks: the candidates whose base success is closest to 50%
     targets: str = ""  # fixed comma-separated target tasks instead of the selection
@@ -247,8 +250,44 @@ class Bench:
                         **({"action_noise": c.action_noise} if c.action_noise else {})}}
         # One directory per configuration: another base's settings never try to resume this one's run.
         train_config.out = str(self.out / f"stage1-s0-{config_hash(key)[:8]}")
+        more = self.stage1_more(train_config)
+        if more is not None:  # the second phase enters the key; a base of one phase keeps the key it had
+            key["more"] = {"tasks": c.pretrain_more_tasks, "episodes": c.pretrain_more_episodes,
+                           "train": {k: v for k, v in more.key().items() if k not in ("dataset", "out", "init")}}
         name = "stage1" if use_state else "stage1-no-state"
         return train_config, Cell(f"{name} (kept)", Path(c.repo) / self.kept_base(use_state) / "cell.json", key)
+
+    def stage1_more(self, first: TrainConfig) -> TrainConfig | None:
+        """Stage 1's second phase after the run `first` (None without one): every weight trained on from
+        `first`'s, on the pre-training set extended with more episodes of some tasks."""
+        c = self.config
+        if not (c.stage1_more_steps and c.pretrain_more_tasks):
+            return None
+        return dataclasses.replace(first, init=str(Path(first.out) / "policy"), lora=LoraSettings(rank=0),
+                                   steps=c.stage1_more_steps, dataset=str(self.dataset_dir(self.more_name)),
+                                   out=f"{first.out}-more-{config_hash(self.more_data())[:8]}")
+
+    def more_data(self) -> dict[str, Any]:
+        return {"tasks": self.config.pretrain_more_tasks, "episodes": self.config.pretrain_more_episodes}
+
+    @property
+    def more_name(self) -> str:
+        """The extended pre-training set's name: the pre-training set's, and what it adds (by hash)."""
+        return f"{self.pretrain_name}-more-{config_hash(self.more_data())[:8]}"
+
+    def extended_pretrain_set(self) -> Path:
+        """The pre-training set copied, then collected up to `pretrain_more_episodes` of each of
+        `pretrain_more_tasks`: the added episodes continue each task's attempts, so they are new starts,
+        never held-out ones."""
+        c = self.config
+        dataset = self.collect_cell(self.pretrain_name, c.pretrain_tasks, c.pretrain_episodes, 0)
+        extended = self.dataset_dir(self.more_name)
+        if not extended.exists():  # copied whole, then renamed: a killed copy leaves no half dataset behind
+            partial = extended.with_name(extended.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(dataset, partial, ignore=shutil.ignore_patterns("cache", ".stvla.lock"))
+            partial.rename(extended)
+        return self.collect_cell(self.more_name, c.pretrain_more_tasks, c.pretrain_more_episodes, 0)
 
     def kept_base(self, use_state: bool = True) -> str:
         """Where a base is kept, relative to the repository: `keep_base`, the base without state beside it."""
@@ -270,11 +309,19 @@ class Bench:
                 self.stage1_kept_from = kept_result.get("kept_from")
             return kept.record.parent
 
+        more = self.stage1_more(train_config)
+
         def pretrain() -> dict[str, Any]:
             self.collect_cell(self.pretrain_name, c.pretrain_tasks, c.pretrain_episodes, 0)
-            return self._train(train_config)
+            first = self._train(train_config)
+            if more is None:
+                return first
+            self.extended_pretrain_set()
+            second = self._train(more)
+            return {"policy": second["policy"], "minutes": first["minutes"] + second["minutes"]}
 
-        trained = Cell(kept.name.removesuffix(" (kept)"), Path(train_config.out) / "cell.json", kept.config)
+        last = more or train_config
+        trained = Cell(kept.name.removesuffix(" (kept)"), Path(last.out) / "cell.json", kept.config)
         if c.report_only and trained.finished() is None:
             if not use_state:
                 return None
