@@ -128,9 +128,9 @@ class BenchConfig:
     base: str = ""  # a stage-1 checkpoint to start from instead of pre-training one here (the rows without state pre-train their own)
     keep_base: str = "checkpoints/base-mt10"  # the pre-trained base is kept here, inside `repo` (committed: the table and the main job resume from it on any machine); "" keeps it under `out` only
     stage1_steps: int = 20000  # stage-1 optimiser steps (batch 32; about 17 epochs of MT10 x 50; 20,000 beat 10,000 in the base trials)
-    pretrain_more_tasks: str = ""  # stage 1's second phase: these pre-training tasks collected up to pretrain_more_episodes each ("" = no second phase)
+    pretrain_more_tasks: str = "reach-v3,push-v3,pick-place-v3"  # stage 1's second phase: these pre-training tasks (the three whose goal is drawn anew per episode) collected up to pretrain_more_episodes each ("" = no second phase)
     pretrain_more_episodes: int = 200  # expert episodes per task named by pretrain_more_tasks in the extended pre-training set
-    stage1_more_steps: int = 0  # steps of the second phase: every weight trained on from the first phase's, on the extended set (new warm-up and cosine)
+    stage1_more_steps: int = 13000  # steps of the second phase (0 = none): every weight trained on from the first phase's, on the extended set (new warm-up and cosine; base trial goal200-continue13k)
     selection_episodes: int = 20  # evaluation episodes per candidate task when choosing the targets
     num_targets: int = 4  # target tasks: the candidates whose base success is closest to 50%
     targets: str = ""  # fixed comma-separated target tasks instead of the selection
@@ -187,7 +187,8 @@ def quick_preset() -> BenchConfig:
                        pretrain_episodes=10, stage1_steps=500, selection_episodes=6, num_targets=2,
                        finetune_episodes=6, stage2_steps=150, eval_episodes=8, max_steps=120, seeds="0",
                        llarva_pretrain_tasks="reach-v3,drawer-open-v3,button-press-topdown-v3,window-open-v3",
-                       llarva_pretrain_episodes=6, llarva_pretrain_steps=200, keep_base="")
+                       llarva_pretrain_episodes=6, llarva_pretrain_steps=200, keep_base="",
+                       pretrain_more_tasks="", stage1_more_steps=0)
 
 
 class Bench:
