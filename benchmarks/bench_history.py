@@ -112,7 +112,7 @@ def main() -> None:
     # Runs of one setting never resume another's; the demonstrations depend on the task only.
     work = Path(args.work or f"runs/bench-{results_dir}")
     data_dir = Path(args.work or ("runs/bench-history" if args.task == DEFAULT_TASK else f"runs/bench-history-{args.task}"))
-    init = {"init": args.init, "init_weights": checkpoint_fingerprint(args.init)} if args.init else {}
+    init = {"init_weights": checkpoint_fingerprint(args.init)} if args.init else {}
     data = CollectConfig(task=args.task, episodes=args.demos, out=str(data_dir / "data"), resume=True, workers=2,
                          max_steps=args.max_steps)
     if not args.report_only:
