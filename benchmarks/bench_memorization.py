@@ -13,6 +13,9 @@ so they resume; the training dataset is read to say how many of the replayed sta
 start whose expert episode failed is not in it).
 
     python benchmarks/bench_memorization.py [--policy checkpoints/base-mt10] [--tasks reach-v3,push-v3,pick-place-v3]
+    python benchmarks/bench_memorization.py --policy checkpoints/base-mt10-steps20k --dataset runs/bench/data/pretrain-mt10
+
+Writes benchmarks/results/memorization_<policy directory>.json and its section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -24,10 +27,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, record  # noqa: E402
 
+from stvla.benchmark.protocol import Bench, BenchConfig  # noqa: E402
 from stvla.benchmark.report import difference, rate_text  # noqa: E402
 from stvla.data.store import EpisodeStore  # noqa: E402
 from stvla.envs import episode_seed, parse_tasks  # noqa: E402
 from stvla.evaluate import EvalConfig, evaluate  # noqa: E402
+
+
+def kept_base_dataset() -> str:
+    """Where `stvla bench` collects the kept base's training data: the extended pre-training set when
+    stage 1 has a second phase (its extra starts are training starts too), else the pre-training set."""
+    bench = Bench(BenchConfig(repo=str(ROOT)))
+    first, _ = bench.stage1()
+    return (bench.stage1_more(first) or first).dataset
 
 
 def training_seeds(dataset: Path) -> set[int]:
@@ -39,14 +51,17 @@ def training_seeds(dataset: Path) -> set[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default="checkpoints/base-mt10", help="the policy checkpoint to evaluate")
-    parser.add_argument("--dataset", default="runs/bench/data/pretrain-mt10",
-                        help="the dataset it was trained on (to count the replayed starts it holds)")
+    parser.add_argument("--dataset", default="", help="the dataset it was trained on (to count the replayed starts "
+                        "it holds; default: the kept base's, as `stvla bench` collects it)")
     parser.add_argument("--tasks", default="reach-v3,push-v3,pick-place-v3")
     parser.add_argument("--episodes", type=int, default=50, help="episodes per task and split")
-    parser.add_argument("--work", default="runs/bench-memorization")
+    parser.add_argument("--work", default="", help="evaluation directory (default: runs/bench-memorization/<policy directory>)")
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
     tasks = parse_tasks(args.tasks)
+    args.dataset = args.dataset or kept_base_dataset()
+    name = Path(args.policy).name
+    args.work = args.work or f"runs/bench-memorization/{name}"
     dataset = ROOT / args.dataset
     if not (dataset / "meta" / "info.json").is_file():
         sys.exit(f"error: {dataset} is not a dataset: pass the policy's training data with --dataset")
@@ -70,7 +85,7 @@ def main() -> None:
                      "on held-out starts; difference (95% CI)",
                      f"{rate_text(*counts['train'])} / {rate_text(*counts['eval'])}; "
                      f"{100 * diff:+.0f} [{100 * low:+.0f}, {100 * high:+.0f}] points"))
-    record("memorization", figures, rows, f"Memorising or generalising ({args.policy}, {args.episodes} episodes "
+    record(f"memorization_{name}", figures, rows, f"Memorising or generalising ({args.policy}, {args.episodes} episodes "
                                            "per task and split)")
     print("\n".join(f"{what}: {value}" for what, value in rows))
 
