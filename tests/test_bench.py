@@ -11,6 +11,7 @@ import pytest
 
 from stvla.benchmark.protocol import Bench, BenchConfig, quick_preset
 from stvla.benchmark.cells import Cell
+from stvla.locks import FolderInUse, FolderLock
 from stvla.policies.base import read_checkpoint_config
 from stvla.policies.image_encoder import ImageEncoderConfig
 from stvla.policies.trunk import TrunkConfig
@@ -106,10 +107,47 @@ def test_report_only_runs_nothing_and_reports_the_finished_cells(miniature, tmp_
     assert set(report["cells"]) == set(first["cells"]) - {"st-A-b30"}
     text = (config.results_dir.parent.parent.parent / "BENCHMARKS.md").read_text()
     assert "| evaluation cells finished (a row and a training seed each) | 8 of 9 |" in text
-    assert "| wall time of this call (cached cells not re-run): minutes | - (written by --report_only: no cell ran) |" in text
+    assert "| wall time of this call (cached cells not re-run): minutes | - (written by --report_only, or by a --share " \
+           "process from every process's cells) |" in text
     with pytest.raises(RuntimeError, match="nothing to report yet"):
         Bench(dataclasses.replace(config, report_only=True, repo=str(tmp_path / "empty"), out=str(tmp_path / "o")),
               log=logs.append).run()
+
+
+def test_shared_table_skips_the_cells_another_process_runs_and_waits_for_them(miniature, tmp_path):
+    """With --share, a cell whose lock another process holds is put off, the cells after it run, and the
+    put-off one is taken from its record once the other process has written it; without, it is refused."""
+    config, first, _ = miniature
+    busy, missing = config.results_dir / "base-finetuned-s0.json", config.results_dir / "st-A-b30-s0.json"
+    busy.rename(tmp_path / busy.name)  # the other process is running this cell...
+    missing.rename(tmp_path / missing.name)  # ...and nobody has run this one yet
+    other = FolderLock(config.results_dir, "stvla bench (cell eval/base-finetuned-s0)", name=f".{busy.name}.lock")
+    other.__enter__()
+    logs: list[str] = []
+
+    def log(line: str) -> None:
+        logs.append(line)
+        if line.startswith("[bench] waiting for"):  # the other process finishes while this one waits
+            (tmp_path / busy.name).rename(busy)
+            other.__exit__(None, None, None)
+
+    try:
+        with pytest.raises(FolderInUse, match="base-finetuned-s0"):
+            Bench(dataclasses.replace(config, report=False), log=lambda _: None).run()
+        shared = Bench(dataclasses.replace(config, share=True, share_poll_seconds=0.01), log=log).run()
+    finally:
+        other.__exit__(None, None, None)
+        for name in (busy.name, missing.name):
+            if (tmp_path / name).exists():
+                (tmp_path / name).rename(config.results_dir / name)
+    ran = [line for line in logs if line.endswith(": running")]
+    assert ran == ["[bench] eval/st-A-b30-s0: running"]  # after the busy cell was put off, not after it finished
+    put_off = next(i for i, line in enumerate(logs) if "back to it later" in line)
+    assert "base-finetuned" in logs[put_off] and put_off < logs.index(ran[0])
+    assert shared["cells"]["base-finetuned"] == first["cells"]["base-finetuned"]
+    assert set(shared["cells"]) == set(first["cells"])
+    report = (config.results_dir.parent.parent.parent / "BENCHMARKS.md").read_text()
+    assert "| evaluation cells finished (a row and a training seed each) | 9 of 9 |" in report
 
 
 def test_another_machine_resumes_from_the_kept_base_and_the_committed_results(miniature, tmp_path):

@@ -11,6 +11,10 @@ Large things (datasets, checkpoints, videos) live under `out`; the small result 
 and evaluation cell lives under `results` (committed to the repository), so the table resumes on
 another machine without re-running what has finished there. Cells are keyed by their configuration:
 the checkpoint a cell starts from enters by the hash of its weights and config, not its path.
+
+Several processes can work on one table (`--share`): on one machine (a small model trains about as fast
+in each of two processes as in one, so two nearly halve the wall time) or on machines sharing `out` and
+`repo`. Each skips the cells another is running and comes back to them once it has run out of others.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from stvla.benchmark.cells import Cell, config_hash
 from stvla.benchmark.record import RESULTS_SUBDIR
@@ -30,6 +34,7 @@ from stvla.config import KEY_NEUTRAL, config_from_dict, config_key
 from stvla.data import CollectConfig, collect
 from stvla.evaluate import EvalConfig, evaluate
 from stvla.evaluate.rollout import TRACE_FIGURES
+from stvla.locks import FolderInUse
 from stvla.policies.base import WEIGHTS_FILE, checkpoint_fingerprint, read_checkpoint_config
 from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.vla import VLAConfig
@@ -152,6 +157,8 @@ class BenchConfig:
     model: VLAConfig = field(default_factory=VLAConfig)  # the stage-1 model (image_size comes from image_size)
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata=KEY_NEUTRAL)  # training-time augmentation of every run
     ema: float = field(default=0.0, metadata=KEY_NEUTRAL)  # every run exports a moving average of its weights with this decay (0 = off)
+    share: bool = field(default=False, metadata=KEY_NEUTRAL)  # other processes work on this table too: skip the cells they are running, come back to them after the others
+    share_poll_seconds: float = field(default=60.0, metadata=KEY_NEUTRAL)  # with share: how often to look again at the cells another process is running
 
     def seed_list(self) -> list[int]:
         return [int(s) for s in self.seeds.split(",") if s.strip()]
@@ -208,6 +215,30 @@ class Bench:
         c = self.config
         return TrainConfig(**{"model": c.model, "augment": copy.deepcopy(c.augment), "ema": c.ema, "val_episodes": 0,
                               **fields})
+
+    def each(self, jobs: list[tuple[Any, Callable[[], Any]]]) -> Iterator[tuple[Any, Any]]:
+        """(label, job()) for each job, in order. With `share`, a job that finds its cell, or a cell it
+        needs, running in another process (FolderInUse) is put off; the put-off ones are tried again every
+        `share_poll_seconds` until each has finished here or there (a killed holder frees its lock)."""
+        pending = jobs
+        while pending:
+            busy = []
+            for label, job in pending:
+                try:
+                    yield label, job()
+                except FolderInUse as error:
+                    if not self.config.share:
+                        raise
+                    self.log(f"[bench] {label}: another process is running what it needs ({error}); back to it later")
+                    busy.append((label, job))
+            if busy:
+                self.log(f"[bench] waiting for {len(busy)} job(s) another process is running")
+                time.sleep(self.config.share_poll_seconds)
+            pending = busy
+
+    def once(self, label: str, job: Callable[[], Any]) -> Any:
+        """job(), waiting with `share` while another process runs what it needs."""
+        return next(self.each([(label, job)]))[1]
 
     # --- data and stage 1 ----------------------------------------------------------------------------
     def dataset_dir(self, name: str) -> Path:
@@ -377,25 +408,29 @@ class Bench:
         overlap = sorted(set(candidates) & set(CollectConfig(task=c.pretrain_tasks).task_list()))
         if overlap:
             raise ValueError(f"target_candidates {overlap} are pre-training tasks: the finetuned selection wants new ones")
-        per_task, minutes = {}, 0.0
-        for task in candidates:
+        def candidate(task: str) -> Callable[[], dict[str, Any] | None]:
             train_config = self.train_config(policy="spatialvla", init=str(base), steps=c.stage2_steps, seed=0,
                                              dataset=str(self.dataset_dir(f"finetune-{task}")),
                                              # one directory per base: another base's run never resumes this one
                                              out=str(self.out / "selection" / f"{task}-{checkpoint_fingerprint(base)[:8]}"))
 
-            def checkpoint(task=task, train_config=train_config) -> Path:
+            def checkpoint() -> Path:
                 self.collect_cell(f"finetune-{task}", task, c.finetune_episodes, FINETUNE_FIRST_ATTEMPT)
                 return Path(self._train(train_config)["policy"])
 
             identity = {"train": {k: v for k, v in train_config.key().items() if k not in ("dataset", "out", "init")},
                         "base": checkpoint_fingerprint(base), "finetune": {"task": task, "episodes": c.finetune_episodes}}
-            result = self.evaluation_cell(f"selection-{task}", None, [task], c.selection_episodes,
-                                          make_checkpoint=checkpoint, identity=identity)
+            return lambda: self.evaluation_cell(f"selection-{task}", None, [task], c.selection_episodes,
+                                                make_checkpoint=checkpoint, identity=identity)
+
+        per_task, minutes = {}, 0.0
+        for task, result in self.each([(f"candidate {task}", candidate(task)) for task in candidates]):
+            task = task.removeprefix("candidate ")
             if result is None:
                 return None
             per_task[task] = result["per_task"][task]
             minutes += result.get("minutes") or 0.0
+        per_task = {task: per_task[task] for task in candidates}  # in candidate order, whoever finished first
         return {"per_task": per_task, "minutes": minutes, "method": "finetuned"}
 
     # --- rows ------------------------------------------------------------------------------------------
@@ -489,8 +524,8 @@ class Bench:
         long run's finished rows while the rest is still running."""
         c = self.config
         started = time.perf_counter()
-        base = self.base_checkpoint()
-        targets, selection = self.targets(base)
+        base = self.once("stage 1", self.base_checkpoint)
+        targets, selection = self.once("target selection", lambda: self.targets(base))
         self.log(f"[bench] target tasks: {', '.join(targets)}")
         seeds = c.seed_list()
         cells: dict[str, dict[int, Any]] = {}
@@ -503,31 +538,36 @@ class Bench:
                     "stage1_kept_from": self.stage1_kept_from,
                     "config_hash": config_hash(config_key(c))}
 
+        def cell(row: Row, seed: int) -> dict[str, Any] | None:
+            if row.use_state not in bases:
+                bases[row.use_state] = self.base_checkpoint(use_state=row.use_state)
+            row_base = bases[row.use_state]
+            if row_base is None:  # report_only, and the base without state has not been made
+                return None
+            llarva = row.init.startswith("llarva")
+            identity = {"row": row.identity(), "seed": seed if row.finetuned else None,
+                        "base": checkpoint_fingerprint(row_base) if row.init == "base" else None,
+                        "llarva_pretrain": {"tasks": c.llarva_pretrain_tasks, "episodes": c.llarva_pretrain_episodes,
+                                            "steps": c.llarva_pretrain_steps} if llarva else None,
+                        "stage2_steps": c.stage2_steps if row.finetuned else None,
+                        "finetune": {"tasks": targets, "episodes": c.finetune_episodes} if row.finetuned else None}
+            return self.evaluation_cell(
+                f"{row.key}-s{seed}", None, targets, c.eval_episodes,
+                make_checkpoint=lambda: self.row_checkpoint(row, seed, row_base, targets),
+                identity=identity, remove_traces=bool(row.traces_removed_from))
+
         # Every row's first seed before any row's second: a complete one-seed table comes early.
-        for position, seed in enumerate(seeds):
-            for row in c.row_list():
-                if position > 0 and not (row.main and row.finetuned):
-                    continue
-                if row.use_state not in bases:
-                    bases[row.use_state] = self.base_checkpoint(use_state=row.use_state)
-                row_base = bases[row.use_state]
-                if row_base is None:  # report_only, and the base without state has not been made
-                    continue
-                llarva = row.init.startswith("llarva")
-                identity = {"row": row.identity(), "seed": seed if row.finetuned else None,
-                            "base": checkpoint_fingerprint(row_base) if row.init == "base" else None,
-                            "llarva_pretrain": {"tasks": c.llarva_pretrain_tasks, "episodes": c.llarva_pretrain_episodes,
-                                                "steps": c.llarva_pretrain_steps} if llarva else None,
-                            "stage2_steps": c.stage2_steps if row.finetuned else None,
-                            "finetune": {"tasks": targets, "episodes": c.finetune_episodes} if row.finetuned else None}
-                result = self.evaluation_cell(
-                    f"{row.key}-s{seed}", None, targets, c.eval_episodes,
-                    make_checkpoint=lambda row=row, seed=seed, row_base=row_base: self.row_checkpoint(row, seed, row_base, targets),
-                    identity=identity, remove_traces=bool(row.traces_removed_from))
-                if result is None:  # report_only, and this cell has not finished
-                    continue
-                cells.setdefault(row.key, {})[seed] = result
-                if c.report and not c.report_only:  # a long run shows its finished rows as it goes
+        jobs = [((row.key, seed), lambda row=row, seed=seed: cell(row, seed))
+                for position, seed in enumerate(seeds) for row in c.row_list()
+                if position == 0 or (row.main and row.finetuned)]
+        for (key, seed), result in self.each(jobs):
+            if result is None:  # report_only, and this cell has not finished
+                continue
+            cells.setdefault(key, {})[seed] = result
+            if c.report and not c.report_only:  # a long run shows its finished rows as it goes
+                if c.share:  # the table holds every process's cells: read them back from their records
+                    Bench(dataclasses.replace(c, report_only=True), log=lambda _: None).run()
+                else:
                     write_report(results(), c)
         if c.report and c.report_only:
             write_report(results(), c)  # once: nothing changes between cells here

@@ -277,7 +277,7 @@ def write_report(results: dict[str, Any], config) -> Path:
         ("training seeds (main rows)", c["seeds"]),
         ("evaluation cells finished (a row and a training seed each)", f"{finished_cells} of {expected_cells}"),
         ("wall time of this call (cached cells not re-run): minutes",
-         "- (written by --report_only: no cell ran)" if c.get("report_only") else f"{results['minutes_this_call']:.1f}"),
+         "- (written by --report_only, or by a --share process from every process's cells)" if c.get("report_only") else f"{results['minutes_this_call']:.1f}"),
         ("work recorded by the evaluation cells (selection included; the training a cell ran, then its evaluation): "
          "minutes", recorded_minutes_text(results)),
     ]
