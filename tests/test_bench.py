@@ -275,5 +275,17 @@ def test_targets_chosen_by_fine_tuning_on_new_tasks(miniature, tmp_path):
     assert (selected / "policy" / "model.safetensors").is_file()
     # The row's fine-tuning set of a single target is the candidate's own set: collected once.
     assert sum("finetune-" in line and "running" in line for line in logs) == 2
+    # While a candidate is still running, --report_only reports the finished ones and chooses no targets.
+    running = chosen.results_dir / "selection-push-back-v3.json"
+    running.rename(tmp_path / running.name)
+    try:
+        partial = Bench(dataclasses.replace(chosen, report_only=True, report=True), log=logs.append).run()
+    finally:
+        (tmp_path / running.name).rename(running)
+    assert partial["targets"] == [] and partial["selection"]["pending"] == ["push-back-v3"]
+    assert set(partial["selection"]["per_task"]) == {"reach-wall-v3"}
+    report = (Path(chosen.repo) / "BENCHMARKS.md").read_text()
+    assert "| target tasks | not chosen yet: 1 of 2 candidates finished |" in report
+    assert "| push-back-v3 | not finished yet | |" in report
     with pytest.raises(ValueError, match="are pre-training tasks"):
         Bench(dataclasses.replace(chosen, target_candidates="reach-v3"), log=logs.append).run()

@@ -146,7 +146,8 @@ def _bench(args: argparse.Namespace) -> int:
     base = quick_preset() if getattr(args, "quick", False) else None
     config = config_from_arguments(BenchConfig, args, base=base)
     results = run_bench(config)
-    print(f"target tasks: {', '.join(results['targets'])}; results in {config.results_dir}")
+    targets = ", ".join(results["targets"]) or "not chosen yet (the selection is still running)"
+    print(f"target tasks: {targets}; results in {config.results_dir}")
     return 0
 
 

@@ -395,6 +395,8 @@ class Bench:
         if result is None:
             raise RuntimeError(f"report_only: the target selection has not finished ({self.results / 'selection.json'}); "
                                "nothing to report yet")
+        if result.get("pending"):  # report_only: no targets until every candidate has finished
+            return [], result
         rates = {task: row["success_rate"] for task, row in result["per_task"].items()}
         # Closest to 50% first; ties by task order, so the choice is reproducible.
         ranked = sorted(candidates, key=lambda task: (abs(rates[task] - 0.5), candidates.index(task)))
@@ -403,11 +405,13 @@ class Bench:
     def finetuned_selection(self, base: Path, candidates: list[str]) -> dict[str, Any] | None:
         """The base fine-tuned (stage 2, no traces) once on each candidate's own demonstrations, and its
         success there: the papers fine-tune on a new setting, so the targets are tasks the base has not
-        been pre-trained on. One cached cell per candidate; None while one has not finished (report_only)."""
+        been pre-trained on. One cached cell per candidate; with report_only, the ones not finished yet are
+        listed under "pending"."""
         c = self.config
         overlap = sorted(set(candidates) & set(CollectConfig(task=c.pretrain_tasks).task_list()))
         if overlap:
             raise ValueError(f"target_candidates {overlap} are pre-training tasks: the finetuned selection wants new ones")
+
         def candidate(task: str) -> Callable[[], dict[str, Any] | None]:
             train_config = self.train_config(policy="spatialvla", init=str(base), steps=c.stage2_steps, seed=0,
                                              dataset=str(self.dataset_dir(f"finetune-{task}")),
@@ -426,12 +430,14 @@ class Bench:
         per_task, minutes = {}, 0.0
         for task, result in self.each([(f"candidate {task}", candidate(task)) for task in candidates]):
             task = task.removeprefix("candidate ")
-            if result is None:
-                return None
-            per_task[task] = result["per_task"][task]
-            minutes += result.get("minutes") or 0.0
-        per_task = {task: per_task[task] for task in candidates}  # in candidate order, whoever finished first
-        return {"per_task": per_task, "minutes": minutes, "method": "finetuned"}
+            if result is not None:  # None: report_only, and this candidate has not finished
+                per_task[task] = result["per_task"][task]
+                minutes += result.get("minutes") or 0.0
+        # In candidate order, whoever finished first.
+        selection = {"per_task": {task: per_task[task] for task in candidates if task in per_task},
+                     "minutes": minutes, "method": "finetuned"}
+        pending = [task for task in candidates if task not in per_task]
+        return {**selection, "pending": pending} if pending else selection
 
     # --- rows ------------------------------------------------------------------------------------------
     def finetune_data(self, targets: list[str]) -> Path:
@@ -526,6 +532,13 @@ class Bench:
         started = time.perf_counter()
         base = self.once("stage 1", self.base_checkpoint)
         targets, selection = self.once("target selection", lambda: self.targets(base))
+        if not targets:  # report_only, during the selection: report the candidates finished so far
+            self.log(f"[bench] target selection: {len(selection['pending'])} candidate(s) not finished yet")
+            if c.report:
+                write_report({"config": config_key(c), "targets": [], "selection": selection, "cells": {},
+                              "rows": [r.identity() for r in c.row_list()], "stage1_minutes": self.stage1_minutes,
+                              "stage1_kept_from": self.stage1_kept_from}, c)
+            return {"targets": [], "selection": selection, "cells": {}}
         self.log(f"[bench] target tasks: {', '.join(targets)}")
         seeds = c.seed_list()
         cells: dict[str, dict[int, Any]] = {}

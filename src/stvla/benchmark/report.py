@@ -219,7 +219,6 @@ def write_report(results: dict[str, Any], config) -> Path:
     labels = {row["key"]: row["label"] for row in results["rows"]}
     c = results["config"]
     repo = Path(config.repo)
-    plot = plot_main_rows(results, labels, repo / RESULTS_SUBDIR / f"{config.name}.png")
     markdown = []
     if results.get("selection"):
         per_task = results["selection"]["per_task"]
@@ -231,6 +230,14 @@ def write_report(results: dict[str, Any], config) -> Path:
                      "| task | base success [95% CI] | target |", "| --- | --- | --- |"]
         markdown += [f"| {task} | {rate_text(row['successes'], row['episodes'])} | "
                      f"{'yes' if task in results['targets'] else ''} |" for task, row in per_task.items()]
+        markdown += [f"| {task} | not finished yet | |" for task in results["selection"].get("pending", [])]
+    if not results["targets"]:  # the selection is still running: nothing else to show yet
+        finished, pending = len(results["selection"]["per_task"]), len(results["selection"]["pending"])
+        rows = [("target tasks", f"not chosen yet: {finished} of {finished + pending} candidates finished"),
+                ("work recorded by the selection cells: minutes", f"{results['selection']['minutes']:.1f}")]
+        figures = {"targets": [], "selection": results["selection"], "protocol": c}
+        return record(config.name, figures, rows, report_title(config), root=repo, markdown=["\n".join(markdown)])
+    plot = plot_main_rows(results, labels, repo / RESULTS_SUBDIR / f"{config.name}.png")
     markdown += ["", "**Main table**: success rate % [95% CI], pooled over the training seeds.", ""]
     markdown += success_table(results, MAIN_ROWS, labels, first_seed_only=False)
     markdown += floor_ceiling_notes(results, MAIN_ROWS)
@@ -286,7 +293,10 @@ def write_report(results: dict[str, Any], config) -> Path:
              for key, by_seed in results["cells"].items()}
     figures = {"targets": results["targets"], "claims": verdicts, "cells": cells,
                "selection": results.get("selection"), "protocol": c}
+    return record(config.name, figures, rows, report_title(config), root=repo, markdown=["\n".join(markdown)])
+
+
+def report_title(config) -> str:
     title = "Paper-reproduction benchmark"
     title += ", targets outside the pre-training set" if config.target_selection == "finetuned" else ""
-    title += ", reduced (`--quick`)" if config.quick else ""
-    return record(config.name, figures, rows, title, root=repo, markdown=["\n".join(markdown)])
+    return title + (", reduced (`--quick`)" if config.quick else "")
