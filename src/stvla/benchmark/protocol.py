@@ -12,9 +12,8 @@ and evaluation cell lives under `results` (committed to the repository), so the 
 another machine without re-running what has finished there. Cells are keyed by their configuration:
 the checkpoint a cell starts from enters by the hash of its weights and config, not its path.
 
-Several processes can work on one table (`--share`): on one machine (a small model trains about as fast
-in each of two processes as in one, so two nearly halve the wall time) or on machines sharing `out` and
-`repo`. Each skips the cells another is running and comes back to them once it has run out of others.
+Several processes can work on one table (`--share`): on one machine (the small models' training does not
+keep two cores busy, so two processes finish sooner than one) or on machines sharing `out` and `repo`. Each skips the cells another is running and comes back to them once it has run out of others.
 """
 
 from __future__ import annotations
