@@ -427,8 +427,7 @@ class Bench:
                                                 make_checkpoint=checkpoint, identity=identity)
 
         per_task, minutes = {}, 0.0
-        for task, result in self.each([(f"candidate {task}", candidate(task)) for task in candidates]):
-            task = task.removeprefix("candidate ")
+        for task, result in self.each([(task, candidate(task)) for task in candidates]):
             if result is not None:  # None: report_only, and this candidate has not finished
                 per_task[task] = result["per_task"][task]
                 minutes += result.get("minutes") or 0.0
