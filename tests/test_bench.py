@@ -12,7 +12,7 @@ import pytest
 from stvla.benchmark.protocol import Bench, BenchConfig, quick_preset
 from stvla.benchmark.cells import Cell
 from stvla.locks import FolderInUse, FolderLock
-from stvla.policies.base import read_checkpoint_config
+from stvla.policies.base import checkpoint_fingerprint, read_checkpoint_config
 from stvla.policies.image_encoder import ImageEncoderConfig
 from stvla.policies.trunk import TrunkConfig
 from stvla.policies.vla import VLAConfig
@@ -39,7 +39,7 @@ def miniature(tmp_path_factory):
     config = dataclasses.replace(
         quick_preset(), out=str(root / "out"), repo=str(root / "repo"), pretrain_tasks="reach-v3,drawer-close-v3",
         pretrain_episodes=2, stage1_steps=8, pretrain_more_tasks="reach-v3", pretrain_more_episodes=3,
-        stage1_more_steps=4, selection_episodes=1, num_targets=1, finetune_episodes=2,
+        stage1_more_steps=4, stage1_no_state_steps=4, selection_episodes=1, num_targets=1, finetune_episodes=2,
         stage2_steps=4, eval_episodes=2, max_steps=12, workers=1, videos=1, image_size=64, model=TINY,
         llarva_pretrain_tasks="reach-v3", llarva_pretrain_episodes=2, llarva_pretrain_steps=4,
         keep_base="checkpoints/base",
@@ -165,7 +165,8 @@ def test_another_machine_resumes_from_the_kept_base_and_the_committed_results(mi
 
 def test_traces_removed_at_test_time_and_rows_without_state(miniature):
     """"Traces removed" evaluates the ST-VLA row's own checkpoint with raw depth in place of the traced; the
-    rows without state fine-tune a base pre-trained without the state token, kept beside the other."""
+    rows without state fine-tune a base without the state token, made from the base (the token dropped,
+    every weight trained on the extended pre-training set) and kept beside it."""
     config, results, _ = miniature
     stage2 = sorted(p.name.rsplit("-", 1)[0] for p in (Path(config.out) / "stage2").iterdir())
     assert "st-C-b30-s0" in stage2 and not [name for name in stage2 if "removed" in name]  # no second fine-tune
@@ -174,6 +175,9 @@ def test_traces_removed_at_test_time_and_rows_without_state(miniature):
     assert removed["remove_traces"] is True and removed["policy"].startswith(str(Path(config.out) / "stage2" / "st-C-b30-s0-"))
     no_state_base = Path(config.repo) / f"{config.keep_base}-no-state"
     assert read_checkpoint_config(no_state_base)[1]["vla"]["use_state"] is False
+    made = json.loads((no_state_base / "cell.json").read_text())["config"]
+    assert made["from"] == checkpoint_fingerprint(Path(config.repo) / config.keep_base)
+    assert made["train"]["steps"] == config.stage1_no_state_steps and made["data"]["more"]["tasks"] == "reach-v3"
     assert read_checkpoint_config(Path(config.repo) / config.keep_base)[1]["vla"].get("use_state", True) is True
     (tuned,) = (Path(config.out) / "stage2").glob("base-finetuned-no-state-s0-*")
     assert read_checkpoint_config(tuned / "policy")[1]["vla"]["use_state"] is False

@@ -125,6 +125,26 @@ def test_lora_also_trains_what_the_checkpoint_lacks(stage1, small_dataset, tmp_p
     assert changed and all(k.startswith("trunk.") for k in changed), "only the trunk (adapters merged) may change"
 
 
+def test_stage_two_can_drop_the_state_token(stage1, small_dataset, tmp_path):
+    """--model.use_state false from a base with state (the papers' inputs): the state token's weights are
+    left out, every other weight starts from the base's, and the policy acts without reading the state."""
+    root, _ = small_dataset
+    config = tiny_config(root, tmp_path / "no-state", init=str(stage1), steps=4,
+                         model=dataclasses.replace(TINY, use_state=False))
+    config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, rank=0))  # every weight trains
+    policy_dir = train(config, progress=False)
+    trained, base = load_file(str(policy_dir / WEIGHTS_FILE)), load_file(str(stage1 / WEIGHTS_FILE))
+    assert {"state.weight", "state.bias"} <= set(base) and set(base) - set(trained) == {"state.weight", "state.bias"}
+    policy = load_policy(policy_dir)
+    assert policy.config.vla.use_state is False and "observation.state" not in policy.processor.input_features()
+    start = make_policy("spatialvla", policy.config)  # where training started: every weight the base's
+    assert start.load_weights(stage1, leave_out=("state.",)) == []
+    assert all(torch.equal(value, base[key]) for key, value in start.model.state_dict().items())
+    observation, _ = make_env("reach-v3", image_size=64).reset(seed=0)
+    observation = {key: value for key, value in observation.items() if key != "observation.state"}
+    assert np.isfinite(policy.select_action(observation)).all()
+
+
 def test_save_load_gives_identical_actions(stage1, tmp_path):
     policy = load_policy(stage1)
     st = make_policy("st", dataclasses.replace(STPolicy.config_class(), vla=policy.config.vla))
@@ -171,8 +191,8 @@ def test_mismatched_inputs_are_refused(stage1, small_dataset, tmp_path):
     with pytest.raises(ValueError, match="has no depth: policy 'spatialvla' needs it .*train tracevla"):
         train(tiny_config(no_depth, tmp_path / "c"), progress=False)
     # --model options the run would not use are refused, not dropped: stage 2 takes the model from --init.
-    with pytest.raises(ValueError, match=r"--model.use_state False differs from the --init checkpoint's \(True"):
-        train(tiny_config(root, tmp_path / "d", init=str(stage1), model=dataclasses.replace(TINY, use_state=False)),
+    with pytest.raises(ValueError, match=r"--model.patch_size 8 differs from the --init checkpoint's \(16"):
+        train(tiny_config(root, tmp_path / "d", init=str(stage1), model=dataclasses.replace(TINY, patch_size=8)),
               progress=False)
     with pytest.raises(ValueError, match="--model.two_images True is not what policy 'spatialvla' uses .*--policy tracevla"):
         train(tiny_config(root, tmp_path / "e", model=dataclasses.replace(TINY, two_images=True)), progress=False)

@@ -135,6 +135,7 @@ class BenchConfig:
     pretrain_more_tasks: str = "reach-v3,push-v3,pick-place-v3"  # stage 1's second phase: these pre-training tasks (the three whose goal is drawn anew per episode) collected up to pretrain_more_episodes each ("" = no second phase)
     pretrain_more_episodes: int = 200  # expert episodes per task named by pretrain_more_tasks in the extended pre-training set
     stage1_more_steps: int = 13000  # steps of the second phase (0 = none): every weight trained on from the first phase's, on the extended set (new warm-up and cosine; base trial goal200-continue13k)
+    stage1_no_state_steps: int = 6000  # the base without state (the rows with the papers' inputs): the base's weights, its state token dropped, every weight trained this many steps more on the last pre-training set (0 = pre-trained from scratch, both phases, as the base)
     selection_episodes: int = 20  # evaluation episodes per candidate task when choosing the targets
     num_targets: int = 4  # target tasks: the candidates whose base success is closest to 50%
     targets: str = ""  # fixed comma-separated target tasks instead of the selection
@@ -194,7 +195,7 @@ def quick_preset() -> BenchConfig:
                        finetune_episodes=6, stage2_steps=150, eval_episodes=8, max_steps=120, seeds="0",
                        llarva_pretrain_tasks="reach-v3,drawer-open-v3,button-press-topdown-v3,window-open-v3",
                        llarva_pretrain_episodes=6, llarva_pretrain_steps=200, keep_base="",
-                       pretrain_more_tasks="", stage1_more_steps=0)
+                       pretrain_more_tasks="", stage1_more_steps=0, stage1_no_state_steps=200)
 
 
 class Bench:
@@ -288,11 +289,34 @@ class Bench:
         name = "stage1" if use_state else "stage1-no-state"
         return train_config, Cell(f"{name} (kept)", Path(c.repo) / self.kept_base(use_state) / "cell.json", key)
 
+    def stage1_dropping_state(self, base: Path) -> tuple[TrainConfig, Cell]:
+        """The base without state as `stage1_no_state_steps` makes it: `base`'s weights, its state token
+        dropped, every weight trained on the last pre-training set (the extended one where stage 1 has a
+        second phase), so that the policy learns to read the gripper from the image; and its kept cell,
+        keyed by `base`'s weights. Far cheaper than both phases of stage 1 again from scratch."""
+        c = self.config
+        dataset = self.dataset_dir(self.more_name if self.stage1_extends else self.pretrain_name)
+        train_config = self.train_config(policy="spatialvla", dataset=str(dataset), init=str(base), out="",
+                                          lora=LoraSettings(rank=0), steps=c.stage1_no_state_steps, seed=0,
+                                          model=dataclasses.replace(c.model, use_state=False))
+        key = {"from": checkpoint_fingerprint(base),
+               "train": {k: v for k, v in train_config.key().items() if k not in ("dataset", "out", "init")},
+               "data": {"tasks": c.pretrain_tasks, "episodes": c.pretrain_episodes, "image_size": c.image_size,
+                        **({"action_noise": c.action_noise} if c.action_noise else {}),
+                        **({"more": self.more_data()} if self.stage1_extends else {})}}
+        train_config.out = str(self.out / f"stage1-no-state-{config_hash(key)[:8]}")
+        return train_config, Cell("stage1-no-state (kept)", Path(c.repo) / self.kept_base(False) / "cell.json", key)
+
+    @property
+    def stage1_extends(self) -> bool:
+        """Stage 1 has a second phase, on the pre-training set extended with more episodes of some tasks."""
+        return bool(self.config.stage1_more_steps and self.config.pretrain_more_tasks)
+
     def stage1_more(self, first: TrainConfig) -> TrainConfig | None:
         """Stage 1's second phase after the run `first` (None without one): every weight trained on from
         `first`'s, on the pre-training set extended with more episodes of some tasks."""
         c = self.config
-        if not (c.stage1_more_steps and c.pretrain_more_tasks):
+        if not self.stage1_extends:
             return None
         return dataclasses.replace(first, init=str(Path(first.out) / "policy"), lora=LoraSettings(rank=0),
                                    steps=c.stage1_more_steps, dataset=str(self.dataset_dir(self.more_name)),
@@ -306,12 +330,17 @@ class Bench:
         """The extended pre-training set's name: the pre-training set's, and what it adds (by hash)."""
         return f"{self.pretrain_name}-more-{config_hash(self.more_data())[:8]}"
 
+    def pretrain_set(self) -> Path:
+        """The pre-training set, collected (or resumed)."""
+        c = self.config
+        return self.collect_cell(self.pretrain_name, c.pretrain_tasks, c.pretrain_episodes, 0)
+
     def extended_pretrain_set(self) -> Path:
         """The pre-training set copied, then collected up to `pretrain_more_episodes` of each of
         `pretrain_more_tasks`: the added episodes continue each task's attempts, so they are new starts,
         never held-out ones."""
         c = self.config
-        dataset = self.collect_cell(self.pretrain_name, c.pretrain_tasks, c.pretrain_episodes, 0)
+        dataset = self.pretrain_set()
         extended = self.dataset_dir(self.more_name)
         if not extended.exists():  # copied whole, then renamed: a killed copy leaves no half dataset behind
             partial = extended.with_name(extended.name + ".partial")
@@ -327,11 +356,20 @@ class Bench:
     def base_checkpoint(self, use_state: bool = True) -> Path | None:
         """The stage-1 base: given by `base`, kept in the repository by an earlier run (`keep_base`), or
         pre-trained here on the pre-training set (and then kept). The base without state is always the
-        protocol's own; with report_only it is None until it has been made."""
+        protocol's own (made from the base by `stage1_dropping_state`, or, with `stage1_no_state_steps`
+        0, pre-trained without state from scratch); with report_only it is None until it has been made."""
         c = self.config
         if c.base and use_state:
             return Path(c.base)
-        train_config, kept = self.stage1(use_state)
+        # Each phase: the dataset it trains on (collected when it runs), and its training run.
+        phases: list[tuple[Callable[[], Path], TrainConfig]]
+        if use_state or not c.stage1_no_state_steps:
+            first, kept = self.stage1(use_state)
+            more = self.stage1_more(first)
+            phases = [(self.pretrain_set, first)] + ([(self.extended_pretrain_set, more)] if more else [])
+        else:
+            dropping, kept = self.stage1_dropping_state(self.base_checkpoint())
+            phases = [(self.extended_pretrain_set if self.stage1_extends else self.pretrain_set, dropping)]
         kept_result = kept.finished() if c.keep_base else None
         if kept_result is not None:
             self.log(f"[bench] {kept.name.removesuffix(' (kept)')}: kept in {kept.record.parent}")
@@ -340,18 +378,14 @@ class Bench:
                 self.stage1_kept_from = kept_result.get("kept_from")
             return kept.record.parent
 
-        more = self.stage1_more(train_config)
-
         def pretrain() -> dict[str, Any]:
-            self.collect_cell(self.pretrain_name, c.pretrain_tasks, c.pretrain_episodes, 0)
-            first = self._train(train_config)
-            if more is None:
-                return first
-            self.extended_pretrain_set()
-            second = self._train(more)
-            return {"policy": second["policy"], "minutes": first["minutes"] + second["minutes"]}
+            runs = []
+            for collect_dataset, train_config in phases:
+                collect_dataset()
+                runs.append(self._train(train_config))
+            return {"policy": runs[-1]["policy"], "minutes": sum(run["minutes"] for run in runs)}
 
-        last = more or train_config
+        last = phases[-1][1]
         trained = Cell(kept.name.removesuffix(" (kept)"), Path(last.out) / "cell.json", kept.config)
         if c.report_only and trained.finished() is None:
             if not use_state:

@@ -245,8 +245,11 @@ def write_report(results: dict[str, Any], config) -> Path:
     markdown += success_table(results, MAIN_ROWS, labels, first_seed_only=False, metric="subgoal")
     table = success_table(results, NO_STATE_ROWS, labels, first_seed_only=False)
     if len(table) > 2:  # a table only once one of its rows has finished
-        markdown += ["", "**Without state** (the papers' inputs: image, depth and instruction; a base pre-trained "
-                     "alike without the state token), pooled over the training seeds.", ""] + table
+        made = (f"the base with its state token dropped, every weight trained {c['stage1_no_state_steps']} steps more "
+                "on the last pre-training set" if c.get("stage1_no_state_steps") else
+                "a base pre-trained alike without the state token")
+        markdown += ["", f"**Without state** (the papers' inputs: image, depth and instruction; {made}), pooled over "
+                     "the training seeds.", ""] + table
     for title, keys in (("Trace variants", VARIANT_ROWS), ("Trace buffers", BUFFER_ROWS)):
         table = success_table(results, keys, labels, first_seed_only=True)
         if len(table) > 2:

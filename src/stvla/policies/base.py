@@ -205,16 +205,17 @@ class Policy(nn.Module):
         policy.load_weights(directory, strict=True)
         return policy
 
-    def load_weights(self, directory: str | Path, strict: bool = False) -> list[str]:
+    def load_weights(self, directory: str | Path, strict: bool = False, leave_out: tuple[str, ...] = ()) -> list[str]:
         """Load the model weights of a checkpoint (e.g. a SpatialVLA base into an ST-VLA policy).
 
         Shapes must match; with strict=False, parameters that only this policy has (TraceVLA's
-        separator) keep their initial values. Returns the names of those parameters.
+        separator) keep their initial values. Returns the names of those parameters. Checkpoint weights
+        whose names start with one of `leave_out` (an input this policy does without) are not read.
         """
         path = Path(directory) / WEIGHTS_FILE
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint weights missing: {path}")
-        state = read_weights(path)
+        state = {name: value for name, value in read_weights(path).items() if not name.startswith(leave_out)}
         own = self.model.state_dict()
         mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
         if mismatched:

@@ -244,7 +244,8 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
     and from the `--init` checkpoint in stage 2 (so its weights fit), except for what the policy type
     defines: TraceVLA's second image, LLARVA's prompt tokens and its trace head (whose size
     `--trace_points` may set); and stage 2 may add stacked previous frames (`--model.previous_frames`)
-    to a base made without them, their index embedding then trained with the LoRA adapters.
+    to a base made without them, their index embedding then trained with the LoRA adapters, or drop its
+    state token (`--model.use_state false`: for a robot without proprio state, or the papers' inputs).
     """
     cls = policy_class(config.policy)
     policy_config = cls.config_class()
@@ -253,7 +254,8 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
     if config.init:
         _, init_config = read_checkpoint_config(config.init)
         vla = config_from_dict(VLAConfig, init_config["vla"], f"{config.init}/config.json")
-        vla = dataclasses.replace(vla, previous_frames=config.model.previous_frames or vla.previous_frames)
+        vla = dataclasses.replace(vla, previous_frames=config.model.previous_frames or vla.previous_frames,
+                                  use_state=vla.use_state and config.model.use_state)
         if vla.image_size != image_size:
             raise ValueError(f"checkpoint {config.init} was built for {vla.image_size}x{vla.image_size} "
                              f"images; dataset {config.dataset} has {image_size}x{image_size}")
@@ -423,7 +425,8 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
     samples = samples or training_samples()
     fresh: list[str] = []
     if config.init:
-        fresh = policy.load_weights(config.init)
+        # A state token dropped in stage 2 leaves the checkpoint's state weights unread.
+        fresh = policy.load_weights(config.init, leave_out=() if policy.config.vla.use_state else ("state.",))
         if fresh and progress:
             print(f"parameters new to {config.policy} (not in {config.init}): {fresh}")
     else:
