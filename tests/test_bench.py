@@ -182,6 +182,8 @@ def test_traces_removed_at_test_time_and_rows_without_state(miniature):
     (tuned,) = (Path(config.out) / "stage2").glob("base-finetuned-no-state-s0-*")
     assert read_checkpoint_config(tuned / "policy")[1]["vla"]["use_state"] is False
     report = (config.results_dir.parent.parent.parent / "BENCHMARKS.md").read_text()
+    no_state_minutes = json.loads((no_state_base / "cell.json").read_text())["result"]["minutes"]
+    assert f"| the base without state (the rows with the papers' inputs): minutes | {no_state_minutes:.1f} |" in report
     assert "**Without state**" in report and "| ST-VLA reads its traces (as trained > traces removed at test time) |" in report
 
 

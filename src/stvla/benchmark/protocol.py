@@ -208,6 +208,7 @@ class Bench:
         self.log = log
         self.stage1_minutes: float | None = None  # wall time of the base's pre-training, where this bench made it
         self.stage1_kept_from: str | None = None  # what made the kept base, when not this bench (its cell says)
+        self.no_state_base_minutes: float | None = None  # wall time of making the base without state, once made
 
     def train_config(self, **fields: Any) -> TrainConfig:
         """A training run of the protocol: `fields`, and what every run of it shares (model, augmentation,
@@ -376,6 +377,8 @@ class Bench:
             if use_state:
                 self.stage1_minutes = kept_result["minutes"]
                 self.stage1_kept_from = kept_result.get("kept_from")
+            else:
+                self.no_state_base_minutes = kept_result["minutes"]
             return kept.record.parent
 
         def pretrain() -> dict[str, Any]:
@@ -394,6 +397,8 @@ class Bench:
         result = trained.run(pretrain, self.log)
         if use_state:
             self.stage1_minutes = result["minutes"]
+        else:
+            self.no_state_base_minutes = result["minutes"]
         policy = Path(result["policy"])
         if not c.keep_base:
             return policy
@@ -580,7 +585,7 @@ class Bench:
             return {"config": config_key(c), "targets": targets, "selection": selection,
                     "cells": cells, "rows": [r.identity() for r in c.row_list()],
                     "minutes_this_call": (time.perf_counter() - started) / 60, "stage1_minutes": self.stage1_minutes,
-                    "stage1_kept_from": self.stage1_kept_from,
+                    "stage1_kept_from": self.stage1_kept_from, "no_state_base_minutes": self.no_state_base_minutes,
                     "config_hash": config_hash(config_key(c))}
 
         def cell(row: Row, seed: int) -> dict[str, Any] | None:

@@ -279,6 +279,9 @@ def write_report(results: dict[str, Any], config) -> Path:
         ("pre-training set", f"{c['pretrain_tasks']}, {c['pretrain_episodes']} expert episodes per task"),
         ("stage 1 / stage 2 steps (batch 32)", f"{c['stage1_steps']} / {c['stage2_steps']}"),
         ("stage-1 pre-training of the base: minutes", stage1_minutes_text(results, c)),
+        *([("the base without state (the rows with the papers' inputs): minutes",
+            "not made yet" if results.get("no_state_base_minutes") is None else f"{results['no_state_base_minutes']:.1f}")]
+          if any(not row.get("use_state", True) for row in results["rows"]) else []),
         ("target tasks", ", ".join(results["targets"])),
         ("fine-tuning set", f"{c['finetune_episodes']} episodes per target task"),
         ("LLARVA instruction pre-training", f"{c['llarva_pretrain_tasks']} tasks, {c['llarva_pretrain_episodes']} "
