@@ -246,9 +246,14 @@ def test_the_committed_base_still_matches_the_protocol():
     row evaluated from it) would silently be re-made. Such a field must not change the default protocol."""
     root = Path(__file__).resolve().parent.parent
     config = BenchConfig(repo=str(root))
-    _, cell = Bench(config).stage1()
+    bench = Bench(config)
+    _, cell = bench.stage1()
     assert cell.record == root / config.keep_base / "cell.json" and cell.record.is_file()
     assert cell.finished() is not None, f"{cell.record} no longer matches stage 1's configuration"
+    # The base without state, made from that base: its key holds the base's weights and its own settings.
+    _, no_state = bench.stage1_dropping_state(cell.record.parent)
+    assert no_state.record == root / f"{config.keep_base}-no-state" / "cell.json" and no_state.record.is_file()
+    assert no_state.finished() is not None, f"{no_state.record} no longer matches its configuration"
 
 
 def test_datasets_and_runs_made_otherwise_get_directories_of_their_own(tmp_path):
