@@ -175,15 +175,15 @@ def test_traces_removed_at_test_time_and_rows_without_state(miniature):
     assert removed["remove_traces"] is True and removed["policy"].startswith(str(Path(config.out) / "stage2" / "st-C-b30-s0-"))
     no_state_base = Path(config.repo) / f"{config.keep_base}-no-state"
     assert read_checkpoint_config(no_state_base)[1]["vla"]["use_state"] is False
-    made = json.loads((no_state_base / "cell.json").read_text())["config"]
+    record = json.loads((no_state_base / "cell.json").read_text())
+    made = record["config"]
     assert made["from"] == checkpoint_fingerprint(Path(config.repo) / config.keep_base)
     assert made["train"]["steps"] == config.stage1_no_state_steps and made["data"]["more"]["tasks"] == "reach-v3"
     assert read_checkpoint_config(Path(config.repo) / config.keep_base)[1]["vla"].get("use_state", True) is True
     (tuned,) = (Path(config.out) / "stage2").glob("base-finetuned-no-state-s0-*")
     assert read_checkpoint_config(tuned / "policy")[1]["vla"]["use_state"] is False
     report = (config.results_dir.parent.parent.parent / "BENCHMARKS.md").read_text()
-    no_state_minutes = json.loads((no_state_base / "cell.json").read_text())["result"]["minutes"]
-    assert f"| the base without state (the rows with the papers' inputs): minutes | {no_state_minutes:.1f} |" in report
+    assert f"| the base without state (the rows with the papers' inputs): minutes | {record['result']['minutes']:.1f} |" in report
     assert "**Without state**" in report and "| ST-VLA reads its traces (as trained > traces removed at test time) |" in report
 
 

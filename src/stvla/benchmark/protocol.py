@@ -279,8 +279,7 @@ class Bench:
         train_config = self.train_config(policy="spatialvla", dataset=str(dataset), out="", steps=c.stage1_steps, seed=0,
                                          model=model)
         key = {"train": {k: v for k, v in train_config.key().items() if k not in ("dataset", "out")},
-               "data": {"tasks": c.pretrain_tasks, "episodes": c.pretrain_episodes, "image_size": c.image_size,
-                        **({"action_noise": c.action_noise} if c.action_noise else {})}}
+               "data": self.pretrain_data_key()}
         # One directory per configuration: another base's settings never try to resume this one's run.
         train_config.out = str(self.out / f"stage1-s0-{config_hash(key)[:8]}")
         more = self.stage1_more(train_config)
@@ -289,6 +288,12 @@ class Bench:
                            "train": {k: v for k, v in more.key().items() if k not in ("dataset", "out", "init")}}
         name = "stage1" if use_state else "stage1-no-state"
         return train_config, Cell(f"{name} (kept)", Path(c.repo) / self.kept_base(use_state) / "cell.json", key)
+
+    def pretrain_data_key(self) -> dict[str, Any]:
+        """What the pre-training set is made of, as the stage-1 keys spell it."""
+        c = self.config
+        return {"tasks": c.pretrain_tasks, "episodes": c.pretrain_episodes, "image_size": c.image_size,
+                **({"action_noise": c.action_noise} if c.action_noise else {})}
 
     def stage1_dropping_state(self, base: Path) -> tuple[TrainConfig, Cell]:
         """The base without state as `stage1_no_state_steps` makes it: `base`'s weights, its state token
@@ -302,9 +307,7 @@ class Bench:
                                           model=dataclasses.replace(c.model, use_state=False))
         key = {"from": checkpoint_fingerprint(base),
                "train": {k: v for k, v in train_config.key().items() if k not in ("dataset", "out", "init")},
-               "data": {"tasks": c.pretrain_tasks, "episodes": c.pretrain_episodes, "image_size": c.image_size,
-                        **({"action_noise": c.action_noise} if c.action_noise else {}),
-                        **({"more": self.more_data()} if self.stage1_extends else {})}}
+               "data": {**self.pretrain_data_key(), **({"more": self.more_data()} if self.stage1_extends else {})}}
         train_config.out = str(self.out / f"stage1-no-state-{config_hash(key)[:8]}")
         return train_config, Cell("stage1-no-state (kept)", Path(c.repo) / self.kept_base(False) / "cell.json", key)
 

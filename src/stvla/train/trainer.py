@@ -245,7 +245,7 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
     defines: TraceVLA's second image, LLARVA's prompt tokens and its trace head (whose size
     `--trace_points` may set); and stage 2 may add stacked previous frames (`--model.previous_frames`)
     to a base made without them, their index embedding then trained with the LoRA adapters, or drop its
-    state token (`--model.use_state false`: for a robot without proprio state, or the papers' inputs).
+    state token (`--model.use_state false`: the papers' inputs, image, depth and instruction).
     """
     cls = policy_class(config.policy)
     policy_config = cls.config_class()
