@@ -29,6 +29,7 @@ TRACED_ROWS = ("tracevla", "st", "st-adaptive", "st-thick6")
 READS_TRACES = "ST-VLA reads its traces (as trained > traces removed at test time)"
 STATE_PAIRS = (("ST-VLA > SpatialVLA-style base (both fine-tuned)", "no state: ST-VLA > SpatialVLA-style base"),
                ("ST-VLA > TraceVLA-style", "no state: ST-VLA > TraceVLA-style"))
+STATE_COST = "the base without state >= with state (both fine-tuned)"
 
 
 # The benchmark tables: the current one, then the archived ones whose claims still inform (results name, label).
@@ -160,6 +161,9 @@ def state_rows() -> list[tuple[str, str]]:
                          "state / without (`stvla bench`)",
                          " / ".join(claim_text(claims[c]) if c in claims else "not measured yet"
                                     for c in (with_state, without))))
+        if STATE_COST in claims:
+            rows.append((f"Does the base itself need the state? {STATE_COST}, {label} (`stvla bench`)",
+                         claim_text(claims[STATE_COST])))
     return rows
 
 
