@@ -219,6 +219,17 @@ def test_claims_compare_fine_tuned_rows_on_their_common_seeds():
     assert zero_shot["seeds"] == "0 / 0,1" and zero_shot["difference"] == pytest.approx(0.5 - 0.25)
 
 
+def test_every_claim_compares_rows_the_protocol_runs():
+    """A claim naming a row the bench never runs would never appear in the table: no error, no verdict."""
+    from stvla.benchmark.protocol import ROWS
+    from stvla.benchmark.report import CLAIMS
+
+    names = {r.key for r in ROWS}
+    assert [(c, b, w) for c, b, w, _ in CLAIMS if b not in names or w not in names] == []
+    assert len({c for c, *_ in CLAIMS}) == len(CLAIMS)
+    assert ("base-finetuned-no-state", "base-finetuned") in {(b, w) for _, b, w, _ in CLAIMS}
+
+
 def test_stage1_trains_on_with_more_episodes_of_some_tasks(miniature):
     """The second phase of stage 1: the pre-training set copied and extended (new starts of the named
     tasks only), every weight trained on from the first phase; the kept base is the second phase's."""
