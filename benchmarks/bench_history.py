@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, record  # noqa: E402
 
 from stvla.benchmark.cells import Cell  # noqa: E402
-from stvla.benchmark.report import difference  # noqa: E402
+from stvla.benchmark.report import difference, points_text  # noqa: E402
 from stvla.config import config_key  # noqa: E402
 from stvla.data import CollectConfig, collect  # noqa: E402
 from stvla.evaluate import EvalConfig, evaluate  # noqa: E402
@@ -157,7 +157,7 @@ def report(results: dict[str, dict[int, dict]], args) -> None:
             common = [s for s in by_seed if s in results["base"]]
             diff, low, high = difference(pooled([by_seed[s] for s in common]),
                                          pooled([results["base"][s] for s in common]))
-            line += f"; minus no history: {100 * diff:+.0f} [{100 * low:+.0f}, {100 * high:+.0f}] points"
+            line += f"; minus no history: {points_text(diff, low, high)} points"
         rows.append((f"{name}: {ROWS[name][3]} - success (95% CI)", line))
     for name, by_seed in results.items():
         measured = [c["overall"] for c in by_seed.values() if c["overall"].get("trace_sensitivity") is not None]

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, record  # noqa: E402
 
 from stvla.benchmark.protocol import Bench, BenchConfig  # noqa: E402
-from stvla.benchmark.report import difference, rate_text  # noqa: E402
+from stvla.benchmark.report import difference, points_text, rate_text  # noqa: E402
 from stvla.data.store import EpisodeStore  # noqa: E402
 from stvla.envs import episode_seed, parse_tasks  # noqa: E402
 from stvla.evaluate import EvalConfig, evaluate  # noqa: E402
@@ -84,7 +84,7 @@ def main() -> None:
         rows.append((f"{task}: success on its training starts ({held} of {args.episodes} in the dataset) / "
                      "on held-out starts; difference (95% CI)",
                      f"{rate_text(*counts['train'])} / {rate_text(*counts['eval'])}; "
-                     f"{100 * diff:+.0f} [{100 * low:+.0f}, {100 * high:+.0f}] points"))
+                     f"{points_text(diff, low, high)} points"))
     record(f"memorization_{name}", figures, rows, f"Memorising or generalising ({args.policy}, {args.episodes} episodes "
                                            "per task and split)")
     print("\n".join(f"{what}: {value}" for what, value in rows))

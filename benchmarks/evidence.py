@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, record  # noqa: E402
 
-from stvla.benchmark.report import difference, rate_text, verdict  # noqa: E402
+from stvla.benchmark.report import difference, points_text, rate_text, verdict  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 # History rows compared with stacking the previous frames: the traced ways of giving history.
@@ -45,7 +45,7 @@ def load(name: str) -> dict | None:
 def compared(a: tuple[int, int], b: tuple[int, int]) -> str:
     """`a - b` in points with its interval and verdict."""
     diff, low, high = difference(a, b)
-    return f"{100 * diff:+.0f} [{100 * low:+.0f}, {100 * high:+.0f}] points: {verdict(low, high)}"
+    return f"{points_text(diff, low, high)} points: {verdict(low, high)}"
 
 
 def counts(overall: dict) -> tuple[int, int]:
@@ -54,7 +54,7 @@ def counts(overall: dict) -> tuple[int, int]:
 
 def claim_text(claim: dict) -> str:
     low, high = claim["ci95"]
-    return (f"{100 * claim['difference']:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] points: {claim['verdict']} "
+    return (f"{points_text(claim['difference'], low, high, 1)} points: {claim['verdict']} "
             f"(training seeds {claim['seeds']})")
 
 

@@ -197,6 +197,15 @@ def test_difference_interval_and_verdicts():
     assert verdict(*difference((5, 50), (30, 50))[1:]) == "contradicted"
 
 
+def test_points_text_keeps_the_side_of_zero():
+    from stvla.benchmark.report import points_text
+
+    assert points_text(0.07, -0.05, 0.19) == "+7 [-5, +19]"
+    assert points_text(0.12, -0.003, 0.24) == "+12 [-0.3, +24]"  # not "-0": the bound is below zero
+    assert points_text(0.0, -0.09, 0.09) == "+0 [-9, +9]"  # a zero difference stays a plain zero
+    assert points_text(0.097, 0.04, 0.152, 1) == "+9.7 [+4.0, +15.2]"
+
+
 def test_claims_compare_fine_tuned_rows_on_their_common_seeds():
     from stvla.benchmark.protocol import ROWS
     from stvla.benchmark.report import claims_table

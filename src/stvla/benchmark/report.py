@@ -78,6 +78,20 @@ def difference(a: tuple[int, int], b: tuple[int, int]) -> tuple[float, float, fl
     return diff, diff - math.hypot(pa - la, ub - pb), diff + math.hypot(ua - pa, pb - lb)
 
 
+def points_text(diff: float, low: float, high: float, decimals: int = 0) -> str:
+    """A difference of rates and its interval in signed percentage points, e.g. `+7 [-5, +19]`.
+
+    A figure that rounds to zero but is not zero gets more decimals (up to two): `[-0.3, +24]` says on
+    which side of zero the interval ends, where `[-0, +24]` reads as a typo."""
+    def signed(value: float) -> str:
+        for places in range(decimals, decimals + 3):
+            text = f"{100 * value:+.{places}f}"
+            if value == 0 or float(text) != 0:
+                break
+        return text
+    return f"{signed(diff)} [{signed(low)}, {signed(high)}]"
+
+
 def verdict(low: float, high: float) -> str:
     if low > 0:
         return "supported"
@@ -181,7 +195,7 @@ def claims_table(results: dict[str, Any]) -> tuple[list[str], list[dict[str, Any
         outcome = verdict(low, high)
         seeds = f"{','.join(map(str, a_seeds))} / {','.join(map(str, b_seeds))}"
         verdicts.append({"claim": claim, "difference": diff, "ci95": [low, high], "verdict": outcome, "seeds": seeds})
-        lines.append(f"| {claim} | {theirs} | {seeds} | {100 * diff:+.1f} [{100 * low:+.1f}, {100 * high:+.1f}] "
+        lines.append(f"| {claim} | {theirs} | {seeds} | {points_text(diff, low, high, 1)} "
                      f"| {outcome} |")
     return lines, verdicts
 
