@@ -96,7 +96,6 @@ def history_settings() -> list[tuple[str, dict]]:
     return [(path.stem, json.loads(path.read_text())) for path in sorted(RESULTS.glob("history*.json"))]
 
 
-
 def setting_label(result: dict) -> str:
     """The setting in a few words: `reach-moving-v3, from scratch, 1000 steps`."""
     setting = result.get("setting")
