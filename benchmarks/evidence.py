@@ -20,16 +20,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, record  # noqa: E402
 
-from stvla.benchmark.report import difference, points_text, rate_text, verdict  # noqa: E402
+from stvla.benchmark.report import CLAIMS, difference, points_text, rate_text, verdict  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 # History rows compared with stacking the previous frames: the traced ways of giving history.
 TRACED_ROWS = ("tracevla", "st", "st-adaptive", "st-thick6")
-# The benchmark's claims this section repeats (stvla.benchmark.report.CLAIMS), by what they answer.
-READS_TRACES = "ST-VLA reads its traces (as trained > traces removed at test time)"
-STATE_PAIRS = (("ST-VLA > SpatialVLA-style base (both fine-tuned)", "no state: ST-VLA > SpatialVLA-style base"),
-               ("ST-VLA > TraceVLA-style", "no state: ST-VLA > TraceVLA-style"))
-STATE_COST = "the base without state >= with state (both fine-tuned)"
+# The benchmark's claims this section repeats (stvla.benchmark.report.CLAIMS), found by the rows they compare
+# (better, worse) so that their wording lives in one place.
+CLAIM_OF = {(better, worse): claim for claim, better, worse, _ in CLAIMS}
+READS_TRACES = CLAIM_OF["st-C-b30", "st-C-b30-traces-removed"]
+STATE_PAIRS = ((CLAIM_OF["st-C-b30", "base-finetuned"], CLAIM_OF["st-C-b30-no-state", "base-finetuned-no-state"]),
+               (CLAIM_OF["st-C-b30", "tracevla"], CLAIM_OF["st-C-b30-no-state", "tracevla-no-state"]))
+STATE_COST = CLAIM_OF["base-finetuned-no-state", "base-finetuned"]
 
 
 # The benchmark tables: the current one, then the archived ones whose claims still inform (results name, label).
