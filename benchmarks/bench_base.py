@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, record  # noqa: E402
+from common import ROOT, record, run  # noqa: E402
 
 from stvla.benchmark.cells import Cell  # noqa: E402
 from stvla.benchmark.protocol import Bench, BenchConfig  # noqa: E402
@@ -248,4 +248,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
-from common import record  # noqa: E402
+from common import record, run  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 STVLA = [sys.executable, "-m", "stvla.cli"]
@@ -391,4 +391,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -34,9 +34,10 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, record  # noqa: E402
+from common import ROOT, record, run  # noqa: E402
 
 from stvla.benchmark.cells import Cell  # noqa: E402
+from stvla.benchmark.protocol import int_list  # noqa: E402
 from stvla.benchmark.report import difference, points_text  # noqa: E402
 from stvla.config import config_key  # noqa: E402
 from stvla.data import CollectConfig, collect  # noqa: E402
@@ -104,7 +105,7 @@ def main() -> None:
     unknown = [name for name in names if name not in ROWS]
     if unknown:
         parser.error(f"unknown row(s) {unknown}; valid: {', '.join(ROWS)}")
-    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    seeds = int_list(args.seeds, "--seeds")
     if args.task not in VARIANTS:
         parser.error(f"--task {args.task!r} is not a history-needing variant; valid: {', '.join(VARIANTS)}")
     results_dir = results_name(args.task, args.init, args.steps, not args.no_state)
@@ -178,4 +179,4 @@ def report(results: dict[str, dict[int, dict]], args) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, record  # noqa: E402
+from common import ROOT, record, run  # noqa: E402
 
 from stvla.benchmark.protocol import Bench, BenchConfig  # noqa: E402
 from stvla.benchmark.report import difference, points_text, rate_text  # noqa: E402
@@ -91,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

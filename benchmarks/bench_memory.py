@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record
+from common import record, run
 
 GIB = 2**30
 TRAININGS = {  # name -> (policy, dataset folder under <bench>/data, what it is)
@@ -90,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
+from common import record, run  # noqa: E402
 
 from stvla.data import CollectConfig, collect  # noqa: E402
 from stvla.train import TrainConfig, train  # noqa: E402
@@ -57,4 +57,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

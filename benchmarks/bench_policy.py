@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
+from common import record, run  # noqa: E402
 
 from stvla import features as F  # noqa: E402
 from stvla.data import CollectConfig, EpisodeStore, collect  # noqa: E402
@@ -132,4 +132,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

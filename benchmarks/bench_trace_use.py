@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
+from common import record, run  # noqa: E402
 
 from stvla.evaluate import EvalConfig, evaluate  # noqa: E402
 from stvla.policies.base import checkpoint_fingerprint  # noqa: E402
@@ -60,4 +60,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

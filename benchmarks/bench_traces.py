@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cv2  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
-from common import record  # noqa: E402
+from common import record, run  # noqa: E402
 
 from stvla import features as F  # noqa: E402
 from stvla import geometry  # noqa: E402
@@ -334,4 +334,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

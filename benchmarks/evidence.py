@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, record  # noqa: E402
+from common import ROOT, record, run  # noqa: E402
 
 from stvla.benchmark.report import CLAIMS, difference, points_text, rate_text, verdict  # noqa: E402
 
@@ -176,4 +176,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

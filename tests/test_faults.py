@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,6 +133,15 @@ def test_view_into_a_directory_is_refused_and_leaves_nothing(small_dataset, tmp_
     root, _ = small_dataset
     one_line_error(capsys, ["view", str(root), "--episode", "0", "--out", str(tmp_path)], "is a directory")
     assert list(tmp_path.iterdir()) == [], "no half-written video is left behind"
+
+
+def test_a_benchmark_script_refuses_bad_seeds_in_one_line(tmp_path):
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_history.py"
+    done = subprocess.run([sys.executable, str(script), "--seeds", "0,x", "--report_only", "--work", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == ["bench_history.py: error: --seeds '0,x': expected comma-separated integers, e.g. 0,1,2"]
 
 
 # --- checkpoints by time -------------------------------------------------------------------------------

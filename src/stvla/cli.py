@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -219,17 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def reporting_errors(prog: str, run: Callable[[], int | None]) -> int:
+    """Run `run`; bad input, a busy folder or a missing file ends it with one line naming it, status 2."""
     from stvla.data.store import DatasetError
     from stvla.locks import FolderInUse
 
     try:
-        return args.run(args)
+        return run() or 0
     except (DatasetError, FolderInUse, ValueError, OSError, KeyError, IndexError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        print(f"stvla {args.command}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return reporting_errors(f"stvla {args.command}", lambda: args.run(args))
 
 
 if __name__ == "__main__":

@@ -120,6 +120,14 @@ ROW_BY_KEY = {row.key: row for row in ROWS}
 LLARVA_PRETRAINING = {"llarva": -1, "llarva-no-traces": 0}
 
 
+def int_list(text: str, flag: str) -> list[int]:
+    """Comma-separated integers, as `--seeds 0,1,2` takes them; anything else names the flag and the value."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected comma-separated integers, e.g. 0,1,2") from None
+
+
 @dataclass
 class BenchConfig:
     out: str = "runs/bench"  # working directory: datasets, checkpoints, videos (large; not committed)
@@ -161,7 +169,7 @@ class BenchConfig:
     share_poll_seconds: float = field(default=60.0, metadata=KEY_NEUTRAL)  # with share: how often to look again at the cells another process is running
 
     def seed_list(self) -> list[int]:
-        return [int(s) for s in self.seeds.split(",") if s.strip()]
+        return int_list(self.seeds, "--seeds")
 
     def row_list(self) -> list[Row]:
         if not self.rows:
