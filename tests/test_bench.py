@@ -228,6 +228,18 @@ def test_claims_compare_fine_tuned_rows_on_their_common_seeds():
     assert zero_shot["seeds"] == "0 / 0,1" and zero_shot["difference"] == pytest.approx(0.5 - 0.25)
 
 
+@pytest.mark.parametrize("field, value, needle", [
+    ("seeds", "0,x", "--seeds '0,x': expected comma-separated integers"),
+    ("rows", "st-C-b30,nope", "unknown bench row(s) ['nope']"),
+])
+def test_bad_seeds_or_rows_are_refused_before_any_cell_runs(tmp_path, field, value, needle):
+    config = dataclasses.replace(BenchConfig(), out=str(tmp_path / "out"), repo=str(tmp_path), **{field: value})
+    with pytest.raises(ValueError) as refused:
+        Bench(config, log=lambda _: None)
+    assert needle in str(refused.value)
+    assert list(tmp_path.iterdir()) == []  # nothing made: no data, no base, no results folder
+
+
 def test_every_claim_compares_rows_the_protocol_runs():
     """A claim naming a row the bench never runs would never appear in the table: no error, no verdict."""
     from stvla.benchmark.protocol import ROWS

@@ -210,6 +210,7 @@ class Bench:
     """The protocol's cells for one BenchConfig; `run()` executes what is missing and returns every result."""
 
     def __init__(self, config: BenchConfig, log=print):
+        config.seed_list(), config.row_list()  # a bad --seeds or --rows ends the bench here, not after pre-training
         self.config = config
         self.out = Path(config.out)
         self.results = config.results_dir
