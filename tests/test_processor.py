@@ -28,9 +28,13 @@ TINY = VLAConfig(image_size=64, width=32, image=ImageEncoderConfig(channels=(8, 
 
 
 def tiny_policy(name: str, **trace_changes):
-    """A tiny policy of type `name` that runs the model at every control step (n_action_steps 1)."""
+    """A tiny policy of type `name` that runs the model at every control step (n_action_steps 1);
+    "tracetokens-2d" is tracetokens with its traces' points in pixels."""
+    name, _, space = name.partition("-")
     config = make_policy(name).config
-    vla = dataclasses.replace(TINY, n_action_steps=1)
+    if space:
+        config.trace_space = space
+    vla = dataclasses.replace(TINY, n_action_steps=1, trace_tokens=name == "tracetokens")
     if name == "llarva":
         vla = dataclasses.replace(vla, language="prompt", trace_points=4)
     if name == "tracevla":
@@ -63,12 +67,15 @@ def control_inputs(policy, store: EpisodeStore, episode: int) -> list[dict]:
     return seen
 
 
-@pytest.mark.parametrize("name", ["st", "tracevla", "spatialvla", "llarva"])
+TRACED = ("st", "tracevla", "tracetokens", "tracetokens-2d")
+
+
+@pytest.mark.parametrize("name", ["st", "tracevla", "spatialvla", "llarva", "tracetokens", "tracetokens-2d"])
 def test_training_and_control_give_identical_model_inputs(small_dataset, name):
     root, _ = small_dataset
     store = EpisodeStore(root)
     # Adaptive selection: at 64 px the tracer draws traces on most frames of an episode, not on all.
-    adaptive = {"selection": SelectionConfig(adaptive=True)} if name in ("st", "tracevla") else {}
+    adaptive = {"selection": SelectionConfig(adaptive=True)} if name in TRACED else {}
     policy = tiny_policy(name, **adaptive)
     samples = TrainingSamples(store, policy, progress=False)
     policy.fit_statistics(samples.actions, samples.states)
@@ -93,7 +100,7 @@ def test_training_and_control_give_identical_model_inputs(small_dataset, name):
                 assert torch.equal(inputs[key][0], trained[key][step]), (name, key, step)
             else:
                 assert inputs[key][0] == trained[key][step], (name, key, step)
-    if name in ("st", "tracevla"):  # the comparison saw frames with traces and frames without
+    if name in TRACED:  # the comparison saw frames with traces and frames without
         shown = np.array(samples.arrays[F.HAS_TRACES][span])
         assert shown.any() and not shown.all()
     if name == "st":  # the traced depth differs from the raw one where traces were drawn
@@ -103,6 +110,16 @@ def test_training_and_control_give_identical_model_inputs(small_dataset, name):
     if name == "tracevla":
         assert not torch.equal(trained[F.TRACED_RGB][shown], trained[F.RGB][shown])
         assert torch.equal(trained[F.TRACED_RGB][~shown], trained[F.RGB][~shown])
+    if name.startswith("tracetokens"):  # points exactly where there are traces; 3D ones in front of the camera
+        points = trained[F.TRACE_POINTS]
+        assert points.shape[1:] == (5, 30, 4)
+        assert torch.equal(points[..., 3].amax(dim=(1, 2)) > 0, torch.from_numpy(shown))
+        assert not points[~shown].any()
+        exists = points[..., 3] > 0
+        if name == "tracetokens":
+            assert (points[..., 2][exists] > 0.1).all() and (points[..., 2][exists] < 4).all()
+        else:
+            assert (points[..., :2][exists].abs() <= 1).all() and not points[..., 2].any()
     if name == "llarva":  # the prompts carry noise: the comparison saw the noisy path
         assert trained[F.PROMPT][0] != samples.batch(np.array([span.start]))[F.PROMPT][0]
 
@@ -274,7 +291,7 @@ def test_temporal_ensembling_averages_every_chunks_action_for_the_step():
     assert np.allclose(policy.select_action(obs), 7)
 
 
-@pytest.mark.parametrize("name", ["st", "tracevla"])
+@pytest.mark.parametrize("name", TRACED)
 def test_trace_diagnostics_measure_the_traces_and_removing_them_is_the_counterfactual(name, small_dataset):
     """In an episode: the share of steps with traces, the pixels they change, and how far the chunk moves
     without them; with `remove_traces` the policy acts exactly as that counterfactual."""
@@ -295,7 +312,8 @@ def test_trace_diagnostics_measure_the_traces_and_removing_them_is_the_counterfa
     figures = policy.trace_diagnostics.summary()
     diagnostics = policy.trace_diagnostics
     assert diagnostics.steps == len(observations) and 0 < diagnostics.steps_with_traces < len(observations)
-    assert 0 < figures["traced_pixel_share"] < 0.5
+    # The share of depth or image pixels the traces changed; of the trace tokens that hold a trace.
+    assert 0 < figures["traced_pixel_share"] < (1.0001 if name.startswith("tracetokens") else 0.5)
     assert len(diagnostics.sensitivities) == diagnostics.steps_with_traces  # n_action_steps 1: a chunk a step
     assert figures["trace_sensitivity"] > 0  # random weights still read their inputs
     assert figures["action_norm"] > 0 and len(diagnostics.action_norms) == len(diagnostics.sensitivities)
@@ -313,6 +331,8 @@ def test_trace_diagnostics_measure_the_traces_and_removing_them_is_the_counterfa
     for batch, index in zip(seen, range(len(observations))):
         if name == "st":
             assert torch.equal(batch[F.DEPTH][0], torch.from_numpy(np.asarray(frames[F.DEPTH][index], np.float32)))
+        elif name.startswith("tracetokens"):
+            assert not batch[F.TRACE_POINTS].any()
         else:
             assert torch.equal(batch[F.TRACED_RGB], batch[F.RGB])
 

@@ -209,3 +209,23 @@ def test_oversized_and_idle_connections_are_closed_and_a_dropped_link_reconnects
     assert client.reconnects == 1
     client.close()
     again.stop()
+
+
+def test_a_trace_tokens_policy_serves_as_it_acts_locally(tmp_path):
+    """Trace tokens (3D: the served connection keeps each point's depth as the local policy does): the same
+    episodes, to the bit, through the server."""
+    config = make_policy("tracetokens").config
+    config.vla = dataclasses.replace(TINY, trace_tokens=True)
+    config.traces = TraceConfig(selection=SelectionConfig(adaptive=True))
+    policy_dir = responsive(make_policy("tracetokens", config)).save_pretrained(tmp_path / "policy")
+    served = PolicyServer(ServeConfig(policy=str(policy_dir), port=0, idle_timeout=30))
+    served.start_in_thread()
+    try:
+        common = dict(tasks="reach-v3", episodes=1, max_steps=24, workers=1, videos=0)
+        local = evaluate(EvalConfig(policy=str(policy_dir), out=str(tmp_path / "local"), **common), progress=False)
+        remote = evaluate(EvalConfig(server=f"ws://127.0.0.1:{served.port}", out=str(tmp_path / "served"), **common),
+                          progress=False)
+    finally:
+        served.stop()
+    assert remote["episodes"][0]["final_ee_position"] == local["episodes"][0]["final_ee_position"]
+    assert local["overall"]["trace_step_share"] > 0  # the episode had traces for the tokens to carry

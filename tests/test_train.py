@@ -150,19 +150,23 @@ def test_save_load_gives_identical_actions(stage1, tmp_path):
     st = make_policy("st", dataclasses.replace(STPolicy.config_class(), vla=policy.config.vla))
     st.load_weights(stage1, strict=True)
     reloaded = load_policy(st.save_pretrained(tmp_path / "st"))
+    # Three action chunks, with traces once the tracker has history.
+    saved, again = (closed_loop_actions(candidate, seed=123, steps=12) for candidate in (st, reloaded))
+    assert np.array_equal(saved, again)
+    assert np.all(np.isfinite(saved)) and saved.shape == (12, 4)
+
+
+def closed_loop_actions(policy, seed: int, steps: int) -> np.ndarray:
+    """(steps, action_dim): what `policy` does over the first steps of a pick-place episode."""
     env = make_env("pick-place-v3", image_size=64)
-    actions = {}
-    for name, candidate in (("saved", st), ("reloaded", reloaded)):
-        obs, _ = env.reset(seed=123)
-        candidate.reset()
-        actions[name] = []
-        for _ in range(12):  # three action chunks, with traces once the tracker has history
-            action = candidate.select_action(obs)
-            actions[name].append(action)
-            obs, *_ = env.step(action)
+    obs, _ = env.reset(seed=seed)
+    policy.reset()
+    actions = []
+    for _ in range(steps):
+        actions.append(policy.select_action(obs))
+        obs, *_ = env.step(actions[-1])
     env.close()
-    assert np.array_equal(np.stack(actions["saved"]), np.stack(actions["reloaded"]))
-    assert np.all(np.isfinite(actions["saved"])) and np.stack(actions["saved"]).shape == (12, 4)
+    return np.stack(actions)
 
 
 def test_mismatched_inputs_are_refused(stage1, small_dataset, tmp_path):
@@ -222,3 +226,34 @@ def test_weight_average_is_exported_and_resumes_exactly(small_dataset, tmp_path)
     assert changed and all(torch.equal(a[k], plain[k]) for k in a if "normalizer" in k or "tokenizer" in k)
     with pytest.raises(ValueError, match=r"--ema must be in \[0, 1\)"):
         tiny_config(root, tmp_path / "bad", ema=1.5)
+
+
+@pytest.mark.parametrize("space", ["3d", "2d"])
+def test_trace_tokens_fine_tune_from_a_base_and_reload_to_identical_actions(stage1, small_dataset, tmp_path, space):
+    """tracetokens from a base without a trace encoder: the encoder is new and trains with the adapters;
+    the saved policy reloads to the same actions, its trace tokens read from the tracker's points."""
+    root, _ = small_dataset
+    config = tiny_config(root, tmp_path / space, policy="tracetokens", init=str(stage1), steps=12, lr=1e-2,
+                         trace_space=space)
+    config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, rank=4))
+    policy_dir = train(config, progress=False)
+    trained, base = load_file(str(policy_dir / WEIGHTS_FILE)), load_file(str(stage1 / WEIGHTS_FILE))
+    new = set(trained) - set(base)
+    assert new and all(k.startswith("trace_encoder.") for k in new)
+    torch.manual_seed(config.seed)
+    start = build_policy(config, 64).model.trace_encoder.state_dict()
+    assert any(not torch.equal(trained[f"trace_encoder.{k}"], v) for k, v in start.items())
+    policy = load_policy(policy_dir)
+    assert policy.name == "tracetokens" and policy.config.trace_space == space and policy.config.vla.trace_tokens
+    contract = json.loads((policy_dir / "processor.json").read_text())
+    assert contract["trace_tokens"] == space
+    loaded, again = (closed_loop_actions(candidate, seed=5, steps=16) for candidate in (policy, load_policy(policy_dir)))
+    assert np.array_equal(loaded, again) and np.isfinite(loaded).all()
+
+
+def test_trace_space_is_for_trace_tokens_only(small_dataset, tmp_path):
+    root, _ = small_dataset
+    with pytest.raises(ValueError, match="--trace_space applies to tracetokens only"):
+        build_policy(tiny_config(root, tmp_path, policy="st", trace_space="2d"), 64)
+    with pytest.raises(ValueError, match="unknown trace_space 'xyz'"):
+        build_policy(tiny_config(root, tmp_path, policy="tracetokens", trace_space="xyz"), 64)

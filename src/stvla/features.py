@@ -38,6 +38,7 @@ TRACED_DEPTH = "observation.depth.traced"  # (H, W) float32 depth with the trace
 TRACED_RGB = "observation.images.rgb_traced"  # (H, W, 3) uint8 image with the traces drawn on (TraceVLA)
 HAS_TRACES = "observation.has_traces"  # () bool: the tracer chose at least one trace at this frame
 PREVIOUS_RGB = "observation.images.rgb_previous"  # (k, H, W, 3) uint8: the k frames before this one, oldest first (frame stacking)
+TRACE_POINTS = "observation.trace_points"  # (K, b, 4) float32: the K chosen traces' last b points (camera-frame xyz in metres, or u v in [-1, 1] and 0), the last channel 1 where a point exists (trace tokens)
 STATE_HISTORY = "observation.state_history"  # (HISTORY_LENGTH, S) the episode's latest states (LLARVA)
 
 # --- model batch entries beside the features above ---------------------------------------------------------

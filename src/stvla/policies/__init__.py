@@ -1,6 +1,6 @@
 """Policies: the shared small VLA and its blocks (image encoder, Ego3D, text, prompt, trunk, action grid,
 the PaliGemma2 adapter), the input processor that turns observations and recorded frames into model
-inputs, one module per policy type (spatialvla, tracevla, st, llarva: its config, processor and
+inputs, one module per policy type (spatialvla, tracevla, st, tracetokens, llarva: its config, processor and
 policy), and a registry by name."""
 
 from stvla.policies.base import Policy, PolicyConfig, TracedPolicyConfig

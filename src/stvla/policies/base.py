@@ -132,7 +132,7 @@ class Policy(nn.Module):
             self.trace_diagnostics.sensitivities.append(float(np.linalg.norm(chunk - without, axis=-1).mean()))
             self.trace_diagnostics.action_norms.append(float(np.linalg.norm(chunk, axis=-1).mean()))
             with torch.no_grad(), self._evaluating():
-                tokens, tokens_without = (torch.cat(self.model.image_tokens(batch), dim=1) for batch in (traced, untraced))
+                tokens, tokens_without = (self.model.trace_reachable_tokens(batch) for batch in (traced, untraced))
             change = torch.linalg.vector_norm(tokens - tokens_without) / torch.linalg.vector_norm(tokens)
             self.trace_diagnostics.token_changes.append(float(change))
         return chunk

@@ -1,7 +1,7 @@
 """PaliGemma(2) as the VLA's backbone: its SigLIP tower encodes the image, its Gemma decoder is the trunk.
 
 This is the papers' backbone (SpatialVLA and ST-VLA fine-tune PaliGemma2), behind the same two
-slots the small CPU model fills, so every policy (spatialvla, tracevla, st, llarva) runs on it unchanged:
+slots the small CPU model fills, so every policy (spatialvla, tracevla, st, tracetokens, llarva) runs on it unchanged:
 
     image slot  (B, 3, H, W) in [0, 1] -> SigLIP (at its own input size) -> multi-modal projector
                 -> (B, (H/p) * (W/p), hidden) on the VLA's patch grid, where Ego3D tokens are added;

@@ -12,8 +12,8 @@ runs it. Both paths end in `model_inputs`, so the model sees the same inputs for
 test per policy type holds this).
 
 What differs between the policy types is said by the processor beside each policy (spatialvla.py,
-tracevla.py, st.py, llarva.py): which depth Ego3D encodes, TraceVLA's traced image and its prompt,
-LLARVA's structured prompt. A saved policy writes its contract (`contract()`) to processor.json beside
+tracevla.py, st.py, tracetokens.py, llarva.py): which depth Ego3D encodes, TraceVLA's traced image and
+its prompt, the trace points handed over as tokens, LLARVA's structured prompt. A saved policy writes its contract (`contract()`) to processor.json beside
 its config, for whoever feeds it from outside (a robot client).
 """
 
@@ -31,6 +31,7 @@ from stvla.config import config_key
 from stvla.policies.prompt import HISTORY_LENGTH
 from stvla.policies.text import instruction_embeddings
 from stvla.traces import OnlineTracer, TraceConfig, TraceOutput
+from stvla.traces.points import present_traces, trace_point_array
 
 CONTRACT_FILE = "processor.json"
 
@@ -57,12 +58,19 @@ class InputProcessor:
     def trace_config(self) -> TraceConfig | None:
         return getattr(self.config, "traces", None)
 
+    @property
+    def trace_space(self) -> str:
+        """Where the traces handed to the model as points live: "3d" (camera frame, lifted with depth) or
+        "2d" (pixels); "" when the model reads no trace points (every policy but tracetokens)."""
+        return getattr(self.config, "trace_space", "")
+
     # --- the contract ------------------------------------------------------------------------------------
     @property
     def needs_depth(self) -> bool:
         """Whether the policy reads depth: for Ego3D, or to draw the traces into (ST-VLA). TraceVLA without
         Ego3D reads RGB only, as in its paper."""
-        return self.config.vla.use_ego3d or (self.tracer is not None and self.depth_source == "traced")
+        return self.config.vla.use_ego3d or (self.tracer is not None and self.depth_source == "traced") \
+            or self.trace_space == "3d"
 
     def input_features(self) -> dict[str, dict]:
         """The recorded features this policy reads, with the dtype and shape it needs."""
@@ -92,6 +100,7 @@ class InputProcessor:
             "traced_rgb": self.uses_traced_rgb,
             "state_history": HISTORY_LENGTH if self.uses_state_history else 0,
             "traces": config_key(self.trace_config) if self.trace_config is not None else None,
+            **({"trace_tokens": self.trace_space} if self.trace_space else {}),
         }
 
     def check_features(self, features: dict[str, dict], where: str, expects: str) -> None:
@@ -129,32 +138,43 @@ class InputProcessor:
     def trace_inputs(self) -> list[str]:
         """What `trace_frame` reads: the RGB the tracker follows, and the depth the traces are drawn into
         (ST-VLA) with its camera."""
-        return [F.RGB] + ([F.DEPTH, F.INTRINSICS] if self.depth_source == "traced" else [])
+        return [F.RGB] + ([F.DEPTH, F.INTRINSICS] if self.reads_trace_depth else [])
+
+    @property
+    def reads_trace_depth(self) -> bool:
+        """Whether the tracer gets the frame's depth: to draw the traces into (ST-VLA) or to lift them to 3D."""
+        return self.depth_source == "traced" or self.trace_space == "3d"
 
     def trace_outputs(self) -> list[str]:
         """What `trace_frame` adds to a frame (what training caches per dataset and trace setting)."""
         return ([F.TRACED_DEPTH] if self.depth_source == "traced" else []) + [F.HAS_TRACES] + \
-            ([F.TRACED_RGB] if self.uses_traced_rgb else [])
+            ([F.TRACED_RGB] if self.uses_traced_rgb else []) + ([F.TRACE_POINTS] if self.trace_space else [])
 
     def trace_cache_name(self) -> str:
         """The name of the cache of `trace_frame`'s outputs: everything they depend on but the dataset."""
-        return f"traced-{self.trace_config.cache_key()}" + ("-rgb" if self.uses_traced_rgb else "")
+        return f"traced-{self.trace_config.cache_key()}" + ("-rgb" if self.uses_traced_rgb else "") \
+            + (f"-points{self.trace_space}" if self.trace_space else "")
 
     def trace_frame(self, frame: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Step the tracer into one frame (`trace_inputs`): the traced depth (ST-VLA), whether traces were
-        drawn, and for TraceVLA the traced image (the plain one when there are none)."""
+        drawn, for TraceVLA the traced image (the plain one when there are none), and for trace tokens the
+        traces' points."""
         rgb = frame[F.RGB]
-        # The traces come from RGB alone; a policy that draws none into depth gives the tracer a blank one
-        # (in training and at control alike, whether or not it reads depth for Ego3D).
-        traced_depth = self.depth_source == "traced"
-        depth = frame[F.DEPTH] if traced_depth else np.zeros(np.shape(rgb)[:2], np.float32)
-        step = self.tracer.step(rgb, depth, intrinsics=frame[F.INTRINSICS] if traced_depth else None)
+        # The traces come from RGB alone; a policy that neither draws them into depth nor lifts them gives
+        # the tracer a blank depth (in training and at control alike, whether or not it reads depth for Ego3D).
+        depth = frame[F.DEPTH] if self.reads_trace_depth else np.zeros(np.shape(rgb)[:2], np.float32)
+        step = self.tracer.step(rgb, depth, intrinsics=frame[F.INTRINSICS] if self.reads_trace_depth else None)
         self.last_trace = step
         traced = {F.HAS_TRACES: np.bool_(len(step.traces) > 0)}
-        if traced_depth:
+        if self.depth_source == "traced":
             traced[F.TRACED_DEPTH] = step.traced_depth
         if self.uses_traced_rgb:
             traced[F.TRACED_RGB] = step.traced_rgb if step.traces else frame[F.RGB]
+        if self.trace_space:
+            traced[F.TRACE_POINTS] = trace_point_array(
+                step.traces, len(step.state.positions), self.trace_config.buffer_length,
+                self.trace_config.selection.num_traces, np.shape(rgb)[:2],
+                lifted=step.traces_3d if self.trace_space == "3d" else None)
         return traced
 
     def untraced(self, frame: dict[str, Any]) -> dict[str, Any]:
@@ -165,11 +185,15 @@ class InputProcessor:
             out[F.TRACED_DEPTH] = frame[F.DEPTH]
         if F.TRACED_RGB in frame:
             out[F.TRACED_RGB] = frame[F.RGB]
+        if F.TRACE_POINTS in frame:
+            out[F.TRACE_POINTS] = np.zeros_like(frame[F.TRACE_POINTS])
         return out
 
     def traced_share(self, frame: dict[str, Any]) -> float:
         """The share of the input's pixels the traces changed in this frame (depth for ST-VLA, the second
-        image for TraceVLA)."""
+        image for TraceVLA), or of the trace tokens that hold a trace."""
+        if F.TRACE_POINTS in frame:
+            return float(np.mean(present_traces(frame[F.TRACE_POINTS])))
         if F.TRACED_DEPTH in frame:
             return float(np.mean(np.asarray(frame[F.TRACED_DEPTH]) != np.asarray(frame[F.DEPTH])))
         if F.TRACED_RGB in frame:
@@ -253,6 +277,8 @@ class InputProcessor:
         if F.DEPTH in self.input_features():
             batch[F.DEPTH] = floats(frames[F.TRACED_DEPTH] if self.depth_source == "traced" else frames[F.DEPTH])
             batch[F.INTRINSICS] = floats(frames[F.INTRINSICS])
+        if self.trace_space:
+            batch[F.TRACE_POINTS] = floats(frames[F.TRACE_POINTS])
         if self.uses_traced_rgb:
             # Samples without traces (or shown untraced) see [original, original].
             batch[F.TRACED_RGB] = image(np.where(shown[:, None, None, None], frames[F.TRACED_RGB], frames[F.RGB]))

@@ -8,9 +8,11 @@ from stvla.policies.base import Policy, read_checkpoint_config
 from stvla.policies.llarva import LLARVAPolicy
 from stvla.policies.spatialvla import SpatialVLAPolicy
 from stvla.policies.st import STPolicy
+from stvla.policies.tracetokens import TraceTokensPolicy
 from stvla.policies.tracevla import TraceVLAPolicy
 
-POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (SpatialVLAPolicy, TraceVLAPolicy, STPolicy, LLARVAPolicy)}
+POLICIES: dict[str, type[Policy]] = {cls.name: cls for cls in (SpatialVLAPolicy, TraceVLAPolicy, STPolicy, TraceTokensPolicy,
+                                                          LLARVAPolicy)}
 
 
 def policy_class(name: str) -> type[Policy]:

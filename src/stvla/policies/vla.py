@@ -2,8 +2,8 @@
 
 Token sequence fed to the transformer trunk:
 
-    [language] [state] [image patches (+ Ego3D of depth)] ([separator] [traced-image patches]) ([trace query])
-    [action queries]
+    [language] [state] [image patches (+ Ego3D of depth)] ([previous frames' patches])
+    ([separator] [traced-image patches]) ([trace tokens]) ([trace query]) [action queries]
 
 - image patches: `ConvPatchEncoder` (SigLIP's place), one token per patch; or, with
   `backbone.kind = "paligemma"`, a PaliGemma(2) checkpoint's SigLIP tower, and its Gemma decoder as the
@@ -12,11 +12,13 @@ Token sequence fed to the transformer trunk:
 - language: a frozen sentence embedding (all-MiniLM-L6-v2) projected to one token, or (LLARVA) the
   word pieces of a structured prompt, read into PROMPT_LATENTS latents by cross-attention;
 - a second image with a learned separator token, for TraceVLA's [original, traced] pair;
+- trace tokens (ours, beyond both papers): one token per chosen trace, read from its points
+  (stvla.policies.trace_encoder);
 - one learned query per action of the chunk; each reads out the adaptive-grid tokens of its step
   (translation over the spherical grid, gripper) as classification logits;
 - LLARVA's trace query reads out the future end-effector path as P pixel positions.
 
-The policies (spatialvla, tracevla, st, llarva) differ only in which inputs their processors feed, so the same
+The policies (spatialvla, tracevla, st, tracetokens, llarva) differ only in which inputs their processors feed, so the same
 checkpoint can move between them (ST-VLA fine-tunes a SpatialVLA-style base).
 """
 
@@ -37,6 +39,7 @@ from stvla.policies.image_encoder import ConvPatchEncoder, ImageEncoderConfig
 from stvla.policies.normalizer import ActionNormalizer, StateNormalizer
 from stvla.policies.paligemma import GemmaTrunk, SiglipPatchEncoder, backbone_shape, load_paligemma
 from stvla.policies.prompt import PROMPT_LATENTS, PromptResampler, PromptTokens
+from stvla.policies.trace_encoder import TraceTokenEncoder
 from stvla.policies.trunk import Trunk, TrunkConfig
 
 TEXT_DIM = 384  # all-MiniLM-L6-v2 sentence embedding width
@@ -68,6 +71,7 @@ class VLAConfig:
     state_dim: int = 4  # proprio dimension (hand position, gripper opening)
     previous_frames: int = field(default=0, metadata=KEY_NEUTRAL)  # frame stacking: also encode the k frames before this one (RGB, no Ego3D), another way to give history
     use_state: bool = field(default=True, metadata=KEY_NEUTRAL)  # a proprio-state token; false: image, depth and instruction only, the papers' inputs
+    trace_tokens: bool = field(default=False, metadata=KEY_NEUTRAL)  # one token per chosen trace, read from its points (set by the policy type tracetokens)
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # patch encoder
     ego3d: Ego3DConfig = field(default_factory=Ego3DConfig)  # 3D position encoder of depth
     trunk: TrunkConfig = field(default_factory=TrunkConfig)  # transformer trunk
@@ -159,6 +163,8 @@ class SmallVLA(nn.Module):
         self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in self.tokenizer.num_classes.items()})
         if config.previous_frames:  # last: a default model's weights do not depend on this option
             self.previous_index = nn.Parameter(torch.randn(config.previous_frames, 1, width) * 0.02)
+        if config.trace_tokens:  # likewise
+            self.trace_encoder = TraceTokenEncoder(width)
 
     # --- encoding ------------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, index: int, depth: torch.Tensor | None,
@@ -184,6 +190,14 @@ class SmallVLA(nn.Module):
             tokens.append(self.encode_image(batch[F.TRACED_RGB], 1, depth, intrinsics))
         return tokens
 
+    def trace_reachable_tokens(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, tokens, width): every token traces can change: the images' (`image_tokens`) and the trace
+        tokens (what `stvla eval` measures the traces' reach on)."""
+        tokens = self.image_tokens(batch)
+        if self.config.trace_tokens:
+            tokens.append(self.trace_encoder(batch[F.TRACE_POINTS]))
+        return torch.cat(tokens, dim=1)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Logits per action-token kind, each (B, chunk_size, classes); with trace_points, also "trace":
         (B, trace_points, 2) future end-effector pixels normalised to [0, 1] by the image size."""
@@ -206,6 +220,8 @@ class SmallVLA(nn.Module):
                 parts.append(self.image_encoder(previous) + self.patch_position + self.previous_index[i])
         if self.config.two_images:
             parts += [self.separator.expand(batch_size, -1, -1), *traced]
+        if self.config.trace_tokens:
+            parts.append(self.trace_encoder(batch[F.TRACE_POINTS]))
         if self.config.trace_points:
             parts.append(self.trace_query.expand(batch_size, -1, -1))
         parts.append(self.action_queries.expand(batch_size, -1, -1))

@@ -63,7 +63,7 @@ class LoraSettings:
 
 @dataclass
 class TrainConfig:
-    policy: str = "st"  # policy type: spatialvla, tracevla, st or llarva
+    policy: str = "st"  # policy type: spatialvla, tracevla, st, tracetokens or llarva
     dataset: str = ""  # dataset directory (LeRobot v3 layout: from `stvla collect`, LeRobot, or the Hub)
     data: DataConfig = field(default_factory=DataConfig, metadata=KEY_NEUTRAL)  # which features are the camera and depth, the intrinsics if none are recorded, the cache folder
     out: str = "runs/train"  # output directory (resumes if it holds a checkpoint)
@@ -75,6 +75,7 @@ class TrainConfig:
     model: VLAConfig = field(default_factory=VLAConfig)  # stage 1: the model's shape (image size from the dataset, the rest of the policy type's own fields from the type; stage 2 keeps the checkpoint's)
     traces: TraceConfig = field(default_factory=TraceConfig)  # traced policies (st, tracevla): tracker, buffer b, selection, drawing variant
     trace_points: int = -1  # llarva: future trace points predicted; -1 = the policy's 16 (or the checkpoint's), 0 = none
+    trace_space: str = field(default="3d", metadata=KEY_NEUTRAL)  # tracetokens: the traces' points in "3d" (camera frame, lifted with depth) or "2d" (pixels, no depth needed)
     steps: int = 2000  # optimiser steps
     batch_size: int = 32  # samples per step
     lr: float = 0.0  # peak learning rate; 0 picks 3e-4 for full training, 1e-3 for LoRA
@@ -216,7 +217,7 @@ def fit_model_to_dataset(model: VLAConfig, features: dict[str, dict], where: str
 # --model fields the policy type sets (TraceVLA's second image, LLARVA's prompt and trace head), with
 # the option that sets each instead.
 SET_BY_POLICY_TYPE = {"two_images": "--policy tracevla", "language": "--policy llarva",
-                      "trace_points": "--trace_points (llarva)"}
+                      "trace_points": "--trace_points (llarva)", "trace_tokens": "--policy tracetokens"}
 
 
 def refuse_unused_model_options(config: TrainConfig, used: VLAConfig) -> None:
@@ -265,8 +266,14 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
             raise ValueError(f"--trace_points applies to llarva only, not to {config.policy!r}")
         trace_points = config.trace_points
     policy_config.vla = dataclasses.replace(vla, image_size=image_size, two_images=defaults.two_images,
-                                            language=defaults.language, trace_points=trace_points)
+                                            language=defaults.language, trace_points=trace_points,
+                                            trace_tokens=defaults.trace_tokens)
     refuse_unused_model_options(config, policy_config.vla)
+    if hasattr(policy_config, "trace_space"):
+        policy_config.trace_space = config.trace_space
+        policy_config.__post_init__()
+    elif config.trace_space != TrainConfig.trace_space:
+        raise ValueError(f"--trace_space applies to tracetokens only, not to {config.policy!r}")
     if hasattr(policy_config, "traces"):
         checkpoint = config.traces.cotracker.checkpoint
         # Absolute: the policy keeps it, and is loaded from other working directories.
