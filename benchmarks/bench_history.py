@@ -136,13 +136,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--init", default="", help="a pre-trained checkpoint every row is LoRA fine-tuned from "
                         "(e.g. checkpoints/base-mt10, the kept base); default: every row trains from scratch")
     parser.add_argument("--episodes", type=int, default=50, help="held-out evaluation episodes")
-    parser.add_argument("--max_steps", type=int, default=80, help="steps before an episode fails")
+    parser.add_argument("--max_steps", type=int, default=0, help="steps before an episode fails (default: the "
+                        "variant's own, 80 for the reach variants)")
     parser.add_argument("--task", default=DEFAULT_TASK, help="a history-needing task (stvla.envs.variants)")
     parser.add_argument("--work", default="", help="directory for data, runs and evaluations (default: "
                         "runs/bench-<the results' name>)")
     parser.add_argument("--no_state", action="store_true", help="the papers' inputs: no proprio state token")
     parser.add_argument("--report_only", action="store_true", help="run nothing: report the cells finished so far")
     args = parser.parse_args(argv)
+    if args.task in VARIANTS:
+        args.max_steps = args.max_steps or VARIANTS[args.task].max_steps
     args.row_names = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [name for name in args.row_names if name not in ROWS]
     if unknown:

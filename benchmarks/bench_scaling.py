@@ -60,7 +60,8 @@ def main() -> None:
     parser.add_argument("--init", default="checkpoints/base-mt10", help="the checkpoint every cell is LoRA "
                         "fine-tuned from ('' = from scratch)")
     parser.add_argument("--episodes", type=int, default=50, help="held-out evaluation episodes")
-    parser.add_argument("--max_steps", type=int, default=80, help="steps before an episode fails")
+    parser.add_argument("--max_steps", type=int, default=0, help="steps before an episode fails (default: each "
+                        "variant's own)")
     parser.add_argument("--report_only", action="store_true", help="run nothing: report the cells finished so far")
     args = parser.parse_args()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

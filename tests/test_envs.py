@@ -219,9 +219,7 @@ def test_the_hidden_goal_variant_hides_its_marker_and_the_current_frame_expert_h
     env = make_env("reach-moving-hidden-v3", image_size=128)
     obs, _ = env.reset(seed=3)
     for step in range(end + 2):
-        goal = np.asarray(env._mw._target_pos)
-        u, v = np.round(geometry.project_world_points(goal, obs["camera.intrinsics"], obs["camera.pose"])).astype(int)
-        marker_depth = (np.linalg.inv(obs["camera.pose"]) @ np.append(goal, 1.0))[2]
+        (u, v), marker_depth = pixel_and_depth(np.asarray(env._mw._target_pos), obs)
         red, green, blue = obs["rgb"][v, u].astype(int)
         # the sphere's near surface, up to its radius in front of its centre; the table lies 0.2 m behind
         on_marker = abs(obs["depth"][v, u] - marker_depth) < variant.marker_radius + 0.01
@@ -232,3 +230,85 @@ def test_the_hidden_goal_variant_hides_its_marker_and_the_current_frame_expert_h
             assert np.abs(env.expert_action(lead=True)[:3]).max() > 0
         obs, *_ = env.step(np.zeros(4))  # the arm stays back: it never stands between camera and marker
     env.close()
+
+
+def pixel_and_depth(point: np.ndarray, obs: dict) -> tuple[np.ndarray, float]:
+    """Where a world point is seen in the observation's image (nearest pixel), and its depth from the camera."""
+    uv = np.round(geometry.project_world_points(point, obs["camera.intrinsics"], obs["camera.pose"])).astype(int)
+    return uv, float((np.linalg.inv(obs["camera.pose"]) @ np.append(point, 1.0))[2])
+
+def test_the_moving_button_variant_slides_its_box_from_the_seed_and_the_target_follows():
+    """button-press-topdown-moving-v3: the button box (and the button in it) slides at the variant's speed
+    in a direction drawn from the seed, bouncing inside its rectangle; Meta-World's target moves with it,
+    and the state the expert reads shows the button where it is drawn."""
+    from stvla.envs import episode_seed, parse_tasks
+    from stvla.envs.variants import VARIANTS
+
+    task = "button-press-topdown-moving-v3"
+    variant = VARIANTS[task]
+    assert parse_tasks(task) == [task] and task not in parse_tasks("all") and f"stvla/{task}" in gym.registry
+    assert has_subgoal(task) and episode_seed(task, 0) not in {episode_seed(t, 0) for t in ("reach-moving-v3",
+                                                                                          "reach-moving-hidden-v3")}
+    env = make_env(task, image_size=64)
+    obs, _ = env.reset(seed=3)
+    assert obs["instruction"] == variant.instruction
+    box = env._mw.model.body("box")
+    positions, targets, buttons = [box.pos.copy()], [np.array(env._mw._target_pos)], [env._state[4:7].copy()]
+    for _ in range(70):
+        env.step(np.zeros(4))
+        positions.append(box.pos.copy())
+        targets.append(np.array(env._mw._target_pos))
+        buttons.append(env._state[4:7].copy())
+        assert np.all(positions[-1][:2] >= np.array(variant.low) - 1e-9)
+        assert np.all(positions[-1][:2] <= np.array(variant.high) + 1e-9)
+    positions, targets, buttons = map(np.array, (positions, targets, buttons))
+    steps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
+    assert np.median(steps) == pytest.approx(variant.speed * 0.0125, rel=1e-6)  # constant speed between bounces
+    assert positions[:, 1].min() == variant.low[1] and positions[:, 1].max() == variant.high[1]  # it bounced
+    assert np.all(positions[:, 2] == positions[0, 2])  # it slides on the table
+    np.testing.assert_allclose(targets - targets[0], positions - positions[0], atol=1e-9)  # the target rides along
+    np.testing.assert_allclose(buttons[1:, :2] - buttons[1, :2], positions[1:, :2] - positions[1, :2], atol=1e-6)
+    first, _ = env.reset(seed=3)  # the same seed: the same start and the same slide
+    env.step(np.zeros(4))
+    np.testing.assert_allclose(box.pos, positions[1])
+    env.reset(seed=4)
+    start = box.pos.copy()
+    env.step(np.zeros(4))
+    assert not np.allclose(box.pos - start, positions[1] - positions[0])  # another seed, another velocity
+    env.close()
+
+
+def test_the_moving_button_is_not_drawn_while_hidden_and_only_the_expert_with_history_presses_it():
+    """While hidden, the box is in neither RGB nor depth (the table shows through where the button was)
+    and the expert given the current frame only holds still; the expert with history keeps leading the
+    button, and on this held-out start presses it in time, the current-frame expert not."""
+    from stvla.envs import episode_seed
+    from stvla.envs.variants import VARIANTS
+
+    task = "button-press-topdown-moving-v3"
+    variant = VARIANTS[task]
+    start, end = variant.hidden
+    env = make_env(task, image_size=128)
+    obs, _ = env.reset(seed=3)
+    for step in range(end + 2):
+        (u, v), button_depth = pixel_and_depth(env._state[4:7], obs)  # the top of the button
+        shown = abs(obs["depth"][v, u] - button_depth) < 0.03  # the table lies 0.2 m below the button's top
+        assert shown == (not start <= step < end), step
+        if start <= step < end:
+            assert np.all(env.expert_action(lead=False)[:3] == 0)
+            assert np.abs(env.expert_action(lead=True)[:3]).max() > 0
+        obs, *_ = env.step(np.zeros(4))  # the arm stays back: it never stands between camera and box
+    env.close()
+
+    env = make_env(task, image_size=64, max_episode_steps=variant.max_steps)
+    successes = {}
+    for lead in (True, False):
+        env.reset(seed=episode_seed(task, 0, "eval"))
+        successes[lead] = False
+        for _ in range(variant.max_steps):
+            *_, info = env.step(env.expert_action(lead=lead))
+            if info["success"]:
+                successes[lead] = True
+                break
+    env.close()
+    assert successes == {True: True, False: False}

@@ -1,9 +1,10 @@
 """Simulated robot environments with RGB, metric depth and camera geometry (gymnasium API).
 
 Observation keys are named in stvla.features (`OBS_*`); `episode_seed` gives every episode's start,
-disjoint between training and evaluation. Each Meta-World task, and each task variant whose goal moves
-(`VARIANTS`: reach-moving-v3 and reach-moving-hidden-v3, where history is needed), is registered with
-gymnasium as `stvla/<task>`, for example `gymnasium.make("stvla/pick-place-v3", image_size=128)`.
+disjoint between training and evaluation. Each Meta-World task, and each task variant whose goal or
+object moves (`VARIANTS`: reach-moving-v3, reach-moving-hidden-v3 and button-press-topdown-moving-v3,
+where history is needed), is registered with gymnasium as `stvla/<task>`, for example
+`gymnasium.make("stvla/pick-place-v3", image_size=128)`.
 """
 
 from __future__ import annotations

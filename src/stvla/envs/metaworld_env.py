@@ -39,7 +39,7 @@ from stvla import features as F
 from stvla import geometry
 from stvla.config import KEY_NEUTRAL
 from stvla.envs.instructions import INSTRUCTIONS
-from stvla.envs.variants import VARIANTS
+from stvla.envs.variants import VARIANTS, MovingGoal, MovingObject
 
 TASKS: tuple[str, ...] = tuple(INSTRUCTIONS)
 MT10_TASKS: tuple[str, ...] = (
@@ -51,6 +51,8 @@ CAMERAS: tuple[str, ...] = ("corner", "corner2", "corner3", "corner4", "topview"
 IMAGE_SIZES: tuple[int, ...] = (64, 96, 128, 160, 192, 224, 256)
 # Meta-World mounts its corner cameras upside down; we roll them 180 degrees about the optical axis.
 _UPSIDE_DOWN_CAMERAS = ("corner", "corner2", "corner3", "corner4")
+# A geom and site group the renderer does not draw (MuJoCo draws groups 0-2 by default): a hidden object's go there.
+_HIDDEN_GROUP = 5
 # Tasks for which Meta-World defines no sub-goal: its `near_object` is constant 0 (reach-wall, door-close)
 # or, for reach, the distance to the goal rather than an indicator; nothing is grasped in any of them.
 NO_SUBGOAL_TASKS = frozenset({"reach-v3", "reach-wall-v3", "door-close-v3"})
@@ -112,12 +114,12 @@ class MetaWorldRGBDEnv(gym.Env):
         config.validate()
         self.config = config
         self.render_mode = render_mode
-        self.variant = VARIANTS.get(config.task)  # a task whose goal moves (stvla.envs.variants), or None
+        self.variant = VARIANTS.get(config.task)  # a task whose goal or object moves (stvla.envs.variants), or None
         base = self.variant.base if self.variant else config.task
         self.instruction = instruction_of(config.task)
         self._mw = _make_metaworld(base)
         self._expert = _make_expert(base)
-        self._goal_velocity = np.zeros(3)
+        self._velocity = np.zeros(3)  # per step: the moving goal's or object's, for the expert's lead
         self._state = np.zeros(39)
         self._steps = 0
 
@@ -134,7 +136,15 @@ class MetaWorldRGBDEnv(gym.Env):
             rolled = np.zeros(4)
             mujoco.mju_mulQuat(rolled, model.cam_quat[self._camera_id].copy(), np.array([0.0, 0.0, 0.0, 1.0]))
             model.cam_quat[self._camera_id] = rolled
-        if self.variant:  # a marker the camera sees move
+        if isinstance(self.variant, MovingObject):  # what is drawn of the moving body and the bodies below it
+            self._moving_body = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, self.variant.body)
+            subtree = {b for b in range(model.nbody) if self._in_subtree(b, self._moving_body)}
+            # (group array, index, its own group) of its visible geoms and sites (Meta-World's markers on it)
+            self._shown = [(model.geom_group, g, int(model.geom_group[g])) for g in range(model.ngeom)
+                           if model.geom_bodyid[g] in subtree and model.geom_group[g] < _HIDDEN_GROUP]
+            self._shown += [(model.site_group, s, int(model.site_group[s])) for s in range(model.nsite)
+                            if model.site_bodyid[s] in subtree and model.site_group[s] < _HIDDEN_GROUP]
+        elif self.variant:  # a marker the camera sees move
             goal_site = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
             model.site_size[goal_site][0] = self.variant.marker_radius
             self._goal_alpha = float(model.site_rgba[goal_site][3])  # restored when a hidden marker shows again
@@ -177,8 +187,8 @@ class MetaWorldRGBDEnv(gym.Env):
         mujoco.mj_forward(self._mw.model, self._mw.data)
         self._steps = 0
         if self.variant:
-            self._goal_velocity = self.variant.draw_velocity(seed)
-            self._show_goal()
+            self._velocity = self.variant.draw_velocity(seed)
+            self._show_moving()
         return self._observation(), {"success": False, "near_object": False, "grasped": False}
 
     def step(self, action: np.ndarray) -> tuple[dict, float, bool, bool, dict]:
@@ -187,11 +197,14 @@ class MetaWorldRGBDEnv(gym.Env):
             raise ValueError(f"action must have shape (4,), got {action.shape}")
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action must be finite, got {action}")
+        if isinstance(self.variant, MovingObject):  # moved before the physics: the step's contacts and success see it
+            self._move_object()
         self._state, reward, _, _, mw_info = self._mw.step(np.clip(action, -1.0, 1.0))
         self._steps += 1
-        if self.variant:
+        if isinstance(self.variant, MovingGoal):
             self._move_goal()
-            self._show_goal()
+        if self.variant:
+            self._show_moving()
         subgoals = has_subgoal(self.config.task)
         info = {
             "success": bool(mw_info.get("success", 0.0)),
@@ -212,13 +225,13 @@ class MetaWorldRGBDEnv(gym.Env):
 
     # --- extras ------------------------------------------------------------------------------------
     def expert_action(self, lead: bool = True) -> np.ndarray:
-        """The Meta-World scripted expert's action for the current state. A moving goal is led (aimed at
-        where it will be, from its velocity); `lead=False` gives the expert the current frame only: the
-        goal where it is now, and nothing while the marker is hidden (the hand then holds still)."""
+        """The Meta-World scripted expert's action for the current state. A moving goal or object is led
+        (aimed at where it will be, from its velocity); `lead=False` gives the expert the current frame only:
+        the goal or object where it is now, and nothing while it is hidden (the hand then holds still)."""
         state = self._state
         if self.variant and lead:
             state = state.copy()
-            state[-3:] += self.variant.lead(self._goal_velocity)
+            state[self.variant.state_slice] += self.variant.lead(self._velocity)
         with warnings.catch_warnings():
             # The experts warn on every step that their gains are high; we clip their actions anyway.
             warnings.simplefilter("ignore", UserWarning)
@@ -227,16 +240,36 @@ class MetaWorldRGBDEnv(gym.Env):
             action[:3] = 0.0
         return action
 
-    def _show_goal(self) -> None:
-        """Draw the goal marker, or not while the variant hides it."""
+    def _show_moving(self) -> None:
+        """Draw the goal marker or the moving object, or not while the variant hides it."""
         hidden = self.variant.hidden_at(self._steps)
-        self._mw.model.site("goal").rgba[3] = 0.0 if hidden else self._goal_alpha
+        if isinstance(self.variant, MovingObject):
+            for groups, index, group in self._shown:  # collisions ignore the group: a hidden object is still there
+                groups[index] = _HIDDEN_GROUP if hidden else group
+        else:
+            self._mw.model.site("goal").rgba[3] = 0.0 if hidden else self._goal_alpha
+
+    def _in_subtree(self, body: int, root: int) -> bool:
+        """Whether `body` is `root` or attached below it."""
+        while body != root and body != 0:
+            body = int(self._mw.model.body_parentid[body])
+        return body == root
+
+    def _move_object(self) -> None:
+        """One step of the moving object: its body (with what hangs from it) and Meta-World's target with it."""
+        model = self._mw.model
+        position = model.body_pos[self._moving_body].copy()
+        height = position[2]  # it slides on the table, at the height Meta-World put it
+        low, high = (np.array([*self.variant.low, height]), np.array([*self.variant.high, height]))
+        moved, self._velocity = self.variant.move(position, self._velocity, low, high)
+        model.body_pos[self._moving_body] = moved
+        self._mw._target_pos = np.asarray(self._mw._target_pos) + (moved - position)
 
     def _move_goal(self) -> None:
         """One step of the moving goal: Meta-World's target, its marker and the state the expert reads."""
         space = self._mw.goal_space
-        goal, self._goal_velocity = self.variant.move(np.array(self._mw._target_pos, dtype=np.float64),
-                                                      self._goal_velocity, space.low, space.high)
+        goal, self._velocity = self.variant.move(np.array(self._mw._target_pos, dtype=np.float64),
+                                                 self._velocity, space.low, space.high)
         self._mw._target_pos = goal
         self._mw.model.site("goal").pos = goal
         self._state = self._state.copy()

@@ -1,4 +1,4 @@
-"""Task variants where the current frame is not enough: the goal moves, or is hidden for a while.
+"""Task variants where the current frame is not enough: the goal or the object moves, or is hidden for a while.
 
 In `reach-moving-v3` the reach goal moves across the table at a constant velocity drawn per episode
 (its direction uniform, its speed `speed`), bouncing off the goal space's edges. A policy that sees one
@@ -13,28 +13,39 @@ history keeps leading it; given the current frame only, it cannot see the goal t
 
 The goal marker is drawn larger than Meta-World's (radius `marker_radius`), so that a 128 px camera
 sees it move.
+
+`button-press-topdown-moving-v3` moves a large object instead of a marker (`MovingObject`): the button
+box (a quarter of the table's width, plainly seen at 128 px) slides across the table as the goal does,
+bouncing inside a rectangle, and vanishes from the frames for a stretch of steps while it keeps sliding
+(it is still there to be pressed). The expert with history leads the button and goes on to it, seen or
+not; given the current frame only, it aims where the button is now and holds still while it cannot see
+it. Success is Meta-World's own: the button pressed down. The box moving alone is not enough: the button
+is wide enough that the expert chasing it lags but still presses it; the hidden stretch is what costs the
+current-frame expert its episodes.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 CONTROL_DT = 0.0125  # seconds per environment step (Meta-World: 5 MuJoCo steps of 2.5 ms)
-EXPERT_GAIN = 5.0 * 0.01  # the reach expert's P gain times Meta-World's action scale (metres per step per metre)
+ACTION_SCALE = 0.01  # metres the hand's target moves per step per unit of action (Meta-World's action scale)
+EXPERT_GAIN = 5.0 * ACTION_SCALE  # the reach expert's P gain times the action scale (metres per step per metre)
 
 
-@dataclass(frozen=True)
-class MovingGoal:
-    base: str  # the Meta-World task it moves the goal of
-    instruction: str  # what the policy is told
-    speed: float = 0.3  # metres per second
-    marker_radius: float = 0.03  # metres: the goal marker as rendered
-    hidden: tuple[int, int] = (0, 0)  # the marker is not drawn on steps [start, end) of an episode
+class _Motion:
+    """What the moving variants share: the per-episode velocity, the bounce, the lead, the hidden steps.
+    A subclass (a frozen dataclass) has the fields `speed`, `hidden` and `expert_gain`."""
+
+    # The indices of Meta-World's state holding the position of the thing that moves: the one the expert
+    # aims at, and leads.
+    state_slice: ClassVar[slice]
 
     def hidden_at(self, step: int) -> bool:
-        """Whether the marker is hidden in the frame after `step` environment steps."""
+        """Whether the moving thing is hidden in the frame after `step` environment steps."""
         return self.hidden[0] <= step < self.hidden[1]
 
     def draw_velocity(self, seed: int | None) -> np.ndarray:
@@ -43,24 +54,62 @@ class MovingGoal:
         return np.array([np.cos(angle), np.sin(angle), 0.0]) * self.speed * CONTROL_DT
 
     @staticmethod
-    def move(goal: np.ndarray, velocity: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One step of the goal, bouncing off the box [low, high]; (new goal, new velocity)."""
-        goal, velocity = goal + velocity, velocity.copy()
+    def move(point: np.ndarray, velocity: np.ndarray, low: np.ndarray, high: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One step of the goal or body, bouncing off the box [low, high]; (new position, new velocity)."""
+        point, velocity = point + velocity, velocity.copy()
         for axis in range(3):
-            if goal[axis] < low[axis] or goal[axis] > high[axis]:
+            if point[axis] < low[axis] or point[axis] > high[axis]:
                 velocity[axis] = -velocity[axis]
-                goal[axis] = np.clip(goal[axis], low[axis], high[axis])
-        return goal, velocity
+                point[axis] = np.clip(point[axis], low[axis], high[axis])
+        return point, velocity
 
-    @staticmethod
-    def lead(velocity: np.ndarray) -> np.ndarray:
-        """Where to aim ahead of the goal: a P-controller's steady lag behind a target moving `velocity`
-        per step is velocity / gain."""
-        return velocity / EXPERT_GAIN
+    def lead(self, velocity: np.ndarray) -> np.ndarray:
+        """Where to aim ahead of the moving thing: a P-controller's steady lag behind a target moving
+        `velocity` per step is velocity / gain."""
+        return velocity / self.expert_gain
 
 
-VARIANTS: dict[str, MovingGoal] = {
+@dataclass(frozen=True)
+class MovingGoal(_Motion):
+    """A task whose goal marker moves (and may be hidden); the goal bounces inside Meta-World's goal space."""
+
+    base: str  # the Meta-World task it moves the goal of
+    instruction: str  # what the policy is told
+    speed: float = 0.3  # metres per second
+    marker_radius: float = 0.03  # metres: the goal marker as rendered
+    hidden: tuple[int, int] = (0, 0)  # the marker is not drawn on steps [start, end) of an episode
+    expert_gain: float = EXPERT_GAIN  # the base expert's P gain in metres per step per metre, for its lead
+    max_steps: int = 80  # steps the benchmark gives an episode: the leading expert needs about 53
+
+    state_slice: ClassVar[slice] = slice(-3, None)  # Meta-World's goal, the last 3 of its state
+    thing: ClassVar[str] = "goal"  # what moves, in words (the benchmark's rows)
+
+
+@dataclass(frozen=True)
+class MovingObject(_Motion):
+    """A task whose object (a Meta-World body, with what is attached to it) slides across the table, and may
+    be hidden; Meta-World's target moves with it, so its own success criterion holds wherever it is."""
+
+    base: str  # the Meta-World task it moves the object of
+    instruction: str  # what the policy is told
+    body: str  # the MuJoCo body that moves (a fixed body: moved by setting its position)
+    low: tuple[float, float]  # metres: the least (x, y) of the body's position; it bounces off it
+    high: tuple[float, float]  # metres: the greatest (x, y); together they hold every start Meta-World draws
+    expert_gain: float  # the base expert's P gain in metres per step per metre, for its lead
+    thing: str = "object"  # what moves, in words (the benchmark's rows)
+    speed: float = 0.3  # metres per second
+    hidden: tuple[int, int] = (0, 0)  # the body is not drawn on steps [start, end) of an episode
+    max_steps: int = 80  # steps the benchmark gives an episode
+
+    state_slice: ClassVar[slice] = slice(4, 7)  # Meta-World's first object position, which its experts aim at
+
+
+VARIANTS: dict[str, MovingGoal | MovingObject] = {
     "reach-moving-v3": MovingGoal(base="reach-v3", instruction="reach the moving red goal"),
     "reach-moving-hidden-v3": MovingGoal(base="reach-v3", instruction="reach the moving red goal, even while it is hidden",
                                          hidden=(15, 35)),
+    "button-press-topdown-moving-v3": MovingObject(
+        base="button-press-topdown-v3", instruction="press the sliding button from the top, even while it is hidden",
+        body="box", low=(-0.2, 0.75), high=(0.2, 0.9), expert_gain=25.0 * ACTION_SCALE, thing="button box",
+        speed=0.3, hidden=(15, 45), max_steps=90),  # the leading expert needs 53-81 steps
 }
