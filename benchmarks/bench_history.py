@@ -275,6 +275,15 @@ def report(results: dict[str, dict[int, dict]], args) -> None:
             rows.append((f"{name}: steps with traces; action change without them (mean L2) of the actions' mean L2",
                          f"{100 * mean['trace_step_share']:.0f}%; {mean['trace_sensitivity']:.4f} of "
                          f"{mean['action_norm']:.3f}"))
+        # Cells evaluated since the evaluation counts them: does a trace end on the moving thing?
+        on_target = [c["overall"] for c in by_seed.values() if c["overall"].get("target_trace_share") is not None]
+        if on_target:
+            thing = VARIANTS[args.task].thing
+            hidden = [m["hidden_target_trace_share"] for m in on_target if m.get("hidden_target_trace_share") is not None]
+            rows.append((f"{name}: steps on which a trace ends on the moving {thing}, while it is shown"
+                         + (" / hidden" if hidden else ""),
+                         f"{100 * sum(m['target_trace_share'] for m in on_target) / len(on_target):.0f}%"
+                         + (f" / {100 * sum(hidden) / len(hidden):.0f}%" if hidden else "")))
     figures = {name: {str(seed): cell for seed, cell in by_seed.items()} for name, by_seed in results.items()}
     figures["setting"] = {"task": args.task, "init": args.init, "steps": args.steps, "demos": args.demos,
                           **({"val_episodes": args.val_episodes} if args.val_episodes else {}),

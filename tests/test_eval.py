@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from stvla.envs import episode_seed
+from stvla import features as F
+from stvla import geometry
+from stvla.envs import episode_seed, make_env
 from stvla.evaluate import EvalConfig, evaluate, wilson_interval
 from stvla.policies.action_tokenizer import ActionGridConfig
 from stvla.policies.image_encoder import ImageEncoderConfig
@@ -116,3 +118,33 @@ def test_a_worker_that_cannot_start_fails_the_evaluation_instead_of_hanging(tmp_
         with pytest.raises(ValueError, match="'cuda' is not available"):
             evaluate(EvalConfig(policy=str(save_tiny(tmp_path / "p", "spatialvla")), tasks="reach-v3",
                                 device="cuda", out=str(tmp_path / "e")), progress=False)
+
+
+def test_target_traces_count_a_trace_ending_on_the_moving_goal_shown_and_hidden():
+    """TargetTraces: a trace whose newest point lies on the moving goal's pixel counts, one elsewhere does
+    not, and steps that hide the goal are counted apart."""
+    from types import SimpleNamespace
+
+    from stvla.evaluate.rollout import TargetTraces
+    from stvla.traces import Trace
+
+    env = make_env("reach-moving-hidden-v3", image_size=64)
+    obs, _ = env.reset(seed=0)
+    counter = TargetTraces()
+    start, end = env.variant.hidden
+    for step in range(end + 1):
+        position, hidden = env.moving_thing()
+        assert hidden == (start <= step < end)
+        pixel = geometry.project_world_points(position, obs[F.OBS_INTRINSICS], obs[F.OBS_CAMERA_POSE])
+        on_it = Trace(points=np.array([pixel + 20, pixel + 1], np.float32), frame_index=np.arange(2), point_id=0)
+        away = Trace(points=np.array([pixel + 20, pixel + 10], np.float32), frame_index=np.arange(2), point_id=1)
+        counter.observe(env, obs, SimpleNamespace(traces=[on_it, away] if step % 2 else [away]))
+        obs, *_ = env.step(np.zeros(4))
+    env.close()
+    shown_steps, hidden_steps = start + 1, end - start  # the step after the hidden stretch is shown again
+    assert counter.steps == {False: shown_steps, True: hidden_steps}
+    on_shown = sum(s % 2 for s in [*range(start), end])
+    on_hidden = sum(s % 2 for s in range(start, end))
+    assert counter.summary() == {"target_trace_share": on_shown / shown_steps,
+                                 "hidden_target_trace_share": on_hidden / hidden_steps}
+    assert make_env("reach-v3", image_size=64).moving_thing() is None

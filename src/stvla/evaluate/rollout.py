@@ -30,6 +30,7 @@ import torch
 from tqdm import tqdm
 
 from stvla import features as F
+from stvla import geometry
 from stvla.config import KEY_NEUTRAL, save_config
 from stvla.data.video import VIEWING, write_video
 from stvla.devices import torch_device
@@ -141,8 +142,11 @@ def run_episode(policy: Policy | ServedPolicy, env: MetaWorldRGBDEnv, task: str,
     depth = obs[F.OBS_DEPTH]
     depth_range = (float(np.percentile(depth, 1)), float(depth.max()))  # fixed per episode: stable colours
     steps = 0
+    on_target = TargetTraces() if isinstance(policy, Policy) and policy.processor.tracer is not None else None
     while steps < max_steps and not success:
         action = policy.select_action(obs)
+        if on_target is not None:
+            on_target.observe(env, obs, policy.processor.last_trace)
         for key in path:
             path[key].append(obs[key])
         if policy.predicted_trace is not None:
@@ -168,8 +172,39 @@ def run_episode(policy: Policy | ServedPolicy, env: MetaWorldRGBDEnv, task: str,
             "near_object": near_object, "grasped": grasped, "steps": steps,
             "final_ee_position": [float(x) for x in obs[F.OBS_EE_POSITION]],  # where the actions led
             **(diagnostics.summary() if (diagnostics := getattr(policy, "trace_diagnostics", None)) else {}),
+            **(on_target.summary() if on_target is not None else {}),
             "trace_error_px": predicted_trace_error(predictions, path), "video": str(written) if written else None,
             **({"paths_image": str(paths_image)} if paths_image else {})}
+
+
+class TargetTraces:
+    """On a task whose goal or object moves (stvla.envs.variants), with a local traced policy: the share of
+    steps on which one of the policy's traces ends on the moving thing, counted apart while it is shown and
+    while it is hidden (does a trace still carry it through the frames that do not show it?)."""
+
+    RADIUS = 0.05  # of the image width: a trace whose newest point is this near the thing's pixel is on it
+
+    def __init__(self) -> None:
+        self.steps = {False: 0, True: 0}  # hidden? -> steps
+        self.traced = {False: 0, True: 0}  # hidden? -> of which a trace ended on the thing
+
+    def observe(self, env: MetaWorldRGBDEnv, obs: dict[str, Any], trace: Any) -> None:
+        """Count one step: `obs` the observation the policy acted on, `trace` its tracer's output for it."""
+        thing = env.moving_thing()
+        if thing is None:
+            return
+        position, hidden = thing
+        pixel = geometry.project_world_points(position, obs[F.OBS_INTRINSICS], obs[F.OBS_CAMERA_POSE])
+        radius = self.RADIUS * np.shape(obs[F.OBS_RGB])[1]
+        self.steps[hidden] += 1
+        self.traced[hidden] += bool(trace is not None and any(
+            np.hypot(*(np.asarray(t.points[-1], np.float64) - pixel)) <= radius for t in trace.traces))
+
+    def summary(self) -> dict[str, float | None]:
+        def share(hidden: bool) -> float | None:
+            return self.traced[hidden] / self.steps[hidden] if self.steps[hidden] else None
+
+        return {"target_trace_share": share(False), "hidden_target_trace_share": share(True)}
 
 
 def draw_predicted_paths(predictions: dict[int, np.ndarray], images: dict[int, np.ndarray],
@@ -200,7 +235,9 @@ def predicted_trace_error(predictions: dict[int, np.ndarray], path: dict[str, li
     return float(np.mean([trace_error_px(trace, targets[step], masks[step]) for step, trace in predictions.items()]))
 
 
-TRACE_FIGURES = ("trace_step_share", "traced_pixel_share", "trace_sensitivity", "action_norm", "trace_token_change")  # TraceDiagnostics.summary()
+# TraceDiagnostics.summary() and TargetTraces.summary()
+TRACE_FIGURES = ("trace_step_share", "traced_pixel_share", "trace_sensitivity", "action_norm", "trace_token_change",
+                 "target_trace_share", "hidden_target_trace_share")
 
 # Worker side: the policy loaded once per process, one simulator per task.
 _WORKER: dict[str, Any] = {}
