@@ -1,12 +1,13 @@
-"""The answers to "does the policy read its traces, and do traces help where history matters?" (issue 18),
-in one section of BENCHMARKS.md, composed from the results the other benchmarks wrote. It runs nothing.
+"""The answers to "does the policy read its traces, and do traces help where history matters?" (issues 18
+and 42), in one section of BENCHMARKS.md, composed from the results the other benchmarks wrote. It runs
+nothing.
 
     python benchmarks/evidence.py
 
 Sources (each row names its own): `bench_trace_use.py` (the main job's policy with and without its
 traces), `stvla bench` (the benchmark's claims, with and without the proprio state), `bench_variants.py`
-(the scripted expert with and without history), and every `bench_history.py` setting
-(benchmarks/results/history*.json). Each comparison is a difference of pooled success with Newcombe's
+(the scripted expert with and without history), `bench_scaling.py` (the no-history learner against the
+number of demonstrations), and every `bench_history.py` setting (benchmarks/results/history*.json). Each comparison is a difference of pooled success with Newcombe's
 95% interval, over the training seeds both rows have; its verdict is "supported" or "contradicted"
 when the interval excludes zero, else "inside the noise". What has not been measured yet is said so.
 """
@@ -24,7 +25,9 @@ from stvla.benchmark.report import CLAIMS, difference, points_text, rate_text, v
 
 RESULTS = ROOT / "benchmarks" / "results"
 # History rows compared with stacking the previous frames: the traced ways of giving history.
-TRACED_ROWS = ("tracevla", "st", "st-adaptive", "st-thick6")
+TRACED_ROWS = ("tracevla", "st", "st-adaptive", "st-thick6", "tokens3d", "tokens2d")
+STACK_ROWS = ("stack2", "stack4")  # the previous frames stacked: 2 or 4
+GOAL_POINTS = 10  # issue 42's goal: a traced row this many points above no history and the best stacking row
 # The benchmark's claims this section repeats (stvla.benchmark.report.CLAIMS), found by the rows they compare
 # (better, worse) so that their wording lives in one place.
 CLAIM_OF = {(better, worse): claim for claim, better, worse, _ in CLAIMS}
@@ -81,15 +84,24 @@ def reads_traces_rows() -> list[tuple[str, str]]:
                      "traces removed at test time",
                      claim_text(claims[READS_TRACES]) if READS_TRACES in claims else "not measured yet"))
     for name, result in history_settings():
-        sensitivities = []
+        sensitivities, on_target = [], []
         for row in TRACED_ROWS:
             cells = [c["overall"] for c in result.get(row, {}).values() if c["overall"].get("trace_sensitivity") is not None]
             if cells:
                 relative = sum(c["trace_sensitivity"] / c["action_norm"] for c in cells) / len(cells)
                 sensitivities.append(f"{row} {100 * relative:.1f}%")
+            shares = [(c["target_trace_share"], c.get("hidden_target_trace_share")) for c in cells
+                      if c.get("target_trace_share") is not None]
+            if shares:
+                hidden = [h for _, h in shares if h is not None]
+                on_target.append(f"{row} {100 * sum(v for v, _ in shares) / len(shares):.0f}%"
+                                 + (f" / {100 * sum(hidden) / len(hidden):.0f}%" if hidden else ""))
         if sensitivities:
             rows.append((f"... {setting_label(result)}: how far the decoded actions move without the traces, "
                          "relative to their size", "; ".join(sensitivities) + f" (`{name}`)"))
+        if on_target:
+            rows.append((f"... {setting_label(result)}: steps on which a trace ends on the moving goal or object, "
+                         "while it is shown (/ while it is hidden)", "; ".join(on_target) + f" (`{name}`)"))
     return rows
 
 
@@ -106,7 +118,8 @@ def setting_label(result: dict) -> str:
         return title[title.find("(") + 1:title.rfind(")")]
     how = f"LoRA fine-tuned from {Path(setting['init']).name}" if setting["init"] else "from scratch"
     inputs = "" if setting.get("use_state", True) else ", no proprio state"
-    return f"{setting['task']}, {how}, {setting['steps']} steps{inputs}"
+    demos = f", {setting['demos']} demonstrations" if setting.get("demos", 50) != 50 else ""
+    return f"{setting['task']}{demos}, {how}, {setting['steps']} steps{inputs}"
 
 
 def pooled_over(result: dict, row: str, seeds: list[str]) -> tuple[int, int]:
@@ -134,18 +147,66 @@ def history_rows() -> list[tuple[str, str]]:
             seeds = sorted(result["base"], key=int)
             rows.append((f"{label}: no history (the learner's level)",
                          f"{rate_text(*pooled_over(result, 'base', seeds))} (seeds {','.join(seeds)}; `{name}`)"))
-        for row in ("stack2",) + TRACED_ROWS:
+        for row in STACK_ROWS + TRACED_ROWS:
             seeds = common_seeds(result, row, "base")
             if seeds:
                 rows.append((f"Do they help when history is needed? {label}: {row} minus no history",
                              f"{compared(pooled_over(result, row, seeds), pooled_over(result, 'base', seeds))} "
                              f"(seeds {','.join(seeds)})"))
         for row in TRACED_ROWS:
-            seeds = common_seeds(result, row, "stack2")
-            if seeds:
-                rows.append((f"Do traces beat stacking frames? {label}: {row} minus 2 frames stacked",
-                             f"{compared(pooled_over(result, row, seeds), pooled_over(result, 'stack2', seeds))} "
-                             f"(seeds {','.join(seeds)})"))
+            for stack in STACK_ROWS:
+                seeds = common_seeds(result, row, stack)
+                if seeds:
+                    rows.append((f"Do traces beat stacking frames? {label}: {row} minus {stack[-1]} frames stacked",
+                                 f"{compared(pooled_over(result, row, seeds), pooled_over(result, stack, seeds))} "
+                                 f"(seeds {','.join(seeds)})"))
+        goal = goal_row(result)
+        if goal:
+            rows.append((f"Issue 42's goal, {label}: a traced row {GOAL_POINTS} or more points above both no history "
+                         f"and the best stacking row, both 95% intervals above 0", goal))
+    return rows
+
+
+def goal_row(result: dict) -> str | None:
+    """Whether a traced row of a setting meets issue 42's goal, and the best traced row's two differences;
+    None where the setting lacks no history, stacking or traces."""
+    stacks = [row for row in STACK_ROWS if common_seeds(result, row, "base")]
+    traced = [row for row in TRACED_ROWS if common_seeds(result, row, "base")]
+    if not stacks or not traced:
+        return None
+    def rate(row: str) -> float:
+        successes, episodes = pooled_over(result, row, sorted(result[row], key=int))
+        return successes / episodes
+
+    best_stack = max(stacks, key=rate)
+    outcomes = []
+    for row in traced:
+        differences = [difference(pooled_over(result, row, seeds), pooled_over(result, other, seeds))
+                       for other in ("base", best_stack) for seeds in [common_seeds(result, row, other)] if seeds]
+        if len(differences) == 2:
+            met = all(diff >= GOAL_POINTS / 100 and low > 0 for diff, low, _ in differences)
+            outcomes.append((met, min(diff for diff, _, _ in differences), row, differences))
+    if not outcomes:
+        return None
+    met, _, row, ((a, a_low, a_high), (b, b_low, b_high)) = max(outcomes)
+    return (f"{'met' if met else 'not met'}: the best traced row, {row}, minus no history "
+            f"{points_text(a, a_low, a_high)}, minus {best_stack} {points_text(b, b_low, b_high)} points")
+
+
+def scaling_rows() -> list[tuple[str, str]]:
+    """The no-history learner against the number of demonstrations (`bench_scaling.py`)."""
+    scaling = load("scaling")
+    rows = []
+    for task, curve in ((scaling or {}).get("tasks") or {}).items():
+        points = "; ".join(f"N = {p['demos']}: {rate_text(*counts(p['overall']))}"
+                           + (f" (training starts {rate_text(*counts(p['train_starts']))})" if p.get("train_starts") else "")
+                           for p in curve["points"])
+        expert = curve["one_frame_expert"]
+        reached = f"N* = {curve['n_star']}" if curve["n_star"] else "no N within 10 points of it yet"
+        rows.append((f"Can a learner without history reach what one frame allows on {task}? Held-out success "
+                     "by demonstrations N; the one-frame expert",
+                     f"{points}; expert {100 * expert:.0f}%: {reached} (`bench_scaling.py`)" if expert is not None
+                     else points))
     return rows
 
 
@@ -169,9 +230,9 @@ def state_rows() -> list[tuple[str, str]]:
 
 
 def main() -> None:
-    rows = reads_traces_rows() + history_rows() + state_rows()
+    rows = reads_traces_rows() + history_rows() + scaling_rows() + state_rows()
     record("evidence", {"rows": [list(r) for r in rows]}, rows,
-           "Evidence: does the policy read its traces, and do traces help where history matters? (issue 18)")
+           "Evidence: does the policy read its traces, and do traces help where history matters? (issues 18 and 42)")
     print("\n".join(f"{what}: {value}" for what, value in rows))
 
 
