@@ -120,9 +120,9 @@ def test_a_worker_that_cannot_start_fails_the_evaluation_instead_of_hanging(tmp_
                                 device="cuda", out=str(tmp_path / "e")), progress=False)
 
 
-def test_target_traces_count_a_trace_ending_on_the_moving_goal_shown_and_hidden():
-    """TargetTraces: a trace whose newest point lies on the moving goal's pixel counts, one elsewhere does
-    not, and steps that hide the goal are counted apart."""
+def test_target_traces_count_a_trace_that_follows_the_moving_goal_shown_and_hidden():
+    """TargetTraces: a trace whose vertices lie on the moving goal's pixels at their frames counts; one that
+    only ends on it (a hand that reached it) does not, nor one left where it was; hidden steps apart."""
     from types import SimpleNamespace
 
     from stvla.evaluate.rollout import TargetTraces
@@ -132,13 +132,17 @@ def test_target_traces_count_a_trace_ending_on_the_moving_goal_shown_and_hidden(
     obs, _ = env.reset(seed=0)
     counter = TargetTraces()
     start, end = env.variant.hidden
+    pixels = []
     for step in range(end + 1):
         position, hidden = env.moving_thing()
         assert hidden == (start <= step < end)
-        pixel = geometry.project_world_points(position, obs[F.OBS_INTRINSICS], obs[F.OBS_CAMERA_POSE])
-        on_it = Trace(points=np.array([pixel + 20, pixel + 1], np.float32), frame_index=np.arange(2), point_id=0)
-        away = Trace(points=np.array([pixel + 20, pixel + 10], np.float32), frame_index=np.arange(2), point_id=1)
-        counter.observe(env, obs, SimpleNamespace(traces=[on_it, away] if step % 2 else [away]))
+        pixels.append(geometry.project_world_points(position, obs[F.OBS_INTRINSICS], obs[F.OBS_CAMERA_POSE]))
+        window = min(len(pixels), 3)
+        recent = np.array(pixels[-window:], np.float32)
+        follows = Trace(points=recent + 0.5, frame_index=np.arange(window), point_id=0)
+        arrives = Trace(points=np.concatenate([recent[:-1] + 15, recent[-1:]]), frame_index=np.arange(window), point_id=1)
+        traces = [follows, arrives] if step % 2 and window > 1 else [arrives]
+        counter.observe(env, obs, SimpleNamespace(traces=traces, state=SimpleNamespace(positions=np.zeros((window, 1, 2)))))
         obs, *_ = env.step(np.zeros(4))
     env.close()
     shown_steps, hidden_steps = start + 1, end - start  # the step after the hidden stretch is shown again
@@ -147,4 +151,10 @@ def test_target_traces_count_a_trace_ending_on_the_moving_goal_shown_and_hidden(
     on_hidden = sum(s % 2 for s in range(start, end))
     assert counter.summary() == {"target_trace_share": on_shown / shown_steps,
                                  "hidden_target_trace_share": on_hidden / hidden_steps}
+    beside = TargetTraces()  # a trace that moved as the goal did, but elsewhere, does not follow it
+    beside.pixels = pixels[:21]
+    path = np.array(pixels[:21], np.float32)
+    radius = TargetTraces.RADIUS * 64
+    assert beside._follows(Trace(points=path, frame_index=np.arange(21), point_id=0), 21, radius)
+    assert not beside._follows(Trace(points=path + 2 * radius, frame_index=np.arange(21), point_id=0), 21, radius)
     assert make_env("reach-v3", image_size=64).moving_thing() is None

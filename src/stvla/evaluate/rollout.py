@@ -179,26 +179,41 @@ def run_episode(policy: Policy | ServedPolicy, env: MetaWorldRGBDEnv, task: str,
 
 class TargetTraces:
     """On a task whose goal or object moves (stvla.envs.variants), with a local traced policy: the share of
-    steps on which one of the policy's traces ends on the moving thing, counted apart while it is shown and
-    while it is hidden (does a trace still carry it through the frames that do not show it?)."""
+    steps on which one of the policy's traces follows the moving thing, counted apart while it is shown and
+    while it is hidden (does a trace still carry it through the frames that do not show it?).
 
-    RADIUS = 0.05  # of the image width: a trace whose newest point is this near the thing's pixel is on it
+    A trace follows the thing when every vertex lies near the thing's pixel at the frame the vertex was
+    seen in: a trace of the hand that reaches the goal ends on it too, but came from elsewhere. (A trace left
+    standing where a hidden goal vanished counts until the goal has moved RADIUS away: at 0.3 m/s the reach
+    goal moves about 0.3 px per step at 128 px.)"""
+
+    RADIUS = 0.03  # of the image width (about the reach goal marker's radius): "near" the thing's pixel
 
     def __init__(self) -> None:
         self.steps = {False: 0, True: 0}  # hidden? -> steps
-        self.traced = {False: 0, True: 0}  # hidden? -> of which a trace ended on the thing
+        self.traced = {False: 0, True: 0}  # hidden? -> of which a trace followed the thing
+        self.pixels: list[np.ndarray] = []  # the thing's pixel at every step so far, oldest first
 
     def observe(self, env: MetaWorldRGBDEnv, obs: dict[str, Any], trace: Any) -> None:
-        """Count one step: `obs` the observation the policy acted on, `trace` its tracer's output for it."""
+        """Count one step: `obs` the observation the policy acted on, `trace` its tracer's output for it (a
+        TraceOutput: the traces and the tracker's window they were chosen from)."""
         thing = env.moving_thing()
         if thing is None:
             return
         position, hidden = thing
-        pixel = geometry.project_world_points(position, obs[F.OBS_INTRINSICS], obs[F.OBS_CAMERA_POSE])
+        self.pixels.append(geometry.project_world_points(position, obs[F.OBS_INTRINSICS], obs[F.OBS_CAMERA_POSE]))
         radius = self.RADIUS * np.shape(obs[F.OBS_RGB])[1]
         self.steps[hidden] += 1
-        self.traced[hidden] += bool(trace is not None and any(
-            np.hypot(*(np.asarray(t.points[-1], np.float64) - pixel)) <= radius for t in trace.traces))
+        self.traced[hidden] += bool(trace is not None and any(self._follows(t, len(trace.state.positions), radius)
+                                                              for t in trace.traces))
+
+    def _follows(self, trace: Any, window: int, radius: float) -> bool:
+        # Vertex k was seen `window - 1 - frame_index[k]` steps before this one.
+        ago = window - 1 - np.asarray(trace.frame_index)
+        if len(ago) < 2 or ago.max() >= len(self.pixels):
+            return False
+        thing = np.stack([self.pixels[-1 - int(a)] for a in ago])
+        return bool((np.hypot(*(np.asarray(trace.points, np.float64) - thing).T) <= radius).all())
 
     def summary(self) -> dict[str, float | None]:
         def share(hidden: bool) -> float | None:
