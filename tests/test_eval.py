@@ -134,8 +134,8 @@ def test_target_traces_count_a_trace_that_follows_the_moving_goal_shown_and_hidd
     start, end = env.variant.hidden
     pixels = []
     for step in range(end + 1):
-        position, hidden = env.moving_thing()
-        assert hidden == (start <= step < end)
+        position, hidden, extent = env.moving_thing()
+        assert hidden == (start <= step < end) and extent == env.variant.marker_radius
         pixels.append(geometry.project_world_points(position, obs[F.OBS_INTRINSICS], obs[F.OBS_CAMERA_POSE]))
         window = min(len(pixels), 3)
         recent = np.array(pixels[-window:], np.float32)
@@ -154,7 +154,10 @@ def test_target_traces_count_a_trace_that_follows_the_moving_goal_shown_and_hidd
     beside = TargetTraces()  # a trace that moved as the goal did, but elsewhere, does not follow it
     beside.pixels = pixels[:21]
     path = np.array(pixels[:21], np.float32)
-    radius = TargetTraces.RADIUS * 64
-    assert beside._follows(Trace(points=path, frame_index=np.arange(21), point_id=0), 21, radius)
-    assert not beside._follows(Trace(points=path + 2 * radius, frame_index=np.arange(21), point_id=0), 21, radius)
+    assert beside.follows(Trace(points=path + 2, frame_index=np.arange(21), point_id=0), 21, radius=3, tolerance=1)
+    assert not beside.follows(Trace(points=path + 4, frame_index=np.arange(21), point_id=0), 21, radius=3, tolerance=1)
+    standing = Trace(points=np.repeat(path[-1:], 21, axis=0), frame_index=np.arange(21), point_id=0)
+    moved = np.hypot(*(path - path[-1]).T).max()  # how far the goal ever was from where it is now
+    assert beside.follows(standing, 21, radius=3, tolerance=moved + 0.1)
+    assert not beside.follows(standing, 21, radius=3, tolerance=moved - 0.1)
     assert make_env("reach-v3", image_size=64).moving_thing() is None

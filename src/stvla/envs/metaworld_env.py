@@ -224,12 +224,14 @@ class MetaWorldRGBDEnv(gym.Env):
         _LIVE_ENVS.discard(self)
 
     # --- extras ------------------------------------------------------------------------------------
-    def moving_thing(self) -> tuple[np.ndarray, bool] | None:
+    def moving_thing(self) -> tuple[np.ndarray, bool, float] | None:
         """For a variant (stvla.envs.variants): where the goal or object it moves is now (world frame, the
-        point its expert aims at) and whether the latest frame hides it; None for a plain task."""
+        point its expert aims at), whether the latest frame hides it, and its extent in metres around that
+        point; None for a plain task."""
         if not self.variant:
             return None
-        return np.array(self._state[self.variant.state_slice], dtype=np.float64), self.variant.hidden_at(self._steps)
+        return (np.array(self._state[self.variant.state_slice], dtype=np.float64), self.variant.hidden_at(self._steps),
+                self.variant.extent)
 
     def expert_action(self, lead: bool = True) -> np.ndarray:
         """The Meta-World scripted expert's action for the current state. A moving goal or object is led

@@ -84,6 +84,11 @@ class MovingGoal(_Motion):
     state_slice: ClassVar[slice] = slice(-3, None)  # Meta-World's goal, the last 3 of its state
     thing: ClassVar[str] = "goal"  # what moves, in words (the benchmark's rows)
 
+    @property
+    def extent(self) -> float:
+        """Metres around the aimed-at point that are the moving thing (what "on it" means for a trace)."""
+        return self.marker_radius
+
 
 @dataclass(frozen=True)
 class MovingObject(_Motion):
@@ -97,6 +102,7 @@ class MovingObject(_Motion):
     high: tuple[float, float]  # metres: the greatest (x, y); together they hold every start Meta-World draws
     expert_gain: float  # the base expert's P gain in metres per step per metre, for its lead
     thing: str = "object"  # what moves, in words (the benchmark's rows)
+    extent: float = 0.05  # metres around the aimed-at point that are the moving body (what "on it" means for a trace)
     speed: float = 0.3  # metres per second
     hidden: tuple[int, int] = (0, 0)  # the body is not drawn on steps [start, end) of an episode
     max_steps: int = 80  # steps the benchmark gives an episode

@@ -182,12 +182,12 @@ class TargetTraces:
     steps on which one of the policy's traces follows the moving thing, counted apart while it is shown and
     while it is hidden (does a trace still carry it through the frames that do not show it?).
 
-    A trace follows the thing when every vertex lies near the thing's pixel at the frame the vertex was
-    seen in: a trace of the hand that reaches the goal ends on it too, but came from elsewhere. (A trace left
-    standing where a hidden goal vanished counts until the goal has moved RADIUS away: at 0.3 m/s the reach
-    goal moves about 0.3 px per step at 128 px.)"""
+    A trace follows the thing when it ends on it (within its extent, projected) and kept the same offset
+    from it at every vertex, to within TOLERANCE: a trace of the hand that reached the goal ends on it too,
+    but came from elsewhere. (A trace left standing where a hidden thing vanished counts until the thing
+    has moved TOLERANCE away: at 0.3 m/s the reach goal moves about 0.3 px per step at 128 px.)"""
 
-    RADIUS = 0.03  # of the image width (about the reach goal marker's radius): "near" the thing's pixel
+    TOLERANCE = 0.02  # of the image width: how far a following trace's offset from the thing may wander
 
     def __init__(self) -> None:
         self.steps = {False: 0, True: 0}  # hidden? -> steps
@@ -200,20 +200,24 @@ class TargetTraces:
         thing = env.moving_thing()
         if thing is None:
             return
-        position, hidden = thing
-        self.pixels.append(geometry.project_world_points(position, obs[F.OBS_INTRINSICS], obs[F.OBS_CAMERA_POSE]))
-        radius = self.RADIUS * np.shape(obs[F.OBS_RGB])[1]
+        position, hidden, extent = thing
+        intrinsics, pose = obs[F.OBS_INTRINSICS], obs[F.OBS_CAMERA_POSE]
+        self.pixels.append(geometry.project_world_points(position, intrinsics, pose))
+        radius = float(intrinsics[0, 0]) * extent / float(geometry.world_to_camera(position[None], pose)[0, 2])
+        tolerance = self.TOLERANCE * np.shape(obs[F.OBS_RGB])[1]
         self.steps[hidden] += 1
-        self.traced[hidden] += bool(trace is not None and any(self._follows(t, len(trace.state.positions), radius)
-                                                              for t in trace.traces))
+        self.traced[hidden] += bool(trace is not None and any(
+            self.follows(t, len(trace.state.positions), radius, tolerance) for t in trace.traces))
 
-    def _follows(self, trace: Any, window: int, radius: float) -> bool:
-        # Vertex k was seen `window - 1 - frame_index[k]` steps before this one.
-        ago = window - 1 - np.asarray(trace.frame_index)
+    def follows(self, trace: Any, window: int, radius: float, tolerance: float) -> bool:
+        """Whether `trace` (chosen from a tracker window of `window` frames, the last this step's) ends
+        within `radius` px of the thing and kept its offset from it to within `tolerance` px."""
+        ago = window - 1 - np.asarray(trace.frame_index)  # vertex k was seen ago[k] steps before this one
         if len(ago) < 2 or ago.max() >= len(self.pixels):
             return False
-        thing = np.stack([self.pixels[-1 - int(a)] for a in ago])
-        return bool((np.hypot(*(np.asarray(trace.points, np.float64) - thing).T) <= radius).all())
+        offsets = np.asarray(trace.points, np.float64) - np.stack([self.pixels[-1 - int(a)] for a in ago])
+        return bool(np.hypot(*offsets[-1]) <= radius
+                    and (np.hypot(*(offsets - offsets[-1]).T) <= tolerance).all())
 
     def summary(self) -> dict[str, float | None]:
         def share(hidden: bool) -> float | None:
