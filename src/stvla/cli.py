@@ -131,8 +131,9 @@ def _eval(args: argparse.Namespace) -> int:
     if overall.get("trace_step_share") is not None:
         share, pixels, moved = (overall[k] for k in ("trace_step_share", "traced_pixel_share", "trace_sensitivity"))
         tokens = overall.get("trace_token_change")
-        print(f"traces: on {100 * share:.0f}% of steps, {100 * (pixels or 0):.2f}% of the input's pixels when drawn"
-              + ("" if tokens is None else f", {100 * tokens:.2f}% of the image tokens they reach (relative L2)")
+        print(f"traces: on {100 * share:.0f}% of steps, {100 * (pixels or 0):.2f}% of the input's pixels (or trace "
+              f"tokens) when drawn" + ("" if tokens is None else f", {100 * tokens:.2f}% of the tokens they reach "
+                                                                 f"(relative L2)")
               + "; action change without them: " + ("n/a" if moved is None else
                                                  f"{moved:.4f} (mean L2 per action; actions {overall['action_norm']:.3f})"))
     videos = [e["video"] for e in info["episodes"] if e["video"]]

@@ -60,8 +60,8 @@ def write_report(directory: str | Path) -> Path:
 
 # --- evaluation ---------------------------------------------------------------------------------------------
 TRACE_COLUMNS = [("trace_step_share", "steps with traces", "{:.0%}"),
-                 ("traced_pixel_share", "pixels traced", "{:.2%}"),
-                 ("trace_token_change", "image tokens changed", "{:.2%}"),
+                 ("traced_pixel_share", "pixels (or trace tokens) traced", "{:.2%}"),
+                 ("trace_token_change", "tokens changed", "{:.2%}"),
                  ("trace_sensitivity", "action change without traces", "{:.4f}"),
                  ("trace_error_px", "predicted-path error (px)", "{:.1f}")]
 

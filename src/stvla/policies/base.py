@@ -236,10 +236,10 @@ class Policy(nn.Module):
 @dataclass
 class TraceDiagnostics:
     """What a traced policy's traces did over one episode (`stvla eval`): on how many steps there were
-    traces, how much of the input they changed, how much of the image tokens they reach (the relative
-    change of the tokens traces can enter: ST-VLA's through Ego3D, TraceVLA's second image), and how far
-    the decoded action chunk moves when they are removed (the counterfactual forward, same weights, at
-    every chunk predicted with traces)."""
+    traces, how much of the input they changed, how much of the tokens they reach (the relative change of
+    the tokens traces can enter: ST-VLA's image tokens through Ego3D, TraceVLA's second image, the trace
+    tokens), and how far the decoded action chunk moves when they are removed (the counterfactual forward,
+    same weights, at every chunk predicted with traces)."""
 
     steps: int = 0  # control steps
     steps_with_traces: int = 0  # of which the tracer drew traces
