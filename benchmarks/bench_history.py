@@ -153,6 +153,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.seed_list = int_list(args.seeds, "--seeds")
     if args.task not in VARIANTS:
         parser.error(f"--task {args.task!r} is not a history-needing variant; valid: {', '.join(VARIANTS)}")
+    if args.train_starts > args.demos:
+        parser.error(f"--train_starts {args.train_starts} is more than the {args.demos} starts trained on (--demos)")
     least = {"demos": 1, "steps": 1, "episodes": 1, "max_steps": 1, "val_episodes": 0, "train_starts": 0}
     for name, minimum in least.items():
         if getattr(args, name) < minimum:
@@ -275,12 +277,12 @@ def report(results: dict[str, dict[int, dict]], args) -> None:
             rows.append((f"{name}: steps with traces; action change without them (mean L2) of the actions' mean L2",
                          f"{100 * mean['trace_step_share']:.0f}%; {mean['trace_sensitivity']:.4f} of "
                          f"{mean['action_norm']:.3f}"))
-        # Cells evaluated since the evaluation counts them: does a trace end on the moving thing?
+        # Cells evaluated since the evaluation counts them: does a trace follow the moving thing?
         on_target = [c["overall"] for c in by_seed.values() if c["overall"].get("target_trace_share") is not None]
         if on_target:
             thing = VARIANTS[args.task].thing
             hidden = [m["hidden_target_trace_share"] for m in on_target if m.get("hidden_target_trace_share") is not None]
-            rows.append((f"{name}: steps on which a trace ends on the moving {thing}, while it is shown"
+            rows.append((f"{name}: steps on which a trace follows the moving {thing}, while it is shown"
                          + (" / hidden" if hidden else ""),
                          f"{100 * sum(m['target_trace_share'] for m in on_target) / len(on_target):.0f}%"
                          + (f" / {100 * sum(hidden) / len(hidden):.0f}%" if hidden else "")))

@@ -77,8 +77,8 @@ def main() -> None:
             settings = cell_args(task, n, s, args)
             cell = bench_history.run_rows(settings).get("base", {}).get(0)
             if cell is not None:
-                curves.setdefault(task, []).append({"demos": n, "steps": s, "setting": bench_history.setting_name(settings),
-                                                    **cell})
+                curves.setdefault(task, []).append({"demos": n, "steps": s, "max_steps": settings.max_steps,
+                                                    "setting": bench_history.setting_name(settings), **cell})
     report(curves, args)
 
 
@@ -86,8 +86,8 @@ def report(curves: dict[str, list[dict]], args: argparse.Namespace) -> None:
     if not curves:
         print("bench_scaling: no cell has finished yet; nothing to report")
         return
-    rows, figures = [], {"setting": {"init": args.init, "episodes": args.episodes, "max_steps": args.max_steps,
-                                     "val_episodes": VAL_EPISODES, "train_starts": TRAIN_STARTS}, "tasks": {}}
+    rows, figures = [], {"setting": {"init": args.init, "episodes": args.episodes, "val_episodes": VAL_EPISODES,
+                                     "train_starts": TRAIN_STARTS, "within": WITHIN}, "tasks": {}}
     for task, points in curves.items():
         expert = one_frame_expert(task)
         reached = [p["demos"] for p in points if expert is not None and p["overall"]["success_rate"] >= expert - WITHIN]

@@ -4,7 +4,7 @@ tracker follows the thing and the selection picks one of its points among the ar
 scripted expert with history (the motion a good policy makes) at 128 px, steps the online tracer with
 each trace setting as a policy would, and counts the steps on which a trace follows the moving thing
 (`stvla.evaluate.rollout.TargetTraces`: ends on it and kept its offset from it), while it is shown and
-while it is hidden.
+while it is hidden: per episode, then the mean over episodes, as `stvla eval` reports it.
 
     python benchmarks/bench_target_traces.py [--episodes 20]
 
@@ -33,12 +33,12 @@ SETTINGS: dict[str, TraceConfig] = {  # trace setting -> its config
 }
 
 
-def coverage(task: str, traces: TraceConfig, episodes: int) -> TargetTraces:
-    """The steps, shown and hidden, and those on which a trace followed the moving thing, over `episodes`
-    held-out episodes of the expert with history."""
+def coverage(task: str, traces: TraceConfig, episodes: int) -> list[TargetTraces]:
+    """Per held-out episode of the expert with history, its steps, shown and hidden, and those on which a
+    trace followed the moving thing."""
     variant = VARIANTS[task]
     env = make_env(task, image_size=128, max_episode_steps=variant.max_steps)
-    total = TargetTraces()
+    counted = []
     for attempt in range(episodes):
         obs, _ = env.reset(seed=episode_seed(task, attempt, "eval"))
         tracer, counter = OnlineTracer(traces), TargetTraces()
@@ -48,11 +48,16 @@ def coverage(task: str, traces: TraceConfig, episodes: int) -> TargetTraces:
             obs, _, _, _, info = env.step(env.expert_action(lead=True))
             if info["success"]:
                 break
-        for hidden in (False, True):
-            total.steps[hidden] += counter.steps[hidden]
-            total.traced[hidden] += counter.traced[hidden]
+        counted.append(counter)
     env.close()
-    return total
+    return counted
+
+
+def mean_share(counted: list[TargetTraces], hidden: bool) -> float | None:
+    """The mean over episodes of the share of their shown (or hidden) steps with a trace on the thing."""
+    key = "hidden_target_trace_share" if hidden else "target_trace_share"
+    shares = [c.summary()[key] for c in counted if c.summary()[key] is not None]
+    return sum(shares) / len(shares) if shares else None
 
 
 def main() -> None:
@@ -66,14 +71,16 @@ def main() -> None:
         figures[task] = {}
         for name, traces in SETTINGS.items():
             counted = coverage(task, traces, args.episodes)
-            figures[task][name] = {"steps": {"shown": counted.steps[False], "hidden": counted.steps[True]},
-                                   "followed": {"shown": counted.traced[False], "hidden": counted.traced[True]}}
-            shares = counted.summary()
-            hidden = shares["hidden_target_trace_share"]
+            steps = {hidden: sum(c.steps[hidden] for c in counted) for hidden in (False, True)}
+            shown, hidden = mean_share(counted, False), mean_share(counted, True)
+            figures[task][name] = {"steps": {"shown": steps[False], "hidden": steps[True]},
+                                   "followed": {"shown": sum(c.traced[False] for c in counted),
+                                                "hidden": sum(c.traced[True] for c in counted)},
+                                   "mean_share": {"shown": shown, "hidden": hidden}}
             rows.append((f"{task}, {name}: steps on which a trace follows the moving {variant.thing}, while it is shown"
-                         + (" / hidden" if hidden is not None else ""),
-                         f"{100 * shares['target_trace_share']:.0f}% of {counted.steps[False]}"
-                         + (f" / {100 * hidden:.0f}% of {counted.steps[True]}" if hidden is not None else "")))
+                         + (" / hidden" if hidden is not None else "") + " (mean over episodes; steps in all)",
+                         f"{100 * shown:.0f}% of {steps[False]}"
+                         + (f" / {100 * hidden:.0f}% of {steps[True]}" if hidden is not None else ""))
     record("target_traces", figures, rows, f"Do the traces carry the moving goal or object? (the expert with history, "
                                            f"{args.episodes} held-out episodes per variant, 128 px)")
 

@@ -100,7 +100,7 @@ def reads_traces_rows() -> list[tuple[str, str]]:
             rows.append((f"... {setting_label(result)}: how far the decoded actions move without the traces, "
                          "relative to their size", "; ".join(sensitivities) + f" (`{name}`)"))
         if on_target:
-            rows.append((f"... {setting_label(result)}: steps on which a trace ends on the moving goal or object, "
+            rows.append((f"... {setting_label(result)}: steps on which a trace follows the moving goal or object, "
                          "while it is shown (/ while it is hidden)", "; ".join(on_target) + f" (`{name}`)"))
     return rows
 
@@ -202,7 +202,8 @@ def scaling_rows() -> list[tuple[str, str]]:
                            + (f" (training starts {rate_text(*counts(p['train_starts']))})" if p.get("train_starts") else "")
                            for p in curve["points"])
         expert = curve["one_frame_expert"]
-        reached = f"N* = {curve['n_star']}" if curve["n_star"] else "no N within 10 points of it yet"
+        within = round(100 * scaling["setting"]["within"])
+        reached = f"N* = {curve['n_star']}" if curve["n_star"] else f"no N within {within} points of it yet"
         rows.append((f"Can a learner without history reach what one frame allows on {task}? Held-out success "
                      "by demonstrations N; the one-frame expert",
                      f"{points}; expert {100 * expert:.0f}%: {reached} (`bench_scaling.py`)" if expert is not None

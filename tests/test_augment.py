@@ -102,3 +102,24 @@ def test_training_with_random_shift(small_dataset, tmp_path):
     policy_dir = train(config, progress=False)
     assert (policy_dir / "model.safetensors").is_file()
     assert load_train_config(tmp_path / "run" / "train_config.json").augment.shift_px == 4
+
+
+def test_pixel_trace_points_move_with_the_image_and_3d_ones_stay():
+    """A `2d` trace point on pixel (u, v) is on pixel (u - sx, v - sy) of the shifted image; absent points
+    stay zero; 3D points stay (the principal point moves instead)."""
+    from stvla.traces import Trace
+    from stvla.traces.points import trace_point_array
+
+    batch = camera_batch()
+    size = batch[F.RGB].shape[-1]
+    pixel = np.array([[6.0, 5.0]], np.float32)
+    points = trace_point_array([Trace(points=pixel, frame_index=np.array([1]), point_id=0)], window=2,
+                               buffer_length=3, num_traces=2, image_shape=(size, size))
+    batch[F.TRACE_POINTS] = torch.from_numpy(np.stack([points] * 3))
+    shifts = np.array([[2, 1], [-1, -3], [4, 0]])
+    shifted = shift_batch(batch, shifts, pad=4, pixel_trace_points=True)
+    for i, (sx, sy) in enumerate(shifts):
+        moved = trace_point_array([Trace(points=pixel - np.array([sx, sy], np.float32), frame_index=np.array([1]),
+                                         point_id=0)], window=2, buffer_length=3, num_traces=2, image_shape=(size, size))
+        torch.testing.assert_close(shifted[F.TRACE_POINTS][i], torch.from_numpy(moved))
+    assert torch.equal(shift_batch(batch, shifts, pad=4)[F.TRACE_POINTS], batch[F.TRACE_POINTS])

@@ -234,7 +234,7 @@ def test_trace_tokens_fine_tune_from_a_base_and_reload_to_identical_actions(stag
     the saved policy reloads to the same actions, its trace tokens read from the tracker's points."""
     root, _ = small_dataset
     config = tiny_config(root, tmp_path / space, policy="tracetokens", init=str(stage1), steps=12, lr=1e-2,
-                         trace_space=space)
+                         trace_space="" if space == "3d" else space)  # 3d: the policy's own
     config = dataclasses.replace(config, lora=dataclasses.replace(config.lora, rank=4))
     policy_dir = train(config, progress=False)
     trained, base = load_file(str(policy_dir / WEIGHTS_FILE)), load_file(str(stage1 / WEIGHTS_FILE))
@@ -249,11 +249,16 @@ def test_trace_tokens_fine_tune_from_a_base_and_reload_to_identical_actions(stag
     assert contract["trace_tokens"] == space
     loaded, again = (closed_loop_actions(candidate, seed=5, steps=16) for candidate in (policy, load_policy(policy_dir)))
     assert np.array_equal(loaded, again) and np.isfinite(loaded).all()
+    # Stage 2 from this checkpoint keeps its space, and refuses the other.
+    again = dataclasses.replace(config, init=str(policy_dir), trace_space="")
+    assert build_policy(again, 64).config.trace_space == space
+    with pytest.raises(ValueError, match="differs from the --init checkpoint's"):
+        build_policy(dataclasses.replace(again, trace_space="2d" if space == "3d" else "3d"), 64)
 
 
 def test_trace_space_is_for_trace_tokens_only(small_dataset, tmp_path):
     root, _ = small_dataset
     with pytest.raises(ValueError, match="--trace_space applies to tracetokens only"):
         build_policy(tiny_config(root, tmp_path, policy="st", trace_space="2d"), 64)
-    with pytest.raises(ValueError, match="unknown trace_space 'xyz'"):
-        build_policy(tiny_config(root, tmp_path, policy="tracetokens", trace_space="xyz"), 64)
+    with pytest.raises(ValueError, match="--trace_space must be one of 3d, 2d"):
+        tiny_config(root, tmp_path, policy="tracetokens", trace_space="xyz")

@@ -179,7 +179,10 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config")
     for name, f in names.items():  # a config saved before a `key_neutral_at` field existed did what it now says
         if name not in data and "neutral_value" in f.metadata:
             values[name] = copy.deepcopy(f.metadata["neutral_value"])
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as error:  # a value its config refuses: say where it was read
+        raise ValueError(f"{source}: {error}") from None
 
 
 def save_config(config: Any, path: str | Path) -> None:

@@ -67,8 +67,9 @@ class InputProcessor:
     # --- the contract ------------------------------------------------------------------------------------
     @property
     def needs_depth(self) -> bool:
-        """Whether the policy reads depth: for Ego3D, or to draw the traces into (ST-VLA). TraceVLA without
-        Ego3D reads RGB only, as in its paper."""
+        """Whether the policy reads depth: for Ego3D, to draw the traces into (ST-VLA), or to lift the traces'
+        points to 3D (trace tokens). TraceVLA without Ego3D reads RGB only, as in its paper, and so do trace
+        tokens in 2D without Ego3D."""
         return self.config.vla.use_ego3d or (self.tracer is not None and self.depth_source == "traced") \
             or self.trace_space == "3d"
 
@@ -109,8 +110,11 @@ class InputProcessor:
         vla = self.config.vla
         wanted = self.input_features()
         if F.DEPTH in wanted and F.DEPTH not in features:
-            raise ValueError(f"{where} has no depth: policy {self.policy_name!r} needs it (Ego3D); record depth "
-                             f"(a feature with info.is_depth_map) or train tracevla, which reads RGB only")
+            why = "Ego3D" + (", and to lift its traces to 3D" if self.trace_space == "3d" else "")
+            raise ValueError(f"{where} has no depth: policy {self.policy_name!r} needs it ({why}); record depth "
+                             f"(a feature with info.is_depth_map) or train tracevla, which reads RGB only"
+                             + (", or tracetokens with --trace_space 2d --model.use_ego3d false" if self.trace_space
+                                else ""))
         if F.DEPTH in wanted and F.INTRINSICS not in features:
             raise ValueError(f"{where} has no {F.INTRINSICS}: policy {self.policy_name!r} needs the camera; give "
                              f"it with --intrinsics fx,fy,cx,cy or --fov DEGREES")
@@ -137,7 +141,7 @@ class InputProcessor:
 
     def trace_inputs(self) -> list[str]:
         """What `trace_frame` reads: the RGB the tracker follows, and the depth the traces are drawn into
-        (ST-VLA) with its camera."""
+        (ST-VLA) or lifted with (trace tokens in 3D), with its camera."""
         return [F.RGB] + ([F.DEPTH, F.INTRINSICS] if self.reads_trace_depth else [])
 
     @property

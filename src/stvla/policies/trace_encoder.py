@@ -2,7 +2,7 @@
 
 Per trace, each of its b window slots becomes 8 numbers: the point (x y z, or u v 0), its offset from the
 trace's newest point (scaled up: the motion over a window is centimetres, or a few hundredths of the
-image), how many frames before the newest it was seen (over 30), and whether it exists. A 1-D
+image), how many frames before the current one it was seen (over 30), and whether it exists. A 1-D
 convolution over time reads those, and a masked mean and max over the slots that exist pool them
 into one token, plus a learned "trace" type embedding. A row without a trace becomes a learned
 "no trace" token instead, so removing the traces (the test-time ablation) is the same as having none.
@@ -17,7 +17,7 @@ from torch import nn
 from stvla.traces.points import POINT_CHANNELS
 
 OFFSET_SCALE = 10.0  # the offsets' scale: a decimetre (3D) or a twentieth of the image (2D) becomes 1
-FRAMES_SCALE = 30.0  # frames before the newest, over this (the papers' b)
+FRAMES_SCALE = 30.0  # frames before the current one, over this (the papers' b)
 HIDDEN = 64  # channels of the convolution over time
 
 
@@ -45,7 +45,8 @@ class TraceTokenEncoder(nn.Module):
         newest_slot = torch.where(exists, slot, torch.full_like(slot, -1)).amax(dim=2, keepdim=True)  # (B, K, 1, 1)
         newest = torch.gather(xyz, 2, newest_slot.clamp(min=0).expand(-1, -1, 1, 3))
         offsets = torch.where(exists, (xyz - newest) * OFFSET_SCALE, torch.zeros_like(xyz))
-        frames_before = torch.where(exists, (newest_slot - slot).float() / FRAMES_SCALE, torch.zeros_like(xyz[..., :1]))
+        # Counted from the current frame (the last slot), so a trace whose latest point is missing reads as older.
+        frames_before = torch.where(exists, (length - 1 - slot).float() / FRAMES_SCALE, torch.zeros_like(xyz[..., :1]))
         inputs = torch.cat([xyz, offsets, frames_before, exists.float()], dim=-1)  # (B, K, b, 8)
         hidden = self.convolution(inputs.reshape(batch * traces, length, -1).transpose(1, 2))  # (BK, H, b)
         mask = exists.reshape(batch * traces, 1, length)

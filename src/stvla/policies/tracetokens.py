@@ -23,18 +23,25 @@ from stvla.traces.points import SPACES
 
 @dataclass
 class TraceTokensConfig(TracedPolicyConfig):
+    """The base's model with a trace-token encoder, and where the traces' points live."""
+
     vla: VLAConfig = field(default_factory=lambda: VLAConfig(trace_tokens=True))  # model with a trace-token encoder
     trace_space: str = "3d"  # the traces' points: "3d" camera-frame metres (needs depth), "2d" pixels
 
     def __post_init__(self) -> None:
+        if hasattr(super(), "__post_init__"):
+            super().__post_init__()
         if self.trace_space not in SPACES:
             raise ValueError(f"unknown trace_space {self.trace_space!r}; valid: {', '.join(SPACES)}")
 
 
 class TraceTokensProcessor(InputProcessor):
+    """The base's inputs, and the chosen traces' points (`trace_frame` adds them; `trace_space` says where)."""
+
     @property
     def trace_config(self) -> TraceConfig:
-        # Lifting a past vertex needs the depth it had when it was seen, not today's depth at that pixel.
+        """The policy's trace settings; in 3D keeping each point's depth history, since lifting a past vertex
+        needs the depth it had when it was seen, not today's depth at that pixel."""
         traces = self.config.traces
         return dataclasses.replace(traces, keep_point_depths=True) if self.config.trace_space == "3d" else traces
 

@@ -5,7 +5,8 @@ Each sample's RGB, TraceVLA's traced RGB and the depth Ego3D encodes (raw or tra
 `shift_px` pixels (edge values repeated) and cropped back to their size at one random offset per
 sample, so that all of them still show the same view. The camera's principal point moves with the
 crop, so Ego3D back-projects every pixel to the 3D point it showed before the shift (a test holds
-this), and LLARVA's trace targets (pixels of the current image) move with the image.
+this), and LLARVA's trace targets and the trace tokens' points when they are pixels (the `2d` space)
+move with the image (3D trace points stay: the moved principal point keeps them where the image shows them).
 
 Diffusion Policy, robomimic and DrQ find crop or shift augmentation essential for image policies
 trained on few demonstrations.
@@ -46,12 +47,14 @@ class AugmentConfig:
         return self.shift_px > 0 or self.color_jitter > 0
 
 
-def augment_batch(batch: dict[str, Any], config: AugmentConfig, rng: np.random.Generator) -> dict[str, Any]:
-    """The batch with each sample shifted by its own random offset and its colours jittered (module docs)."""
+def augment_batch(batch: dict[str, Any], config: AugmentConfig, rng: np.random.Generator,
+                  pixel_trace_points: bool = False) -> dict[str, Any]:
+    """The batch with each sample shifted by its own random offset and its colours jittered (module docs).
+    `pixel_trace_points`: the batch's trace points are pixels (`2d`), which move with the image."""
     count = len(batch[F.RGB])
     if config.shift_px > 0:
         shifts = rng.integers(-config.shift_px, config.shift_px + 1, size=(count, 2))
-        batch = shift_batch(batch, shifts, config.shift_px)
+        batch = shift_batch(batch, shifts, config.shift_px, pixel_trace_points)
     if config.color_jitter > 0:
         factors = rng.uniform(1.0 - config.color_jitter, 1.0 + config.color_jitter, size=(2, count))
         batch = jitter_batch(batch, brightness=factors[0], contrast=factors[1])
@@ -74,9 +77,10 @@ def jitter_batch(batch: dict[str, Any], brightness: np.ndarray, contrast: np.nda
     return out
 
 
-def shift_batch(batch: dict[str, Any], shifts: np.ndarray, pad: int) -> dict[str, Any]:
+def shift_batch(batch: dict[str, Any], shifts: np.ndarray, pad: int, pixel_trace_points: bool = False) -> dict[str, Any]:
     """Shift sample i by `shifts[i]` = (sx, sy) pixels, |sx|, |sy| <= `pad`: the new pixel (u, v) shows
-    what the original showed at (u + sx, v + sy) (edge values beyond the border)."""
+    what the original showed at (u + sx, v + sy) (edge values beyond the border). `pixel_trace_points`:
+    the trace points are pixels scaled to [-1, 1] (stvla.traces.points), moved with the image."""
     shifts = np.asarray(shifts, dtype=np.int64)
     if np.abs(shifts).max(initial=0) > pad:
         raise ValueError(f"shifts must lie within +-{pad} pixels, got up to {np.abs(shifts).max()}")
@@ -97,4 +101,11 @@ def shift_batch(batch: dict[str, Any], shifts: np.ndarray, pad: int) -> dict[str
         out[F.INTRINSICS] = intrinsics
     if F.TRACE_TARGET in batch:
         out[F.TRACE_TARGET] = batch[F.TRACE_TARGET] - offset[:, None, :].to(batch[F.TRACE_TARGET].dtype)
+    if F.TRACE_POINTS in batch and pixel_trace_points:
+        points = batch[F.TRACE_POINTS].clone()
+        height, width = batch[F.RGB].shape[-2:]
+        moved = offset * torch.tensor([2.0 / width, 2.0 / height])  # pixels in the points' [-1, 1] scale
+        exists = points[..., 3:] > 0.5
+        points[..., :2] -= torch.where(exists, moved[:, None, None, :].to(points.dtype), torch.zeros(()))
+        out[F.TRACE_POINTS] = points
     return out

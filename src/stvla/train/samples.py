@@ -119,7 +119,7 @@ class TrainingSamples:
         batch[F.ACTION] = torch.from_numpy(np.asarray(self.arrays[F.ACTION][self.chunk_index[indices]], np.float32))
         batch[F.ACTION_IS_PAD] = torch.from_numpy(self.chunk_is_pad[indices])
         if rng is not None:
-            batch = augment_batch(batch, self.augment, rng)
+            batch = augment_batch(batch, self.augment, rng, pixel_trace_points=self.processor.trace_space == "2d")
         return batch
 
     def _future_traces(self, points: int) -> tuple[np.ndarray, np.ndarray]:

@@ -39,6 +39,7 @@ from stvla.policies.base import Policy, read_checkpoint_config, read_weights
 from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.vla import VLAConfig
 from stvla.traces import TraceConfig
+from stvla.traces.points import SPACES
 from stvla.train.augment import AugmentConfig
 from stvla.train import distributed
 from stvla.train.ema import WeightAverage
@@ -73,9 +74,9 @@ class TrainConfig:
     ema: float = field(default=0.0, metadata=KEY_NEUTRAL)  # decay of a weight average exported instead of the last weights (0 = off)
     fsdp: bool = field(default=False, metadata=KEY_NEUTRAL)  # under torchrun: shard weights, gradients and optimiser state over the processes (FSDP2) instead of replicating them (DDP), for a backbone too large for one GPU
     model: VLAConfig = field(default_factory=VLAConfig)  # stage 1: the model's shape (image size from the dataset, the rest of the policy type's own fields from the type; stage 2 keeps the checkpoint's)
-    traces: TraceConfig = field(default_factory=TraceConfig)  # traced policies (st, tracevla): tracker, buffer b, selection, drawing variant
+    traces: TraceConfig = field(default_factory=TraceConfig)  # traced policies (st, tracevla, tracetokens): tracker, buffer b, selection, drawing variant
     trace_points: int = -1  # llarva: future trace points predicted; -1 = the policy's 16 (or the checkpoint's), 0 = none
-    trace_space: str = field(default="3d", metadata=KEY_NEUTRAL)  # tracetokens: the traces' points in "3d" (camera frame, lifted with depth) or "2d" (pixels, no depth needed)
+    trace_space: str = field(default="", metadata=KEY_NEUTRAL)  # tracetokens: the traces' points in "3d" (camera frame, lifted with depth) or "2d" (pixels: a camera without depth, with --model.use_ego3d false); "" = the --init checkpoint's, else 3d
     steps: int = 2000  # optimiser steps
     batch_size: int = 32  # samples per step
     lr: float = 0.0  # peak learning rate; 0 picks 3e-4 for full training, 1e-3 for LoRA
@@ -103,6 +104,9 @@ class TrainConfig:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
         if self.trace_points < -1:
             raise ValueError(f"--trace_points must be >= 0 (or -1: the policy's own), got {self.trace_points}")
+        if self.trace_space not in ("", *SPACES):
+            raise ValueError(f"--trace_space must be one of {', '.join(SPACES)} (or '': the checkpoint's), "
+                             f"got {self.trace_space!r}")
 
     def key(self) -> dict[str, Any]:
         """What the run's weights depend on, as cache keys spell it (stvla.benchmark): `config_key`, with
@@ -252,6 +256,7 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
     policy_config = cls.config_class()
     defaults = policy_config.vla
     vla = config.model
+    init_config: dict[str, Any] = {}
     if config.init:
         _, init_config = read_checkpoint_config(config.init)
         vla = config_from_dict(VLAConfig, init_config["vla"], f"{config.init}/config.json")
@@ -270,9 +275,14 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
                                             trace_tokens=defaults.trace_tokens)
     refuse_unused_model_options(config, policy_config.vla)
     if hasattr(policy_config, "trace_space"):
-        policy_config.trace_space = config.trace_space
-        policy_config.__post_init__()
-    elif config.trace_space != TrainConfig.trace_space:
+        # A trace-token checkpoint's encoder read its own space: stage 2 keeps it.
+        kept = init_config.get("trace_space")
+        if kept and config.trace_space and config.trace_space != kept:
+            raise ValueError(f"--trace_space {config.trace_space} differs from the --init checkpoint's ({kept}, "
+                             f"{config.init}): its trace encoder was trained on {kept} points")
+        policy_config = dataclasses.replace(policy_config, trace_space=config.trace_space or kept
+                                            or policy_config.trace_space)
+    elif config.trace_space:
         raise ValueError(f"--trace_space applies to tracetokens only, not to {config.policy!r}")
     if hasattr(policy_config, "traces"):
         checkpoint = config.traces.cotracker.checkpoint
