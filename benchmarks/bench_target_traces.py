@@ -80,7 +80,7 @@ def main() -> None:
             rows.append((f"{task}, {name}: steps on which a trace follows the moving {variant.thing}, while it is shown"
                          + (" / hidden" if hidden is not None else "") + " (mean over episodes; steps in all)",
                          f"{100 * shown:.0f}% of {steps[False]}"
-                         + (f" / {100 * hidden:.0f}% of {steps[True]}" if hidden is not None else ""))
+                         + (f" / {100 * hidden:.0f}% of {steps[True]}" if hidden is not None else "")))
     record("target_traces", figures, rows, f"Do the traces carry the moving goal or object? (the expert with history, "
                                            f"{args.episodes} held-out episodes per variant, 128 px)")
 

@@ -36,13 +36,31 @@ ACTION_SCALE = 0.01  # metres the hand's target moves per step per unit of actio
 EXPERT_GAIN = 5.0 * ACTION_SCALE  # the reach expert's P gain times the action scale (metres per step per metre)
 
 
-class _Motion:
-    """What the moving variants share: the per-episode velocity, the bounce, the lead, the hidden steps.
-    A subclass (a frozen dataclass) has the fields `speed`, `hidden` and `expert_gain`."""
+@dataclass(frozen=True, kw_only=True)
+class MovingThing:
+    """What the moving variants share: the task, the per-episode velocity, the bounce, the lead, the hidden
+    steps. A subclass says what moves (`state_slice`, `thing`, `extent`)."""
+
+    base: str  # the Meta-World task it changes
+    instruction: str  # what the policy is told
+    speed: float = 0.3  # metres per second
+    hidden: tuple[int, int] = (0, 0)  # the moving thing is not drawn on steps [start, end) of an episode
+    expert_gain: float = EXPERT_GAIN  # the base expert's P gain in metres per step per metre, for its lead
+    max_steps: int = 80  # steps the benchmark gives an episode
 
     # The indices of Meta-World's state holding the position of the thing that moves: the one the expert
     # aims at, and leads.
     state_slice: ClassVar[slice]
+
+    @property
+    def thing(self) -> str:
+        """What moves, in words (the benchmark's rows)."""
+        raise NotImplementedError
+
+    @property
+    def extent(self) -> float:
+        """Metres around the aimed-at point that are the moving thing (what "on it" means for a trace)."""
+        raise NotImplementedError
 
     def hidden_at(self, step: int) -> bool:
         """Whether the moving thing is hidden in the frame after `step` environment steps."""
@@ -69,53 +87,52 @@ class _Motion:
         return velocity / self.expert_gain
 
 
-@dataclass(frozen=True)
-class MovingGoal(_Motion):
-    """A task whose goal marker moves (and may be hidden); the goal bounces inside Meta-World's goal space."""
+@dataclass(frozen=True, kw_only=True)
+class MovingGoal(MovingThing):
+    """A task whose goal marker moves (and may be hidden); the goal bounces inside Meta-World's goal space.
+    The leading expert needs about 53 steps."""
 
-    base: str  # the Meta-World task it moves the goal of
-    instruction: str  # what the policy is told
-    speed: float = 0.3  # metres per second
     marker_radius: float = 0.03  # metres: the goal marker as rendered
-    hidden: tuple[int, int] = (0, 0)  # the marker is not drawn on steps [start, end) of an episode
-    expert_gain: float = EXPERT_GAIN  # the base expert's P gain in metres per step per metre, for its lead
-    max_steps: int = 80  # steps the benchmark gives an episode: the leading expert needs about 53
 
     state_slice: ClassVar[slice] = slice(-3, None)  # Meta-World's goal, the last 3 of its state
-    thing: ClassVar[str] = "goal"  # what moves, in words (the benchmark's rows)
+
+    @property
+    def thing(self) -> str:
+        return "goal"
 
     @property
     def extent(self) -> float:
-        """Metres around the aimed-at point that are the moving thing (what "on it" means for a trace)."""
         return self.marker_radius
 
 
-@dataclass(frozen=True)
-class MovingObject(_Motion):
+@dataclass(frozen=True, kw_only=True)
+class MovingObject(MovingThing):
     """A task whose object (a Meta-World body, with what is attached to it) slides across the table, and may
     be hidden; Meta-World's target moves with it, so its own success criterion holds wherever it is."""
 
-    base: str  # the Meta-World task it moves the object of
-    instruction: str  # what the policy is told
     body: str  # the MuJoCo body that moves (a fixed body: moved by setting its position)
     low: tuple[float, float]  # metres: the least (x, y) of the body's position; it bounces off it
     high: tuple[float, float]  # metres: the greatest (x, y); together they hold every start Meta-World draws
-    expert_gain: float  # the base expert's P gain in metres per step per metre, for its lead
-    thing: str = "object"  # what moves, in words (the benchmark's rows)
-    extent: float = 0.05  # metres around the aimed-at point that are the moving body (what "on it" means for a trace)
-    speed: float = 0.3  # metres per second
-    hidden: tuple[int, int] = (0, 0)  # the body is not drawn on steps [start, end) of an episode
-    max_steps: int = 80  # steps the benchmark gives an episode
+    name: str = "object"  # what moves, in words (the benchmark's rows)
+    size: float = 0.05  # metres around the aimed-at point that are the moving body (what "on it" means for a trace)
 
     state_slice: ClassVar[slice] = slice(4, 7)  # Meta-World's first object position, which its experts aim at
 
+    @property
+    def thing(self) -> str:
+        return self.name
 
-VARIANTS: dict[str, MovingGoal | MovingObject] = {
+    @property
+    def extent(self) -> float:
+        return self.size
+
+
+VARIANTS: dict[str, MovingThing] = {
     "reach-moving-v3": MovingGoal(base="reach-v3", instruction="reach the moving red goal"),
     "reach-moving-hidden-v3": MovingGoal(base="reach-v3", instruction="reach the moving red goal, even while it is hidden",
                                          hidden=(15, 35)),
     "button-press-topdown-moving-v3": MovingObject(
         base="button-press-topdown-v3", instruction="press the sliding button from the top, even while it is hidden",
-        body="box", low=(-0.2, 0.75), high=(0.2, 0.9), expert_gain=25.0 * ACTION_SCALE, thing="button box",
+        body="box", low=(-0.2, 0.75), high=(0.2, 0.9), expert_gain=25.0 * ACTION_SCALE, name="button box",
         speed=0.3, hidden=(15, 45), max_steps=90),  # the leading expert needs 53-81 steps
 }
