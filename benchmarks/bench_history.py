@@ -55,11 +55,13 @@ from stvla.traces import TraceConfig  # noqa: E402
 from stvla.traces.drawing import DepthDrawConfig  # noqa: E402
 from stvla.traces.selection import SelectionConfig  # noqa: E402
 from stvla.train import TrainConfig, train  # noqa: E402
+from stvla.train.trainer import LoraSettings  # noqa: E402
 from stvla.train.monitor import LOG_FILE, read_log  # noqa: E402
 
 DEFAULT_TASK = "reach-moving-v3"
 DEFAULT_STEPS = 1000
 DEFAULT_DEMOS = 50
+DEFAULT_LORA_RANK = LoraSettings().rank  # stage 2's adapters, as `stvla train` makes them
 @dataclass(frozen=True)
 class Row:
     """One way of giving a policy history (or none): what it trains, and what it is."""
@@ -97,13 +99,15 @@ def percent(successes: int, episodes: int) -> str:
 
 
 def results_name(task: str, init: str = "", steps: int = DEFAULT_STEPS, use_state: bool = True,
-                 demos: int = DEFAULT_DEMOS, val_episodes: int = 0) -> str:
+                 demos: int = DEFAULT_DEMOS, val_episodes: int = 0, lora_rank: int = DEFAULT_LORA_RANK) -> str:
     """The results' name: `history` for the default setting (as before there were others), then what
     differs from it: the task, the demonstrations (and validation episodes held out beside them), the
-    checkpoint fine-tuned from, the training steps, the inputs."""
+    checkpoint fine-tuned from (and how: every weight, or LoRA of another rank), the training steps, the
+    inputs."""
+    tuning = [] if not init or lora_rank == DEFAULT_LORA_RANK else ["full" if lora_rank == 0 else f"lora{lora_rank}"]
     parts = ["history"] + ([task] if task != DEFAULT_TASK else []) \
         + ([f"{demos}demos"] if demos != DEFAULT_DEMOS else []) + ([f"val{val_episodes}"] if val_episodes else []) \
-        + ([f"from-{Path(init).name}"] if init else []) \
+        + ([f"from-{Path(init).name}"] if init else []) + tuning \
         + ([f"{steps}steps"] if steps != DEFAULT_STEPS else []) + ([] if use_state else ["no-state"])
     return "_".join(parts)
 
@@ -135,6 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps of every row (batch 32)")
     parser.add_argument("--init", default="", help="a pre-trained checkpoint every row is LoRA fine-tuned from "
                         "(e.g. checkpoints/base-mt10, the kept base); default: every row trains from scratch")
+    parser.add_argument("--lora_rank", type=int, default=DEFAULT_LORA_RANK, help="with --init: the LoRA rank of "
+                        "the fine-tune; 0 fine-tunes every weight")
     parser.add_argument("--episodes", type=int, default=50, help="held-out evaluation episodes")
     parser.add_argument("--max_steps", type=int, default=0, help="steps before an episode fails (default: the "
                         "variant's own, 80 for the reach variants)")
@@ -155,7 +161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--task {args.task!r} is not a history-needing variant; valid: {', '.join(VARIANTS)}")
     if args.train_starts > args.demos:
         parser.error(f"--train_starts {args.train_starts} is more than the {args.demos} starts trained on (--demos)")
-    least = {"demos": 1, "steps": 1, "episodes": 1, "max_steps": 1, "val_episodes": 0, "train_starts": 0}
+    least = {"demos": 1, "steps": 1, "episodes": 1, "max_steps": 1, "val_episodes": 0, "train_starts": 0, "lora_rank": 0}
     for name, minimum in least.items():
         if getattr(args, name) < minimum:
             parser.error(f"--{name} must be >= {minimum}, got {getattr(args, name)}")
@@ -163,7 +169,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def setting_name(args: argparse.Namespace) -> str:
-    return results_name(args.task, args.init, args.steps, not args.no_state, args.demos, args.val_episodes)
+    return results_name(args.task, args.init, args.steps, not args.no_state, args.demos, args.val_episodes,
+                        args.lora_rank)
 
 
 def run_rows(args: argparse.Namespace) -> dict[str, dict[int, dict]]:
@@ -209,7 +216,8 @@ def row_cell(name: str, seed: int, data: CollectConfig, run_dir: Path, record_fi
     config = TrainConfig(policy=row.policy, dataset=data.out, out=str(run_dir), steps=args.steps, seed=seed,
                          val_episodes=args.val_episodes, model=dataclasses.replace(VLAConfig(), **row.model,
                                                                                    use_state=not args.no_state),
-                         traces=copy.deepcopy(row.traces), init=args.init, **row.train)
+                         traces=copy.deepcopy(row.traces), init=args.init,
+                         lora=dataclasses.replace(LoraSettings(), rank=args.lora_rank), **row.train)
     # The init's path is where it lies; its weights' fingerprint is what it is.
     exclude = ("dataset", "out", "init") if args.init else ("dataset", "out")
     key = {"train": {k: v for k, v in config.key().items() if k not in exclude},

@@ -14,7 +14,8 @@ of the starts it was trained on (memorising or generalising?). Cells run in orde
 before the next N, and resume as bench_history's do.
 
 N* is the smallest N at which the learner's held-out success is within 10 points of the one-frame expert.
-Writes benchmarks/results/scaling.json, scaling.png and the "Scaling" section of BENCHMARKS.md.
+Writes benchmarks/results/scaling.json, scaling.png and the "Scaling" section of BENCHMARKS.md
+(`scaling_full` with `--lora_rank 0`, every weight fine-tuned; `scaling_lora<r>` for another rank).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def cell_args(task: str, demos: int, steps: int, args: argparse.Namespace) -> ar
     return bench_history.parse_args([
         "--task", task, "--rows", "base", "--seeds", "0", "--demos", str(demos), "--val_episodes", str(VAL_EPISODES),
         "--train_starts", str(TRAIN_STARTS), "--steps", str(steps), "--episodes", str(args.episodes),
-        "--max_steps", str(args.max_steps), *(["--init", args.init] if args.init else []),
+        "--max_steps", str(args.max_steps), "--lora_rank", str(args.lora_rank), *(["--init", args.init] if args.init else []),
         *(["--report_only"] if args.report_only else [])])
 
 
@@ -59,6 +60,8 @@ def main() -> None:
     parser.add_argument("--steps", default="2000,4000,8000", help="training steps at each of --demos")
     parser.add_argument("--init", default="checkpoints/base-mt10", help="the checkpoint every cell is LoRA "
                         "fine-tuned from ('' = from scratch)")
+    parser.add_argument("--lora_rank", type=int, default=bench_history.DEFAULT_LORA_RANK, help="the LoRA rank of "
+                        "the fine-tunes; 0 fine-tunes every weight")
     parser.add_argument("--episodes", type=int, default=50, help="held-out evaluation episodes")
     parser.add_argument("--max_steps", type=int, default=0, help="steps before an episode fails (default: each "
                         "variant's own)")
@@ -106,11 +109,15 @@ def report(curves: dict[str, list[dict]], args: argparse.Namespace) -> None:
         rows.append((f"{task}: the one-frame expert (bench_variants.py); N*, the smallest N within "
                      f"{100 * WITHIN:.0f} points of it", f"{level}; " + (f"N* = {min(reached)}" if reached else
                                                                          f"none up to N = {max(p['demos'] for p in points)}")))
-    plot(curves, figures, ROOT / "benchmarks" / "results" / "scaling.png")
+    name = "scaling" + ("" if args.lora_rank == bench_history.DEFAULT_LORA_RANK or not args.init
+                        else "_full" if args.lora_rank == 0 else f"_lora{args.lora_rank}")
+    plot(curves, figures, ROOT / "benchmarks" / "results" / f"{name}.png")
     markdown = ["![held-out and training-start success against the number of demonstrations]"
-                "(benchmarks/results/scaling.png)"]
-    how = f"LoRA fine-tuned from {args.init}" if args.init else "from scratch"
-    record("scaling", figures, rows, f"Scaling: the no-history learner against the number of demonstrations "
+                f"(benchmarks/results/{name}.png)"]
+    how = "from scratch" if not args.init else (f"every weight fine-tuned from {args.init}" if args.lora_rank == 0
+                                                else f"LoRA (rank {args.lora_rank}) fine-tuned from {args.init}")
+    figures["setting"]["lora_rank"] = args.lora_rank
+    record(name, figures, rows, f"Scaling: the no-history learner against the number of demonstrations "
                                      f"({how}, {args.episodes} held-out episodes per point, seed 0)", markdown=markdown)
 
 

@@ -194,20 +194,24 @@ def goal_row(result: dict) -> str | None:
 
 
 def scaling_rows() -> list[tuple[str, str]]:
-    """The no-history learner against the number of demonstrations (`bench_scaling.py`)."""
-    scaling = load("scaling")
+    """The no-history learner against the number of demonstrations (`bench_scaling.py`), per way of
+    fine-tuning (benchmarks/results/scaling*.json) and task."""
     rows = []
-    for task, curve in ((scaling or {}).get("tasks") or {}).items():
-        points = "; ".join(f"N = {p['demos']}: {rate_text(*counts(p['overall']))}"
-                           + (f" (training starts {rate_text(*counts(p['train_starts']))})" if p.get("train_starts") else "")
-                           for p in curve["points"])
-        expert = curve["one_frame_expert"]
+    for path in sorted(RESULTS.glob("scaling*.json")):
+        scaling = json.loads(path.read_text())
         within = round(100 * scaling["setting"]["within"])
-        reached = f"N* = {curve['n_star']}" if curve["n_star"] else f"no N within {within} points of it yet"
-        rows.append((f"Can a learner without history reach what one frame allows on {task}? Held-out success "
-                     "by demonstrations N; the one-frame expert",
-                     f"{points}; expert {100 * expert:.0f}%: {reached} (`bench_scaling.py`)" if expert is not None
-                     else points))
+        how = {0: "every weight fine-tuned"}.get(scaling["setting"].get("lora_rank", 32),
+                                                 f"LoRA rank {scaling['setting'].get('lora_rank', 32)}")
+        for task, curve in scaling["tasks"].items():
+            points = "; ".join(f"N = {p['demos']}: {rate_text(*counts(p['overall']))}"
+                               + (f" (training starts {rate_text(*counts(p['train_starts']))})"
+                                  if p.get("train_starts") else "") for p in curve["points"])
+            expert = curve["one_frame_expert"]
+            reached = f"N* = {curve['n_star']}" if curve["n_star"] else f"no N within {within} points of it yet"
+            rows.append((f"Can a learner without history reach what one frame allows on {task} ({how})? Held-out "
+                         "success by demonstrations N; the one-frame expert",
+                         (f"{points}; expert {100 * expert:.0f}%: {reached}" if expert is not None else points)
+                         + f" (`{path.stem}`)"))
     return rows
 
 
