@@ -277,6 +277,11 @@ def report(results: dict[str, dict[int, dict]], args) -> None:
             rows.append((f"{name}: validation loss ({args.val_episodes} held-out demonstrations): at the end / lowest "
                          f"(at step)", "; ".join(f"{curve[-1][1]:.3f} / {min(l for _, l in curve):.3f} "
                                                  f"({min(curve, key=lambda c: c[1])[0]})" for curve in curves)))
+        # Cells evaluated since episodes record it: how far from the moving thing the episodes end.
+        errors = [c["overall"]["final_goal_error_cm"] for c in cells if c["overall"].get("final_goal_error_cm") is not None]
+        if errors:
+            rows.append((f"{name}: final distance of the hand to the moving {VARIANTS[args.task].thing}, cm (mean "
+                         f"over episodes, per seed)", "; ".join(f"{e:.1f}" for e in errors)))
     for name, by_seed in results.items():
         measured = [c["overall"] for c in by_seed.values() if c["overall"].get("trace_sensitivity") is not None]
         if measured:

@@ -312,3 +312,37 @@ def test_the_moving_button_is_not_drawn_while_hidden_and_only_the_expert_with_hi
                 break
     env.close()
     assert successes == {True: True, False: False}
+
+
+def test_an_episode_records_how_far_from_the_moving_goal_it_ended():
+    """run_episode's final_goal_error_cm: small when the expert (with history) reaches the moving goal,
+    large when the hand holds still; None on a plain task; averaged by summarize."""
+    from stvla.evaluate.rollout import run_episode
+
+    class Scripted:  # the environment's own expert, or a hand that never moves, as a policy
+        predicted_trace = None
+
+        def __init__(self, env, still: bool):
+            self.env, self.still = env, still
+
+        def reset(self) -> None:
+            pass
+
+        def select_action(self, obs) -> np.ndarray:
+            return np.zeros(4, np.float32) if self.still else self.env.expert_action(lead=True)
+
+    env = make_env("reach-moving-v3", image_size=64)
+    try:
+        reached = run_episode(Scripted(env, still=False), env, "reach-moving-v3", 0, 80, None)
+        held = run_episode(Scripted(env, still=True), env, "reach-moving-v3", 0, 20, None)
+    finally:
+        env.close()
+    assert reached["success"] and reached["final_goal_error_cm"] < 5.0
+    assert not held["success"] and held["final_goal_error_cm"] > 5.0
+    assert summarize([reached, held], ["reach-moving-v3"])["overall"]["final_goal_error_cm"] == pytest.approx(
+        (reached["final_goal_error_cm"] + held["final_goal_error_cm"]) / 2)
+    plain = make_env("reach-v3", image_size=64)
+    try:
+        assert run_episode(Scripted(plain, still=True), plain, "reach-v3", 0, 3, None)["final_goal_error_cm"] is None
+    finally:
+        plain.close()

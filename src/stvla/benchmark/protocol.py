@@ -32,7 +32,7 @@ from stvla.benchmark.report import write_report
 from stvla.config import KEY_NEUTRAL, config_from_dict, config_key
 from stvla.data import CollectConfig, collect
 from stvla.evaluate import EvalConfig, evaluate
-from stvla.evaluate.rollout import TRACE_FIGURES
+from stvla.evaluate.rollout import EPISODE_FIGURES
 from stvla.locks import FolderInUse
 from stvla.policies.base import WEIGHTS_FILE, checkpoint_fingerprint, read_checkpoint_config
 from stvla.policies.registry import make_policy, policy_class
@@ -563,7 +563,7 @@ class Bench:
             info = evaluate(EvalConfig(policy=str(path), tasks=",".join(tasks), episodes=episodes,
                                        max_steps=c.max_steps, workers=c.workers, videos=c.videos,
                                        remove_traces=remove_traces, out=str(self.out / "eval" / c.name / name)))
-            keep = ("task", "attempt", "seed", "success", "subgoal", "steps", "trace_error_px", *TRACE_FIGURES)
+            keep = ("task", "attempt", "seed", "success", "subgoal", "steps", *EPISODE_FIGURES)
             return {"per_task": info["per_task"], "overall": info["overall"],
                     "episodes": [{k: e[k] for k in keep if k in e} for e in info["episodes"]],
                     "videos": [e["video"] for e in info["episodes"] if e.get("video")],

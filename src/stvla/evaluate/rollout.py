@@ -160,6 +160,9 @@ def run_episode(policy: Policy | ServedPolicy, env: MetaWorldRGBDEnv, task: str,
         success = bool(info["success"])
         near_object |= bool(info["near_object"])
         grasped |= bool(info["grasped"])
+    # Where the actions led against where the goal (or moved object) then was: why a reach falls short.
+    thing = env.moving_thing()
+    goal_error = None if thing is None else float(100 * np.linalg.norm(obs[F.OBS_EE_POSITION] - thing[0]))
     written = paths_image = None
     if video is not None and frames:
         written = video.with_name(f"{video.name}-{'success' if success else 'failure'}.mp4")
@@ -171,6 +174,7 @@ def run_episode(policy: Policy | ServedPolicy, env: MetaWorldRGBDEnv, task: str,
             "subgoal": (near_object or grasped) if has_subgoal(task) else None,  # None: the task defines none
             "near_object": near_object, "grasped": grasped, "steps": steps,
             "final_ee_position": [float(x) for x in obs[F.OBS_EE_POSITION]],  # where the actions led
+            "final_goal_error_cm": goal_error,  # on a variant: from there to the moving goal or object
             **(diagnostics.summary() if (diagnostics := getattr(policy, "trace_diagnostics", None)) else {}),
             **(on_target.summary() if on_target is not None else {}),
             "trace_error_px": predicted_trace_error(predictions, path), "video": str(written) if written else None,
@@ -257,6 +261,8 @@ def predicted_trace_error(predictions: dict[int, np.ndarray], path: dict[str, li
 # TraceDiagnostics.summary() and TargetTraces.summary()
 TRACE_FIGURES = ("trace_step_share", "traced_pixel_share", "trace_sensitivity", "action_norm", "trace_token_change",
                  "target_trace_share", "hidden_target_trace_share")
+# Per-episode figures averaged per task and overall (over the episodes that have them).
+EPISODE_FIGURES = ("trace_error_px", "final_goal_error_cm", *TRACE_FIGURES)
 
 # Worker side: the policy loaded once per process, one simulator per task.
 _WORKER: dict[str, Any] = {}
@@ -342,7 +348,7 @@ def summarize(episodes: list[dict[str, Any]], tasks: list[str]) -> dict[str, Any
 
         return {**success, "subgoal_rate": subgoal["success_rate"], "subgoal_ci95": subgoal["ci95"],
                 "mean_steps": float(np.mean([e["steps"] for e in group])) if group else float("nan"),
-                **{name: mean_of(name) for name in ("trace_error_px", *TRACE_FIGURES)}}
+                **{name: mean_of(name) for name in EPISODE_FIGURES}}
 
     return {"per_task": {task: block([e for e in episodes if e["task"] == task]) for task in tasks},
             "overall": block(episodes)}
