@@ -4,7 +4,8 @@ On the GPU machine:   stvla serve --policy runs/demo/st/policy --host 0.0.0.0 --
 On the robot:         python examples/robot_loop.py --url ws://gpu-box:8765 --token_file ~/.stvla-token
 
 Needs only numpy, msgpack and websockets (`pip install numpy msgpack websockets` and this package's
-`stvla/serve/client.py` and `wire.py`). Replace `Robot` with your camera and arm; here it is the
+`stvla/serve/client.py`, `formats.py`, `wire.py` and `stvla/features.py`). Replace `Robot` with your
+camera and arm (the client converts what drivers give: see `observe`); here it is the
 Meta-World simulator, so the loop runs anywhere stvla is installed.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from stvla.serve.client import ActionQueue, PolicyClient
+from stvla.serve.formats import model_image_size
 
 
 class Robot:
@@ -30,7 +32,9 @@ class Robot:
         self.done = False
 
     def observe(self) -> dict:
-        # rgb uint8 (H, W, 3); depth float32 metres (H, W); camera.intrinsics (3, 3); proprio (S,); instruction
+        # rgb uint8 (H, W, 3); depth float32 metres (H, W); camera.intrinsics (3, 3); proprio (S,); instruction.
+        # The client also takes the dataset's names (observation.images.front), float or channels-first RGB,
+        # uint16 depth in millimetres (PolicyClient(depth_scale=0.001)) and (H, W, 1) depth: formats.py.
         return {key: self.obs[key] for key in ("rgb", "depth", "camera.intrinsics", "proprio", "instruction")}
 
     def act(self, action: np.ndarray) -> None:
@@ -49,7 +53,7 @@ def main() -> None:
     with PolicyClient(args.url, token=token) as client:
         contract = client.contract
         print(f"policy {contract['policy']}: reads {sorted(contract['input_features'])}, chunk {contract['chunk_size']}")
-        robot = Robot(contract["input_features"]["observation.images.rgb"]["shape"][0])
+        robot = Robot(model_image_size(contract))  # the simulator renders the model's square
         actions = ActionQueue(client, mode=args.mode)
         actions.reset()  # a new episode: the server's tracker starts over
         period = 1.0 / contract.get("fps", 10)

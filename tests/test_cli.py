@@ -1,8 +1,11 @@
 """The command line: collect, info and view on a small dataset; clear errors on bad input."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from stvla.cli import main
 from stvla.data.video import read_video
@@ -20,7 +23,8 @@ def test_info_reports_the_dataset(small_dataset, capsys):
                                 "intrinsics": "observation.camera.intrinsics"}
     assert main(["info", str(root)]) == 0
     printed = capsys.readouterr().out
-    assert "episodes     4" in printed and "training reads: camera observation.images.rgb, depth observation.depth" in printed
+    assert "episodes     4" in printed and "stvla train would read:" in printed
+    assert "depth    observation.depth, intrinsics observation.camera.intrinsics: every policy type can train" in printed
 
 
 def test_view_writes_rgb_beside_depth(small_dataset, tmp_path):
@@ -72,6 +76,89 @@ def test_trace_writes_three_panels_with_traces(small_dataset, tmp_path, capsys):
     assert "valid: A, B, C" in capsys.readouterr().err
     assert main(["trace", str(root), "--buffer", "1", "--out", str(tmp_path / "x.mp4")]) == 2
     assert "buffer_length" in capsys.readouterr().err
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "lerobot-0.6.1"  # written by LeRobot 0.6.1 (see its README)
+
+
+@pytest.mark.parametrize("name, options, frames, panels", [
+    ("rgb_7d", [], 20, 1),  # no depth: the traces on RGB
+    ("depth_video", ["--fov", "60"], 20, 3),  # LeRobot's depth video: its panels too
+    ("so101_joints_2cam", ["--camera", "observation.images.wrist"], 50, 1),  # one of two cameras
+    ("franka_640x480_depth", [], 50, 3),  # 480x640, depth without intrinsics
+])
+def test_trace_and_view_read_any_lerobot_dataset(name, options, frames, panels, tmp_path):
+    for command, count in (("trace", panels), ("view", min(panels, 2))):
+        out = tmp_path / f"{command}.mp4"
+        assert main([command, str(FIXTURES / name), "--episode", "1", *options, "--out", str(out)]) == 0
+        video = read_video(out)
+        height, width = (480, 640) if name.startswith("franka") else (1, 1)  # panels keep the camera's aspect
+        assert video.shape[:2] == (frames, 256) and abs(video.shape[2] - count * 256 * width / height) <= 2 * count
+
+
+def test_a_bad_camera_names_the_dataset_cameras(tmp_path, capsys):
+    out = str(tmp_path / "x.mp4")
+    for command in ("trace", "view"):
+        so101 = str(FIXTURES / "so101_joints_2cam")
+        assert main([command, so101, "--camera", "observation.images.side", "--out", out]) == 2
+        error = capsys.readouterr().err
+        assert len(error.strip().splitlines()) == 1
+        assert "observation.images.front" in error and "observation.images.wrist" in error
+    # The camera options choose a dataset's features: a plain video file has none to choose.
+    plain = FIXTURES / "rgb_7d" / "videos" / "observation.images.front" / "chunk-000" / "file-000.mp4"
+    assert main(["trace", str(plain), "--camera", "observation.images.front", "--out", out]) == 2
+    assert "is a video file" in capsys.readouterr().err
+
+
+def info_training(capsys, *argv: str) -> dict[str, str]:
+    assert main(["info", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["training"]
+
+
+def test_info_says_what_training_would_do_with_any_lerobot_dataset(tmp_path, capsys):
+    plan = info_training(capsys, str(FIXTURES / "rgb_7d"))
+    assert plan["action"].startswith("7 values (dx dy dz droll dpitch dyaw gripper) -> end effector (ee): "
+                                      "SpatialVLA's adaptive action grid")
+    assert plan["cameras"] == "observation.images.front 96x96, read as it is; the model reads 96x96"
+    assert plan["depth"].startswith("none: tracevla trains on RGB only") and "st cannot" in plan["depth"]
+    assert plan["state"] == "observation.state, 7 values"
+
+    plan = info_training(capsys, str(FIXTURES / "depth_video"))
+    assert plan["depth"].startswith("observation.images.front_depth, no intrinsics: give --fov DEGREES or --intrinsics")
+    assert info_training(capsys, str(FIXTURES / "depth_video"), "--fov", "90")["depth"] == (
+        "observation.images.front_depth, intrinsics given: fx,fy,cx,cy 48,48,47.5,47.5: every policy type can train")
+
+    # Two cameras and joints: training refuses until --camera chooses; info says so, and the rest still.
+    so101 = str(FIXTURES / "so101_joints_2cam")
+    plan = info_training(capsys, so101)
+    assert plan["cameras"].startswith("refused: ") and "--camera" in plan["cameras"]
+    assert "observation.images.front" in plan["cameras"] and "observation.images.wrist" in plan["cameras"]
+    assert "joints (joint): per-dimension bins, gripper dims [5]" in plan["action"]
+    assert plan["state"] == "observation.state, 6 values"
+    plan = info_training(capsys, so101, "--camera", "observation.images.front,observation.images.wrist")
+    assert plan["cameras"] == ("observation.images.front 224x224, read as it is; observation.images.wrist 224x224, "
+                               "read as it is; the model reads 224x224")
+
+    # 480x640: fitted to the model's square, as --image_fit says.
+    franka = str(FIXTURES / "franka_640x480_depth")
+    assert info_training(capsys, franka)["cameras"].startswith(
+        "observation.images.front 480x640 -> 128x128 (--image_fit crop: the centred 480x480 square, resized)")
+    padded = info_training(capsys, franka, "--image_fit", "pad")["cameras"]
+    assert "--image_fit pad: padded with zeros to 640x640" in padded
+    assert info_training(capsys, franka)["state"] == "observation.state, 8 values"
+
+    # An action training refuses (joint names read as an end effector): the refusal, not an error.
+    refused = tmp_path / "joints_as_ee"
+    shutil.copytree(FIXTURES / "rgb_7d", refused)
+    info = json.loads((refused / "meta" / "info.json").read_text())
+    info["features"]["action"]["names"] = [f"joint_{i}" for i in range(7)]
+    (refused / "meta" / "info.json").write_text(json.dumps(info))
+    plan = info_training(capsys, str(refused), "--action_layout", "ee")
+    assert plan["action"].startswith("refused: ") and "joint_0" in plan["action"]
+    assert main(["info", str(refused), "--action_layout", "ee"]) == 0
+    printed = capsys.readouterr().out
+    assert "stvla train would read:\n  action   refused: " in printed
+    assert "  state    observation.state, 7 values" in printed
 
 
 def test_every_command_prints_its_help(capsys):

@@ -112,7 +112,7 @@ def test_connect_sends_the_contract_and_every_connection_is_its_own_episode(serv
 
 
 def test_bad_input_is_answered_and_the_connection_goes_on(server):
-    client = PolicyClient(f"ws://127.0.0.1:{server.port}")
+    client = PolicyClient(f"ws://127.0.0.1:{server.port}", convert=False)  # the server's own refusals
     good = observations(3, 1)[0]
     cases = [({k: v for k, v in good.items() if k != F.OBS_STATE}, "proprio"),
              ({**good, F.OBS_RGB: good[F.OBS_RGB][:32]}, r"shape \[32, 64, 3\]"),
@@ -229,3 +229,127 @@ def test_a_trace_tokens_policy_serves_as_it_acts_locally(tmp_path):
         served.stop()
     assert remote["episodes"][0]["final_ee_position"] == local["episodes"][0]["final_ee_position"]
     assert local["overall"]["trace_step_share"] > 0  # the episode had traces for the tokens to carry
+
+
+def robot_formats(frame: dict, names: dict[str, str]) -> tuple[dict, dict]:
+    """One env observation as two robot drivers might give it, and the canonical observation they stand for:
+    depth as uint16 millimetres (H, W, 1) (canonical: those millimetres in metres), RGB as floats
+    channels-first in [0, 1] or in [0, 255], under the names in `names` (env name -> the name sent)."""
+    millimetres = np.rint(frame[F.OBS_DEPTH] * 1000).astype(np.uint16)
+    canonical = {**frame, F.OBS_DEPTH: (millimetres.astype(np.float64) * 0.001).astype(np.float32)}
+    unit = {**frame, F.OBS_RGB: np.moveaxis(frame[F.OBS_RGB] / np.float32(255), -1, 0),
+            F.OBS_DEPTH: millimetres[..., None]}
+    whole = {**frame, F.OBS_RGB: frame[F.OBS_RGB].astype(np.float32), F.OBS_DEPTH: canonical[F.OBS_DEPTH][..., None]}
+    rename = lambda obs: {names.get(key, key): value for key, value in obs.items()}  # noqa: E731
+    return canonical, {"unit": rename(unit), "whole": rename(whole)}
+
+
+def test_a_robots_own_formats_get_the_actions_of_the_canonical_ones(tmp_path):
+    """A policy trained on a dataset with its own names (observation.images.front, ...): clients sending
+    uint16 millimetre depth (H, W, 1), float channels-first RGB and the dataset's names get, to the bit,
+    the actions (and traces) of one sending the canonical formats under the environment's names."""
+    from stvla.policies.processor import CameraConfig
+
+    config = make_policy("tracevla").config
+    config.vla = dataclasses.replace(TINY, two_images=True)
+    config.traces = TraceConfig(selection=SelectionConfig(adaptive=True))
+    dataset = {F.RGB: "observation.images.front", F.DEPTH: "observation.images.front_depth"}
+    config.camera = CameraConfig(features=dataset)
+    policy_dir = responsive(make_policy("tracevla", config)).save_pretrained(tmp_path / "policy")
+    served = PolicyServer(ServeConfig(policy=str(policy_dir), port=0, idle_timeout=30))
+    served.start_in_thread()
+    url = f"ws://127.0.0.1:{served.port}"
+    try:
+        clients = {name: PolicyClient(url) for name in ("canonical", "unit", "whole")}
+        names = {F.OBS_RGB: dataset[F.RGB], F.OBS_DEPTH: dataset[F.DEPTH], F.OBS_STATE: F.STATE,
+                 F.OBS_INSTRUCTION: F.TASK}  # the dataset's names, and the toolkit's for the rest
+        replies: dict[str, list] = {name: [] for name in clients}
+        for frame in observations(7, 16):
+            canonical, robot = robot_formats(frame, names)
+            for name, observation in (("canonical", canonical), *robot.items()):
+                replies[name].append(clients[name].step(observation))
+        assert any(reply["traces"] for reply in replies["canonical"])  # the tracker saw the same frames
+        for name in ("unit", "whole"):
+            for reply, expected in zip(replies[name], replies["canonical"]):
+                assert np.array_equal(reply["actions"], expected["actions"]), name
+                assert len(reply["traces"]) == len(expected["traces"])
+                assert all(map(np.array_equal, reply["traces"], expected["traces"]))
+        # Bits the client cannot convert without a guess: one line, before anything is sent.
+        good = robot_formats(observations(7, 1)[0], names)[1]["unit"]
+        front = dataset[F.RGB]
+        for bad, reason in [({**good, front: good[front] * 200}, r"values up to .* not whole numbers"),
+                            ({**good, front: good[front] - 0.5}, "negative values"),
+                            ({**good, front: good[front][:2]}, r"expected an image .* got shape \[2, 64, 64\]"),
+                            ({**good, F.OBS_RGB: good[front]}, "holds 'observation.images.rgb' twice"),
+                            ({k: v for k, v in good.items() if k != F.STATE},
+                             "has no 'proprio' or 'observation.state'"),
+                            ({**good, dataset[F.DEPTH]: np.zeros((2, 64, 64))}, "expected a depth map")]:
+            with pytest.raises(ValueError, match=reason):
+                clients["unit"].step(bad)
+        for client in clients.values():
+            client.close()
+    finally:
+        served.stop()
+
+
+def test_served_policy_reads_the_camera_the_contract_names(tiny_tracevla):
+    """ServedPolicy and the client's conversion take every key from the contract: here a contract whose
+    camera input is a dataset's name, over a stand-in connection that records what would be sent."""
+    from stvla.serve.client import ServedPolicy
+
+    contract = json.loads((tiny_tracevla / "processor.json").read_text())
+    rename = {F.RGB: "observation.images.wrist"}
+    contract["input_features"] = {rename.get(k, k): v for k, v in contract["input_features"].items()}
+    contract["observation_keys"] = {rename.get(k, k): (rename[k] if k in rename else v)
+                                    for k, v in contract["observation_keys"].items()}
+    contract.pop("camera", None)  # a contract written before the camera entry: its size is the camera's
+
+    class Recorded(PolicyClient):
+        def _connect(self) -> None:
+            self.metadata, self.sent = {"type": "metadata", "contract": contract}, []
+            outer = self
+
+            class Socket:
+                def send(self, data: bytes) -> None:
+                    outer.sent.append(unpack(data))
+
+                def recv(self, timeout: float) -> bytes:
+                    infer = outer.sent[-1]["infer"]
+                    return pack({"type": "step", "actions": np.zeros((4, 4), np.float32) if infer else None,
+                                 "traces": []})
+
+            self._socket = Socket()
+
+    client = Recorded("ws://unused")
+    policy = ServedPolicy(client)
+    assert policy.image_size == 64 and policy.state_dim == 4 and policy.action_dim == 4
+    policy.reset()
+    frame = observations(8, 1)[0]
+    robot = {**frame, "observation.images.wrist": frame[F.OBS_RGB] / np.float32(255), "ee.position": np.zeros(3)}
+    del robot[F.OBS_RGB]
+    assert policy.select_action(robot).shape == (4,)
+    sent = client.sent[-1]["observation"]
+    assert sorted(sent) == sorted([F.OBS_DEPTH, F.OBS_INTRINSICS, F.OBS_STATE, F.OBS_INSTRUCTION,
+                                   "observation.images.wrist"])
+    assert sent["observation.images.wrist"].dtype == np.uint8
+    assert np.array_equal(sent["observation.images.wrist"], frame[F.OBS_RGB])
+
+
+def test_to_contract_leaves_canonical_observations_alone_and_intrinsics_to_a_policy_that_keeps_them(tiny_tracevla):
+    from stvla.serve import to_contract
+
+    contract = json.loads((tiny_tracevla / "processor.json").read_text())
+    frame = {**observations(9, 1)[0], "ee.position": np.zeros(3)}
+    sent = to_contract(frame, contract)
+    assert sorted(sent) == sorted(contract["observation_keys"].values())  # what the policy reads, nothing else
+    assert all(sent[key] is frame[key] for key in sent)  # the canonical formats pass untouched (same arrays)
+    without = {k: v for k, v in frame.items() if k != F.OBS_INTRINSICS}
+    with pytest.raises(ValueError, match="has no 'camera.intrinsics' or 'observation.camera.intrinsics'"):
+        to_contract(without, contract)
+    # A policy trained with --fov keeps its camera (the contract's camera.intrinsics): the server uses it.
+    kept = {**contract, "camera": {**contract.get("camera", {}), "intrinsics": [60.0, 60.0, 31.5, 31.5]}}
+    assert F.OBS_INTRINSICS not in to_contract(without, kept)
+    uint16 = {**frame, F.OBS_DEPTH: np.full((64, 64), 1234, np.uint16)}
+    assert to_contract(uint16, contract, depth_scale=0.0001)[F.OBS_DEPTH][0, 0] == np.float32(0.1234)
+    with pytest.raises(ValueError, match="depth_scale must be > 0"):
+        to_contract(uint16, contract, depth_scale=0)

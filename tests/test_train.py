@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from stvla import features as F
 from stvla.cli import main
 from stvla.envs import make_env
 from stvla.policies.action_tokenizer import ActionGridConfig
@@ -173,11 +174,13 @@ def test_mismatched_inputs_are_refused(stage1, small_dataset, tmp_path):
     root, _ = small_dataset
     with pytest.raises(ValueError, match="holds a 'spatialvla' policy, not 'st'"):
         STPolicy.from_pretrained(stage1)
-    # A dataset at another image size than the checkpoint.
+    # A dataset at another image size than the checkpoint is read fitted to the checkpoint's (stvla.image_fit).
     other = tmp_path / "other"
     assert main(["collect", "--task", "reach-v3", "--episodes", "1", "--image_size", "128", "--out", str(other)]) == 0
-    with pytest.raises(ValueError, match="built for 64x64 images; dataset .* has 128x128"):
-        train(tiny_config(other, tmp_path / "a", init=str(stage1)), progress=False)
+    fitted = load_policy(train(tiny_config(other, tmp_path / "a", init=str(stage1), steps=1, val_episodes=0),
+                               progress=False))
+    assert fitted.config.vla.image_size == 64 and fitted.processor.contract()["input_features"][F.RGB]["shape"] == \
+        [128, 128, 3]
     # A checkpoint trained for another action dimension (a 7-D arm: translation, rotation, gripper).
     arm = dataclasses.replace(TINY, action_dim=7, grid=ActionGridConfig(has_rotation=True, gripper_dim=6))
     seven = make_policy("spatialvla", dataclasses.replace(load_policy(stage1).config, vla=arm))

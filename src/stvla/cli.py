@@ -1,10 +1,10 @@
 """The `stvla` command line: a thin layer over library functions a user can also call from Python.
 
     stvla collect --task pick-place-v3 --episodes 50 --out DIR [--workers 2] [--resume]
-    stvla info DIR
+    stvla info DIR [--camera KEY --fov 60 --image_fit pad]   (and what stvla train would do with it)
     stvla depth DIR --model DEPTH_MODEL_DIR [--fov 60] [--out NEW]
-    stvla view DIR --episode K --out FILE.mp4
-    stvla trace DIR|VIDEO --episode K --variant C --tracker.buffer_length 30 --out FILE.mp4
+    stvla view DIR --episode K --out FILE.mp4 [--camera KEY --depth KEY]
+    stvla trace DIR|VIDEO --episode K --variant C --tracker.buffer_length 30 --out FILE.mp4 [--camera KEY ...]
     stvla train --policy st --dataset DIR [--init CKPT] [--lora.rank 32]
     stvla eval --policy CKPT --tasks pick-place-v3,push-v3 --episodes 50 --out DIR
     stvla serve --policy CKPT [--host 0.0.0.0 --token_file FILE] [--port 8765]
@@ -19,12 +19,20 @@ import argparse
 import json
 import os
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 from stvla.config import add_config_arguments, add_option_aliases, config_from_arguments  # noqa: E402
+
+if TYPE_CHECKING:  # imported where used: `stvla --help` stays quick
+    from stvla.data.roles import DataConfig
+
+
+# Dataset options that change what the model reads, not which features are which: a video for people
+# shows the camera as recorded.
+ONLY_FOR_THE_MODEL = ("cache_dir", "image_fit")
 
 
 def _collect(args: argparse.Namespace) -> int:
@@ -38,8 +46,11 @@ def _collect(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from stvla.data import dataset_summary
+    from stvla.train.plan import training_plan
 
-    summary = dataset_summary(args.dataset)
+    data = _data_config(args)
+    summary = dataset_summary(args.dataset, data)
+    summary["training"] = training_plan(args.dataset, data, args.action_layout)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -56,12 +67,9 @@ def _info(args: argparse.Namespace) -> int:
     print("features:")
     for key, feature in summary["features"].items():
         print(f"  {key:32s} {feature['dtype']:8s} {feature['shape']}" + ("  (depth, metres)" if feature["depth"] else ""))
-    roles = summary["roles"]
-    if "error" in roles:
-        print(f"training reads: {roles['error']}")
-    else:
-        print(f"training reads: camera {roles['camera']}, depth {roles['depth'] or 'none (tracevla only)'}, "
-              f"intrinsics {roles['intrinsics'] or 'none (give --intrinsics or --fov)'}")
+    print("stvla train would read:")
+    for part, line in summary["training"].items():
+        print(f"  {part:8s} {line}")
     return 0
 
 
@@ -91,10 +99,17 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_config(args: argparse.Namespace) -> "DataConfig":
+    """The dataset options (--camera, --depth, --intrinsics, --fov) given to a command, as a DataConfig."""
+    from stvla.data.roles import DataConfig
+
+    return config_from_arguments(DataConfig, args, prefix="data.")
+
+
 def _view(args: argparse.Namespace) -> int:
     from stvla.data.view import render_episode_video
 
-    out = render_episode_video(args.dataset, args.episode, args.out)
+    out = render_episode_video(args.dataset, args.episode, args.out, data=_data_config(args))
     print(f"wrote {out}")
     return 0
 
@@ -104,7 +119,7 @@ def _trace(args: argparse.Namespace) -> int:
     from stvla.traces import TraceConfig
 
     config = config_from_arguments(TraceConfig, args)
-    out = render_trace_video(args.source, args.out, config, episode=args.episode)
+    out = render_trace_video(args.source, args.out, config, episode=args.episode, data=_data_config(args))
     print(f"wrote {out}")
     return 0
 
@@ -153,8 +168,25 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_data_options(parser: argparse.ArgumentParser, leave_out: tuple[str, ...] = ("cache_dir",)) -> None:
+    """`stvla train`'s dataset options by their short names (--camera, --depth, --intrinsics, --fov, ...),
+    into the same DataConfig: a command on a dataset reads the features training would read."""
+    from stvla.config import field_comments
+    from stvla.data.roles import DataConfig
+    from stvla.train.trainer import DATA_OPTIONS, TrainConfig
+
+    comments = field_comments(DataConfig)
+    for name, path in DATA_OPTIONS.items():
+        if name not in leave_out:
+            # add_option_aliases formats the help ({new}) and argparse %-substitutes it: both escaped.
+            comment = comments.get(path.split(".")[-1], "").replace("%", "%%").replace("{", "{{").replace("}", "}}")
+            help_text = f"{comment} (as in stvla train)"
+            add_option_aliases(parser, TrainConfig, {name: path}, help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from stvla.data.collect import CollectConfig
+    from stvla.policies.action_layout import LAYOUTS
     from stvla.traces import TraceConfig
     from stvla.train.trainer import DATA_OPTIONS, LEGACY_TRACE_OPTIONS, TrainConfig
 
@@ -165,9 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(collect, CollectConfig)
     collect.set_defaults(run=_collect)
 
-    info = commands.add_parser("info", help="summarise a dataset (episodes, frames, tasks, features, success)")
+    info = commands.add_parser("info", help="summarise a dataset (episodes, frames, tasks, features, success) "
+                                            "and say what stvla train would do with it")
     info.add_argument("dataset", help="dataset directory")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
+    info.add_argument("--action_layout", default="", choices=("", *LAYOUTS),
+                      help="as in stvla train: ee, joint, or '' (from the action's names)")
+    add_data_options(info)
     info.set_defaults(run=_info)
 
     report = commands.add_parser("report", help="one HTML page for an evaluation or a training run (DIR/report.html)")
@@ -185,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("dataset", help="dataset directory")
     view.add_argument("--episode", type=int, default=0, help="episode index (default: 0)")
     view.add_argument("--out", required=True, help="output .mp4 path")
+    add_data_options(view, leave_out=ONLY_FOR_THE_MODEL)
     view.set_defaults(run=_view)
 
     trace = commands.add_parser("trace", help="video of the online tracer along an episode or a video file")
@@ -193,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--out", required=True, help="output .mp4 path")
     add_config_arguments(trace, TraceConfig)
     add_option_aliases(trace, TraceConfig, {"buffer": "tracker.buffer_length", "adaptive": "selection.adaptive"})
+    add_data_options(trace, leave_out=ONLY_FOR_THE_MODEL)
     trace.set_defaults(run=_trace)
 
     train = commands.add_parser("train", help="train a policy (stage 1), or LoRA fine-tune one (stage 2, --init)")

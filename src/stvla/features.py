@@ -61,6 +61,20 @@ OBS_INTRINSICS = "camera.intrinsics"
 OBS_CAMERA_POSE = "camera.pose"
 OBS_INSTRUCTION = "instruction"
 
+# --- a policy's further cameras (`--camera front,wrist`): RGB only, read beside the first camera's ------------
+MAX_CAMERAS = 8  # cameras a policy may read
+
+
+def camera_feature(index: int) -> str:
+    """The toolkit's name of a policy's camera `index`: RGB for the first (the one with the depth, the traces
+    and Ego3D), then observation.images.rgb1, rgb2, ... for the others (each (H, W, 3) uint8)."""
+    if not 0 <= index < MAX_CAMERAS:
+        raise ValueError(f"camera index {index}: a policy reads 1 to {MAX_CAMERAS} cameras")
+    return RGB if index == 0 else f"{RGB}{index}"
+
+
+EXTRA_CAMERAS = tuple(camera_feature(i) for i in range(1, MAX_CAMERAS))
+
 # Dataset feature <- the environment observation it records.
 FEATURE_OF_OBSERVATION: dict[str, str] = {
     RGB: OBS_RGB,
@@ -71,3 +85,11 @@ FEATURE_OF_OBSERVATION: dict[str, str] = {
     INTRINSICS: OBS_INTRINSICS,
     CAMERA_POSE: OBS_CAMERA_POSE,
 }
+
+
+def observation_key(feature: str) -> str:
+    """The environment observation (or a client's message key) a policy's input `feature` is read from: the
+    recorded ones', and rgb1, rgb2, ... for the further cameras (which no simulator camera records)."""
+    if feature in EXTRA_CAMERAS:
+        return f"{OBS_RGB}{EXTRA_CAMERAS.index(feature) + 1}"
+    return FEATURE_OF_OBSERVATION[feature]

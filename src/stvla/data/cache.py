@@ -8,7 +8,8 @@ would dominate the cost.
 - `DecodedCache`: one per dataset, `<cache>/<dataset name>-<fingerprint>/decoded/<stored feature>.npy`.
   A feature is decoded the first time anyone asks for it; whoever asks later, with any list of features,
   reads the same file. Files are named by the feature they were read from (the dataset's own key, or
-  the intrinsics given for it), so choosing another camera never reads the first one's cache.
+  the intrinsics given for it) and, for images fitted to a model's square, the fit (`EpisodeStore.source_of`:
+  `observation.images.front@128crop`), so choosing another camera, size or fit never reads another's cache.
 - `DerivedCache`: arrays a stateful per-frame function makes while it steps through every episode from
   its first frame (a policy's traced inputs: `InputProcessor.trace_frame`), in
   `<cache>/<dataset name>-<fingerprint>/<name>-<inputs>/`, where `name` says what made them (the trace

@@ -311,8 +311,9 @@ def _rollouts(pool, batches, done: Counter, task: str) -> Iterator[ExpertEpisode
         return
 
 
-def dataset_summary(root: str | Path) -> dict[str, Any]:
-    """What `stvla info` prints: episodes, frames, tasks, features, expert success rate."""
+def dataset_summary(root: str | Path, data: DataConfig | None = None) -> dict[str, Any]:
+    """What `stvla info` prints: episodes, frames, tasks, features, expert success rate, and which features
+    training reads as the camera, depth and intrinsics under the dataset options `data`."""
     store = EpisodeStore(root)
     store.verify()
     episodes = store.episodes
@@ -329,15 +330,16 @@ def dataset_summary(root: str | Path) -> dict[str, Any]:
         "per_task": per_task, "success_rate": success,
         "features": {k: {"dtype": f["dtype"], "shape": f["shape"], "depth": is_depth_feature(k, f)}
                      for k, f in store.info["features"].items()},
-        "roles": _default_roles(store),
+        "roles": _default_roles(store, data or DataConfig()),
     }
 
 
-def _default_roles(store: EpisodeStore) -> dict[str, Any]:
-    """Which features training would read as the camera, depth and intrinsics without options (or why not)."""
+def _default_roles(store: EpisodeStore, data: DataConfig) -> dict[str, Any]:
+    """Which features training would read as the camera, depth and intrinsics under `data` (or why not)."""
     try:
-        roles = resolve_roles(store.info["features"], DataConfig(), str(store.root))
+        roles = resolve_roles(store.info["features"], data, str(store.root))
     except ValueError as error:
         return {"error": str(error)}
+    recorded = F.INTRINSICS if F.INTRINSICS in store.info["features"] else None
     return {"camera": roles.stored[F.RGB], "depth": roles.stored.get(F.DEPTH),
-            "intrinsics": F.INTRINSICS if F.INTRINSICS in store.info["features"] else None}
+            "intrinsics": recorded or ("given" if roles.intrinsics is not None else None)}

@@ -1,4 +1,4 @@
-"""Which of a dataset's features play which part: the camera, the depth, the intrinsics.
+"""Which of a dataset's features play which part: the camera (and any further cameras), the depth, the intrinsics.
 
 A policy reads its inputs by the toolkit's names (stvla.features: `observation.images.rgb`,
 `observation.depth`, `observation.camera.intrinsics`). A dataset from a user's robot has its own names
@@ -10,21 +10,32 @@ what the dataset has when the choice is missing or ambiguous.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from stvla import features as F
+from stvla.config import KEY_NEUTRAL
 from stvla.geometry import intrinsics_from_fov
+from stvla.image_fit import check_fit
 
 
 @dataclass
 class DataConfig:
-    camera: str = ""  # the RGB stream's feature key; "" = observation.images.rgb, else the dataset's only camera
+    camera: str = ""  # the RGB stream's feature key; "" = observation.images.rgb, else the dataset's only camera; several comma-separated (front,wrist): the first has the depth and the traces
     depth: str = ""  # the depth feature's key; "" = observation.depth, else the dataset's only depth map (if any)
     intrinsics: str = ""  # "fx,fy,cx,cy" in pixels, for a dataset that records no camera intrinsics
     fov: float = 0.0  # or the camera's vertical field of view in degrees (centred principal point)
     cache_dir: str = ""  # where training caches go; "" = $STVLA_CACHE, else ~/.cache/stvla
+    image_fit: str = field(default="crop", metadata=KEY_NEUTRAL)  # how images of another size or aspect become the model's square: "crop" (centred) or "pad" (zeros; depth 0 = no reading)
+
+    def __post_init__(self) -> None:
+        check_fit(self.image_fit)
+
+    @property
+    def cameras(self) -> list[str]:
+        """The camera keys given, in order ([""]: choose the only camera)."""
+        return [name.strip() for name in self.camera.split(",")] if self.camera else [""]
 
 
 def is_depth_feature(key: str, feature: dict) -> bool:
@@ -73,7 +84,8 @@ def _choose(kind: str, option: str, given: str, canonical: str, candidates: list
     if len(candidates) == 1:
         return candidates[0]
     if len(candidates) > 1:
-        raise ValueError(f"{where} has several {kind} features {candidates}; choose one with {option} KEY")
+        raise ValueError(f"{where} has several {kind} features {candidates}; choose one with {option} KEY"
+                         + (" (or several: --camera A,B; the first has the depth)" if kind == "camera" else ""))
     if required:
         raise ValueError(f"{where} has no {kind} feature (image or video with 3 channels); it has {sorted(features)}")
     return None
@@ -83,7 +95,12 @@ def resolve_roles(features: dict[str, dict], config: DataConfig, where: str) -> 
     """The roles of `features` (a dataset's info.json features) under `config`; `where` names the dataset."""
     cameras = [key for key, f in features.items() if is_camera_feature(key, f)]
     depths = [key for key, f in features.items() if is_depth_feature(key, f)]
-    stored = {F.RGB: _choose("camera", "--camera", config.camera, F.RGB, cameras, features, where, required=True)}
+    given = config.cameras
+    if len(given) > F.MAX_CAMERAS or len(set(given)) < len(given) or (len(given) > 1 and "" in given):
+        raise ValueError(f"--camera {config.camera!r}: expected 1 to {F.MAX_CAMERAS} different camera features, "
+                         f"comma-separated; the dataset's camera features: {cameras or 'none'}")
+    stored = {F.camera_feature(i): _choose("camera", "--camera", name, F.RGB, cameras, features, where, required=True)
+              for i, name in enumerate(given)}
     depth = _choose("depth", "--depth", config.depth, F.DEPTH, depths, features, where, required=False)
     if depth is not None:
         stored[F.DEPTH] = depth

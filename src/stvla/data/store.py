@@ -48,7 +48,9 @@ from stvla.data.video import (
     write_depth_video,
     write_video,
 )
-from stvla.features import EPISODE_INDEX, FRAME_INDEX, INDEX, INTRINSICS, TASK, TASK_INDEX, TIMESTAMP
+from stvla.features import DEPTH, EPISODE_INDEX, EXTRA_CAMERAS, FRAME_INDEX, INDEX, INTRINSICS, RGB, TASK, TASK_INDEX, \
+    TIMESTAMP
+from stvla.image_fit import fit_depth, fit_intrinsics, fit_rgb, is_identity
 
 CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
@@ -430,13 +432,17 @@ class EpisodeStore:
     features appear in `features` as what they decode to: float32 (H, W).
 
     With `data` (a DataConfig), the features that play the toolkit's roles are also readable by its
-    names (the chosen camera as `observation.images.rgb`, the depth as `observation.depth`, given
-    intrinsics as `observation.camera.intrinsics`), and `features` lists them under those names.
+    names (the chosen camera as `observation.images.rgb`, further ones as `observation.images.rgb1`...,
+    the depth as `observation.depth`, given intrinsics as `observation.camera.intrinsics`), and
+    `features` lists them under those names. With `image_size` too, those images, the depth and the
+    intrinsics are read fitted to the model's square input (stvla.image_fit, `data.image_fit`), and
+    `features` gives the fitted shapes; a camera already at that square size is read as it is.
 
     Missing or truncated files raise a DatasetError that names the file; nothing is silently shorter.
     """
 
-    def __init__(self, root: str | Path, data: DataConfig | None = None):
+    def __init__(self, root: str | Path, data: DataConfig | None = None, image_size: int = 0):
+        """`image_size`: the model's square side the roles' images are fitted to (0: as stored)."""
         self.root = Path(root)
         info_path = self.root / "meta" / "info.json"
         if not info_path.is_file():
@@ -464,6 +470,16 @@ class EpisodeStore:
         self.features.update({role: stored[key] for role, key in self._stored_key.items()})
         if self.roles is not None and self.roles.intrinsics is not None:
             self.features[INTRINSICS] = {"dtype": "float32", "shape": [3, 3], "names": None}
+        # The stored (height, width) of each image role (the cameras, the depth) that is fitted to image_size.
+        self.fitted: dict[str, tuple[int, int]] = {}
+        self.image_fit = data.image_fit if data is not None else "crop"
+        if image_size and data is not None:
+            for role in (RGB, *EXTRA_CAMERAS, DEPTH):
+                if role in self._stored_key and not is_identity(*self.features[role]["shape"][:2], image_size):
+                    self.fitted[role] = tuple(self.features[role]["shape"][:2])
+                    shape = [image_size, image_size, *self.features[role]["shape"][2:]]
+                    self.features[role] = {**self.features[role], "shape": shape}
+        self.image_size = image_size
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         self._table: tuple[Path, tuple[str, ...], pa.Table] | None = None  # the latest data file read
 
@@ -481,10 +497,23 @@ class EpisodeStore:
         return self._stored_key.get(key, key)
 
     def source_of(self, key: str) -> str:
-        """What feature `key` is read from, as a name for caches: the stored key, or the given intrinsics."""
+        """What feature `key` is read from, as a name for caches: the stored key, or the given intrinsics;
+        and, when the images are fitted, the fit (`@128crop`), so a cache made at another size or fit is
+        never read."""
+        source = self.stored_key(key)
         if key == INTRINSICS and self.roles is not None and self.roles.intrinsics is not None:
-            return "intrinsics-" + ",".join(f"{v:g}" for v in self.roles.intrinsics[:2].reshape(-1)[[0, 2, 4, 5]])
-        return self.stored_key(key)
+            source = "intrinsics-" + ",".join(f"{v:g}" for v in self.roles.intrinsics[:2].reshape(-1)[[0, 2, 4, 5]])
+        moved = self.fitted.get(RGB if key == INTRINSICS else key)
+        return f"{source}@{self.image_size}{self.image_fit}" if moved else source
+
+    def _fit(self, key: str, values: np.ndarray) -> np.ndarray:
+        """Frames of `key` as the model reads them: fitted to image_size when the role is (see the class docs)."""
+        if key == INTRINSICS and RGB in self.fitted:
+            return fit_intrinsics(values, self.fitted[RGB], self.image_size, self.image_fit).astype(np.float32)
+        if key not in self.fitted:
+            return values
+        fit = fit_depth if key == DEPTH else fit_rgb
+        return fit(values, self.image_size, self.image_fit)
 
     def episode_length(self, episode: int) -> int:
         return int(self.episodes.iloc[self._check_episode(episode)]["length"])
@@ -528,7 +557,7 @@ class EpisodeStore:
         todo = [k for k in wanted if k not in cached]
         length = self.episode_length(episode)
         if INTRINSICS in todo and self.stored_key(INTRINSICS) not in self.info["features"]:
-            cached[INTRINSICS] = np.repeat(self.roles.intrinsics[None], length, axis=0)
+            cached[INTRINSICS] = self._fit(INTRINSICS, np.repeat(self.roles.intrinsics[None], length, axis=0))
             todo.remove(INTRINSICS)
         in_videos = [k for k in todo if self.info["features"][self.stored_key(k)]["dtype"] == "video"]
         data_keys = [k for k in todo if k not in in_videos]
@@ -538,6 +567,8 @@ class EpisodeStore:
                 cached[key] = self._decode_column(rows.column(self.stored_key(key)), key, path)
         for key in in_videos:
             cached[key] = self._read_video_span(episode, key, length)
+        for key in todo:
+            cached[key] = self._fit(key, cached[key])
         # Keep only the most recent episode decoded: windows of one episode are read in sequence.
         self._cache = {episode: cached}
         return {k: cached[k] for k in wanted}

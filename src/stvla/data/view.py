@@ -1,5 +1,6 @@
 """Videos of recordings for people: `stvla view` (RGB | depth, end effector marked) and `stvla trace`
-(RGB with traces | depth with traces outlined | traced depth, from the same online tracer a policy runs)."""
+(RGB with traces | depth with traces outlined | traced depth, from the same online tracer a policy runs).
+Any dataset: the depth panels appear when it has depth, and images are shown at the camera's own size."""
 
 from __future__ import annotations
 
@@ -39,23 +40,39 @@ def render_episode_video(root: str | Path, episode: int, out: str | Path, height
 
 
 def render_trace_video(source: str | Path, out: str | Path, trace_config: TraceConfig, episode: int = 0,
-                       height: int = 256) -> Path:
+                       height: int = 256, data: DataConfig | None = None) -> Path:
     """Write an mp4 of the online tracer run along a recording, as a policy would run it.
 
-    `source` is a dataset directory (panels: RGB with traces | depth | traced depth) or a plain video
-    file (RGB only: the traces on RGB).
+    `source` is a dataset directory or a plain video file. The traces come from RGB alone, so any camera
+    of any size will do; a dataset with depth adds its panels (depth with the traces outlined | traced
+    depth), one without shows the traces on RGB. `data` chooses the camera and depth of a dataset, and
+    the intrinsics of one that records none (handed to the tracer as a policy's processor would).
     """
     source = Path(source)
     tracer = OnlineTracer(trace_config)
     tracer.reset()
     if source.is_dir():
-        frames = EpisodeStore(source, DataConfig()).episode(episode, [F.RGB, F.DEPTH, F.INTRINSICS])
-        rgbs, depths = frames[F.RGB], frames[F.DEPTH]
+        store = EpisodeStore(source, data or DataConfig())
+        frames = store.episode(episode, [key for key in (F.RGB, F.DEPTH, F.INTRINSICS) if key in store.features])
+        fps = store.fps
+    else:
+        if data is not None and data != DataConfig():
+            raise ValueError(f"{source} is a video file: --camera, --depth, --intrinsics and --fov choose a "
+                             f"dataset's features")
+        frames, fps = {F.RGB: read_video(source)}, 30
+    rgbs = frames[F.RGB]
+    if F.DEPTH not in frames:
+        # RGB only: the tracer draws into a blank depth nobody sees.
+        no_depth = np.zeros(rgbs.shape[1:3], np.float32)
+        video = [panels([tracer.step(rgb, no_depth).traced_rgb], ["rgb + traces"], height) for rgb in rgbs]
+    else:
+        depths = frames[F.DEPTH]
+        cameras = frames.get(F.INTRINSICS, [None] * len(rgbs))
         # The colour scale spans the working range (near objects to the table), not the far background,
         # so the tenths of a metre between a trace and the surface it crosses show as a change of hue.
         depth_min, depth_max = (float(x) for x in np.nanpercentile(depths, [1, 75]))
         video = []
-        for rgb, depth, intrinsics in zip(rgbs, depths, frames[F.INTRINSICS]):
+        for rgb, depth, intrinsics in zip(rgbs, depths, cameras):
             step = tracer.step(rgb, depth, intrinsics=intrinsics)
             # Middle panel: the raw depth with the traces outlined for the eye (not what the policy sees);
             # right panel: the traced depth exactly as Ego3D encodes it (values clipped into the scale).
@@ -64,10 +81,6 @@ def render_trace_video(source: str | Path, out: str | Path, trace_config: TraceC
                                  colorize_depth(np.clip(step.traced_depth, depth_min, depth_max), depth_min, depth_max)],
                                 ["rgb + traces", "depth + traces (outline)", f"traced depth ({trace_config.variant})"],
                                 height))
-    else:
-        rgbs = read_video(source)
-        no_depth = np.zeros(rgbs.shape[1:3], np.float32)
-        video = [panels([tracer.step(rgb, no_depth).traced_rgb], ["rgb + traces"], height) for rgb in rgbs]
     out = Path(out)
-    write_video(out, np.stack(video), fps=30, settings=VIEWING)
+    write_video(out, np.stack(video), fps=min(fps, 30), settings=VIEWING)
     return out

@@ -40,6 +40,7 @@ from stvla.locks import writes_to_out
 from stvla.policies.base import Policy, TraceDiagnostics, checkpoint_fingerprint
 from stvla.policies.registry import load_policy
 from stvla.serve.client import PolicyClient, ServedPolicy
+from stvla.serve.formats import model_image_size
 from stvla.traces import draw_traces_rgb
 from stvla.traces.future import future_trace_targets, trace_error_px
 from stvla.visualize import colorize_depth, panels
@@ -389,7 +390,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         if config.temporal_ensemble:
             raise ValueError("--temporal_ensemble applies to a local policy, not to one behind --server")
         contract = served_metadata(config)["contract"]
-        image_size = contract["input_features"][F.RGB]["shape"][0]
+        image_size = model_image_size(contract)
         state = contract["input_features"].get(F.STATE)  # a policy without a state token reads none
         dims = contract["output_features"][F.ACTION]["shape"][0], state["shape"][0] if state else None
         source = f"served by {config.server}"

@@ -1,4 +1,10 @@
-"""SpatialVLA's adaptive action grids: normalised actions <-> a few discrete tokens per step.
+"""Action tokenizers: normalised actions <-> a few discrete tokens per step.
+
+Two, with one interface (`fit`, `encode`, `decode`, `num_classes`, `bin_widths`, `axis_names`, buffers):
+`AdaptiveActionGrid`, SpatialVLA's grid over an end effector's translation, rotation and gripper
+(described below), and `PerDimensionTokenizer`, one token per action dimension over quantile bins, for
+every other action (joint positions, two arms; see its docs). Which one a dataset gets is read from the
+action's names (stvla.policies.action_layout).
 
 Works on actions already normalised to [-1, 1] (see `stvla.policies.normalizer.ActionNormalizer`).
 
@@ -41,16 +47,18 @@ ROTATION_AXES = ("roll", "pitch", "yaw")
 _MIN_AXIS_SPAN = 1e-4
 # Edges that collide after clipping are pushed apart by this fraction of the axis span per bin.
 _MIN_GAP_FRACTION = 1e-3
+# Smallest gap between edges that stays a gap once stored in float32 (its spacing near 1 is 1.2e-7).
+_FLOAT32_GAP = 1e-6
 # Normalised actions may overshoot [-1, 1] by float error only; more means un-normalised input.
 _RANGE_TOLERANCE = 1e-4
 
 
-def _int_tuple(value: object, length: int, name: str) -> tuple[int, ...]:
-    """A tuple of `length` ints from a tuple, a list (JSON) or a "0,1,2" string (command line)."""
+def _int_tuple(value: object, length: int | None, name: str) -> tuple[int, ...]:
+    """A tuple of `length` (any number if None) ints from a tuple, a list (JSON) or a "0,1,2" string (command line)."""
     if isinstance(value, str):
         value = [part for part in value.strip("()[] ").split(",") if part.strip()]
     items = tuple(int(v) for v in value)  # type: ignore[union-attr]
-    if len(items) != length:
+    if length is not None and len(items) != length:
         raise ValueError(f"{name} needs {length} indices, got {items}")
     return items
 
@@ -104,15 +112,18 @@ class ActionGridConfig:
         return kinds
 
 
-def equal_mass_edges(values: torch.Tensor, bins: int) -> torch.Tensor:
-    """(bins + 1,) strictly increasing edges of one axis: Gaussian equal-mass inner edges, data min / max outside."""
-    values = values.double()
+def _axis_range(values: torch.Tensor, min_span: float = _MIN_AXIS_SPAN) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low, high) of one axis's float64 values, a (nearly) constant axis widened to `min_span`."""
     low, high = values.min(), values.max()
-    if high - low < _MIN_AXIS_SPAN:
+    if high - low < min_span:
         middle = (low + high) / 2
-        low, high = middle - _MIN_AXIS_SPAN / 2, middle + _MIN_AXIS_SPAN / 2
-    mass = torch.arange(1, bins, dtype=torch.float64) / bins
-    inner = values.mean() + values.std(unbiased=False) * torch.special.ndtri(mass)
+        low, high = middle - min_span / 2, middle + min_span / 2
+    return low, high
+
+
+def _spaced_edges(inner: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """(bins + 1,) strictly increasing edges: low, the `inner` edges (kept in order), high."""
+    bins = len(inner) + 1
     edges = torch.cat([low.view(1), inner, high.view(1)])
     # Keep a minimal gap between edges so no bin is empty by construction: clip each edge into the
     # range that leaves room for the gaps on both sides, then a running max of (edge - k * gap)
@@ -121,6 +132,57 @@ def equal_mass_edges(values: torch.Tensor, bins: int) -> torch.Tensor:
     k = torch.arange(bins + 1, dtype=torch.float64)
     edges = torch.maximum(torch.minimum(edges, high - (bins - k) * gap), low + k * gap)
     return torch.cummax(edges - k * gap, dim=0).values + k * gap
+
+
+def equal_mass_edges(values: torch.Tensor, bins: int) -> torch.Tensor:
+    """(bins + 1,) strictly increasing edges of one axis: Gaussian equal-mass inner edges, data min / max outside."""
+    values = values.double()
+    low, high = _axis_range(values)
+    mass = torch.arange(1, bins, dtype=torch.float64) / bins
+    return _spaced_edges(values.mean() + values.std(unbiased=False) * torch.special.ndtri(mass), low, high)
+
+
+def quantile_edges(values: torch.Tensor, bins: int) -> torch.Tensor:
+    """(bins + 1,) strictly increasing edges of one axis: the data's k / bins quantiles (linear between
+    order statistics) inside, its min / max outside. Repeated values make repeated quantiles: those are
+    pushed apart like any colliding edges, into bins too narrow to matter."""
+    ordered = values.double().flatten().sort().values
+    # Wide enough that the gaps between colliding edges survive the float32 buffers.
+    low, high = _axis_range(ordered, max(_MIN_AXIS_SPAN, bins * _FLOAT32_GAP / _MIN_GAP_FRACTION))
+    position = torch.arange(1, bins, dtype=torch.float64) / bins * (len(ordered) - 1)
+    below = position.floor().long()
+    above = position.ceil().long()
+    weight = position - below
+    return _spaced_edges(ordered[below] * (1 - weight) + ordered[above] * weight, low, high)
+
+
+def _bin_centres(values: torch.Tensor, edges: torch.Tensor, training_means: bool) -> torch.Tensor:
+    """(bins,) decoding values of one axis with `edges`: the midpoints, or with `training_means` the mean of
+    the training `values` that fell in each bin (the midpoint for an empty bin)."""
+    bins = len(edges) - 1
+    midpoints = (edges[1:] + edges[:-1]).double() / 2
+    if not training_means:
+        return midpoints
+    index = torch.bucketize(values.float().contiguous(), edges[1:-1], right=True)
+    counts = torch.bincount(index, minlength=bins).double()
+    sums = torch.bincount(index, weights=values.double(), minlength=bins)
+    return torch.where(counts > 0, sums / counts.clamp(min=1), midpoints)
+
+
+def _training_actions(normalised_actions: torch.Tensor, tokenizer: str) -> torch.Tensor:
+    """(N, D) float64 training actions for fitting `tokenizer` (named in errors), checked: some, finite, in [-1, 1]."""
+    actions = torch.as_tensor(normalised_actions)
+    actions = actions.reshape(-1, actions.shape[-1]).double()
+    if len(actions) == 0:
+        raise ValueError(f"cannot fit {tokenizer} on zero actions")
+    if not torch.isfinite(actions).all():
+        raise ValueError(f"cannot fit {tokenizer} on non-finite actions")
+    if actions.abs().max() > 1.0 + _RANGE_TOLERANCE:
+        raise ValueError(
+            f"{tokenizer} is fitted on NORMALISED actions in [-1, 1], got values up to "
+            f"{float(actions.abs().max()):.3g}: normalise them with ActionNormalizer first"
+        )
+    return actions
 
 
 def _interpolation_weights(query: torch.Tensor, knots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -137,18 +199,53 @@ def _interpolation_weights(query: torch.Tensor, knots: torch.Tensor) -> tuple[to
     return lower, upper, weight
 
 
-class AdaptiveActionGrid(nn.Module):
-    """Adaptive action grid tokenizer (see module docs); fit it, or load its buffers, before use."""
+class BinnedTokenizer(nn.Module):
+    """What both tokenizers share: per axis, registered buffers of bin edges and decoding centres (so a
+    policy's state_dict carries them), a `fitted` flag, and the checks before encoding or decoding."""
 
     fitted: torch.Tensor
+
+    def register_axes(self, bins_per_axis: dict[str, int]) -> None:
+        """Zero edges and centres for every axis (filled by `fit` or `load_state_dict`), then `fitted`."""
+        for axis, bins in bins_per_axis.items():
+            self.register_buffer(f"{axis}_edges", torch.zeros(bins + 1, dtype=torch.float32))
+            self.register_buffer(f"{axis}_centres", torch.zeros(bins, dtype=torch.float32))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    @property
+    def action_dim(self) -> int:
+        raise NotImplementedError
+
+    def edges(self, axis: str) -> torch.Tensor:
+        """(bins + 1,) edges of one axis."""
+        return getattr(self, f"{axis}_edges")
+
+    def bin_centres(self, axis: str) -> torch.Tensor:
+        """(bins,) decoding values of one axis: bin midpoints; the training mean per bin for a gripper."""
+        return getattr(self, f"{axis}_centres")
+
+    def _check_fitted(self) -> None:
+        if not bool(self.fitted):
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit(normalised_actions) or "
+                               f"load_state_dict(...) from a fitted one before encoding or decoding")
+
+    def _check_dim(self, actions: torch.Tensor) -> None:
+        if actions.shape[-1] != self.action_dim:
+            raise ValueError(f"this {type(self).__name__} encodes {self.action_dim}-D actions, got shape "
+                             f"{tuple(actions.shape)}")
+
+
+class AdaptiveActionGrid(BinnedTokenizer):
+    """Adaptive action grid tokenizer (see module docs); fit it, or load its buffers, before use."""
 
     def __init__(self, config: ActionGridConfig | None = None) -> None:
         super().__init__()
         self.config = config or ActionGridConfig()
-        for axis, bins in self.config.axis_bins().items():
-            self.register_buffer(f"{axis}_edges", torch.zeros(bins + 1, dtype=torch.float32))
-            self.register_buffer(f"{axis}_centres", torch.zeros(bins, dtype=torch.float32))
-        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+        self.register_axes(self.config.axis_bins())
+
+    @property
+    def action_dim(self) -> int:
+        return self.config.action_dim
 
     # --- layout ----------------------------------------------------------------------------------------
     @property
@@ -161,25 +258,6 @@ class AdaptiveActionGrid(nn.Module):
         """Classes per token kind: translation, gripper (and rotation)."""
         bins = self.config.axis_bins()
         return {kind: math.prod(bins[a] for a in axes) for kind, axes in self.config.token_axes().items()}
-
-    def edges(self, axis: str) -> torch.Tensor:
-        """(bins + 1,) edges of one grid axis."""
-        return getattr(self, f"{axis}_edges")
-
-    def bin_centres(self, axis: str) -> torch.Tensor:
-        """(bins,) decoding values of one grid axis: bin midpoints; the training mean per bin for the gripper."""
-        return getattr(self, f"{axis}_centres")
-
-    def _check_fitted(self) -> None:
-        if not bool(self.fitted):
-            raise RuntimeError(
-                "AdaptiveActionGrid is not fitted: call fit(normalised_actions) or load_state_dict(...) "
-                "from a fitted grid before encoding or decoding"
-            )
-
-    def _check_dim(self, actions: torch.Tensor) -> None:
-        if actions.shape[-1] != self.config.action_dim:
-            raise ValueError(f"this grid encodes {self.config.action_dim}-D actions, got shape {tuple(actions.shape)}")
 
     # --- grid space ------------------------------------------------------------------------------------
     def axis_values(self, normalised_actions: torch.Tensor) -> torch.Tensor:
@@ -200,27 +278,12 @@ class AdaptiveActionGrid(nn.Module):
     @torch.no_grad()
     def fit(self, normalised_actions: torch.Tensor) -> AdaptiveActionGrid:
         """Fit every axis's edges to (N, D) (or (..., D)) actions normalised to [-1, 1]; returns self."""
-        actions = torch.as_tensor(normalised_actions).reshape(-1, normalised_actions.shape[-1]).double()
-        self._check_dim(actions)
-        if len(actions) == 0:
-            raise ValueError("cannot fit an action grid on zero actions")
-        if not torch.isfinite(actions).all():
-            raise ValueError("cannot fit an action grid on non-finite actions")
-        if actions.abs().max() > 1.0 + _RANGE_TOLERANCE:
-            raise ValueError(
-                f"the action grid is fitted on NORMALISED actions in [-1, 1], got values up to "
-                f"{float(actions.abs().max()):.3g}: normalise them with ActionNormalizer first"
-            )
+        self._check_dim(torch.as_tensor(normalised_actions))
+        actions = _training_actions(normalised_actions, "an action grid")
         values = self.axis_values(actions)
         for i, (axis, bins) in enumerate(self.config.axis_bins().items()):
-            edges = equal_mass_edges(values[:, i], bins)
-            self.edges(axis).copy_(edges)
-            index = torch.bucketize(values[:, i].float().contiguous(), self.edges(axis)[1:-1], right=True)
-            counts = torch.bincount(index, minlength=bins).double()
-            sums = torch.bincount(index, weights=values[:, i], minlength=bins)
-            midpoints = (self.edges(axis)[1:] + self.edges(axis)[:-1]).double() / 2
-            means = torch.where(counts > 0, sums / counts.clamp(min=1), midpoints)
-            self.bin_centres(axis).copy_(means if axis == "gripper" else midpoints)
+            self.edges(axis).copy_(equal_mass_edges(values[:, i], bins))
+            self.bin_centres(axis).copy_(_bin_centres(values[:, i], self.edges(axis), training_means=axis == "gripper"))
         self.fitted.fill_(True)
         return self
 
@@ -309,3 +372,105 @@ class AdaptiveActionGrid(nn.Module):
             grid = grid.index_select(dim, lower) * (1 - weight) + grid.index_select(dim, upper) * weight
         result = grid.reshape(-1, flat.shape[-1])
         return result.squeeze(-1) if embedding.dim() == 1 else result
+
+
+@dataclass
+class PerDimensionConfig:
+    bins: int = 256  # quantile bins per action dimension (OpenVLA's 256)
+    gripper_bins: int = 2  # bins of a gripper dimension (as the grid's gripper axis: open or closed)
+    gripper_dims: tuple[int, ...] = ()  # action indices of grippers (found from the action's names)
+
+    def __post_init__(self) -> None:
+        self.gripper_dims = _int_tuple(self.gripper_dims, None, "gripper_dims")  # type: ignore[assignment]
+        for name in ("bins", "gripper_bins"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if len(set(self.gripper_dims)) != len(self.gripper_dims) or any(d < 0 for d in self.gripper_dims):
+            raise ValueError(f"gripper_dims must be distinct action indices, got {self.gripper_dims}")
+
+
+class PerDimensionTokenizer(BinnedTokenizer):
+    """One token per action dimension over its own quantile bins (OpenVLA / FAST style): for any robot,
+    joints included. Same interface as `AdaptiveActionGrid`; fit it, or load its buffers, before use.
+
+    Token kinds are "dim0" .. "dim{D-1}" (one classification head each). Inner edges sit at the training
+    values' k / bins quantiles, so every bin holds about the same share of the training actions; decoding
+    returns the bin midpoint (round trip within half a bin). A gripper dimension keeps `gripper_bins`
+    Gaussian equal-mass bins decoded to the mean training value of each bin, as the grid's gripper axis:
+    a binary open / close command stays +-1.
+    """
+
+    def __init__(self, config: PerDimensionConfig | None = None, action_dim: int = 4) -> None:
+        super().__init__()
+        self.config = config or PerDimensionConfig()
+        self._action_dim = action_dim
+        outside = [d for d in self.config.gripper_dims if d >= action_dim]
+        if outside:
+            raise ValueError(f"gripper_dims {self.config.gripper_dims} lie outside a {action_dim}-D action")
+        self.register_axes(self.num_classes)
+
+    @property
+    def action_dim(self) -> int:
+        return self._action_dim
+
+    @property
+    def axis_names(self) -> tuple[str, ...]:
+        """One axis (and token kind) per action dimension, in action order: dim0, dim1, ..."""
+        return tuple(f"dim{d}" for d in range(self.action_dim))
+
+    @property
+    def num_classes(self) -> dict[str, int]:
+        """Classes per token kind (per dimension)."""
+        return {axis: self.config.gripper_bins if d in self.config.gripper_dims else self.config.bins
+                for d, axis in enumerate(self.axis_names)}
+
+    def axis_values(self, normalised_actions: torch.Tensor) -> torch.Tensor:
+        """(..., D) normalised actions -> their values on the axes (order: `axis_names`): the actions themselves."""
+        self._check_dim(normalised_actions)
+        return normalised_actions
+
+    @torch.no_grad()
+    def fit(self, normalised_actions: torch.Tensor) -> PerDimensionTokenizer:
+        """Fit every dimension's edges to (N, D) (or (..., D)) actions normalised to [-1, 1]; returns self."""
+        self._check_dim(torch.as_tensor(normalised_actions))
+        actions = _training_actions(normalised_actions, "per-dimension bins")
+        for d, (axis, bins) in enumerate(self.num_classes.items()):
+            gripper = d in self.config.gripper_dims
+            self.edges(axis).copy_((equal_mass_edges if gripper else quantile_edges)(actions[:, d], bins))
+            self.bin_centres(axis).copy_(_bin_centres(actions[:, d], self.edges(axis), training_means=gripper))
+        self.fitted.fill_(True)
+        return self
+
+    def _indices(self, tokens: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """Per-dimension bin indices from tokens, checked against each kind's classes."""
+        indices = []
+        for kind, classes in self.num_classes.items():
+            if kind not in tokens:
+                raise KeyError(f"tokens lack the {kind!r} kind (need {list(self.num_classes)})")
+            index = torch.as_tensor(tokens[kind]).long()
+            if index.numel() and (index.min() < 0 or index.max() >= classes):
+                raise ValueError(f"{kind} tokens must lie in [0, {classes}), got "
+                                 f"[{int(index.min())}, {int(index.max())}]")
+            indices.append(index)
+        return indices
+
+    def encode(self, normalised_actions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(..., D) normalised actions -> {"dim<d>": LongTensor (...)}; out-of-range values go to the end bins."""
+        self._check_fitted()
+        self._check_dim(normalised_actions)
+        values = normalised_actions.to(self.fitted.device, torch.float32)
+        # Bin i covers [edge_i, edge_i+1): its index is the number of inner edges <= the value.
+        return {axis: torch.bucketize(values[..., d].contiguous(), self.edges(axis)[1:-1], right=True)
+                for d, axis in enumerate(self.axis_names)}
+
+    def decode(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{"dim<d>": LongTensor (...)} -> (..., D) normalised actions at the bin centres, clipped to [-1, 1]."""
+        self._check_fitted()
+        values = [self.bin_centres(axis)[index] for axis, index in zip(self.axis_names, self._indices(tokens))]
+        return torch.stack(values, dim=-1).clamp(-1.0, 1.0)
+
+    def bin_widths(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """{"dim<d>": LongTensor (...)} -> (..., D) width of each token's bin."""
+        self._check_fitted()
+        return torch.stack([torch.diff(self.edges(axis))[index]
+                            for axis, index in zip(self.axis_names, self._indices(tokens))], dim=-1)

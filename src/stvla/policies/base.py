@@ -29,7 +29,7 @@ from torch import nn
 from stvla import features as F
 from stvla.config import KEY_NEUTRAL, config_from_dict, config_key
 from stvla.devices import batch_to
-from stvla.policies.processor import CONTRACT_FILE, InputProcessor, batch_of_one
+from stvla.policies.processor import CONTRACT_FILE, CameraConfig, InputProcessor, batch_of_one
 from stvla.policies.vla import SmallVLA, VLAConfig
 from stvla.traces import TraceConfig
 
@@ -42,6 +42,7 @@ BACKBONE_DIR = "backbone"  # a checkpoint's copy of its PaliGemma backbone's con
 class PolicyConfig:
     vla: VLAConfig = field(default_factory=VLAConfig)  # the shared small VLA model
     temporal_ensemble: float = field(default=0.0, metadata=KEY_NEUTRAL)  # ACT's m: a chunk every step, overlaps averaged (0 = off)
+    camera: CameraConfig = field(default_factory=CameraConfig, metadata=KEY_NEUTRAL)  # the cameras as trained and sent: sizes, image fit, given intrinsics, the dataset's names (set by the trainer)
 
 
 @dataclass
@@ -75,7 +76,8 @@ class Policy(nn.Module):
         return next(self.model.parameters()).device
 
     def fit_statistics(self, actions: np.ndarray, states: np.ndarray) -> None:
-        """Fit the action normaliser, the adaptive action grid and the state normaliser on training data."""
+        """Fit the action normaliser, the action tokenizer (the adaptive grid or per-dimension bins) and the state
+        normaliser on training data."""
         # Copies: the inputs may be read-only memory maps of the training cache.
         actions_t = torch.from_numpy(np.array(actions, dtype=np.float32))
         self.model.action_normalizer.fit_(actions_t)

@@ -3,8 +3,10 @@
 The language input is the structured prompt (robot type, control mode, task, the last five proprio
 states with noise; see stvla.policies.prompt) read as word-piece tokens, and a trace query predicts
 the end effector's future path (P pixel points in the current image) beside the action chunk,
-trained with a weighted L1 loss. Depth enters as in the base (Ego3D of the raw depth), so that the
-benchmark rows differ only in what the papers change. `trace_points = 0` is the ablation without
+trained with a weighted L1 loss. `stvla train` names the dataset's robot_type, the control mode of
+its action layout (stvla.policies.action_layout) and its state's size in the prompt, so Meta-World's
+prompts stay the paper's and another robot's say what it is. Depth enters as in the base (Ego3D of
+the raw depth), so that the benchmark rows differ only in what the papers change. `trace_points = 0` is the ablation without
 trace prediction; training from scratch on the target tasks is the one without instruction
 pre-training.
 """

@@ -15,11 +15,16 @@ What differs between the policy types is said by the processor beside each polic
 tracevla.py, st.py, tracetokens.py, llarva.py): which depth Ego3D encodes, TraceVLA's traced image and
 its prompt, the trace points handed over as tokens, LLARVA's structured prompt. A saved policy writes its contract (`contract()`) to processor.json beside
 its config, for whoever feeds it from outside (a robot client).
+
+A camera of another size or aspect than the model's square input (`CameraConfig`, kept in the policy's
+config) is fitted here at control time exactly as the training reader fitted it (stvla.image_fit): a
+client sends the camera's own images, depth and intrinsics, and may name them as the dataset did.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,12 +33,29 @@ import torch
 from stvla import features as F
 from stvla import geometry
 from stvla.config import config_key
+from stvla.image_fit import check_fit, fit_depth, fit_intrinsics, fit_rgb
 from stvla.policies.prompt import HISTORY_LENGTH
 from stvla.policies.text import instruction_embeddings
 from stvla.traces import OnlineTracer, TraceConfig, TraceOutput
 from stvla.traces.points import present_traces, trace_point_array
 
 CONTRACT_FILE = "processor.json"
+
+
+@dataclass
+class CameraConfig:
+    """The cameras a policy was trained on, as a client sends them (the default: the model's square size,
+    the toolkit's names; what the simulator gives). Filled by the trainer from the dataset."""
+
+    sizes: dict[str, list[int]] = field(default_factory=dict)  # [height, width] of each image input (cameras, depth) as recorded and sent, where not the model's square
+    image_fit: str = "crop"  # how those images became the model's square (stvla.image_fit): crop or pad
+    intrinsics: tuple[float, ...] = ()  # fx, fy, cx, cy at the first camera's size as given for training (--fov, --intrinsics), used when a client sends none; () = the dataset recorded them
+    features: dict[str, str] = field(default_factory=dict)  # the dataset's own name of each input (observation.images.rgb -> observation.images.front), accepted in a client's message
+
+    def __post_init__(self) -> None:
+        check_fit(self.image_fit, "camera.image_fit")
+        if len(self.intrinsics) not in (0, 4):
+            raise ValueError(f"camera.intrinsics {list(self.intrinsics)}: expected fx, fy, cx, cy or none")
 
 
 class InputProcessor:
@@ -73,11 +95,21 @@ class InputProcessor:
         return self.config.vla.use_ego3d or (self.tracer is not None and self.depth_source == "traced") \
             or self.trace_space == "3d"
 
+    @property
+    def camera(self) -> CameraConfig:
+        return getattr(self.config, "camera", None) or CameraConfig()
+
+    @property
+    def camera_features(self) -> list[str]:
+        """The cameras read: RGB (with the depth and the traces), then the further ones."""
+        return [F.camera_feature(i) for i in range(getattr(self.config.vla, "cameras", 1))]
+
     def input_features(self) -> dict[str, dict]:
-        """The recorded features this policy reads, with the dtype and shape it needs."""
+        """The recorded features this policy reads, with the dtype and shape it needs (images at the model's
+        square size: as the training reader gives them)."""
         vla = self.config.vla
         size = [vla.image_size, vla.image_size]
-        wanted = {F.RGB: {"dtype": "uint8", "shape": [*size, 3]}}
+        wanted = {camera: {"dtype": "uint8", "shape": [*size, 3]} for camera in self.camera_features}
         if vla.use_state or self.uses_state_history:
             wanted[F.STATE] = {"dtype": "float32", "shape": [vla.state_dim]}
         if self.needs_depth:
@@ -85,15 +117,32 @@ class InputProcessor:
             wanted[F.INTRINSICS] = {"dtype": "float32", "shape": [3, 3]}
         return wanted
 
+    def sent_features(self) -> dict[str, dict]:
+        """`input_features` as a client sends them: each camera and the depth at the camera's own size."""
+        sent = {}
+        for feature, spec in self.input_features().items():
+            size = self.camera.sizes.get(feature)
+            sent[feature] = {**spec, "shape": [*size, *spec["shape"][2:]]} if size else spec
+        return sent
+
+    def camera_contract(self) -> dict[str, Any]:
+        """The contract's "camera": the first camera's size as sent, the model's square side, how images are
+        fitted to it, the intrinsics used when a client sends none, and the dataset's names of the inputs."""
+        camera, side = self.camera, self.config.vla.image_size
+        height, width = camera.sizes.get(F.RGB, [side, side])
+        return {"height": height, "width": width, "image_size": side, "image_fit": camera.image_fit,
+                "intrinsics": list(camera.intrinsics) or None, "features": dict(camera.features)}
+
     def contract(self) -> dict[str, Any]:
         """What a client must send and gets back: processor.json of a saved policy."""
         vla = self.config.vla
         return {
             "policy": self.policy_name,
-            "input_features": self.input_features(),
+            "input_features": self.sent_features(),
             # Each input feature <- the environment observation key it is read from.
-            "observation_keys": {**{feature: F.FEATURE_OF_OBSERVATION[feature] for feature in self.input_features()},
+            "observation_keys": {**{feature: F.observation_key(feature) for feature in self.input_features()},
                                  F.TASK: F.OBS_INSTRUCTION},
+            "camera": self.camera_contract(),
             "output_features": {F.ACTION: {"dtype": "float32", "shape": [vla.action_dim]}},
             "chunk_size": vla.chunk_size,  # actions predicted per forward pass
             "n_action_steps": vla.n_action_steps,  # of which executed before the next forward pass
@@ -118,10 +167,11 @@ class InputProcessor:
         if F.DEPTH in wanted and F.INTRINSICS not in features:
             raise ValueError(f"{where} has no {F.INTRINSICS}: policy {self.policy_name!r} needs the camera; give "
                              f"it with --intrinsics fx,fy,cx,cy or --fov DEGREES")
-        size = features[F.RGB]["shape"][:2] if F.RGB in features else None
-        if size != wanted[F.RGB]["shape"][:2]:
-            raise ValueError(f"{where} has {F.RGB} of size {size}; policy {self.policy_name!r} was built for "
-                             f"{vla.image_size}x{vla.image_size} images")
+        for camera in self.camera_features:
+            size = features[camera]["shape"][:2] if camera in features else None
+            if size != wanted[camera]["shape"][:2]:
+                raise ValueError(f"{where} has {camera} of size {size}; policy {self.policy_name!r} was built for "
+                                 f"{len(self.camera_features)} camera(s) of {vla.image_size}x{vla.image_size} images")
         action_shape = features.get(F.ACTION, {}).get("shape")
         if action_shape != [vla.action_dim]:
             raise ValueError(f"{where} has actions of shape {action_shape}; {expects} [{vla.action_dim}]")
@@ -209,18 +259,28 @@ class InputProcessor:
         far (call once per control step, after `reset()` at the episode start).
 
         `obs` is keyed as the environment's observations (`rgb`, `proprio`, `instruction`, ...) or, as a
-        robot client's message may be, by the dataset features themselves (`observation.state`, `task`).
-        A missing key, a shape other than the contract's or an implausible value (`checked_observation`)
-        is a ValueError naming it: nothing the policy cannot read turns into an action."""
+        robot client's message may be, by the dataset features themselves (`observation.state`, `task`),
+        or by the dataset's own names (`observation.images.front`). Images and depth come at the camera's
+        own size (the contract's input_features) or at the model's square; intrinsics at the size of the
+        images sent, or when none are sent, those the policy was trained with. A missing key, a shape other
+        than those or an implausible value (`checked_observation`) is a ValueError naming it: nothing the
+        policy cannot read turns into an action."""
         if not isinstance(obs, dict):
             raise ValueError(f"an observation must be a dict of arrays, got {type(obs).__name__}")
         frame: dict[str, Any] = {}
+        sent = self.sent_features()
         for feature, spec in self.input_features().items():
-            value = _observed(obs, feature, F.FEATURE_OF_OBSERVATION[feature])
-            if list(np.shape(value)) != spec["shape"]:
+            if feature == F.INTRINSICS:
+                continue  # at the size the images came in: below
+            value = _observed(obs, feature, F.observation_key(feature), self.camera.features.get(feature))
+            shapes = [spec["shape"]] + ([sent[feature]["shape"]] if sent[feature] != spec else [])
+            if list(np.shape(value)) not in shapes:
                 raise ValueError(f"observation {feature!r} has shape {list(np.shape(value))}; policy "
-                                 f"{self.policy_name!r} reads {spec['shape']}")
-            frame[feature] = checked_observation(feature, np.asarray(value))
+                                 f"{self.policy_name!r} reads {' or '.join(map(str, shapes[::-1]))}")
+            frame[feature] = self.fitted(feature, checked_observation(feature, np.asarray(value)))
+        if F.INTRINSICS in sent:
+            frame[F.INTRINSICS] = self.observed_intrinsics(obs, np.shape(_observed(
+                obs, F.RGB, F.OBS_RGB, self.camera.features.get(F.RGB)))[:2])
         instruction = _observed(obs, F.TASK, F.OBS_INSTRUCTION)
         if not isinstance(instruction, str) or not instruction.strip():
             given = repr(instruction) if instruction is None or isinstance(instruction, str) else type(instruction).__name__
@@ -235,6 +295,30 @@ class InputProcessor:
         if self.uses_state_history:
             frame[F.STATE_HISTORY] = self.state_history()
         return frame
+
+    def fitted(self, feature: str, value: np.ndarray) -> np.ndarray:
+        """An image or depth map sent at the camera's size as the model's square input (as training read it)."""
+        side = self.config.vla.image_size
+        if feature == F.DEPTH:
+            return fit_depth(value, side, self.camera.image_fit)
+        return fit_rgb(value, side, self.camera.image_fit) if feature in self.camera_features else value
+
+    def observed_intrinsics(self, obs: dict[str, Any], sent_hw: tuple[int, int]) -> np.ndarray:
+        """The camera matrix of the model's square images: the one sent (for images of `sent_hw`), else the
+        one given for training (at the camera's size), moved as the images were."""
+        camera, side = self.camera, self.config.vla.image_size
+        if camera.intrinsics and not any(key in obs for key in (F.OBS_INTRINSICS, F.INTRINSICS)):
+            fx, fy, cx, cy = camera.intrinsics
+            K = np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=np.float32)
+            sent_hw = tuple(camera.sizes.get(F.RGB, [side, side]))
+        else:
+            K = checked_observation(F.INTRINSICS, np.asarray(_observed(obs, F.INTRINSICS, F.OBS_INTRINSICS)))
+            if list(K.shape) != [3, 3]:
+                raise ValueError(f"observation {F.INTRINSICS!r} has shape {list(K.shape)}; policy "
+                                 f"{self.policy_name!r} reads [3, 3]")
+        if tuple(sent_hw) == (side, side):
+            return K
+        return fit_intrinsics(K, tuple(sent_hw), side, camera.image_fit).astype(np.float32)
 
     def previous_frames(self, rgb: np.ndarray) -> np.ndarray:
         """(k, H, W, 3): the k frames before this one, oldest first; before the episode's first frame, the
@@ -272,7 +356,7 @@ class InputProcessor:
         shown = np.array(frames[F.HAS_TRACES], dtype=bool) if F.HAS_TRACES in frames else np.zeros(count, bool)
         if self.uses_traced_rgb and augment:
             shown &= rng.random(count) >= self.config.untraced_fraction
-        batch = {F.RGB: image(frames[F.RGB])}
+        batch = {camera: image(frames[camera]) for camera in self.camera_features}
         if self.config.vla.previous_frames:  # (B, k, H, W, 3) -> (B, 3k, H, W)
             stacked = image(np.asarray(frames[F.PREVIOUS_RGB]).reshape(-1, *np.shape(frames[F.RGB])[1:]))
             batch[F.PREVIOUS_RGB] = stacked.reshape(count, -1, *stacked.shape[-2:])
@@ -301,12 +385,14 @@ class InputProcessor:
         return {F.LANGUAGE: torch.from_numpy(np.stack([embeddings[p] for p in prompts]))}
 
 
-def _observed(obs: dict[str, Any], feature: str, observation_key: str) -> Any:
-    """`obs[observation_key]`, or `obs[feature]` for a message keyed by dataset features."""
-    for key in (observation_key, feature):
+def _observed(obs: dict[str, Any], feature: str, observation_key: str, dataset_key: str | None = None) -> Any:
+    """`obs[observation_key]`, or `obs[feature]` for a message keyed by dataset features, or
+    `obs[dataset_key]` keyed by the dataset's own name of it (`observation.images.front`)."""
+    keys = [observation_key, feature] + ([dataset_key] if dataset_key else [])
+    for key in keys:
         if key in obs:
             return obs[key]
-    raise ValueError(f"the observation has no {observation_key!r} (or {feature!r}); it has {sorted(map(str, obs))}")
+    raise ValueError(f"the observation has no {' or '.join(map(repr, keys))}; it has {sorted(map(str, obs))}")
 
 
 def checked_observation(feature: str, value: np.ndarray) -> np.ndarray:

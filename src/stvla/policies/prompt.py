@@ -34,9 +34,9 @@ PROMPT_LATENTS = 16
 
 @dataclass
 class PromptConfig:
-    robot_type: str = "sawyer"  # robot named in the prompt
-    control_mode: str = "end-effector delta position control"  # control mode named in the prompt
-    state_dim: int = 4  # proprio numbers per step the robot gives (Meta-World: hand xyz + gripper)
+    robot_type: str = "sawyer"  # robot named in the prompt (stvla train: the dataset's robot_type)
+    control_mode: str = "end-effector delta position control"  # control mode named in the prompt (stvla train: the action layout's)
+    state_dim: int = 4  # proprio numbers per step the robot gives (Meta-World: hand xyz + gripper; stvla train: the dataset's)
     noise_std: float = 0.01  # Gaussian noise added to the history (training and test), as LLARVA
 
 

@@ -2,20 +2,23 @@
 
 Token sequence fed to the transformer trunk:
 
-    [language] [state] [image patches (+ Ego3D of depth)] ([previous frames' patches])
+    [language] [state] [image patches (+ Ego3D of depth)] ([further cameras' patches]) ([previous frames' patches])
     ([separator] [traced-image patches]) ([trace tokens]) ([trace query]) [action queries]
 
 - image patches: `ConvPatchEncoder` (SigLIP's place), one token per patch; or, with
   `backbone.kind = "paligemma"`, a PaliGemma(2) checkpoint's SigLIP tower, and its Gemma decoder as the
   trunk (stvla.policies.paligemma);
 - Ego3D: SpatialVLA's 3D position encoding of the (raw or traced) depth, added token by token;
+- further cameras (`cameras` > 1, e.g. a wrist camera): each one's patches with a learned camera
+  embedding, no Ego3D (the depth and the traces are the first camera's);
 - language: a frozen sentence embedding (all-MiniLM-L6-v2) projected to one token, or (LLARVA) the
   word pieces of a structured prompt, read into PROMPT_LATENTS latents by cross-attention;
 - a second image with a learned separator token, for TraceVLA's [original, traced] pair;
 - trace tokens (ours, beyond both papers): one token per chosen trace, read from its points
   (stvla.policies.trace_encoder);
-- one learned query per action of the chunk; each reads out the adaptive-grid tokens of its step
-  (translation over the spherical grid, gripper) as classification logits;
+- one learned query per action of the chunk; each reads out the action tokens of its step as
+  classification logits: the adaptive grid's (translation over the spherical grid, gripper) for an end
+  effector, one per action dimension for any other action (`action_layout`, stvla.policies.action_layout);
 - LLARVA's trace query reads out the future end-effector path as P pixel positions.
 
 The policies (spatialvla, tracevla, st, tracetokens, llarva) differ only in which inputs their processors feed, so the same
@@ -33,7 +36,13 @@ from torch import nn
 
 from stvla import features as F
 from stvla.config import KEY_NEUTRAL
-from stvla.policies.action_tokenizer import ActionGridConfig, AdaptiveActionGrid
+from stvla.policies.action_layout import LAYOUTS
+from stvla.policies.action_tokenizer import (
+    ActionGridConfig,
+    AdaptiveActionGrid,
+    PerDimensionConfig,
+    PerDimensionTokenizer,
+)
 from stvla.policies.ego3d import Ego3DConfig, Ego3DEncoder
 from stvla.policies.image_encoder import ConvPatchEncoder, ImageEncoderConfig
 from stvla.policies.normalizer import ActionNormalizer, StateNormalizer
@@ -72,10 +81,13 @@ class VLAConfig:
     previous_frames: int = field(default=0, metadata=KEY_NEUTRAL)  # frame stacking: also encode the k frames before this one (RGB, no Ego3D), another way to give history
     use_state: bool = field(default=True, metadata=KEY_NEUTRAL)  # a proprio-state token; false: image, depth and instruction only, the papers' inputs
     trace_tokens: bool = field(default=False, metadata=KEY_NEUTRAL)  # one token per chosen trace, read from its points (set by the policy type tracetokens)
+    cameras: int = field(default=1, metadata=KEY_NEUTRAL)  # cameras read (the dataset's --camera list): the first with depth and traces, the others' patches after its own
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)  # patch encoder
     ego3d: Ego3DConfig = field(default_factory=Ego3DConfig)  # 3D position encoder of depth
     trunk: TrunkConfig = field(default_factory=TrunkConfig)  # transformer trunk
-    grid: ActionGridConfig = field(default_factory=ActionGridConfig)  # adaptive action grid tokenizer
+    grid: ActionGridConfig = field(default_factory=ActionGridConfig)  # adaptive action grid tokenizer (action_layout "ee")
+    action_layout: str = field(default="ee", metadata=KEY_NEUTRAL)  # action tokenizer: "ee", the adaptive grid over an end effector's x y z (roll pitch yaw) gripper; "joint", per-dimension bins for any other action
+    bins: PerDimensionConfig = field(default_factory=PerDimensionConfig, metadata=KEY_NEUTRAL)  # per-dimension bins (action_layout "joint")
     backbone: BackboneConfig = field(default_factory=BackboneConfig, metadata=KEY_NEUTRAL)  # image encoder and trunk: ours or PaliGemma's
 
     def validate(self) -> None:
@@ -84,6 +96,8 @@ class VLAConfig:
                 raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
         if self.previous_frames < 0:
             raise ValueError(f"previous_frames must be >= 0, got {self.previous_frames}")
+        if not 1 <= self.cameras <= F.MAX_CAMERAS:
+            raise ValueError(f"model.cameras must be in [1, {F.MAX_CAMERAS}], got {self.cameras}")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.use_ego3d and self.patch_size % self.ego3d.samples_per_side:
@@ -95,7 +109,11 @@ class VLAConfig:
             raise ValueError(f"unknown language input {self.language!r}; valid: {', '.join(LANGUAGE_INPUTS)}")
         if self.trace_points < 0:
             raise ValueError(f"trace_points must be >= 0, got {self.trace_points}")
-        if self.grid.action_dim != self.action_dim:
+        if self.action_layout not in LAYOUTS:
+            raise ValueError(f"unknown action_layout {self.action_layout!r}; valid: {', '.join(LAYOUTS)}")
+        if self.action_layout == "joint" and any(d >= self.action_dim for d in self.bins.gripper_dims):
+            raise ValueError(f"bins.gripper_dims {self.bins.gripper_dims} lie outside the {self.action_dim}-D action")
+        if self.action_layout == "ee" and self.grid.action_dim != self.action_dim:
             raise ValueError(f"action_dim {self.action_dim} differs from the action grid's {self.grid.action_dim}-D "
                              f"layout (grid.translation_dims, grid.gripper_dim, grid.rotation_dims)")
         if self.backbone.kind not in BACKBONES:
@@ -159,12 +177,15 @@ class SmallVLA(nn.Module):
         self.trunk = GemmaTrunk(paligemma) if paligemma is not None else Trunk(config.trunk)
         self.action_normalizer = ActionNormalizer(config.action_dim)
         self.state_normalizer = StateNormalizer(config.state_dim)
-        self.tokenizer = AdaptiveActionGrid(config.grid)
+        self.tokenizer = AdaptiveActionGrid(config.grid) if config.action_layout == "ee" else \
+            PerDimensionTokenizer(config.bins, config.action_dim)
         self.heads = nn.ModuleDict({name: nn.Linear(width, n) for name, n in self.tokenizer.num_classes.items()})
         if config.previous_frames:  # last: a default model's weights do not depend on this option
             self.previous_index = nn.Parameter(torch.randn(config.previous_frames, 1, width) * 0.02)
         if config.trace_tokens:  # likewise
             self.trace_encoder = TraceTokenEncoder(width)
+        if config.cameras > 1:  # likewise: which of the further cameras (the first has image_index[0])
+            self.camera_index = nn.Parameter(torch.randn(config.cameras - 1, 1, width) * 0.02)
 
     # --- encoding ------------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, index: int, depth: torch.Tensor | None,
@@ -215,6 +236,9 @@ class SmallVLA(nn.Module):
         if self.state is not None:
             parts.append(self.state(self.state_normalizer.normalize(batch[F.STATE])).unsqueeze(1))
         parts.append(current)
+        for i in range(1, self.config.cameras):  # further cameras: RGB only
+            images_i = batch[F.camera_feature(i)]
+            parts.append(self.image_encoder(images_i) + self.patch_position + self.camera_index[i - 1])
         if self.config.previous_frames:  # (B, 3k, H, W): the frames before, oldest first, without Ego3D
             for i, previous in enumerate(batch[F.PREVIOUS_RGB].split(3, dim=1)):
                 parts.append(self.image_encoder(previous) + self.patch_position + self.previous_index[i])

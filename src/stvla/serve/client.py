@@ -11,7 +11,9 @@ control step. Imports numpy, msgpack and websockets only (no torch, nothing else
                               "proprio": state, "instruction": "open the window"})
 
 `client.contract` (sent by the server on connect) says which observation keys, shapes and dtypes the
-policy reads, its chunk size and how many actions of a chunk to execute.
+policy reads, its chunk size and how many actions of a chunk to execute. `step` first brings what a robot's
+drivers give to that contract (stvla.serve.formats.to_contract): a camera under its dataset name, float or
+channels-first RGB, integer depth in millimetres (`depth_scale`), depth (H, W, 1).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from stvla import features as F
+from stvla.serve.formats import REALSENSE_DEPTH_SCALE, model_image_size, names_of, to_contract
 from stvla.serve.wire import pack, unpack
 
 
@@ -36,11 +40,15 @@ class PolicyClient:
     A dropped connection is re-opened with exponential backoff (`retries` attempts); the server's episode
     state (the tracker's buffer) does not survive it, so the step that found it dropped is sent again as
     the start of an episode, and `reconnects` counts how often that happened.
+
+    Observations are converted to the contract before they are sent (`to_contract`; `depth_scale` metres
+    per unit of integer depth); `convert=False` sends them exactly as given.
     """
 
     def __init__(self, url: str, token: str | None = None, retries: int = 5, backoff_s: float = 0.5,
-                 timeout_s: float = 30.0):
+                 timeout_s: float = 30.0, depth_scale: float = REALSENSE_DEPTH_SCALE, convert: bool = True):
         self.url, self.token = url, token
+        self.depth_scale, self.convert = depth_scale, convert
         self.retries, self.backoff_s, self.timeout_s = retries, backoff_s, timeout_s
         self.reconnects = 0
         self.metadata: dict[str, Any] = {}
@@ -78,9 +86,12 @@ class PolicyClient:
         self._reset_next = True
 
     def step(self, observation: dict[str, Any], infer: bool = True) -> dict[str, Any]:
-        """Send one observation; with `infer`, the reply holds "actions" ((chunk, D) float32)."""
+        """Send one observation; with `infer`, the reply holds "actions" ((chunk, D) float32). An observation
+        that cannot be brought to the contract is a ValueError, before anything is sent."""
         from websockets.exceptions import ConnectionClosed
 
+        if self.convert:
+            observation = to_contract(observation, self.contract, self.depth_scale)
         for attempt in range(2):
             message = {"type": "step", "observation": observation, "reset": self._reset_next, "infer": infer}
             try:
@@ -220,8 +231,9 @@ class ActionQueue:
 
 class ServedPolicy:
     """A served policy in the shape of a local one: `reset()` and `select_action(obs)` (an environment
-    observation, as stvla.envs gives it), acting in "chunk" mode, which is action for action what the
-    policy's own `select_action` does. `predicted_trace` (LLARVA) and `traces` are the server's latest."""
+    observation, as stvla.envs gives it, or a robot's in any form the client converts), acting in "chunk"
+    mode, which is action for action what the policy's own `select_action` does. `predicted_trace`
+    (LLARVA) and `traces` are the server's latest."""
 
     def __init__(self, client: PolicyClient):
         self.client = client
@@ -229,9 +241,10 @@ class ServedPolicy:
         contract = client.contract
         inputs = contract["input_features"]
         self.observation_keys = contract["observation_keys"]  # feature -> the env observation key it reads
-        self.image_size = int(inputs["observation.images.rgb"]["shape"][0])
-        self.state_dim = int(inputs["observation.state"]["shape"][0]) if "observation.state" in inputs else None
-        self.action_dim = int(contract["output_features"]["action"]["shape"][0])
+        self.accepted = {name for names in names_of(contract).values() for name in names}
+        self.image_size = model_image_size(contract)  # the model's square: what a simulator renders for it
+        self.state_dim = int(inputs[F.STATE]["shape"][0]) if F.STATE in inputs else None
+        self.action_dim = int(contract["output_features"][F.ACTION]["shape"][0])
         self.predicted_trace: np.ndarray | None = None
         self.traces: list[np.ndarray] = []
 
@@ -240,8 +253,8 @@ class ServedPolicy:
         self.predicted_trace, self.traces = None, []
 
     def select_action(self, obs: dict[str, Any]) -> np.ndarray:
-        # Only what the policy reads travels: the contract's observation keys and the instruction.
-        action = self.actions.act({key: obs[key] for key in self.observation_keys.values() if key in obs})
+        # Only what the policy reads travels: the contract's inputs, under any name it accepts.
+        action = self.actions.act({key: value for key, value in obs.items() if key in self.accepted})
         self.traces = self.actions.last_step["traces"]
         reply = self.actions.last_reply
         self.predicted_trace = reply.get("predicted_trace") if reply else None

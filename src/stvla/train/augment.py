@@ -27,7 +27,7 @@ import torch.nn.functional as functional
 
 from stvla import features as F
 
-IMAGE_KEYS = (F.RGB, F.TRACED_RGB, F.PREVIOUS_RGB)  # (B, C, H, W) batch entries (C = 3 per image)
+IMAGE_KEYS = (F.RGB, F.TRACED_RGB, F.PREVIOUS_RGB, *F.EXTRA_CAMERAS)  # (B, C, H, W) batch entries (C = 3 per image)
 DEPTH_KEYS = (F.DEPTH,)  # (B, H, W) batch entries
 
 

@@ -24,6 +24,20 @@ from stvla.traces.future import future_trace_targets
 from stvla.train.augment import AugmentConfig, augment_batch
 
 
+# What LLARVA's future-trace targets are made of: the end effector's position and the camera of every frame.
+TRACE_TARGET_INPUTS = (F.EE_POSITION, F.INTRINSICS, F.CAMERA_POSE)
+
+
+def check_trace_targets(store: EpisodeStore) -> None:
+    """Refuse, in one line, a dataset LLARVA's future-trace targets cannot be made from (a robot that records
+    joints only, say), naming the way out."""
+    missing = [key for key in TRACE_TARGET_INPUTS if key not in store.features]
+    if missing:
+        raise ValueError(f"dataset {store.root} has no {', '.join(missing)}: llarva's future-trace targets need the "
+                         f"end-effector position and the camera of every frame; train with --trace_points 0 "
+                         f"(no trace prediction)")
+
+
 class TrainingSamples:
     """Batches for `policy` from a dataset: model inputs + action chunks with a pad mask."""
 
@@ -38,6 +52,8 @@ class TrainingSamples:
         processor = policy.processor
         expects = f"checkpoint {checkpoint} expects" if checkpoint else "the policy expects"
         processor.check_features(store.features, f"dataset {store.root}", expects)
+        if policy.config.vla.trace_points:  # refused before any cache is built
+            check_trace_targets(store)
         self.processor = processor
         self.augment = augment or AugmentConfig()
         self.decoded = DecodedCache(store, progress=progress, cache_dir=cache_dir)
@@ -124,11 +140,7 @@ class TrainingSamples:
 
     def _future_traces(self, points: int) -> tuple[np.ndarray, np.ndarray]:
         """LLARVA's targets for every frame: (N, points, 2) future end-effector pixels and their mask."""
-        keys = [F.EE_POSITION, F.INTRINSICS, F.CAMERA_POSE]
-        missing = [key for key in keys if key not in self.decoded.store.features]
-        if missing:
-            raise ValueError(f"dataset {self.decoded.store.root} has no {missing}: trace prediction needs the "
-                             f"end-effector position and the camera of every frame")
+        keys = list(TRACE_TARGET_INPUTS)
         arrays = self.decoded.require(keys)
         targets, masks = [], []
         for episode in range(len(self.decoded.episode_lengths)):

@@ -34,8 +34,9 @@ from stvla.data.roles import DataConfig
 from stvla.data.store import EpisodeStore
 from stvla.devices import batch_to
 from stvla.locks import writes_to_out
-from stvla.policies.action_tokenizer import ActionGridConfig
+from stvla.policies.action_layout import LAYOUTS, action_layout_for, action_names, control_mode, says_joint
 from stvla.policies.base import Policy, read_checkpoint_config, read_weights
+from stvla.policies.processor import CameraConfig
 from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.vla import VLAConfig
 from stvla.traces import TraceConfig
@@ -77,6 +78,7 @@ class TrainConfig:
     traces: TraceConfig = field(default_factory=TraceConfig)  # traced policies (st, tracevla, tracetokens): tracker, buffer b, selection, drawing variant
     trace_points: int = -1  # llarva: future trace points predicted; -1 = the policy's 16 (or the checkpoint's), 0 = none
     trace_space: str = field(default="", metadata=KEY_NEUTRAL)  # tracetokens: the traces' points in "3d" (camera frame, lifted with depth) or "2d" (pixels: a camera without depth, with --model.use_ego3d false); "" = the --init checkpoint's, else 3d
+    action_layout: str = field(default="", metadata=KEY_NEUTRAL)  # how actions become tokens: "ee", SpatialVLA's grid over an end effector's x y z (roll pitch yaw) gripper; "joint", per-dimension bins (any action); "" = from the action's names (stage 2: the --init checkpoint's)
     steps: int = 2000  # optimiser steps
     batch_size: int = 32  # samples per step
     lr: float = 0.0  # peak learning rate; 0 picks 3e-4 for full training, 1e-3 for LoRA
@@ -104,6 +106,9 @@ class TrainConfig:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
         if self.trace_points < -1:
             raise ValueError(f"--trace_points must be >= 0 (or -1: the policy's own), got {self.trace_points}")
+        if self.action_layout not in ("", *LAYOUTS):
+            raise ValueError(f"--action_layout must be one of {', '.join(LAYOUTS)} (or '': from the action's names), "
+                             f"got {self.action_layout!r}")
         if self.trace_space not in ("", *SPACES):
             raise ValueError(f"--trace_space must be one of {', '.join(SPACES)} (or '': the checkpoint's), "
                              f"got {self.trace_space!r}")
@@ -133,7 +138,7 @@ class TrainConfig:
 # on the command line and in a run's saved train_config.json, for one release.
 # Short names of the dataset options, as a user bringing a dataset types them.
 DATA_OPTIONS = {"camera": "data.camera", "depth": "data.depth", "intrinsics": "data.intrinsics", "fov": "data.fov",
-                "cache_dir": "data.cache_dir"}
+                "cache_dir": "data.cache_dir", "image_fit": "data.image_fit"}
 
 LEGACY_TRACE_OPTIONS = {
     "variant": "traces.variant",
@@ -171,51 +176,78 @@ def upgrade_legacy_options(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def action_grid_for(action: dict, where: str) -> ActionGridConfig:
-    """Which action indices are the translation, the rotation and the gripper, from the action feature's
-    names (`dx`, `roll`, `gripper`, ...) or else its size: 4 = xyz + gripper, 7 = xyz + roll pitch yaw + gripper."""
-    size = int(action["shape"][0])
-    names = [str(n).lower() for n in (action.get("names") or [])]
-    if isinstance(action.get("names"), dict):  # LeRobot also writes {"motors": [...]}
-        names = [str(n).lower() for n in next(iter(action["names"].values()), [])]
-    layouts = {4: ActionGridConfig(has_rotation=False, translation_dims=(0, 1, 2), gripper_dim=3),
-               7: ActionGridConfig(has_rotation=True, translation_dims=(0, 1, 2), rotation_dims=(3, 4, 5), gripper_dim=6)}
-    if len(names) == size and size in (4, 7):
-        def find(*words: str) -> int | None:
-            hits = [i for i, n in enumerate(names) if any(n.removeprefix("delta_").removeprefix("d") == w
-                                                          or n == w for w in words)]
-            return hits[0] if len(hits) == 1 else None
-
-        gripper = next((i for i, n in enumerate(names) if "grip" in n), None)
-        xyz = tuple(find(axis) for axis in ("x", "y", "z"))
-        rpy = tuple(find(*axis) for axis in (("roll", "rx"), ("pitch", "ry"), ("yaw", "rz")))
-        if gripper is not None and None not in xyz and (size == 4 or None not in rpy):
-            return ActionGridConfig(has_rotation=size == 7, translation_dims=xyz, gripper_dim=gripper,
-                                    **({"rotation_dims": rpy} if size == 7 else {}))
-    if size not in layouts:
-        raise ValueError(f"{where}: {F.ACTION} has {size} values (names {names or None}); the action grid reads "
-                         f"end-effector deltas: x y z gripper (4) or x y z roll pitch yaw gripper (7)")
-    return layouts[size]
-
-
-def fit_model_to_dataset(model: VLAConfig, features: dict[str, dict], where: str) -> VLAConfig:
+def fit_model_to_dataset(model: VLAConfig, features: dict[str, dict], where: str, action_layout: str = "") -> VLAConfig:
     """Stage 1's model shape where the dataset decides it: the image size, the state and action sizes and
-    the action grid's layout (no model flags to set by hand for a 7-D dataset)."""
+    the action tokenizer, read from the action's names (stvla.policies.action_layout; `action_layout`
+    "ee" or "joint" overrides them): no model flags to set by hand for a 7-D or a joint dataset."""
     for key in (F.STATE, F.ACTION):
         if key not in features:
             raise ValueError(f"{where} has no {key!r} feature; it has {sorted(features)}")
+    # `features` as read fitted to the model's square (EpisodeStore's image_size: `model_image_side`).
     height, width = features[F.RGB]["shape"][:2]
     if height != width:
         raise ValueError(f"{where}: the camera's images are {height}x{width}; the model reads square images "
-                         f"(resize or crop the dataset's video to a square)")
-    if model.image_size not in (VLAConfig.image_size, height):  # set by hand, and not what the dataset holds
-        raise ValueError(f"--model.image_size {model.image_size} differs from {where}'s {height}x{width} images: "
-                         f"the model reads the dataset's size (collect or resize the dataset at {model.image_size})")
-    grid = action_grid_for(features[F.ACTION], where)
-    grid = dataclasses.replace(model.grid, has_rotation=grid.has_rotation, translation_dims=grid.translation_dims,
-                               gripper_dim=grid.gripper_dim, rotation_dims=grid.rotation_dims)
+                         f"(read the dataset with EpisodeStore(..., image_size=SIDE), which fits them)")
+    if model.image_size not in (VLAConfig.image_size, height):  # set by hand, and not what the dataset is read at
+        raise ValueError(f"--model.image_size {model.image_size} differs from {where}'s {height}x{width} images "
+                         f"as read (EpisodeStore(..., image_size={model.image_size}) fits them)")
+    cameras = 1 + sum(camera in features for camera in F.EXTRA_CAMERAS)
+    if model.cameras not in (VLAConfig.cameras, cameras):
+        raise ValueError(f"--model.cameras {model.cameras} differs from the {cameras} camera(s) of {where} "
+                         f"(the --camera list sets them)")
+    by_hand = model.action_layout if model.action_layout != VLAConfig.action_layout else ""  # --model.action_layout
+    if action_layout and by_hand and action_layout != by_hand:
+        raise ValueError(f"--action_layout {action_layout} differs from --model.action_layout {by_hand}: give one")
+    layout = action_layout_for(features[F.ACTION], where, action_layout or by_hand)
+    if layout.note:
+        print(layout.note)
+    grid, bins = model.grid, model.bins
+    if layout.grid is not None:
+        grid = dataclasses.replace(grid, has_rotation=layout.grid.has_rotation, rotation_dims=layout.grid.rotation_dims,
+                                   translation_dims=layout.grid.translation_dims, gripper_dim=layout.grid.gripper_dim)
+    else:  # grippers found by name, unless set by hand (--model.bins.gripper_dims)
+        bins = dataclasses.replace(bins, gripper_dims=bins.gripper_dims or layout.gripper_dims)
     return dataclasses.replace(model, image_size=int(height), state_dim=int(features[F.STATE]["shape"][0]),
-                               action_dim=int(features[F.ACTION]["shape"][0]), grid=grid)
+                               action_dim=int(features[F.ACTION]["shape"][0]), grid=grid, cameras=cameras,
+                               action_layout=layout.kind, bins=bins)
+
+
+def refuse_grid_on_joints(init: str, action: dict, where: str) -> None:
+    """Stage 2 keeps the --init checkpoint's action layout: one whose grid reads an end effector cannot read
+    an action whose names say joints."""
+    _, init_config = read_checkpoint_config(init)
+    joints = [name for name in action_names(action) if says_joint(name)]
+    if init_config["vla"].get("action_layout", VLAConfig.action_layout) == "ee" and joints:
+        raise ValueError(f"checkpoint {init} reads an end effector's x y z (roll pitch yaw) gripper; {where}'s "
+                         f"action names say joints ({', '.join(joints[:3])}, ...): train stage 1 on it instead")
+
+
+def model_image_side(config: TrainConfig, store: EpisodeStore) -> int:
+    """The model's square side the dataset's images are fitted to: the --init checkpoint's in stage 2;
+    else --model.image_size when given, else a square camera's own side (read as it is), else the default."""
+    if config.init:
+        _, init_config = read_checkpoint_config(config.init)
+        return int(init_config["vla"].get("image_size", VLAConfig.image_size))
+    height, width = store.features[F.RGB]["shape"][:2]
+    if config.model.image_size != VLAConfig.image_size or height != width:
+        return config.model.image_size
+    return int(height)
+
+
+def robot_type_of(store: EpisodeStore) -> str:
+    """The robot the dataset names (info.json's robot_type), "generic" when it names none."""
+    return str(store.info.get("robot_type") or "generic")
+
+
+def camera_of(store: EpisodeStore) -> CameraConfig:
+    """What a policy keeps of the dataset's cameras for control (stvla.policies.processor.CameraConfig):
+    the default for a dataset whose cameras are the model's square, named as the toolkit names them."""
+    roles = store.roles
+    given = roles.intrinsics if roles is not None else None
+    return CameraConfig(sizes={role: list(size) for role, size in store.fitted.items()}, image_fit=store.image_fit,
+                        intrinsics=() if given is None else tuple(float(given[i, j]) for i, j in
+                                                                  ((0, 0), (1, 1), (0, 2), (1, 2))),
+                        features={role: key for role, key in (roles.stored if roles else {}).items() if role != key})
 
 
 # --model fields the policy type sets (TraceVLA's second image, LLARVA's prompt and trace head), with
@@ -242,8 +274,11 @@ def refuse_unused_model_options(config: TrainConfig, used: VLAConfig) -> None:
                          f"{config.init}): stage 2 takes the model from --init; set it in stage 1")
 
 
-def build_policy(config: TrainConfig, image_size: int) -> Policy:
-    """The policy this run trains, at the dataset's image size and with the run's trace settings.
+def build_policy(config: TrainConfig, image_size: int, camera: CameraConfig | None = None,
+                 robot_type: str = "") -> Policy:
+    """The policy this run trains, at the dataset's image size and with the run's trace settings; `camera`:
+    the dataset's cameras as control will send them (`camera_of`); `robot_type`: the dataset's, which
+    LLARVA's prompt names (with the control mode of the action layout and the state's size).
 
     The model's shape comes from `--model` in stage 1 (fitted to the dataset by `fit_model_to_dataset`)
     and from the `--init` checkpoint in stage 2 (so its weights fit), except for what the policy type
@@ -265,6 +300,9 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
         if vla.image_size != image_size:
             raise ValueError(f"checkpoint {config.init} was built for {vla.image_size}x{vla.image_size} "
                              f"images; dataset {config.dataset} has {image_size}x{image_size}")
+        if config.action_layout and config.action_layout != vla.action_layout:
+            raise ValueError(f"--action_layout {config.action_layout} differs from the --init checkpoint's "
+                             f"({vla.action_layout}, {config.init}): its action heads read that layout")
     trace_points = defaults.trace_points if not config.init else vla.trace_points
     if config.trace_points >= 0:
         if defaults.language != "prompt":
@@ -274,6 +312,13 @@ def build_policy(config: TrainConfig, image_size: int) -> Policy:
                                             language=defaults.language, trace_points=trace_points,
                                             trace_tokens=defaults.trace_tokens)
     refuse_unused_model_options(config, policy_config.vla)
+    if hasattr(policy_config, "prompt"):  # LLARVA's prompt says which robot, controlled how, with what proprio
+        used = policy_config.vla
+        policy_config.prompt = dataclasses.replace(
+            policy_config.prompt, robot_type=robot_type or policy_config.prompt.robot_type,
+            control_mode=control_mode(used.action_layout, used.grid.has_rotation), state_dim=used.state_dim)
+    if camera is not None:
+        policy_config.camera = camera
     if hasattr(policy_config, "trace_space"):
         # A trace-token checkpoint's encoder read its own space: stage 2 keeps it.
         kept = init_config.get("trace_space")
@@ -405,12 +450,22 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
            stop_after: int | None) -> Path:
     store = EpisodeStore(config.dataset, config.data)
     store.check_schema()  # info.json against the data files, before anything is decoded or trained
-    if not config.init:
+    # Images of another size or aspect are fitted to the model's square as they are read.
+    store = EpisodeStore(config.dataset, config.data, image_size=model_image_side(config, store))
+    if store.fitted and ranks.is_main:
+        height, width = store.fitted[F.RGB] if F.RGB in store.fitted else next(iter(store.fitted.values()))
+        print(f"dataset {store.root}: {height}x{width} images fitted to the model's {store.image_size}x"
+              f"{store.image_size} (--image_fit {store.image_fit}; --model.image_size sets the side)")
+    if config.init:
+        refuse_grid_on_joints(config.init, store.features.get(F.ACTION, {}), f"dataset {store.root}")
+    else:
         config = dataclasses.replace(config, model=fit_model_to_dataset(config.model, store.features,
-                                                                        f"dataset {store.root}"))
-        if F.DEPTH not in store.features and config.model.use_ego3d and config.policy == "tracevla":
-            # TraceVLA's paper reads RGB only: on a dataset without depth it trains so, without Ego3D.
-            print(f"dataset {store.root} has no depth: tracevla trains on RGB only (--model.use_ego3d false)")
+                                                                        f"dataset {store.root}", config.action_layout))
+        lacks = next((what for key, what in ((F.DEPTH, "depth"), (F.INTRINSICS, "camera intrinsics (--fov)"))
+                      if key not in store.features), None)
+        if lacks and config.model.use_ego3d and config.policy == "tracevla":
+            # TraceVLA's paper reads RGB only: on a dataset without depth (or its camera) it trains so, without Ego3D.
+            print(f"dataset {store.root} has no {lacks}: tracevla trains on RGB only (--model.use_ego3d false)")
             config = dataclasses.replace(config, model=dataclasses.replace(config.model, use_ego3d=False))
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -427,7 +482,11 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
 
-    policy = build_policy(config, store.features[F.RGB]["shape"][0])
+    policy = build_policy(config, store.features[F.RGB]["shape"][0], camera_of(store), robot_type_of(store))
+    cameras = 1 + sum(camera in store.features for camera in F.EXTRA_CAMERAS)
+    if policy.config.vla.cameras != cameras:
+        raise ValueError(f"checkpoint {config.init} reads {policy.config.vla.cameras} camera(s); dataset "
+                         f"{store.root} gives {cameras} (--camera)")
 
     held_out = held_out_episodes(store, config.val_episodes)
     eval_tasks = simulator_tasks(store) if config.eval_every else []
@@ -525,7 +584,7 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
         return out / "checkpoint"
     if sharded:  # the whole weights, into an unsharded copy of the policy (built alike) that is exported
         weights = {k: distributed.full(v).detach().cpu() for k, v in policy.model.state_dict().items()}
-        policy = build_policy(config, store.features[F.RGB]["shape"][0])
+        policy = build_policy(config, store.features[F.RGB]["shape"][0], camera_of(store), robot_type_of(store))
         if config.uses_lora:
             add_lora(policy, config.lora)
         policy.model.load_state_dict(weights)
