@@ -103,6 +103,22 @@ def test_the_store_reads_a_640x480_camera_at_the_models_size():
     np.testing.assert_allclose(pad.frame(0, 0, [F.INTRINSICS])[F.INTRINSICS][1, 2], (239.5 + 80 + 0.5) * 0.2 - 0.5)
 
 
+def test_a_depth_of_another_aspect_than_the_camera_is_refused_before_fitting(tmp_path):
+    """Depth that does not show what the camera shows (another aspect) cannot be fitted with it: one line
+    naming both, instead of a depth misaligned with the image and its intrinsics."""
+    import shutil
+
+    copy = Path(shutil.copytree(FRANKA, tmp_path / "franka"))
+    info_path = copy / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["features"][FRONT_DEPTH]["shape"] = [480, 480, 1]
+    info_path.write_text(json.dumps(info))
+    EpisodeStore(copy, DataConfig(fov=60))  # read as stored: nothing is fitted
+    with pytest.raises(ValueError, match=r"depth 'observation.images.front_depth' is 480x480 and camera "
+                                         r"'observation.images.front' 480x640"):
+        EpisodeStore(copy, DataConfig(fov=60), image_size=128)
+
+
 # --- training equals control -----------------------------------------------------------------------------
 def sent_at_camera_size(raw: EpisodeStore, keys: list[str], episode: int, with_intrinsics: bool) -> list[dict]:
     """An episode's frames as a robot client sends them: the camera's own size, the dataset's names."""

@@ -474,6 +474,12 @@ class EpisodeStore:
         self.fitted: dict[str, tuple[int, int]] = {}
         self.image_fit = data.image_fit if data is not None else "crop"
         if image_size and data is not None:
+            if DEPTH in self._stored_key:  # fitted alike only if the depth shows what the camera shows
+                (height, width), (depth_height, depth_width) = (self.features[r]["shape"][:2] for r in (RGB, DEPTH))
+                if height * depth_width != width * depth_height:
+                    raise DatasetError(f"{info_path}: depth {self.stored_key(DEPTH)!r} is {depth_height}x{depth_width}"
+                                       f" and camera {self.stored_key(RGB)!r} {height}x{width}: the depth must be "
+                                       f"registered to the camera (the same aspect) to be fitted with it")
             for role in (RGB, *EXTRA_CAMERAS, DEPTH):
                 if role in self._stored_key and not is_identity(*self.features[role]["shape"][:2], image_size):
                     self.fitted[role] = tuple(self.features[role]["shape"][:2])
