@@ -1,7 +1,7 @@
 """Serving: what `stvla serve` adds to a control step, how it holds up under concurrent clients, and
 what bad traffic gets.
 
-    python benchmarks/bench_serve.py [--seconds 60] [--work runs/bench-serve]
+    python benchmarks/bench_serve.py [--seconds 60] [--abuse_seconds 60] [--work runs/bench-serve]
 
 - Round trip: an `st` policy at 128 px (the benchmark's model; its weights do not change the cost),
   one observation per step with inference, over loopback, against `select_action` of the same policy
@@ -13,14 +13,21 @@ what bad traffic gets.
 - Bad traffic: while 2 well-behaved clients step, 50 each of garbage bytes, oversized messages, wrong
   tokens and truncated messages (and a few more of each kind); every one must be answered with an error
   or refused, and the well-behaved clients must see no error.
+- Abuse (issue 44): a well-behaved robot stepping at `--robot_hz` (a robot's control rate, inferring every
+  step) alone, then while, for `--abuse_seconds` each, (a) one connection floods pings and never reads,
+  (b) one sends steps with a new 1000-character instruction every time, (c) 20 connections send full steps
+  and never read. For each: the robot's p50 / p99 against alone, and the server's resident memory before,
+  at its peak during, and 10 s after the attackers leave. The attackers run in their own process.
 
 The server runs as `stvla serve` in its own process (loopback, with a token). Writes
-benchmarks/results/serve.json and BENCHMARKS.md.
+benchmarks/results/serve.json and BENCHMARKS.md (or, with `--scratch DIR`, the same under DIR: a trial run
+that leaves the recorded figures alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import socket
 import subprocess
 import sys
@@ -164,11 +171,140 @@ def bad_traffic(url: str, token: str, frames: list[dict], per_kind: int, max_byt
     return {"sent": sent, **outcomes}
 
 
+PING = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + b"p" * 125  # a masked ping (zero key), never read back
+
+
+def handshake(port: int, token: str) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+              + f"Authorization: Bearer {token}\r\n\r\n".encode())
+    if not s.recv(4096).startswith(b"HTTP/1.1 101"):
+        raise ConnectionError("the handshake was refused")
+    return s
+
+
+def push(sockets: list[socket.socket], next_bytes, stop: float) -> None:
+    """Send on every socket what `next_bytes()` gives, whole frames only, as fast as each is read, until
+    `stop`: a socket the server no longer reads just waits (its frame goes on when it can)."""
+    pending = {s: memoryview(b"") for s in sockets}
+    for s in sockets:
+        s.setblocking(False)
+    while time.monotonic() < stop and pending:
+        moved = False
+        for s in list(pending):
+            if not pending[s]:
+                pending[s] = memoryview(next_bytes())
+            try:
+                sent = s.send(pending[s])
+            except BlockingIOError:
+                continue
+            except OSError:  # closed by the server
+                del pending[s]
+                continue
+            pending[s], moved = pending[s][sent:], moved or sent > 0
+        if not moved:
+            time.sleep(0.002)
+    for s in sockets:
+        s.close()
+
+
+def attack(kind: str, url: str, token: str, seconds: float, frames: list[dict]) -> None:
+    """One attacker (run in its own process): pings never read, a new long instruction every step, or 20
+    connections sending steps and never reading."""
+    from websockets.sync.client import connect
+
+    port = int(url.rsplit(":", 1)[1])
+    stop = time.monotonic() + seconds
+    if kind == "pings":
+        burst = PING * 500
+        push([handshake(port, token)], lambda: burst, stop)
+    elif kind == "instructions":
+        rng = np.random.default_rng(1)
+        letters = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz ", np.uint8)
+        headers = {"Authorization": f"Bearer {token}"}
+        with connect(url, additional_headers=headers, max_size=None) as websocket:
+            websocket.recv(timeout=30)
+            step = 0
+            while time.monotonic() < stop:
+                text = rng.choice(letters, 1000).tobytes().decode()
+                observation = {**frames[step % len(frames)], "instruction": text}
+                websocket.send(pack({"type": "step", "observation": observation}))
+                try:
+                    websocket.recv(timeout=max(0.1, stop - time.monotonic()))
+                except TimeoutError:
+                    break
+                step += 1
+    elif kind == "unread":
+        messages = [pack({"type": "step", "observation": frame, "infer": True}) for frame in frames]
+        framed = [bytes([0x82, 0x80 | 127]) + len(m).to_bytes(8, "big") + b"\0\0\0\0" + m for m in messages]
+        sockets = []
+        for _ in range(20):
+            try:
+                sockets.append(handshake(port, token))
+            except (OSError, ConnectionError):  # refused: the server is full
+                pass
+        counter = itertools.count()
+        push(sockets, lambda: framed[next(counter) % len(framed)], stop)
+
+
+def robot_steps(client: PolicyClient, frames: list[dict], seconds: float, hz: float) -> list[float]:
+    """A well-behaved robot: one step a control period, inferring each, for `seconds`; its round trips (ms)."""
+    times = []
+    client.reset()
+    stop, step = time.perf_counter() + seconds, 0
+    while time.perf_counter() < stop:
+        started = time.perf_counter()
+        client.step(frames[step % len(frames)], infer=True)
+        times.append((time.perf_counter() - started) * 1000)
+        step += 1
+        time.sleep(max(0.0, 1 / hz - (time.perf_counter() - started)))
+    return times
+
+
+def abuse(url: str, token: str, frames: list[dict], pid: int, seconds: float, hz: float) -> dict:
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    robot = PolicyClient(url, token=token)  # connected before any flood, as a robot in its episode is
+    alone = robot_steps(robot, frames, min(seconds, 30.0), hz)
+    results = {"robot_hz": hz, "alone_ms": list(percentiles(alone)), "floods": {}}
+    for kind in ("pings", "instructions", "unread"):
+        before = resident_mib(pid)
+        attacker = context.Process(target=attack, args=(kind, url, token, seconds, frames), daemon=True)
+        attacker.start()
+        peak = [before]
+        sampling = [True]
+
+        def sample() -> None:
+            while sampling[0]:
+                peak[0] = max(peak[0], resident_mib(pid))
+                time.sleep(0.25)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        time.sleep(min(2.0, seconds / 5))  # the flood under way
+        during = robot_steps(robot, frames, seconds - min(2.0, seconds / 5), hz)
+        attacker.join(timeout=seconds + 30)
+        if attacker.is_alive():
+            attacker.terminate()
+        time.sleep(10)  # the attacker gone: its connections closed, its memory returned
+        sampling[0] = False
+        sampler.join()
+        results["floods"][kind] = {"robot_ms": list(percentiles(during)), "steps": len(during),
+                                   "memory_mib": [before, peak[0], resident_mib(pid)]}
+    robot.close()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="length of each load run")
     parser.add_argument("--work", default="runs/bench-serve", help="directory for the policy and the token")
     parser.add_argument("--bad_per_kind", type=int, default=55, help="bad messages of each of the 5 kinds")
+    parser.add_argument("--abuse_seconds", type=float, default=60.0, help="length of each abuse flood (0: none)")
+    parser.add_argument("--robot_hz", type=float, default=10.0, help="the well-behaved robot's control rate")
+    parser.add_argument("--scratch", default="", help="record under this directory, not the repository (a trial)")
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -177,11 +313,13 @@ def main() -> None:
     policy.fit_statistics(rng.uniform(-1, 1, (500, 4)), rng.normal(0, 0.3, (500, 4)))
     policy_dir = policy.save_pretrained(work / "st")
     token_file = work / "token"
-    token_file.write_text("bench-token\n")
+    token = "bench-token-0123456789"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "stvla.cli", "serve", "--policy", str(policy_dir), "--port",
                                str(port), "--token_file", str(token_file)])
-    url, token = f"ws://127.0.0.1:{port}", "bench-token"
+    url = f"ws://127.0.0.1:{port}"
     try:
         for _ in range(120):
             try:
@@ -219,6 +357,9 @@ def main() -> None:
         for thread in good:
             thread.join()
         bad["well_behaved_errors"] = good_errors[0]
+        abused = None
+        if args.abuse_seconds:
+            abused = abuse(url, token, frames, server.pid, args.abuse_seconds, args.robot_hz)
     finally:
         server.terminate()
         server.wait()
@@ -236,9 +377,23 @@ def main() -> None:
              ("... answered with an error / refused or closed / accepted",
               f"{bad['answered_with_error']} / {bad['refused_or_closed']} / {bad['accepted']}"),
              ("... errors seen meanwhile by 2 well-behaved clients", str(bad["well_behaved_errors"]))]
+    if abused:
+        alone50, alone99 = abused["alone_ms"]
+        rows.append((f"abuse: a robot at {abused['robot_hz']:g} Hz alone: p50 / p99 (ms)",
+                     f"{alone50:.1f} / {alone99:.1f}"))
+        names = {"pings": "one connection flooding pings, never reading",
+                 "instructions": "one connection sending a new 1000-character instruction every step",
+                 "unread": "20 connections sending full steps, never reading"}
+        for kind, flood in abused["floods"].items():
+            p50, p99 = flood["robot_ms"]
+            before, peak, after = flood["memory_mib"]
+            rows.append((f"... while {names[kind]}, {args.abuse_seconds:.0f} s: robot p50 / p99 (ms, x alone); "
+                         f"server memory before / peak / 10 s after (MiB)",
+                         f"{p50:.1f} / {p99:.1f} ({p50 / alone50:.2f}x); {before:.0f} / {peak:.0f} / {after:.0f}"))
     record("serve", {"local_ms": [local50, local99], "served_ms": [served50, served99], "load": load,
-                     "memory_mib": memory, "bad_traffic": bad}, rows,
-           "Serving (stvla serve on loopback, its own process; clients in one process)")
+                     "memory_mib": memory, "bad_traffic": bad, "abuse": abused}, rows,
+           "Serving (stvla serve on loopback, its own process; clients in one process)",
+           **({"root": Path(args.scratch)} if args.scratch else {}))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from stvla import features as F
-from stvla.policies.action_layout import action_layout_for
+from stvla.policies.action_layout import action_layout_for, action_names
 from stvla.policies.action_tokenizer import (
     AdaptiveActionGrid,
     PerDimensionConfig,
@@ -263,3 +263,17 @@ def test_every_policy_type_acts_with_per_dimension_bins(joint_dataset, policy_ty
     actions, _ = policy.model.predict_chunk(samples.batch(np.arange(3)))
     assert actions.shape == (3, 4, 4) and torch.isfinite(actions).all()
     assert len(actions[..., 3].unique()) <= 2  # the gripper's two bins
+
+
+def test_names_in_groups_or_not_counting_the_values_never_read_joints_as_an_end_effector():
+    """{"arm": [...], "gripper": [...]} (converters' groups) reads the groups in order; names that do not count
+    the values (6 joint names for 7 values) still say joints: never the positional end-effector reading."""
+    grouped = {"shape": [7], "names": {"arm": JOINT7[:6], "gripper": ["gripper"]}}
+    assert action_names(grouped) == [name.lower() for name in JOINT7[:6]] + ["gripper"]
+    layout = action_layout_for(grouped, "d")
+    assert layout.kind == "joint" and layout.gripper_dims == (6,)
+    miscounted = action_layout_for({"shape": [7], "names": {"motors": JOINT7[:6]}}, "d")
+    assert miscounted.kind == "joint" and "has 7 values but 6 names" in miscounted.note
+    with pytest.raises(ValueError, match="names say joints"):
+        action_layout_for({"shape": [7], "names": JOINT7[:6]}, "d", "ee")
+    assert action_layout_for({"shape": [7], "names": ["a", "b"]}, "d").kind == "ee"  # no joints said: by position

@@ -357,3 +357,31 @@ def test_fixture_policies_serve_a_robot_its_own_formats(tmp_path):
         finally:
             server.stop()
         assert all(np.array_equal(s, l) for s, l in zip(served, local)), name
+
+
+def test_a_depth_at_a_lower_resolution_than_its_camera_is_traced_at_the_cameras(tmp_path):
+    """A depth stream of the camera's aspect at half its resolution (a RealSense depth at 320x240 beside
+    640x480 colour): `stvla trace` reads it at the camera's size by nearest pixel (the tracer draws into
+    depth pixel for pixel), as training fits each to the model's square; another aspect is named."""
+    from stvla.data.video import read_video
+
+    features = {FRONT: {"dtype": "image", "shape": [32, 48, 3], "names": ["height", "width", "channels"]},
+                FRONT_DEPTH: {"dtype": "image", "shape": [16, 24, 1], "names": ["height", "width", "channels"],
+                              "info": {"is_depth_map": True}},
+                F.STATE: {"dtype": "float32", "shape": [4], "names": None},
+                F.ACTION: {"dtype": "float32", "shape": [4], "names": None}}
+    rng = np.random.default_rng(0)
+    writer = EpisodeWriter.create_or_resume(tmp_path / "half", 10, features, "arm")
+    writer.add_episode({FRONT: rng.integers(0, 256, (6, 32, 48, 3), dtype=np.uint8),
+                        FRONT_DEPTH: rng.uniform(0.5, 2.0, (6, 16, 24)).astype(np.float32),
+                        F.STATE: np.zeros((6, 4), np.float32), F.ACTION: np.zeros((6, 4), np.float32)}, "look")
+    assert main(["trace", str(tmp_path / "half"), "--out", str(tmp_path / "t.mp4"), "--fov", "60"]) == 0
+    assert len(read_video(tmp_path / "t.mp4")) == 6
+    from stvla.data.view import _depth_at_camera_size
+
+    store = EpisodeStore(tmp_path / "half", DataConfig())
+    depth = store.episode(0, [F.DEPTH])[F.DEPTH]
+    np.testing.assert_array_equal(_depth_at_camera_size(store, depth, (32, 48)), depth.repeat(2, 1).repeat(2, 2))
+    with pytest.raises(ValueError, match=r"depth 'observation.images.front_depth' is 16x24 and camera "
+                                         r"'observation.images.front' 32x32"):
+        _depth_at_camera_size(store, depth, (32, 32))

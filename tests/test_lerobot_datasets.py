@@ -215,3 +215,157 @@ def test_rgb_stored_as_images_reads_back_exactly(tmp_path):
     assert store.stored_key(F.RGB) == "observation.images.wrist"
     for index, episode in enumerate(episodes):
         np.testing.assert_array_equal(store.episode(index, [F.RGB])[F.RGB], episode["observation.images.wrist"])
+
+
+def edited_copy(tmp_path: Path, name: str, edit) -> Path:
+    """A copy of fixture `name` whose meta/info.json `edit(info)` changed (another shape of a LeRobot dataset)."""
+    root = Path(shutil.copytree(FIXTURES / name, tmp_path / name))
+    info = json.loads((root / "meta/info.json").read_text())
+    edit(info)
+    (root / "meta/info.json").write_text(json.dumps(info, indent=4))
+    return root
+
+
+def test_a_channels_first_camera_of_older_lerobot_writers_is_read_as_it_is(tmp_path, capsys):
+    """Datasets ported by LeRobot's older writers (v2.0) may declare a camera [3, H, W] with names
+    ["channels", "height", "width"]; LeRobot reads the order from the names, and so does the store (a shape
+    whose first size cannot be channels is left as it is)."""
+    def channels_first(info):
+        info["features"][CAMERA].update(shape=[3, SIZE, SIZE], names=["channels", "height", "width"])
+
+    root = edited_copy(tmp_path, "rgb_7d", channels_first)
+    store = EpisodeStore(root, DataConfig())
+    assert store.stored_key(F.RGB) == CAMERA and store.features[F.RGB]["shape"] == [SIZE, SIZE, 3]
+    np.testing.assert_array_equal(store.episode(1, [F.RGB])[F.RGB],
+                                  EpisodeStore(FIXTURES / "rgb_7d", DataConfig()).episode(1, [F.RGB])[F.RGB])
+    assert main(["info", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"cameras  {CAMERA} {SIZE}x{SIZE}, read as it is" in out and "refused" not in out
+    from stvla.data.store import _channels_last
+
+    mislabelled = {"dtype": "video", "shape": [SIZE, SIZE, 3], "names": ["channels", "height", "width"]}
+    assert _channels_last(mislabelled) == mislabelled
+
+
+def test_the_first_cameras_own_depth_is_chosen_among_several_and_never_anothers(tmp_path):
+    """Two cameras with a depth each (`<camera>_depth`): the first --camera's depth is read without --depth;
+    a dataset whose only depth is another camera's does not silently pair it with the first camera."""
+    side, side_depth = "observation.images.side", "observation.images.side_depth"
+
+    def two_depths(info):
+        info["features"][side], info["features"][side_depth] = info["features"][CAMERA], info["features"][DEPTH_KEY]
+
+    root = edited_copy(tmp_path, "depth_video", two_depths)
+    assert EpisodeStore(root, DataConfig(camera=CAMERA)).stored_key(F.DEPTH) == DEPTH_KEY
+    assert EpisodeStore(root, DataConfig(camera=f"{side},{CAMERA}")).stored_key(F.DEPTH) == side_depth
+    assert EpisodeStore(root, DataConfig(camera=CAMERA, depth=side_depth)).stored_key(F.DEPTH) == side_depth
+
+    def only_the_side_depth(info):
+        info["features"][side], info["features"][side_depth] = info["features"][CAMERA], info["features"].pop(DEPTH_KEY)
+
+    root = edited_copy(tmp_path / "b", "depth_video", only_the_side_depth)
+    with pytest.raises(ValueError, match=r"the depth feature 'observation.images.side_depth' is camera "
+                                         r"'observation.images.side''s, not the first --camera 'observation.images.front'"):
+        EpisodeStore(root, DataConfig(camera=CAMERA))
+    assert EpisodeStore(root, DataConfig(camera=side)).stored_key(F.DEPTH) == side_depth
+    assert EpisodeStore(root, DataConfig(camera=CAMERA, depth=side_depth)).stored_key(F.DEPTH) == side_depth
+
+
+TINY_FLAGS = ["--steps", "2", "--batch_size", "4", "--val_episodes", "0", "--model.width", "32",
+              "--model.image.channels", "8,16", "--model.image.width", "32", "--model.trunk.width", "32",
+              "--model.trunk.depth", "1", "--model.trunk.heads", "2"]
+
+
+def test_a_dataset_without_state_trains_without_the_state_token(tmp_path, capsys):
+    """Images, depth and actions, no observation.state (neither in info.json nor in the data file): refused in
+    one line naming --model.use_state false, with which it trains, and the policy acts on frames without a state."""
+    import pyarrow.parquet as pq
+
+    root = edited_copy(tmp_path, "depth_image", lambda info: info["features"].pop(F.STATE))
+    path = root / "data/chunk-000/file-000.parquet"
+    pq.write_table(pq.read_table(path).drop([F.STATE]), path)
+    assert main(["info", str(root)]) == 0
+    assert "state    none: train with --model.use_state false" in capsys.readouterr().out
+    out, cache = tmp_path / "st", ["--cache_dir", str(tmp_path / "cache")]
+    assert main(["train", "--policy", "st", "--dataset", str(root), "--out", str(out), "--fov", "60", *cache,
+                 *TINY_FLAGS]) == 2
+    message = capsys.readouterr().err.strip()
+    assert len(message.splitlines()) == 1 and "has no 'observation.state' feature" in message \
+        and "--model.use_state false" in message
+    assert main(["train", "--policy", "st", "--dataset", str(root), "--out", str(out), "--fov", "60", *cache,
+                 "--model.use_state", "false", *TINY_FLAGS]) == 0
+    policy = load_policy(out / "policy")
+    assert not policy.config.vla.use_state and F.STATE not in policy.processor.contract()["input_features"]
+    store = EpisodeStore(root, DataConfig())
+    frames = store.episode(0, [F.RGB, F.DEPTH])
+    policy.reset()
+    action = policy.select_action({CAMERA: frames[F.RGB][0], DEPTH_KEY: frames[F.DEPTH][0], F.TASK: TASKS[0]})
+    assert np.shape(action) == (7,) and np.isfinite(action).all()
+    assert main(["train", "--policy", "llarva", "--dataset", str(root), "--out", str(tmp_path / "llarva"), "--fov",
+                 "60", *cache, "--model.use_state", "false", *TINY_FLAGS]) == 2
+    assert "reads the proprio state's history" in capsys.readouterr().err
+
+
+def test_a_one_value_state_and_action_are_vectors(tmp_path):
+    """LeRobot stores a feature of shape [1] as a plain column: a one-joint robot's state and action read
+    as (T, 1) vectors, as every other size, and train (they were (T,) scalars, which training refused)."""
+    from stvla.data.store import EpisodeWriter
+
+    rng = np.random.default_rng(0)
+    features = {CAMERA: {"dtype": "image", "shape": [32, 48, 3], "names": ["height", "width", "channels"]},
+                F.STATE: {"dtype": "float32", "shape": [1], "names": ["conveyor.pos"]},
+                F.ACTION: {"dtype": "float64", "shape": [1], "names": ["conveyor.pos"]}}
+    writer = EpisodeWriter.create_or_resume(tmp_path / "one", 15, features, "conveyor", episodes_per_file=3)
+    for _ in range(3):
+        writer.add_episode({CAMERA: rng.integers(0, 256, (8, 32, 48, 3), dtype=np.uint8),
+                            F.STATE: rng.normal(size=8).astype(np.float32), F.ACTION: rng.normal(size=(8, 1))},
+                           "move the belt")
+    writer.flush()
+    frames = EpisodeStore(tmp_path / "one", DataConfig()).episode(1, [F.STATE, F.ACTION])
+    assert frames[F.STATE].shape == (8, 1) and frames[F.ACTION].shape == (8, 1)
+    assert main(["train", "--policy", "tracevla", "--dataset", str(tmp_path / "one"), "--out", str(tmp_path / "tv"),
+                 "--cache_dir", str(tmp_path / "cache"), *TINY_FLAGS]) == 0
+    vla = load_policy(tmp_path / "tv" / "policy").config.vla
+    assert (vla.state_dim, vla.action_dim, vla.action_layout) == (1, 1, "joint")
+
+
+def test_task_strings_kept_as_a_column_are_read_and_anything_else_is_named(tmp_path):
+    """meta/tasks.parquet as other writers make it (a "task" column beside task_index, no pandas index) gives
+    the same instructions; a table without the strings is refused naming the file, never read as numbers."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(shutil.copytree(FIXTURES / "rgb_7d", tmp_path / "rgb_7d"))
+    path = root / "meta/tasks.parquet"
+    pq.write_table(pa.table({"task_index": pa.array([1, 0], pa.int64()),
+                             "task": ["open the drawer", "pick up the red block"]}), path)
+    store = EpisodeStore(root)
+    assert store.tasks == EpisodeStore(FIXTURES / "rgb_7d").tasks == ["pick up the red block", "open the drawer"]
+    pq.write_table(pa.table({"task_index": pa.array([0, 1], pa.int64())}), path)
+    with pytest.raises(ValueError, match=r"tasks.parquet: task 0 is not a string"):
+        EpisodeStore(root)
+
+
+def test_a_video_of_another_size_than_info_json_says_is_named(tmp_path, capsys):
+    """Videos re-encoded at another size without info.json changed: the frames were returned at their own size,
+    with intrinsics and the fit computed from the size info.json gives; now one line names both."""
+    root = edited_copy(tmp_path, "rgb_7d", lambda info: info["features"][CAMERA].update(shape=[120, 160, 3]))
+    with pytest.raises(ValueError, match=r"file-000.mp4: frames of 'observation.images.front' are 96x96, "
+                                         r"meta/info.json says 120x160"):
+        EpisodeStore(root, DataConfig(fov=60)).episode(0, [F.RGB, F.INTRINSICS])
+    assert main(["info", str(root)]) == 2
+    assert "are 96x96, meta/info.json says 120x160" in capsys.readouterr().err
+
+
+def test_a_task_string_control_would_refuse_is_refused_before_training(tmp_path, capsys):
+    """A blank task string (or one with line breaks) trains a policy that could never be given its own
+    instruction at control: `stvla train` refuses it in one line naming the file and the task."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(shutil.copytree(FIXTURES / "rgb_7d", tmp_path / "rgb_7d"))
+    pq.write_table(pa.table({"task_index": pa.array([0, 1], pa.int64()), "task": ["pick up the red block", " "]}),
+                   root / "meta/tasks.parquet")
+    assert main(["train", "--policy", "tracevla", "--dataset", str(root), "--out", str(tmp_path / "run"),
+                 "--steps", "1", "--cache_dir", str(tmp_path / "cache")]) == 2
+    assert "meta/tasks.parquet: task 1 must be a non-empty string" in capsys.readouterr().err

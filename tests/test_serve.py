@@ -135,14 +135,15 @@ def test_tokens_and_addresses(tiny_tracevla, tmp_path, capsys):
     assert main(["serve", "--policy", str(tiny_tracevla), "--host", "0.0.0.0"]) == 2  # one line, no traceback
     assert "give --token_file" in capsys.readouterr().err
     token = tmp_path / "token"
-    token.write_text("s3cret\n")
+    token.write_text("s3cret-s3cret-s3cret\n")
+    token.chmod(0o600)
     guarded = PolicyServer(ServeConfig(policy=str(tiny_tracevla), port=0, token_file=str(token)))
     guarded.start_in_thread()
     url = f"ws://127.0.0.1:{guarded.port}"
     for wrong in (None, "guess"):
         with pytest.raises(ServerError, match="refused the connection: HTTP 401"):
             PolicyClient(url, token=wrong, retries=0)
-    with PolicyClient(url, token="s3cret") as client:
+    with PolicyClient(url, token="s3cret-s3cret-s3cret") as client:
         assert client.step(observations(4, 1)[0])["actions"].shape == (4, 4)
     guarded.stop()
 

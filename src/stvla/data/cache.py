@@ -160,7 +160,9 @@ class DecodedCache:
             self._decode(missing)
         for key in keys:
             if key not in self.arrays:
-                self.arrays[key] = np.load(self._file(key), mmap_mode="r")
+                array = np.load(self._file(key), mmap_mode="r")
+                # A one-value action or state is a vector (N, 1); caches made before the store read it so hold (N,).
+                self.arrays[key] = array.reshape(-1, 1) if key in (F.ACTION, F.STATE) and array.ndim == 1 else array
         return {key: self.arrays[key] for key in keys}
 
     def _file(self, key: str) -> Path:

@@ -23,7 +23,7 @@ from stvla.image_fit import check_fit
 @dataclass
 class DataConfig:
     camera: str = ""  # the RGB stream's feature key; "" = observation.images.rgb, else the dataset's only camera; several comma-separated (front,wrist): the first has the depth and the traces
-    depth: str = ""  # the depth feature's key; "" = observation.depth, else the dataset's only depth map (if any)
+    depth: str = ""  # the depth feature's key; "" = observation.depth, else the first camera's own (<camera>_depth), else the dataset's only depth map (if any, and not another camera's)
     intrinsics: str = ""  # "fx,fy,cx,cy" in pixels, for a dataset that records no camera intrinsics
     fov: float = 0.0  # or the camera's vertical field of view in degrees (centred principal point)
     cache_dir: str = ""  # where training caches go; "" = $STVLA_CACHE, else ~/.cache/stvla
@@ -101,7 +101,16 @@ def resolve_roles(features: dict[str, dict], config: DataConfig, where: str) -> 
                          f"comma-separated; the dataset's camera features: {cameras or 'none'}")
     stored = {F.camera_feature(i): _choose("camera", "--camera", name, F.RGB, cameras, features, where, required=True)
               for i, name in enumerate(given)}
-    depth = _choose("depth", "--depth", config.depth, F.DEPTH, depths, features, where, required=False)
+    # Else the first camera's own depth, `<camera>_depth` (as `stvla depth` and most recorders name it), also
+    # among several; never another camera's by default: it does not show what the first camera shows.
+    paired = f"{stored[F.RGB]}_depth"
+    depth = _choose("depth", "--depth", config.depth, F.DEPTH if F.DEPTH in depths else paired, depths, features,
+                    where, required=False)
+    owner = next((key for key in cameras if depth == f"{key}_depth"), None)
+    if not config.depth and owner is not None and owner != stored[F.RGB]:
+        raise ValueError(f"{where}: the depth feature {depth!r} is camera {owner!r}'s, not the first --camera "
+                         f"{stored[F.RGB]!r}'s; put {owner!r} first in --camera, or give --depth {depth} if it is "
+                         f"registered to {stored[F.RGB]!r}")
     if depth is not None:
         stored[F.DEPTH] = depth
     intrinsics = None

@@ -48,8 +48,8 @@ from stvla.data.video import (
     write_depth_video,
     write_video,
 )
-from stvla.features import DEPTH, EPISODE_INDEX, EXTRA_CAMERAS, FRAME_INDEX, INDEX, INTRINSICS, RGB, TASK, TASK_INDEX, \
-    TIMESTAMP
+from stvla.features import ACTION, DEPTH, EPISODE_INDEX, EXTRA_CAMERAS, FRAME_INDEX, INDEX, INTRINSICS, RGB, STATE, \
+    TASK, TASK_INDEX, TIMESTAMP
 from stvla.image_fit import fit_depth, fit_intrinsics, fit_rgb, is_identity
 
 CODEBASE_VERSION = "v3.0"
@@ -456,10 +456,12 @@ class EpisodeStore:
                 raise DatasetError(f"{info_path}: field {field!r} is missing")
         if not str(self.info["codebase_version"]).startswith("v3"):
             raise DatasetError(f"{info_path}: codebase_version {self.info['codebase_version']!r} is not v3")
+        if not isinstance(self.info["features"], dict):
+            raise DatasetError(f"{info_path}: field 'features' is not a mapping of feature keys to entries")
+        self.info["features"] = {key: _channels_last(feature) for key, feature in self.info["features"].items()}
         self.fps: int = int(self.info["fps"])
         self.episodes = self._read_episodes()
-        tasks_path = self.root / "meta" / "tasks.parquet"
-        self.tasks: list[str] = list(self._read_table(tasks_path).to_pandas().sort_values(TASK_INDEX).index)
+        self.tasks: list[str] = self._read_tasks(self.root / "meta" / "tasks.parquet")
         if len(self.episodes) > int(self.info.get("total_episodes", len(self.episodes))):
             raise DatasetError(f"{info_path}: total_episodes is {self.info['total_episodes']} but "
                                f"meta/episodes lists {len(self.episodes)} episodes")
@@ -649,6 +651,22 @@ class EpisodeStore:
             raise DatasetError(f"{self.root / 'meta' / 'episodes'}: episode indices are not 0..{len(episodes) - 1}")
         return episodes
 
+    def _read_tasks(self, path: Path) -> list[str]:
+        """The task strings in task_index order: LeRobot keeps them as the index (named "task"), other writers
+        as a "task" column; frames' task_index values are positions in this list."""
+        table = self._read_table(path).to_pandas()
+        if TASK_INDEX not in table:
+            raise DatasetError(f"{path}: column {TASK_INDEX!r} is missing")
+        table = table.sort_values(TASK_INDEX)
+        if list(table[TASK_INDEX]) != list(range(len(table))):
+            raise DatasetError(f"{path}: task indices are {list(table[TASK_INDEX])[:5]}..., not 0..{len(table) - 1}")
+        tasks = list(table[TASK] if TASK in table else table.index)
+        bad = next((task for task in tasks if not isinstance(task, str)), None)
+        if bad is not None:
+            raise DatasetError(f"{path}: task {bad!r} is not a string (the task strings are the index, named "
+                               f"{TASK!r}, or a {TASK!r} column)")
+        return tasks
+
     def _episode_rows(self, episode: int, columns: list[str]) -> tuple[Path, pa.Table]:
         """The data-file rows of one episode (its `index` span; LeRobot packs many episodes in a file)."""
         path = self.data_path(episode)
@@ -673,7 +691,9 @@ class EpisodeStore:
         stored = self.info["features"][self.stored_key(key)]
         if stored["dtype"] == "image":
             return _decode_images(column, stored, path, self.stored_key(key))
-        return _numpy_column(column, stored, path, self.stored_key(key))
+        values = _numpy_column(column, stored, path, self.stored_key(key))
+        # The action and the state are vectors, also of one value (which LeRobot stores as a plain column).
+        return values.reshape(len(values), 1) if key in (ACTION, STATE) and values.ndim == 1 else values
 
     def _read_video_span(self, episode: int, key: str, length: int) -> np.ndarray:
         stored_key = self.stored_key(key)
@@ -685,12 +705,17 @@ class EpisodeStore:
         if is_depth_feature(stored_key, feature):
             depth = DepthQuantization.from_info(feature.get("info") or {}, f"{self.root}: feature {stored_key!r}")
         checksum = row.get(f"videos/{stored_key}/frames_sha256")  # written by stvla; LeRobot's datasets have none
+        path = self.video_path(episode, key)
         try:
-            return read_video(self.video_path(episode, key), expected_frames=length, start=start,
-                              stop=None if stop is None else float(stop), depth=depth,
-                              checksum=checksum if isinstance(checksum, str) and checksum else None)
+            frames = read_video(path, expected_frames=length, start=start, stop=None if stop is None else float(stop),
+                                depth=depth, checksum=checksum if isinstance(checksum, str) and checksum else None)
         except (ValueError, FileNotFoundError) as error:
             raise DatasetError(f"episode {episode}: {error}") from error
+        # The size info.json gives is what the camera's intrinsics and its fit are computed from.
+        if list(frames.shape[1:3]) != list(feature["shape"][:2]):
+            raise DatasetError(f"{path}: frames of {stored_key!r} are {frames.shape[1]}x{frames.shape[2]}, "
+                               f"meta/info.json says {feature['shape'][0]}x{feature['shape'][1]}")
+        return frames
 
     @staticmethod
     def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -706,6 +731,21 @@ class EpisodeStore:
             return pq.read_table(path, columns=columns)
         except (pa.ArrowException, OSError) as error:
             raise DatasetError(f"cannot read {path} (truncated or corrupt?): {error}") from error
+
+
+CHANNEL_NAMES = ("channel", "channels")
+
+
+def _channels_last(feature: dict) -> dict:
+    """An image or video feature with its shape as its frames decode, (height, width, channels). Datasets
+    ported by LeRobot's older writers (v2.0) may declare [C, H, W] with names ["channels", "height", "width"];
+    LeRobot reads the order from the names, and so does this reader."""
+    names, shape = feature.get("names"), list(feature.get("shape") or [])
+    if feature.get("dtype") in ("video", "image") and len(shape) == 3 and shape[0] in (1, 3) \
+            and isinstance(names, list) and len(names) == 3 and str(names[0]).lower() in CHANNEL_NAMES \
+            and str(names[2]).lower() not in CHANNEL_NAMES:
+        return {**feature, "shape": [*shape[1:], shape[0]], "names": [*names[1:], names[0]]}
+    return feature
 
 
 def _decoded_feature(key: str, feature: dict) -> dict:

@@ -12,6 +12,7 @@ from stvla import features as F
 from stvla.data.roles import DataConfig
 from stvla.data.store import EpisodeStore
 from stvla.data.video import VIEWING, read_video, write_video
+from stvla.image_fit import nearest_indices
 from stvla.traces import OnlineTracer, TraceConfig, draw_traces_rgb
 from stvla.visualize import colorize_depth, mark_point, panels
 
@@ -39,6 +40,18 @@ def render_episode_video(root: str | Path, episode: int, out: str | Path, height
     return out
 
 
+def _depth_at_camera_size(store: EpisodeStore, depths: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Depth recorded at another resolution than its camera (the same aspect: registered to it) at the
+    camera's (height, width), by nearest pixel as the model's fit takes it (no depths mixed)."""
+    (height, width), (depth_height, depth_width) = size, depths.shape[1:3]
+    if height * depth_width != width * depth_height:
+        raise ValueError(f"{store.root}: depth {store.stored_key(F.DEPTH)!r} is {depth_height}x{depth_width} and "
+                         f"camera {store.stored_key(F.RGB)!r} {height}x{width}: the depth must be registered to the "
+                         f"camera (the same aspect) to be traced with it")
+    rows, columns = nearest_indices(depth_height, height), nearest_indices(depth_width, width)
+    return depths[:, rows[:, None], columns[None, :]]
+
+
 def render_trace_video(source: str | Path, out: str | Path, trace_config: TraceConfig, episode: int = 0,
                        height: int = 256, data: DataConfig | None = None) -> Path:
     """Write an mp4 of the online tracer run along a recording, as a policy would run it.
@@ -54,6 +67,8 @@ def render_trace_video(source: str | Path, out: str | Path, trace_config: TraceC
     if source.is_dir():
         store = EpisodeStore(source, data or DataConfig())
         frames = store.episode(episode, [key for key in (F.RGB, F.DEPTH, F.INTRINSICS) if key in store.features])
+        if F.DEPTH in frames and frames[F.DEPTH].shape[1:3] != frames[F.RGB].shape[1:3]:
+            frames[F.DEPTH] = _depth_at_camera_size(store, frames[F.DEPTH], frames[F.RGB].shape[1:3])
         fps = store.fps
     else:
         if data is not None and data != DataConfig():

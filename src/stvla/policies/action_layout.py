@@ -50,10 +50,11 @@ class ActionLayout:
 
 
 def action_names(action: dict) -> list[str]:
-    """The action feature's names, lower case ([] if it has none); LeRobot also writes {"motors": [...]}."""
+    """The action feature's names, lower case ([] if it has none); LeRobot also writes {"motors": [...]}, and
+    converters {"arm": [...], "gripper": [...]}: the groups' names in order."""
     names = action.get("names") or []
     if isinstance(names, dict):
-        names = next(iter(names.values()), []) or []
+        names = [name for group in names.values() for name in (group or [])]
     return [str(name).lower() for name in names]
 
 
@@ -103,9 +104,9 @@ def action_layout_for(action: dict, where: str, override: str = "") -> ActionLay
         raise ValueError(f"--action_layout must be one of {', '.join(LAYOUTS)} (or '': from the action's names), "
                          f"got {override!r}")
     size = int(action["shape"][0])
-    names = action_names(action)
-    if len(names) != size:  # missing, or not one per value: unnamed
-        names = []
+    given = action_names(action)
+    names = given if len(given) == size else []  # missing, or not one per value: unnamed
+    joints = [n for n in given if says_joint(n)]  # joints even among names that do not count the values
     grippers = tuple(i for i, n in enumerate(names) if says_gripper(n))
     joint = ActionLayout("joint", None, grippers)
     if override == "joint":
@@ -113,7 +114,6 @@ def action_layout_for(action: dict, where: str, override: str = "") -> ActionLay
     grid = end_effector_grid(names)
     if grid is not None:
         return ActionLayout("ee", grid, ())
-    joints = [n for n in names if says_joint(n)]
     if override == "ee":
         if joints:
             raise ValueError(f"{where}: --action_layout ee, but the action's names say joints ({', '.join(joints)}); "
@@ -124,12 +124,14 @@ def action_layout_for(action: dict, where: str, override: str = "") -> ActionLay
         return ActionLayout("ee", POSITIONAL_GRIDS[size], (),
                             note=f"{where}: {F.ACTION} read by position as an end effector's "
                                  f"{_POSITIONAL_NAMES[size]} (--action_layout ee)")
-    if not names and size in POSITIONAL_GRIDS:
+    unnamed = f" has {size} values but {len(given)} names ({', '.join(given[:3])}, ...)" if given else \
+        f" has {size} values without names"
+    if not names and size in POSITIONAL_GRIDS and not joints:
         return ActionLayout("ee", POSITIONAL_GRIDS[size], (),
-                            note=f"{where}: {F.ACTION} has {size} values without names: read by position as an end "
-                                 f"effector's {_POSITIONAL_NAMES[size]} (--action_layout joint for per-dimension bins)")
+                            note=f"{where}: {F.ACTION}{unnamed}: read by position as an end effector's "
+                                 f"{_POSITIONAL_NAMES[size]} (--action_layout joint for per-dimension bins)")
     named = (f"'s {size} names ({names[0]}, ...) are not an end effector's x y z (roll pitch yaw) gripper" if names
-             else f" has {size} values without names")
+             else unnamed)
     return ActionLayout("joint", None, grippers,
                         note=f"{where}: {F.ACTION}{named}: per-dimension bins (the joint layout), gripper dims "
                              f"{list(grippers)}")

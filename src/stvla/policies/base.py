@@ -75,14 +75,15 @@ class Policy(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def fit_statistics(self, actions: np.ndarray, states: np.ndarray) -> None:
+    def fit_statistics(self, actions: np.ndarray, states: np.ndarray | None) -> None:
         """Fit the action normaliser, the action tokenizer (the adaptive grid or per-dimension bins) and the state
-        normaliser on training data."""
+        normaliser on training data (`states` None: a dataset without states, a model without the state token)."""
         # Copies: the inputs may be read-only memory maps of the training cache.
         actions_t = torch.from_numpy(np.array(actions, dtype=np.float32))
         self.model.action_normalizer.fit_(actions_t)
         self.model.tokenizer.fit(self.model.action_normalizer.normalize(actions_t))
-        self.model.state_normalizer.fit_(torch.from_numpy(np.array(states, dtype=np.float32)))
+        if states is not None:
+            self.model.state_normalizer.fit_(torch.from_numpy(np.array(states, dtype=np.float32)))
 
     # --- LeRobot-style calls ---------------------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

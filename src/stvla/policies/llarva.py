@@ -34,6 +34,9 @@ class LLARVAConfig(PolicyConfig):
 class LLARVAProcessor(InputProcessor):
     uses_state_history = True
 
+    def language_prompts(self, instruction: str) -> list[str]:
+        return []  # LLARVA's prompt is tokenized, not embedded
+
     def language_inputs(self, frames: dict[str, Any], shown: np.ndarray,
                         rng: np.random.Generator | None) -> dict[str, Any]:
         vla = self.config.vla

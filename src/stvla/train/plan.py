@@ -42,7 +42,8 @@ def training_plan(root: str | Path, data: DataConfig | None = None, action_layou
         plan["depth"] = _depth_line(fitted)
     state = plain.info["features"].get(F.STATE)
     plan["state"] = (f"{F.STATE}, {state['shape'][0]} values" if state else
-                     f"refused: {where} has no {F.STATE!r} feature (every policy fits its statistics)")
+                     f"none: train with --model.use_state false (no state token; every policy type but llarva, "
+                     f"whose prompt reads the state's history)")
     return plan
 
 

@@ -57,8 +57,9 @@ class TrainingSamples:
         self.processor = processor
         self.augment = augment or AugmentConfig()
         self.decoded = DecodedCache(store, progress=progress, cache_dir=cache_dir)
-        # The state too, read by the model or not: its statistics are fitted in stage 1.
-        self.arrays = self.decoded.require(list(dict.fromkeys([*processor.input_features(), F.STATE, F.ACTION,
+        # The state too, read by the model or not: its statistics are fitted in stage 1 (when the dataset has one).
+        state = [F.STATE] if F.STATE in store.features else []
+        self.arrays = self.decoded.require(list(dict.fromkeys([*processor.input_features(), *state, F.ACTION,
                                                                F.TASK_INDEX])))
         if processor.tracer is not None:
             traced = DerivedCache(self.decoded, processor.trace_cache_name(), processor.trace_inputs(),
@@ -99,8 +100,9 @@ class TrainingSamples:
         return np.asarray(self.arrays[F.ACTION])[self.train_frames]
 
     @property
-    def states(self) -> np.ndarray:
-        return np.asarray(self.arrays[F.STATE])[self.train_frames]
+    def states(self) -> np.ndarray | None:
+        """The training frames' states (None: the dataset has none, and the model reads none)."""
+        return np.asarray(self.arrays[F.STATE])[self.train_frames] if F.STATE in self.arrays else None
 
     def indices_for_step(self, step: int, batch_size: int, seed: int) -> np.ndarray:
         """The frame indices of training step `step`: epoch-wise permutations of the training frames seeded
@@ -115,7 +117,7 @@ class TrainingSamples:
         frames: dict[str, object] = {key: self.arrays[key][indices] for key in self.arrays
                                      if key not in (F.ACTION, F.TASK_INDEX)}
         if F.STATE not in self.processor.input_features():
-            frames.pop(F.STATE)
+            frames.pop(F.STATE, None)
         if self.previous_index.shape[1]:
             frames[F.PREVIOUS_RGB] = np.asarray(self.arrays[F.RGB])[self.previous_index[indices]]
         frames[F.TASK] = [self.instructions[int(t)] for t in np.asarray(self.arrays[F.TASK_INDEX][indices])]

@@ -38,6 +38,7 @@ from stvla.policies.action_layout import LAYOUTS, action_layout_for, action_name
 from stvla.policies.base import Policy, read_checkpoint_config, read_weights
 from stvla.policies.processor import CameraConfig
 from stvla.policies.registry import make_policy, policy_class
+from stvla.policies.text import check_instruction
 from stvla.policies.vla import VLAConfig
 from stvla.traces import TraceConfig
 from stvla.traces.points import SPACES
@@ -180,9 +181,11 @@ def fit_model_to_dataset(model: VLAConfig, features: dict[str, dict], where: str
     """Stage 1's model shape where the dataset decides it: the image size, the state and action sizes and
     the action tokenizer, read from the action's names (stvla.policies.action_layout; `action_layout`
     "ee" or "joint" overrides them): no model flags to set by hand for a 7-D or a joint dataset."""
-    for key in (F.STATE, F.ACTION):
-        if key not in features:
-            raise ValueError(f"{where} has no {key!r} feature; it has {sorted(features)}")
+    if F.ACTION not in features:
+        raise ValueError(f"{where} has no {F.ACTION!r} feature; it has {sorted(features)}")
+    if F.STATE not in features and model.use_state:  # images and actions only: a model without the state token
+        raise ValueError(f"{where} has no {F.STATE!r} feature (images and actions only): train without the state "
+                         f"token with --model.use_state false")
     # `features` as read fitted to the model's square (EpisodeStore's image_size: `model_image_side`).
     height, width = features[F.RGB]["shape"][:2]
     if height != width:
@@ -207,7 +210,8 @@ def fit_model_to_dataset(model: VLAConfig, features: dict[str, dict], where: str
                                    translation_dims=layout.grid.translation_dims, gripper_dim=layout.grid.gripper_dim)
     else:  # grippers found by name, unless set by hand (--model.bins.gripper_dims)
         bins = dataclasses.replace(bins, gripper_dims=bins.gripper_dims or layout.gripper_dims)
-    return dataclasses.replace(model, image_size=int(height), state_dim=int(features[F.STATE]["shape"][0]),
+    state_dim = int(features[F.STATE]["shape"][0]) if F.STATE in features else model.state_dim
+    return dataclasses.replace(model, image_size=int(height), state_dim=state_dim,
                                action_dim=int(features[F.ACTION]["shape"][0]), grid=grid, cameras=cameras,
                                action_layout=layout.kind, bins=bins)
 
@@ -450,6 +454,8 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
            stop_after: int | None) -> Path:
     store = EpisodeStore(config.dataset, config.data)
     store.check_schema()  # info.json against the data files, before anything is decoded or trained
+    for index, task in enumerate(store.tasks):  # what control will accept as the instruction (or never act)
+        check_instruction(task, f"{store.root}/meta/tasks.parquet: task {index}")
     # Images of another size or aspect are fitted to the model's square as they are read.
     store = EpisodeStore(config.dataset, config.data, image_size=model_image_side(config, store))
     if store.fitted and ranks.is_main:
