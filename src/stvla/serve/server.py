@@ -28,7 +28,7 @@ One client cannot hurt another: at most `--max_connections` at once (one more is
 closed with 1013 "server full"); each connection's memory is bounded (at most 2 messages queued, and its
 socket is not read while `WRITE_LIMIT` bytes of replies or pongs wait unread); each may send at most
 `--max_steps_per_second` (more wait); steps run one at a time, those of connections that read their replies
-before sending again first, then the connection that used the model least lately (`FairTurns`), so a flood
+before sending again first, then round the waiting connections, oldest turn first (`FairTurns`), so a flood
 delays another's step by about one step. A step is
 a transaction: checked whole, run on the episode, and the episode restored when anything fails. Each
 connection embeds its own instructions (off the event loop, cached per connection), so none can time
@@ -40,11 +40,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import heapq
 import hmac
+import ipaddress
 import itertools
 import json
-import ipaddress
+import math
 import logging
 import os
 import stat
@@ -145,20 +145,12 @@ class Session:
         self.steps = 0
         self.connection: Any = None  # the websocket, while connected
         self.embeddings: OrderedDict[str, np.ndarray] = OrderedDict()  # this connection's, never shared
-        self.busy_s, self.busy_at = 0.0, time.monotonic()  # model time used lately (decaying), and when
+        self.served_at = -math.inf  # when this connection's latest turn of the model began
         self.pipelined = False  # whether its latest message came before it had its previous reply
         self.rate = float(steps_per_second)
         self.allowance, self.allowance_at = self.rate, time.monotonic()  # token bucket of messages
         self.embedding_debt_s = 0.0  # how long this connection waits (after its reply) for its new instructions
         self.embedded_at = time.monotonic() - 4 / NEW_INSTRUCTIONS_PER_SECOND
-
-    def usage(self, now: float, half_life: float = 1.0) -> float:
-        """Model seconds used lately, halving every `half_life` seconds."""
-        return self.busy_s * 0.5 ** ((now - self.busy_at) / half_life)
-
-    def used(self, seconds: float) -> None:
-        now = time.monotonic()
-        self.busy_s, self.busy_at = self.usage(now) + seconds, now
 
     async def allowed(self) -> None:
         """Wait until this connection may send another message (at most `rate` a second, bursts of `rate`)."""
@@ -204,35 +196,35 @@ class Session:
 class FairTurns:
     """The model's turns, one step at a time: when several connections wait, those that wait for their
     replies before sending again go before those that send without reading (`Session.pipelined`), and among
-    them the one that used the model least lately first (so a flood delays another's step by about one step).
+    them the one whose latest turn is oldest first: a round robin, so a flood delays another's step by about
+    one step and no waiting connection is passed over twice.
 
     A turn is taken without waiting when nobody holds one; otherwise the waiter is queued, and a finished
     turn hands over after `HANDOVER_S` (only when others wait), so that steps whose messages arrived during
-    the last step are read and queued before the choice is made."""
+    the last step are read and queued before the choice is made (made then, on the connections' state then)."""
 
     HANDOVER_S = 0.001  # between a finished turn and the choice of the next, when several wait
 
     def __init__(self) -> None:
-        self._waiting: list[tuple[tuple[bool, float], int, asyncio.Future]] = []
+        self._waiting: list[tuple[Session, int, asyncio.Future]] = []
         self._order = itertools.count()
         self._held = False
 
     async def take(self, session: Session) -> None:
         if not self._held:
             self._held = True
+            session.served_at = time.monotonic()
             return
         future = asyncio.get_running_loop().create_future()
-        key = (session.pipelined, session.usage(time.monotonic()))
-        heapq.heappush(self._waiting, (key, next(self._order), future))
+        self._waiting.append((session, next(self._order), future))
         try:
             await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():  # handed the turn as it was cancelled: pass it on
-                self.give(session, 0.0)
+                self.give(session)
             raise
 
-    def give(self, session: Session, seconds: float) -> None:
-        session.used(seconds)
+    def give(self, session: Session) -> None:
         if not self._waiting:
             self._held = False
             return
@@ -240,8 +232,11 @@ class FairTurns:
 
     def _hand_over(self) -> None:
         while self._waiting:
-            *_, future = heapq.heappop(self._waiting)
+            chosen = min(self._waiting, key=lambda w: (w[0].pipelined, w[0].served_at, w[1]))
+            self._waiting.remove(chosen)
+            session, _, future = chosen
             if not future.done():
+                session.served_at = time.monotonic()
                 future.set_result(None)
                 return
         self._held = False
@@ -396,7 +391,6 @@ class PolicyServer:
     async def _answer(self, session: Session, data: Any) -> dict[str, Any]:
         """One message's reply, in this connection's turn; any failure is an error reply (never a close)."""
         await self.turns.take(session)
-        started = time.perf_counter()
         try:
             if isinstance(data, str):
                 raise WireError("messages are binary msgpack, not text")
@@ -417,7 +411,7 @@ class PolicyServer:
         except Exception as error:  # noqa: BLE001 - every failure is an error reply; the episode did not move
             return self.error_reply(error)
         finally:
-            self.turns.give(session, time.perf_counter() - started)
+            self.turns.give(session)
 
     @staticmethod
     def error_reply(error: BaseException) -> dict[str, Any]:
