@@ -106,8 +106,9 @@ def backproject_depth(depth: np.ndarray, intrinsics: np.ndarray) -> np.ndarray:
 PLAUSIBLE_DEPTH_MEDIAN_M = 100.0
 
 
-def check_metric_depth(depth: np.ndarray, where: str) -> None:
-    """Raise a ValueError naming `where` unless `depth` looks like metric depth in metres.
+def check_metric_depth(depth: np.ndarray, where: str) -> tuple[np.ndarray, float]:
+    """Raise a ValueError naming `where` unless `depth` looks like metric depth in metres; else return its
+    valid readings and their median (for a caller's stricter checks, without computing them again).
 
     Holes (NaN, inf, 0) are allowed: the encoders treat them as missing. Refused: a non-float dtype (raw
     sensor units), negative values, no valid value at all, and a median that only millimetres explain.
@@ -127,6 +128,7 @@ def check_metric_depth(depth: np.ndarray, where: str) -> None:
     if median > PLAUSIBLE_DEPTH_MEDIAN_M:
         raise ValueError(f"{where}: depth's median is {median:.4g}: that looks like millimetres, not metres "
                          f"(divide by 1000)")
+    return valid, median
 
 
 def check_intrinsics(intrinsics: np.ndarray, where: str) -> None:

@@ -234,6 +234,19 @@ class BinnedTokenizer(nn.Module):
             raise ValueError(f"this {type(self).__name__} encodes {self.action_dim}-D actions, got shape "
                              f"{tuple(actions.shape)}")
 
+    def checked_tokens(self, tokens: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """{kind: LongTensor} of every token kind, each checked to lie in [0, its classes)."""
+        checked = {}
+        for kind, classes in self.num_classes.items():
+            if kind not in tokens:
+                raise KeyError(f"tokens lack the {kind!r} kind (need {list(self.num_classes)})")
+            token = torch.as_tensor(tokens[kind]).long()
+            if token.numel() and (token.min() < 0 or token.max() >= classes):
+                raise ValueError(f"{kind} tokens must lie in [0, {classes}), got "
+                                 f"[{int(token.min())}, {int(token.max())}]")
+            checked[kind] = token
+        return checked
+
 
 class AdaptiveActionGrid(BinnedTokenizer):
     """Adaptive action grid tokenizer (see module docs); fit it, or load its buffers, before use."""
@@ -291,13 +304,7 @@ class AdaptiveActionGrid(BinnedTokenizer):
         """Per-axis bin indices from tokens (mixed-radix digits, most significant first)."""
         bins = self.config.axis_bins()
         indices: dict[str, torch.Tensor] = {}
-        for kind, classes in self.num_classes.items():
-            if kind not in tokens:
-                raise KeyError(f"tokens lack the {kind!r} kind (need {sorted(self.num_classes)})")
-            remainder = torch.as_tensor(tokens[kind]).long()
-            if remainder.numel() and (remainder.min() < 0 or remainder.max() >= classes):
-                raise ValueError(f"{kind} tokens must lie in [0, {classes}), got "
-                                 f"[{int(remainder.min())}, {int(remainder.max())}]")
+        for kind, remainder in self.checked_tokens(tokens).items():
             for axis in reversed(self.config.token_axes()[kind]):
                 indices[axis] = remainder % bins[axis]
                 remainder = remainder // bins[axis]
@@ -443,16 +450,7 @@ class PerDimensionTokenizer(BinnedTokenizer):
 
     def _indices(self, tokens: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """Per-dimension bin indices from tokens, checked against each kind's classes."""
-        indices = []
-        for kind, classes in self.num_classes.items():
-            if kind not in tokens:
-                raise KeyError(f"tokens lack the {kind!r} kind (need {list(self.num_classes)})")
-            index = torch.as_tensor(tokens[kind]).long()
-            if index.numel() and (index.min() < 0 or index.max() >= classes):
-                raise ValueError(f"{kind} tokens must lie in [0, {classes}), got "
-                                 f"[{int(index.min())}, {int(index.max())}]")
-            indices.append(index)
-        return indices
+        return list(self.checked_tokens(tokens).values())
 
     def encode(self, normalised_actions: torch.Tensor) -> dict[str, torch.Tensor]:
         """(..., D) normalised actions -> {"dim<d>": LongTensor (...)}; out-of-range values go to the end bins."""

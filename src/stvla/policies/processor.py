@@ -280,7 +280,7 @@ class InputProcessor:
             return float(np.mean(np.any(np.asarray(frame[F.TRACED_RGB]) != np.asarray(frame[F.RGB]), axis=-1)))
         return 0.0
 
-    def observation_frame(self, obs: dict[str, Any]) -> dict[str, Any]:
+    def observation_frame(self, obs: dict[str, Any], checked: bool = False) -> dict[str, Any]:
         """One observation as a frame in dataset keys, with what the processor derives from the episode so
         far (call once per control step, after `reset()` at the episode start).
 
@@ -290,7 +290,8 @@ class InputProcessor:
         own size (the contract's input_features) or at the model's square; intrinsics at the size of the
         images sent, or when none are sent, those the policy was trained with. A missing key, a shape other
         than those or an implausible value (`checked_observation`) is a ValueError naming it: nothing the
-        policy cannot read turns into an action."""
+        policy cannot read turns into an action. `checked`: the values were checked already, and more
+        strictly (the server's stvla.serve.checks), so they are not checked again on the hot path."""
         if not isinstance(obs, dict):
             raise ValueError(f"an observation must be a dict of arrays, got {type(obs).__name__}")
         frame: dict[str, Any] = {}
@@ -303,7 +304,8 @@ class InputProcessor:
             if list(np.shape(value)) not in shapes:
                 raise ValueError(f"observation {feature!r} has shape {list(np.shape(value))}; policy "
                                  f"{self.policy_name!r} reads {' or '.join(map(str, shapes[::-1]))}")
-            frame[feature] = self.fitted(feature, checked_observation(feature, np.asarray(value)))
+            value = np.asarray(value)
+            frame[feature] = self.fitted(feature, value if checked else checked_observation(feature, value))
         if F.INTRINSICS in sent:
             frame[F.INTRINSICS] = self.observed_intrinsics(obs, np.shape(_observed(
                 obs, F.RGB, F.OBS_RGB, self.camera.features.get(F.RGB)))[:2])

@@ -139,24 +139,14 @@ def check_state(value: np.ndarray, where: str) -> None:
 
 
 def check_depth(value: np.ndarray, where: str) -> None:
-    if value.dtype.kind != "f":
-        raise ValueError(f"{where}: depth must be float metres, got {value.dtype} (raw sensor units? scale to metres)")
-    with np.errstate(invalid="ignore"):
-        if (value < 0).any():
-            raise ValueError(f"{where}: depth has negative values; depth is distance along the optical axis in "
-                             f"metres, >= 0 (0, NaN or inf for no reading)")
-        valid = value[np.isfinite(value) & (value > 0)]
+    """Metric depth (stvla.geometry.check_metric_depth), and more strictly: enough of the image read, a
+    median of a scene in front of a robot, no reading beyond DEPTH_MAX_M."""
+    valid, median = geometry.check_metric_depth(value, where)
     share = valid.size / max(value.size, 1)
-    if valid.size == 0:
-        raise ValueError(f"{where}: depth has no valid value (every pixel is 0, NaN or inf)")
     if share < MIN_VALID_DEPTH_SHARE:
         raise ValueError(f"{where}: only {share:.1%} of the pixels have a depth reading (at least "
                          f"{MIN_VALID_DEPTH_SHARE:.0%} needed)")
-    median = float(np.median(valid))
     low, high = DEPTH_MEDIAN_RANGE_M
-    if median > geometry.PLAUSIBLE_DEPTH_MEDIAN_M:
-        raise ValueError(f"{where}: depth's median is {median:.4g}: that looks like millimetres, not metres "
-                         f"(divide by 1000)")
     if not low <= median <= high:
         raise ValueError(f"{where}: depth's median is {median:.3g}, outside the {low:g}-{high:g} m of a scene in "
                          f"front of a robot (metres? decimetres or centimetres would be off by 10 or 100)")

@@ -445,7 +445,7 @@ class PolicyServer:
             try:
                 if reset:
                     session.processor.reset()
-                frame = session.processor.observation_frame(observation)
+                frame = session.processor.observation_frame(observation, checked=True)  # checks above
                 actions = None
                 self.policy.predicted_trace = None
                 if infer:
