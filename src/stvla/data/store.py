@@ -477,11 +477,8 @@ class EpisodeStore:
         self.image_fit = data.image_fit if data is not None else "crop"
         if image_size and data is not None:
             if DEPTH in self._stored_key:  # fitted alike only if the depth shows what the camera shows
-                (height, width), (depth_height, depth_width) = (self.features[r]["shape"][:2] for r in (RGB, DEPTH))
-                if height * depth_width != width * depth_height:
-                    raise DatasetError(f"{info_path}: depth {self.stored_key(DEPTH)!r} is {depth_height}x{depth_width}"
-                                       f" and camera {self.stored_key(RGB)!r} {height}x{width}: the depth must be "
-                                       f"registered to the camera (the same aspect) to be fitted with it")
+                self.check_depth_registered(self.features[RGB]["shape"][:2], self.features[DEPTH]["shape"][:2],
+                                            "fitted")
             for role in (RGB, *EXTRA_CAMERAS, DEPTH):
                 if role in self._stored_key and not is_identity(*self.features[role]["shape"][:2], image_size):
                     self.fitted[role] = tuple(self.features[role]["shape"][:2])
@@ -499,6 +496,15 @@ class EpisodeStore:
     @property
     def num_frames(self) -> int:
         return int(self.episodes["length"].sum()) if len(self.episodes) else 0
+
+    def check_depth_registered(self, camera_hw: tuple[int, int], depth_hw: tuple[int, int], use: str) -> None:
+        """A DatasetError naming both features unless the depth's (height, width) has the camera's aspect
+        (registered to it: it shows what the camera shows), which fitting or tracing it with the camera needs."""
+        (height, width), (depth_height, depth_width) = camera_hw, depth_hw
+        if height * depth_width != width * depth_height:
+            raise DatasetError(f"{self.root}: depth {self.stored_key(DEPTH)!r} is {depth_height}x{depth_width} and "
+                               f"camera {self.stored_key(RGB)!r} {height}x{width}: the depth must be registered to "
+                               f"the camera (the same aspect) to be {use} with it")
 
     def stored_key(self, key: str) -> str:
         """The dataset's own name of feature `key` (the chosen camera for `observation.images.rgb`, ...)."""

@@ -44,10 +44,7 @@ def _depth_at_camera_size(store: EpisodeStore, depths: np.ndarray, size: tuple[i
     """Depth recorded at another resolution than its camera (the same aspect: registered to it) at the
     camera's (height, width), by nearest pixel as the model's fit takes it (no depths mixed)."""
     (height, width), (depth_height, depth_width) = size, depths.shape[1:3]
-    if height * depth_width != width * depth_height:
-        raise ValueError(f"{store.root}: depth {store.stored_key(F.DEPTH)!r} is {depth_height}x{depth_width} and "
-                         f"camera {store.stored_key(F.RGB)!r} {height}x{width}: the depth must be registered to the "
-                         f"camera (the same aspect) to be traced with it")
+    store.check_depth_registered(size, (depth_height, depth_width), "traced")
     rows, columns = nearest_indices(depth_height, height), nearest_indices(depth_width, width)
     return depths[:, rows[:, None], columns[None, :]]
 
