@@ -196,6 +196,23 @@ def test_same_frames_give_same_tracks(checkpoint):
     np.testing.assert_array_equal(state.positions, runs[0].positions)
 
 
+def test_a_restored_episode_tracks_as_if_the_frame_never_came(checkpoint):
+    """A served step that fails is undone with episode_state / restore_episode: the window's frames (changed
+    in place by each model run) are copied, the model is shared."""
+    frames, stray = textured_frames(9), textured_frames(9, step=(-2.0, 1.0))[-1]
+    kept, clean = tracker(checkpoint), tracker(checkpoint)
+    for index, frame in enumerate(frames):
+        if index in (3, 6):
+            state = kept.episode_state()
+            assert state["model"] is kept.model
+            kept.update(stray)
+            kept.restore_episode(state)
+        a, b = kept.update(frame), clean.update(frame)
+        np.testing.assert_array_equal(a.positions, b.positions)
+        np.testing.assert_array_equal(a.visible, b.visible)
+    assert kept.flow_calls == clean.flow_calls
+
+
 def test_zero_update_heads_keep_points_still(tmp_path, checkpoint):
     """With zero output heads the model proposes no motion: tracks must come back exactly at the queries.
 

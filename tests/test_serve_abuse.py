@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import socket
 import time
 import urllib.request
+import weakref
 
 import msgpack
 import numpy as np
@@ -288,6 +290,27 @@ def test_connections_are_capped_with_a_clear_reason(tiny_tracevla):
         capped.stop()
 
 
+def test_a_closed_connection_lets_its_episode_go_at_once(server):
+    """What a connection held (tracker buffers, embeddings) is freed when it leaves, not when the garbage
+    collector runs some day: 20 connections that came and went must not keep the server grown."""
+    client = PolicyClient(f"ws://127.0.0.1:{server.port}")
+    for frame in observations(5, 3):
+        client.step(frame)
+    (session,) = server.sessions
+    processor, embeddings = weakref.ref(session.processor), session.embeddings
+    del session
+    gc.disable()
+    try:
+        client.close()
+        deadline = time.monotonic() + 10
+        while server.sessions and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert processor() is None and not embeddings
+    finally:
+        gc.enable()
+
+
 def ping_frame(payload: bytes = b"p" * 125) -> bytes:
     return bytes([0x89, 0x80 | len(payload)]) + b"\0\0\0\0" + payload  # masked with a zero key
 
@@ -449,8 +472,10 @@ def test_a_restored_episode_steps_as_if_the_frame_never_came(tracker):
     for processor in (kept, clean):
         processor.reset()
     for index, frame in enumerate(frames):
-        if index == 4:
+        if index in (4, 6):
             snapshot = kept.snapshot()
+            if index == 6:
+                kept.reset()  # a step that asked for a new episode, then failed: the old one goes on
             kept.observation_frame(frames[-1])  # a frame that then failed: undone
             kept.restore(snapshot)
             continue

@@ -285,6 +285,20 @@ def test_selection_keeps_exactly_the_moving_points():
     assert ids[0] == ids[1] and len(ids[0]) == 2 and set(ids[0]) <= {0, 1, 3, 4, 8}
 
 
+def test_a_restored_selector_samples_as_if_the_step_never_came():
+    """Undoing a step (stvla serve) puts the sampling RNG and the kept choice back where they were."""
+    positions = np.zeros((8, 40, 2)) + np.arange(8)[:, None, None] * 3.0
+    state = track_state(positions)
+    kept, clean = TraceSelector(SelectionConfig(num_traces=3)), TraceSelector(SelectionConfig(num_traces=3))
+    for step in range(6):
+        if step in (2, 4):
+            saved = kept.episode_state()
+            kept.select(state)
+            kept.restore_episode(saved)
+        picks = [[tr.point_id for tr in selector.select(state)] for selector in (kept, clean)]
+        assert picks[0] == picks[1] and len(picks[0]) == 3
+
+
 def test_no_traces_during_warmup_or_without_motion():
     positions = np.zeros((8, 4, 2)) + np.arange(8)[:, None, None] * 3.0
     selector = TraceSelector(SelectionConfig(warmup_steps=5))

@@ -198,22 +198,18 @@ class InputProcessor:
 
     def snapshot(self) -> dict[str, Any]:
         """This episode's state (tracer, frame and state history, prompt noise, last trace) as it is now, for
-        `restore`: a served step is a transaction, and a frame that fails anywhere leaves the episode as it was.
-        The tracer's models and flow objects are shared, not copied: they hold no episode state."""
-        memo: dict[int, Any] = {}
-        if self.tracer is not None:
-            for owner in (self.tracer, getattr(self.tracer, "tracker", None), getattr(self.tracer, "selector", None)):
-                for name, value in vars(owner).items() if owner is not None else ():
-                    if name in ("config", "_lk") or isinstance(value, torch.nn.Module) \
-                            or type(value).__module__.startswith("cv2"):  # settings and models: never changed
-                        memo[id(value)] = value
-        return {"tracer": copy.deepcopy(self.tracer, memo), "previous": copy.copy(self._previous),
-                "states": copy.copy(self._states), "rng": copy.deepcopy(self.rng), "last_trace": self.last_trace}
+        `restore`: a served step is a transaction, and a frame that fails anywhere leaves the episode as it was."""
+        return {"tracer": None if self.tracer is None else self.tracer.episode_state(),
+                "previous": copy.copy(self._previous), "states": copy.copy(self._states),
+                "rng": self.rng.bit_generator.state, "last_trace": self.last_trace}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        """Put the episode back as `snapshot()` found it (the arrays in the histories are never changed in place)."""
-        self.tracer, self._previous, self._states = snapshot["tracer"], snapshot["previous"], snapshot["states"]
-        self.rng, self.last_trace = snapshot["rng"], snapshot["last_trace"]
+        """Put the episode back as `snapshot()` found it (the arrays in the histories are never changed in place;
+        a snapshot is used up by its restore)."""
+        if self.tracer is not None:
+            self.tracer.restore_episode(snapshot["tracer"])
+        self._previous, self._states, self.last_trace = snapshot["previous"], snapshot["states"], snapshot["last_trace"]
+        self.rng.bit_generator.state = snapshot["rng"]
 
     def trace_inputs(self) -> list[str]:
         """What `trace_frame` reads: the RGB the tracker follows, and the depth the traces are drawn into

@@ -171,6 +171,13 @@ class Session:
         self.embedded_at = max(self.embedded_at, now - 4 * period) + period
         self.embedding_debt_s = max(0.0, self.embedded_at - now)
 
+    def close(self) -> None:
+        """The connection ended: its episode and embeddings are let go at once (the processor's embedder
+        points back here, a cycle that would otherwise wait for the garbage collector)."""
+        self.processor.embedder = None
+        self.embeddings.clear()
+        self.connection = None
+
     def missing_prompts(self, instruction: str) -> list[str]:
         return [p for p in self.processor.language_prompts(instruction) if p not in self.embeddings]
 
@@ -361,7 +368,8 @@ class PolicyServer:
                 except asyncio.TimeoutError:
                     await websocket.close(code=1000, reason=f"idle for {self.config.idle_timeout:g} s")
                     return
-                except Exception:  # noqa: BLE001 - the client went away: its episode ends with it
+                except Exception as error:  # noqa: BLE001 - the client went away: its episode ends with it
+                    error.__traceback__ = None  # websockets keeps the error: its traceback would keep this frame
                     return
                 await session.allowed()
                 reply = await self._answer(session, data)
@@ -369,10 +377,12 @@ class PolicyServer:
                 if session.embedding_debt_s > 0:  # new instructions beyond the allowance: this connection waits
                     await asyncio.sleep(session.embedding_debt_s)
                     session.embedding_debt_s = 0.0
-        except Exception:  # noqa: BLE001 - the link broke while sending: the episode ends with it
+        except Exception as error:  # noqa: BLE001 - the link broke while sending: the episode ends with it
+            error.__traceback__ = None
             return
         finally:
             self.sessions.discard(session)
+            session.close()
             self._trim_soon()
 
     def _trim_soon(self, delay_s: float = 2.0) -> None:

@@ -123,6 +123,17 @@ class OnlineTracer:
         if self._point_depths is not None:
             self._point_depths.clear()
 
+    def episode_state(self) -> dict[str, object]:
+        """This episode's tracing (tracker, selector, point depths) as it is now, for `restore_episode`:
+        undoing a step that failed later (`stvla serve`). Settings and models are shared, not copied."""
+        return {"tracker": self.tracker.episode_state(), "selector": self.selector.episode_state(),
+                "point_depths": None if self._point_depths is None else self._point_depths.copy()}
+
+    def restore_episode(self, state: dict[str, object]) -> None:
+        self.tracker.restore_episode(state["tracker"])
+        self.selector.restore_episode(state["selector"])
+        self._point_depths = state["point_depths"]
+
     def step(
         self,
         rgb: np.ndarray,

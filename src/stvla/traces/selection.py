@@ -114,6 +114,13 @@ class TraceSelector:
         self._rng = np.random.default_rng(self.config.seed)
         self._previous = np.empty(0, dtype=np.int64)
 
+    def episode_state(self) -> dict[str, object]:
+        """Where the RNG and the last choice are, for `restore_episode` (undoing a served step)."""
+        return {"rng": self._rng.bit_generator.state, "previous": self._previous}  # `_previous` is never changed in place
+
+    def restore_episode(self, state: dict[str, object]) -> None:
+        self._rng.bit_generator.state, self._previous = state["rng"], state["previous"]
+
     def select(self, state: TrackState) -> list[Trace]:
         """The traces for this step, oldest vertex first (an empty list during warm-up or without motion)."""
         if state.frame_count <= self.config.warmup_steps or len(state.positions) < 2:

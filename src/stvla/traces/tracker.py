@@ -25,6 +25,7 @@ Pixel convention (as in stvla.geometry): (u, v) = (column, row), pixel centres a
 from __future__ import annotations
 
 import abc
+import copy
 import functools
 from dataclasses import dataclass
 
@@ -132,6 +133,12 @@ class RingBuffer:
         self.write_index = (self.write_index + 1) % self.data.shape[0]
         self.count += 1
 
+    def copy(self) -> RingBuffer:
+        """An independent copy (the stored items copied)."""
+        clone = copy.copy(self)
+        clone.data = self.data.copy()
+        return clone
+
     def chronological(self) -> np.ndarray:
         """A copy of the stored items, oldest first."""
         n = len(self)
@@ -162,6 +169,21 @@ class PointTracker(abc.ABC):
     @property
     def buffer_length(self) -> int:
         return self.config.buffer_length
+
+    def episode_state(self) -> dict[str, object]:
+        """This episode's tracking (buffers, points, window) as it is now, for `restore_episode`: a served step
+        that fails is undone with it. The settings are shared, not copied; a tracker holding a model shares
+        it too (`episode_shared`)."""
+        shared = [self.config, *self.episode_shared()]
+        return copy.deepcopy(vars(self), {id(value): value for value in shared})
+
+    def restore_episode(self, state: dict[str, object]) -> None:
+        """Put the episode back as `episode_state()` found it (the state is used up: take a new one after)."""
+        vars(self).update(state)
+
+    def episode_shared(self) -> list[object]:
+        """What `episode_state` shares rather than copies besides the settings: models, solvers."""
+        return []
 
 
 def to_grey(frame: np.ndarray, expected_hw: tuple[int, int] | None = None) -> np.ndarray:
@@ -253,6 +275,13 @@ class FlowTracker(PointTracker):
     @property
     def state(self) -> TrackState | None:
         return self._state
+
+    def episode_state(self) -> dict[str, object]:
+        """As `PointTracker.episode_state`, cheaply: the episode is in the arrays and ring buffers (copied);
+        the rest is settings, the flow solver, or values that updates replace rather than change in place
+        (the frozen TrackState, the previous grey frame, the grid)."""
+        return {name: value.copy() if isinstance(value, (np.ndarray, RingBuffer)) else value
+                for name, value in vars(self).items()}
 
     def reset(self, points: np.ndarray | None = None) -> None:
         self._seed_points = checked_seed_points(points, self.config.num_points)

@@ -107,6 +107,9 @@ class CoTrackerOnline(PointTracker):
         self._hw: tuple[int, int] | None = None
         self._state: TrackState | None = None
 
+    def episode_shared(self) -> list[object]:
+        return [self.cotracker, self.model]
+
     @property
     def state(self) -> TrackState | None:
         return self._state
