@@ -143,17 +143,62 @@ def test_state_shapes_dtypes_and_bounded_buffer(checkpoint):
     assert len(tr._window) == 4  # only window_len frames of features are kept, whatever the buffer length
 
 
-def test_one_model_run_per_update_or_per_half_window(checkpoint):
-    every_frame = tracker(checkpoint)
-    half_window = tracker(checkpoint, update_every=2)
-    runs_every, runs_half = [], []
-    for frame in textured_frames(8):
-        every_frame.update(frame)
-        half_window.update(frame)
-        runs_every.append(every_frame.flow_calls)
-        runs_half.append(half_window.flow_calls)
-    assert runs_every == [0, 1, 2, 3, 4, 5, 6, 7]  # frame 0 only sets the queries
-    assert runs_half == [0, 1, 1, 2, 2, 3, 3, 4]  # after frames 2, 4, 6, 8 as the official online cadence
+def test_model_runs_on_the_official_schedule_or_ours(checkpoint):
+    official, every_frame, every_second = (tracker(checkpoint), tracker(checkpoint, schedule="refine"),
+                                           tracker(checkpoint, schedule="refine", update_every=2))
+    runs = {name: [] for name in ("official", "every", "second")}
+    warming = []
+    for frame in textured_frames(9):
+        for name, tr in (("official", official), ("every", every_frame), ("second", every_second)):
+            tr.update(frame)
+            runs[name].append(tr.flow_calls)
+        warming.append(official.warming_up)
+    # window_len 4: the official loop first runs on frames 0-3, then every 2 frames (frames 2-5, 4-7, ...).
+    assert runs["official"] == [0, 0, 0, 1, 1, 2, 2, 3, 3]
+    assert warming == [False, True, True, False, False, False, False, False, False]
+    assert runs["every"] == [0, 1, 2, 3, 4, 5, 6, 7, 8]  # frame 0 only sets the queries
+    assert runs["second"] == [0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_the_official_loop_starts_from_the_queries_and_hands_over_as_the_authors_do(checkpoint):
+    """Written from the official online forward (cotracker3_online.py, is_online): the first run sees the
+    first full window with every frame at the queries and zero visibility / confidence logits; a later run
+    at window start `ind` takes the previous predictions for the overlapping frames ind .. ind + S/2 - 1 and
+    the last of them (coordinates and logits) for the new frames. Frames before the first run report the
+    queries held still."""
+    tr = tracker(checkpoint, num_points=6, buffer_length=16)
+    calls = []
+    refine = tr.model.refine
+
+    def recorded(pyramid, patches, coords, vis, conf, iterations):
+        out = refine(pyramid, patches, coords, vis, conf, iterations)
+        calls.append({"level0": pyramid[0].clone(), "coords": coords.clone(), "vis": vis.clone(),
+                      "conf": conf.clone(), "out": [o.clone() for o in out]})
+        return out
+
+    tr.model.refine = recorded
+    frames = textured_frames(8)
+    with torch.no_grad():
+        encoded = [tr.model.encode(tr._to_model_input(f))[0][0] for f in frames]
+    for count, frame in enumerate(frames, start=1):
+        state = tr.update(frame)
+        if count < 4:  # the fallback: queries held still
+            np.testing.assert_array_equal(state.positions, np.repeat(tr.queries[None], count, axis=0))
+    assert len(calls) == 3  # after frames 4, 6 and 8
+    first, second = calls[0], calls[1]
+    for call, window in ((first, range(0, 4)), (second, range(2, 6)), (calls[2], range(4, 8))):
+        for slot, frame_index in enumerate(window):
+            torch.testing.assert_close(call["level0"][slot], encoded[frame_index], rtol=0, atol=1e-6)
+    queries = tr._to_cells(tr.queries)
+    torch.testing.assert_close(first["coords"], queries[None].expand(4, -1, -1))
+    assert not first["vis"].any() and not first["conf"].any()
+    coords, vis, conf = first["out"]
+    for name, previous in (("coords", coords), ("vis", vis), ("conf", conf)):
+        torch.testing.assert_close(second[name][:2], previous[2:4])  # the overlap: frames 2, 3
+        torch.testing.assert_close(second[name][2:], previous[3:4].expand_as(second[name][2:]))  # new: from frame 3
+    # The buffer holds the model's estimates for frames 1-7 (frame 0 is the query frame).
+    last = calls[2]["out"][0]
+    np.testing.assert_allclose(state.positions[4:8], tr._to_frame(last), atol=1e-4)
 
 
 def test_reset_points_are_the_first_frame_positions(checkpoint):
@@ -251,6 +296,8 @@ def test_bad_frames_and_configs_are_refused(checkpoint):
         tiny_config(model_resolution=(30, 48))
     with pytest.raises(ValueError, match="update_every"):
         tiny_config(update_every=3)
+    with pytest.raises(ValueError, match="unknown schedule 'every'"):
+        tiny_config(schedule="every")
     with pytest.raises(ValueError, match="slots"):
         tr.reset(np.zeros((7, 2)))
 
@@ -278,5 +325,5 @@ def test_trace_settings_reach_cotracker_and_keep_their_cache_key(tmp_path):
     chosen = TraceConfig(tracker_type="cotracker", cotracker=CoTrackerConfig(checkpoint="x.pth"))
     assert chosen.cache_key() != before
     # Every CoTracker setting is part of the key once CoTracker is chosen: another cadence, another cache.
-    assert TraceConfig(tracker_type="cotracker", cotracker=CoTrackerConfig(checkpoint="x.pth", update_every=8)
+    assert TraceConfig(tracker_type="cotracker", cotracker=CoTrackerConfig(checkpoint="x.pth", schedule="refine")
                        ).cache_key() != chosen.cache_key()

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# How often the model runs: as the authors' online predictor does, or our every-frame refinement.
+SCHEDULES: tuple[str, ...] = ("official", "refine")
+
 
 @dataclass
 class CoTrackerConfig:
@@ -13,7 +16,8 @@ class CoTrackerConfig:
     device: str = "cpu"  # torch device the model runs on
     model_resolution: tuple[int, int] = (384, 512)  # (H, W) every frame is resized to (the paper's 384 x 512)
     window_len: int = 16  # frames the model sees at once (16 for the released online model)
-    update_every: int = 1  # run the model every k frames: 1 = each frame, window_len // 2 = the official cadence
+    schedule: str = "official"  # "official": the authors' online loop (first run on the first full window, then every window_len // 2 frames); "refine": ours (see update_every)
+    update_every: int = 1  # "refine" only: a model run every k frames from the second frame on, the window padded until full
     iterations: int = 6  # refinement iterations per run (the official online predictor uses 6)
     visibility_threshold: float = 0.6  # visible when sigmoid(vis) * sigmoid(conf) exceeds this (official online rule)
     model_stride: int = 4  # encoder output stride (feature map = model_resolution / stride)
@@ -44,6 +48,8 @@ class CoTrackerConfig:
                              f"pyramid levels at stride {stride}")
         if self.window_len < 2:
             raise ValueError(f"window_len must be >= 2, got {self.window_len}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
         if not 1 <= self.update_every <= self.window_len // 2:
             raise ValueError(f"update_every must be in [1, window_len // 2 = {self.window_len // 2}] so that "
                              f"every frame is refined at least twice, got {self.update_every}")

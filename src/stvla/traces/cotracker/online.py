@@ -9,24 +9,33 @@ grid (TrackerConfig.num_points in all). CoTracker follows points through occlusi
 re-seeded: a point that is occluded or outside the image is reported as not visible and keeps its
 estimated position; every slot's age is the number of frames since reset.
 
-Per-frame scheme. The official online mode moves a window of `window_len` frames by `window_len // 2`
-frames at a time. Here every `update(frame)` encodes the new frame once (its feature pyramid is cached for
-the window) and, every `update_every` frames (default 1: every frame), runs the model on the last
-`window_len` frames (fewer at the start, padded with the newest frame as the official code pads). Frames
-the window has seen before start from their previous estimates and new frames from the newest estimate,
-as in the official overlap hand-over. With `update_every = window_len // 2` this is the official cadence;
-frames in between report the latest estimate held still until the next run revises them. A run revises
-every frame in its window, so the last `window_len` entries of the buffer may still change; older entries
-are final. The query frame is reported at the query points exactly (the query defines the track there).
+Schedules. Every `update(frame)` encodes the new frame once (its feature pyramid is cached for the window).
+When the model runs, it refines the last `window_len` frames: frames the window has seen before start from
+their previous estimates (coordinates, visibility and confidence logits), new frames from the newest one,
+as the official overlap hand-over does; a run revises every frame in its window, so the last `window_len`
+entries of the buffer may still change, older entries are final. Between runs the newest frame reports the
+latest estimate held still (what the next run starts it from).
+
+- `schedule="official"` (the default) is the authors' online predictor: the first model run is on the
+  first full window (frames 0 .. window_len - 1), from the queries with zero visibility and confidence
+  logits; then one run every window_len // 2 frames. Before the first full window there is no model
+  output: the points are reported at their queries, held still (`warming_up` is True then). Traces,
+  which need motion, start once the first window has run.
+- `schedule="refine"` is ours: a run every `update_every` frames (1 = every frame) from the second frame
+  on, the window padded with its newest frame until it is full (as the official code pads the last
+  chunk). Each frame is refined about window_len / update_every times, its logits carried over; the
+  newest frame's estimate is up to date at every step, at about window_len // 2 times the official
+  transformer work per frame. The model was trained with the official cadence; how accurate this is
+  with the released weights is not measured here.
+
+The query frame is reported at the query points exactly (the query defines the track there).
 Visibility is the official online rule: sigmoid(visibility) * sigmoid(confidence) > 0.6, and inside the image.
 
 Cost per update: one encoder pass on one frame at model resolution, plus, when the model runs,
 `iterations` x (correlation sampling for window_len x N points x corr_levels, the correlation MLP on
 those volumes, and the transformer over window_len x (N + num_virtual_tracks) tokens). It depends on
 window_len and N, never on buffer_length: older frames are neither stored as images nor re-processed.
-`flow_calls` counts model runs. Running at every frame costs about window_len // 2 times the official
-online transformer work per frame, in exchange for an up-to-date estimate of the newest frame; the model
-was trained with the half-window step, so frames seen many times are a mild shift from its training.
+`flow_calls` counts model runs.
 
 The network is stvla.traces.cotracker.network, loaded by stvla.traces.cotracker.weights.
 """
@@ -199,8 +208,22 @@ class CoTrackerOnline(PointTracker):
         last_slot = (self._positions.write_index - 1) % self._positions.data.shape[0]
         self._positions.push(self._positions.data[last_slot].copy())
         self._visible.push(self._visible.data[last_slot].copy())
-        if (latest.index + 2) % self.cotracker.update_every == 0:
+        if self._runs_now(frame_count=latest.index + 2):
             self._run_window()
+
+    def _runs_now(self, frame_count: int) -> bool:
+        """Whether the model runs once the `frame_count`-th frame since reset has arrived (see the schedules)."""
+        if self.cotracker.schedule == "refine":
+            return frame_count % self.cotracker.update_every == 0
+        window, step = self.cotracker.window_len, self.cotracker.window_len // 2
+        return frame_count >= window and (frame_count - window) % step == 0
+
+    @property
+    def warming_up(self) -> bool:
+        """True while the newest reported points are the fallback (the queries held still), not the model's:
+        under the official schedule, from the second frame until the first full window has run."""
+        count = self._positions.count
+        return self.cotracker.schedule == "official" and 1 < count < self.cotracker.window_len
 
     def _run_window(self) -> None:
         frames = list(self._window)
