@@ -140,6 +140,20 @@ def test_forward_backward_check_drops_occluded_points(occluder, required):
     assert dropped >= max(dropped_fb, required) and kept > 0.95
 
 
+def test_a_surface_that_changes_shading_keeps_its_points():
+    """A moving part that turns to the light gets brighter frame by frame (here by 15% a frame, as a gripper's
+    face can): its points are the same surface and must stay tracked, not re-seeded (the patch check at 20
+    grey levels re-seeded one in ten)."""
+    base = textured().astype(np.float32)
+    frames = [np.clip(shifted(base, 1.0 * i, 0.5 * i) * (1 + 0.15 * i), 0, 255).astype(np.uint8) for i in range(6)]
+    tracker = LucasKanadeTracker(TrackerConfig(num_points=100))
+    for frame in frames:
+        state = tracker.update(frame)
+    first = state.positions[0]
+    inner = ((first >= 16) & (first <= SIZE - 24)).all(axis=1)  # away from the borders the shift uncovers
+    assert (state.age[inner] == len(frames)).mean() > 0.95
+
+
 def part_over_background(frames: int, step=(0.37, 0.23), side: int = 24) -> tuple[list[np.ndarray], np.ndarray]:
     """A textured square part gliding by sub-pixel steps over another texture; frames and its corner per frame."""
     background, part = textured(seed=1), textured(seed=2)
