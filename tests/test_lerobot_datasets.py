@@ -217,6 +217,35 @@ def test_rgb_stored_as_images_reads_back_exactly(tmp_path):
         np.testing.assert_array_equal(store.episode(index, [F.RGB])[F.RGB], episode["observation.images.wrist"])
 
 
+@pytest.mark.parametrize("damage, message", [
+    ("reversed", r"episode 1's rows are not in time order: row 0 has frame_index 19, expected 0"),
+    ("timestamps", r"episode 1: timestamps are not 1/fps = 0.1 s apart .*info.json's fps"),
+])
+def test_rows_out_of_time_order_are_refused_naming_file_and_episode(tmp_path, damage, message):
+    """An episode whose rows are stored out of order would pair every action with another frame's image."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(shutil.copytree(FIXTURES / "rgb_7d", tmp_path / "reordered"))
+    path = root / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    rows = np.flatnonzero(table.column("episode_index").to_numpy() == 1)
+    if damage == "reversed":  # rows and their index values as they were, frame_index and data reversed
+        order = np.arange(table.num_rows)
+        order[rows] = rows[::-1]
+        table = table.take(order).set_column(table.schema.get_field_index("index"), "index", table.column("index"))
+    else:  # recorded at another rate than info.json says
+        stamps = table.column("timestamp").to_numpy().copy()
+        stamps[rows] *= 2
+        table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
+                                 pa.array(stamps, table.schema.field("timestamp").type))
+    pq.write_table(table, path)
+    store = EpisodeStore(root, DataConfig())
+    assert store.episode(0)[F.ACTION].shape == (FRAMES, 7)
+    with pytest.raises(ValueError, match=message):
+        store.episode(1)
+
+
 def edited_copy(tmp_path: Path, name: str, edit) -> Path:
     """A copy of fixture `name` whose meta/info.json `edit(info)` changed (another shape of a LeRobot dataset)."""
     root = Path(shutil.copytree(FIXTURES / name, tmp_path / name))

@@ -67,6 +67,7 @@ INDEX_FEATURES = {
 DEPTH_QUANTIZATION_INFO = ("video.depth_min", "video.depth_max", "video.shift", "video.use_log")
 IDENTITY_INFO = ("is_depth_map", "depth_unit", "source", *DEPTH_QUANTIZATION_INFO)  # feature info a caller gives
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+TIMESTAMP_TOLERANCE_S = 1e-3  # consecutive timestamps may differ from 1/fps by this much (float32 rounding, clocks)
 STAT_NAMES = ("min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99")
 
 
@@ -676,7 +677,8 @@ class EpisodeStore:
     def _episode_rows(self, episode: int, columns: list[str]) -> tuple[Path, pa.Table]:
         """The data-file rows of one episode (its `index` span; LeRobot packs many episodes in a file)."""
         path = self.data_path(episode)
-        wanted = tuple(sorted({*columns, INDEX, EPISODE_INDEX}))
+        order = [key for key in (FRAME_INDEX, TIMESTAMP) if key in self.info["features"]]  # checked when present
+        wanted = tuple(sorted({*columns, *order, INDEX, EPISODE_INDEX}))
         if self._table is None or self._table[0] != path or not set(wanted) <= set(self._table[1]):
             self._table = (path, wanted, self._read_table(path, columns=list(wanted)))
         table = self._table[2]
@@ -689,9 +691,32 @@ class EpisodeStore:
         length = int(meta["length"])
         if len(rows) != length:
             raise DatasetError(f"{path} holds {len(rows)} rows of episode {episode}, expected {length} (truncated?)")
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
-            return path, table.slice(int(rows[0]), len(rows))
-        return path, table.take(rows)
+        episode_rows = (table.slice(int(rows[0]), len(rows)) if len(rows) and rows[-1] - rows[0] + 1 == len(rows)
+                        else table.take(rows))
+        self._check_time_order(path, episode, episode_rows)
+        return path, episode_rows
+
+    def _check_time_order(self, path: Path, episode: int, rows: pa.Table) -> None:
+        """An episode's rows in time order (else every action would be paired with another frame's image):
+        `frame_index` 0..n-1 row by row, `index` one apart, timestamps 1/fps apart (as LeRobot checks them)."""
+        where = f"{path}: episode {episode}"
+        count = rows.num_rows
+        if FRAME_INDEX in rows.column_names:
+            frame_index = rows.column(FRAME_INDEX).to_numpy().reshape(-1)
+            wrong = np.flatnonzero(frame_index != np.arange(count))
+            if len(wrong):
+                raise DatasetError(f"{where}'s rows are not in time order: row {wrong[0]} has frame_index "
+                                   f"{frame_index[wrong[0]]}, expected {wrong[0]}")
+        steps = np.diff(rows.column(INDEX).to_numpy().reshape(-1))
+        if len(steps) and not (steps == 1).all():
+            raise DatasetError(f"{where}: 'index' is not one apart from row to row (a step of {steps[steps != 1][0]})")
+        if TIMESTAMP in rows.column_names and count > 1:
+            gaps = np.diff(rows.column(TIMESTAMP).to_numpy().reshape(-1).astype(np.float64))
+            worst = float(np.abs(gaps - 1 / self.fps).max())
+            if worst > TIMESTAMP_TOLERANCE_S:
+                raise DatasetError(f"{where}: timestamps are not 1/fps = {1 / self.fps:.4g} s apart (off by up to "
+                                   f"{worst:.3g} s): rows out of order, dropped frames, or info.json's fps "
+                                   f"({self.fps:g}) is not the recording's")
 
     def _decode_column(self, column: pa.ChunkedArray, key: str, path: Path) -> np.ndarray:
         stored = self.info["features"][self.stored_key(key)]
