@@ -220,9 +220,11 @@ def test_rgb_stored_as_images_reads_back_exactly(tmp_path):
 @pytest.mark.parametrize("damage, message", [
     ("reversed", r"episode 1's rows are not in time order: row 0 has frame_index 19, expected 0"),
     ("timestamps", r"episode 1: timestamps are not 1/fps = 0.1 s apart .*info.json's fps"),
+    ("task_index", r"episode 1, row 0 has task_index 7, but meta/tasks.parquet holds \d task\(s\)"),
 ])
-def test_rows_out_of_time_order_are_refused_naming_file_and_episode(tmp_path, damage, message):
-    """An episode whose rows are stored out of order would pair every action with another frame's image."""
+def test_rows_out_of_time_order_or_task_are_refused_naming_file_and_episode(tmp_path, damage, message):
+    """An episode whose rows are stored out of order would pair every action with another frame's image; a
+    task_index outside the tasks file has no instruction."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -234,6 +236,11 @@ def test_rows_out_of_time_order_are_refused_naming_file_and_episode(tmp_path, da
         order = np.arange(table.num_rows)
         order[rows] = rows[::-1]
         table = table.take(order).set_column(table.schema.get_field_index("index"), "index", table.column("index"))
+    elif damage == "task_index":  # a task the tasks file does not have
+        tasks = table.column("task_index").to_numpy().copy()
+        tasks[rows] = 7
+        table = table.set_column(table.schema.get_field_index("task_index"), "task_index",
+                                 pa.array(tasks, table.schema.field("task_index").type))
     else:  # recorded at another rate than info.json says
         stamps = table.column("timestamp").to_numpy().copy()
         stamps[rows] *= 2
@@ -243,7 +250,7 @@ def test_rows_out_of_time_order_are_refused_naming_file_and_episode(tmp_path, da
     store = EpisodeStore(root, DataConfig())
     assert store.episode(0)[F.ACTION].shape == (FRAMES, 7)
     with pytest.raises(ValueError, match=message):
-        store.episode(1)
+        store.episode(1, [F.ACTION, F.TASK_INDEX])
 
 
 def edited_copy(tmp_path: Path, name: str, edit) -> Path:

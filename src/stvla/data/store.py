@@ -580,6 +580,13 @@ class EpisodeStore:
             path, rows = self._episode_rows(episode, [self.stored_key(k) for k in data_keys])
             for key in data_keys:
                 cached[key] = self._decode_column(rows.column(self.stored_key(key)), key, path)
+            if TASK_INDEX in data_keys:
+                task_index = cached[TASK_INDEX].reshape(-1)
+                outside = np.flatnonzero((task_index < 0) | (task_index >= len(self.tasks)))
+                if len(outside):
+                    raise DatasetError(f"{path}: episode {episode}, row {outside[0]} has task_index "
+                                       f"{task_index[outside[0]]}, but meta/tasks.parquet holds {len(self.tasks)} "
+                                       f"task(s) (0..{len(self.tasks) - 1})")
         for key in in_videos:
             cached[key] = self._read_video_span(episode, key, length)
         for key in todo:
