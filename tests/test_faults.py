@@ -104,6 +104,19 @@ def test_a_broken_config_json_is_refused_by_name(saved_policy, tmp_path, capsys)
                             "--out", str(tmp_path / "eval")], "config.json", "not valid JSON")
 
 
+@pytest.mark.parametrize("field, value, needle", [
+    ("image_size", "abc", "config.json.vla.image_size must be an integer"),
+    ("use_state", "yes", "config.json.vla.use_state must be true or false"),
+])
+def test_a_config_value_of_the_wrong_type_is_refused_by_name(saved_policy, tmp_path, capsys, field, value, needle):
+    policy_dir = copy_of(saved_policy, tmp_path)
+    config = json.loads((policy_dir / "config.json").read_text())
+    config["config"]["vla"][field] = value
+    (policy_dir / "config.json").write_text(json.dumps(config))
+    one_line_error(capsys, ["eval", "--policy", str(policy_dir), "--tasks", "reach-v3", "--episodes", "1",
+                            "--out", str(tmp_path / "eval")], "config.json", needle)
+
+
 # --- training flags --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flags, needle", [
     (["--steps", "0"], "--steps must be >= 1"),

@@ -173,9 +173,11 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config")
     if unknown:
         raise ValueError(f"{source}: unknown field(s) {unknown} for {cls.__name__}; known: {sorted(names)}")
     values = {}
+    hints = typing.get_type_hints(cls)
     for name, value in data.items():
         kind = _field_type(cls, name)
-        values[name] = config_from_dict(kind, value, f"{source}.{name}") if dataclasses.is_dataclass(kind) else value
+        values[name] = (config_from_dict(kind, value, f"{source}.{name}") if dataclasses.is_dataclass(kind)
+                        else checked_value(hints[name], value, f"{source}.{name}"))
     for name, f in names.items():  # a config saved before a `key_neutral_at` field existed did what it now says
         if name not in data and "neutral_value" in f.metadata:
             values[name] = copy.deepcopy(f.metadata["neutral_value"])
@@ -183,6 +185,35 @@ def config_from_dict(cls: type[T], data: dict[str, Any], source: str = "config")
         return cls(**values)
     except (TypeError, ValueError) as error:  # a value its config refuses: say where it was read
         raise ValueError(f"{source}: {error}") from None
+
+
+def checked_value(hint: Any, value: Any, where: str) -> Any:
+    """`value` as read from JSON, checked against the field's annotation where it is a plain one (bool, int,
+    float, str, a tuple or list of them, or None allowed): a string where a number belongs is refused here,
+    naming the field, rather than failing somewhere later. Other annotations pass the value as it is."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return checked_value(options[0], value, where) if len(options) == 1 else value
+    if hint is bool and not isinstance(value, bool):
+        raise ValueError(f"{where} must be true or false, got {json.dumps(value)[:40]}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{where} must be an integer, got {json.dumps(value)[:40]}")
+    if hint is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"{where} must be a number, got {json.dumps(value)[:40]}")  # an int stays as saved
+    if hint is str and not isinstance(value, str):
+        raise ValueError(f"{where} must be a string, got {json.dumps(value)[:40]}")
+    if origin in (tuple, list) and args:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where} must be a list, got {json.dumps(value)[:40]}")
+        items = args[:1] * len(value) if origin is list or (len(args) == 2 and args[1] is Ellipsis) else args
+        if len(items) != len(value):
+            raise ValueError(f"{where} must hold {len(items)} values, got {len(value)}")
+        checked = [checked_value(item, entry, f"{where}[{i}]") for i, (item, entry) in enumerate(zip(items, value))]
+        return tuple(checked) if origin is tuple else checked
+    return value
 
 
 def save_config(config: Any, path: str | Path) -> None:
