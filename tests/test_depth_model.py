@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -62,6 +64,21 @@ def test_environment_depth_comes_from_the_model(tiny_zoedepth):
     assert not np.allclose(estimated["depth"], rendered["depth"])
     rendered_env.close()
     estimated_env.close()
+
+
+def test_a_pickle_in_place_of_the_weights_is_refused_in_one_line(tiny_zoedepth, tmp_path):
+    """A pytorch_model.bin that is an arbitrary pickle: transformers' weights_only loading refuses it, and the
+    user gets one line naming the model and the directory, not torch's multi-line UnpicklingError."""
+    import pickle
+    import shutil
+
+    directory = Path(shutil.copytree(tiny_zoedepth, tmp_path / "zoedepth"))
+    (directory / "model.safetensors").unlink()
+    (directory / "pytorch_model.bin").write_bytes(pickle.dumps({"weights": print}))
+    with pytest.raises(ValueError) as refused:
+        ZoeDepthEstimator(directory)
+    message = str(refused.value)
+    assert message.startswith(f"ZoeDepth at {directory} could not be loaded") and "\n" not in message
 
 
 def test_missing_checkpoint_files_are_named(tmp_path):

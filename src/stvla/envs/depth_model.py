@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from stvla.devices import torch_device
+from stvla.pretrained import from_local
 from stvla.requirements import require
 
 PADDING_FACTOR = 3  # ZoeDepth pads int(sqrt(side / 2) * 3) pixels on each side against border artefacts
@@ -46,9 +47,9 @@ class ZoeDepthEstimator:
         path = Path(path)
         _require_files(path, "ZoeDepth", "Intel/zoedepth-nyu-kitti")
         # The PIL processor: same steps as the default one, without needing torchvision.
-        self.processor = ZoeDepthImageProcessorPil.from_pretrained(str(path), local_files_only=True)
+        self.processor = from_local(ZoeDepthImageProcessorPil.from_pretrained, path, "ZoeDepth's image processor")
         self.device = torch_device(device)  # a device this machine lacks is a clear error, before loading
-        self.model = ZoeDepthForDepthEstimation.from_pretrained(str(path), local_files_only=True).to(self.device).eval()
+        self.model = from_local(ZoeDepthForDepthEstimation.from_pretrained, path, "ZoeDepth").to(self.device).eval()
         self.flip = flip
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
@@ -87,9 +88,9 @@ class DepthAnythingEstimator:
             raise ValueError(f"{path}: a relative-depth Depth Anything checkpoint (its output is not in metres); "
                              f"use a metric one, e.g. Depth-Anything-V2-Metric-Indoor-Small-hf")
         # The PIL processor: the same steps as the default one, without needing torchvision.
-        self.processor = DPTImageProcessorPil.from_pretrained(str(path), local_files_only=True)
+        self.processor = from_local(DPTImageProcessorPil.from_pretrained, path, "Depth Anything's image processor")
         self.device = torch_device(device)  # a device this machine lacks is a clear error, before loading
-        self.model = DepthAnythingForDepthEstimation.from_pretrained(str(path), local_files_only=True)
+        self.model = from_local(DepthAnythingForDepthEstimation.from_pretrained, path, "Depth Anything")
         self.model = self.model.to(self.device).eval()
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:

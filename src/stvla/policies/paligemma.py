@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stvla.pretrained import from_local
 from stvla.requirements import require
 
 # SigLIP's preprocessing in PaliGemma's processor: pixels rescaled to [0, 1], then (x - 0.5) / 0.5.
@@ -67,8 +68,8 @@ def load_paligemma(path: str | Path, dtype: str, weights: bool = True) -> nn.Mod
     if dtype not in DTYPES:
         raise ValueError(f"PaliGemma backbone: unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     if weights:
-        return PaliGemmaModel.from_pretrained(str(path), local_files_only=True, dtype=DTYPES[dtype])
-    config = PaliGemmaConfig.from_pretrained(str(path), local_files_only=True)
+        return from_local(PaliGemmaModel.from_pretrained, path, "PaliGemma backbone", dtype=DTYPES[dtype])
+    config = from_local(PaliGemmaConfig.from_pretrained, path, "PaliGemma backbone's config")
     return PaliGemmaModel(config).to(DTYPES[dtype])
 
 

@@ -24,6 +24,7 @@ from safetensors import safe_open
 from torch import nn
 
 from stvla.policies.trunk import MLP, SelfAttention, TrunkConfig
+from stvla.pretrained import from_local
 
 HISTORY_LENGTH = 5  # LLARVA: the previous five (including current) proprio states
 # Latents that read a prompt's word pieces before the trunk (PromptResampler). A constant rather than a
@@ -101,7 +102,7 @@ class PromptTokens(nn.Module):
         path = Path(model_path) if model_path is not None else default_model_path()
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        self.tokenizer = from_local(AutoTokenizer.from_pretrained, path, "the text encoder's tokenizer")
         with safe_open(str(path / "model.safetensors"), framework="pt") as weights:
             name = next(k for k in weights.keys() if k.endswith("embeddings.word_embeddings.weight"))
             table = weights.get_tensor(name).float()

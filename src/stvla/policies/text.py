@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from stvla.pretrained import from_local
+
 EMBEDDING_DIM = 384  # all-MiniLM-L6-v2 output width
 _DEFAULT_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length, used when the directory does not say
 CACHE_ENTRIES = 4096  # strings an encoder keeps embedded (1.5 KB each); the oldest goes first
@@ -83,8 +85,8 @@ class SentenceEncoder:
         settings = path / "sentence_bert_config.json"
         if settings.is_file():
             self._max_tokens = int(json.loads(settings.read_text()).get("max_seq_length", _DEFAULT_MAX_TOKENS))
-        self._tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        self._model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+        self._tokenizer = from_local(AutoTokenizer.from_pretrained, path, "the text encoder's tokenizer")
+        self._model = from_local(AutoModel.from_pretrained, path, "the text encoder").eval()
         self._model.requires_grad_(False)
         self.model_path = path
 

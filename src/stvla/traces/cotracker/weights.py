@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from stvla.pretrained import first_line
 from stvla.traces.cotracker.config import CoTrackerConfig
 from stvla.traces.cotracker.network import CoTrackerThreeOnlineNet
 
@@ -33,7 +34,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as error:
             raise ValueError(f"CoTracker checkpoint {str(path)!r} could not be read as a torch state dict "
-                             f"(weights_only): {error}") from error
+                             f"(weights_only): {first_line(error)}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
