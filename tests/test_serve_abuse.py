@@ -14,6 +14,7 @@ import socket
 import time
 import urllib.request
 import weakref
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -258,6 +259,17 @@ def test_the_handshake_cannot_fail_with_500_and_names_no_versions(tiny_tracevla,
 
 
 # --- 10 and 1: a cap on connections; memory bounded; turns shared fairly --------------------------------
+@pytest.mark.parametrize("written, needle", [("{not json", "is not readable JSON"),
+                                             ('{"fps": "ten"}', "'fps' must be a control rate")])
+def test_a_damaged_processor_json_is_named(tiny_tracevla, tmp_path, written, needle):
+    import shutil
+
+    policy = Path(shutil.copytree(tiny_tracevla, tmp_path / "policy"))
+    (policy / "processor.json").write_text(written)
+    with pytest.raises(ValueError, match=f"processor.json.*{needle}"):
+        PolicyServer(ServeConfig(policy=str(policy), port=0))
+
+
 def test_connections_are_capped_with_a_clear_reason(tiny_tracevla):
     capped = PolicyServer(ServeConfig(policy=str(tiny_tracevla), port=0, max_connections=2))
     capped.start_in_thread()

@@ -272,8 +272,9 @@ class PolicyServer:
         self.policy = load_policy(config.policy).to(device)
         self.policy.eval()
         self.contract = self.policy.processor.contract()
-        written = Path(config.policy) / "processor.json"  # as training wrote it: with the data's control rate
-        fps = json.loads(written.read_text()).get("fps") if written.is_file() else None
+        from stvla.policies.processor import CONTRACT_FILE
+
+        fps = written_fps(Path(config.policy) / CONTRACT_FILE)
         if fps:
             self.contract["fps"] = fps
         from stvla.policies.base import checkpoint_fingerprint
@@ -506,6 +507,21 @@ class PolicyServer:
         if not self.started.wait(60):
             raise RuntimeError("the server did not start")
         return thread
+
+
+def written_fps(path: Path) -> float | None:
+    """The control rate training wrote into the policy's processor.json (the data's fps), checked; None when
+    the file or the field is absent."""
+    if not path.is_file():
+        return None
+    try:
+        written = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not readable JSON ({one_line(error)})") from None
+    fps = written.get("fps") if isinstance(written, dict) else None
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000):
+        raise ValueError(f"{path}: 'fps' must be a control rate in (0, 1000] Hz, got {json.dumps(fps)[:40]}")
+    return fps
 
 
 def release_memory() -> None:
