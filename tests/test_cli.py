@@ -58,7 +58,9 @@ def test_trace_writes_three_panels_with_traces(small_dataset, tmp_path, capsys):
     root, _ = small_dataset
     out = tmp_path / "trace.mp4"
     # Episode 2 is pick-place: the arm moves, so adaptive traces appear.
-    assert main(["trace", str(root), "--episode", "2", "--variant", "B", "--adaptive", "--out", str(out)]) == 0
+    # The settings spelled as on `stvla train`.
+    assert main(["trace", str(root), "--episode", "2", "--traces.variant", "B", "--traces.selection.adaptive",
+                 "--out", str(out)]) == 0
     video = read_video(out).astype(int)
     assert video.shape[1:] == (256, 768, 3)
     # Below the panel titles (which differ): the depth panel and the traced depth panel.
@@ -72,9 +74,12 @@ def test_trace_writes_three_panels_with_traces(small_dataset, tmp_path, capsys):
     assert main(["trace", str(out), "--buffer", "7", "--out", str(plain)]) == 0
     assert read_video(plain).shape == video.shape  # the same frames, traced again (RGB panel only)
 
+    # The spellings this command took before (--variant, --tracker.buffer_length, --buffer) still set the same.
     assert main(["trace", str(root), "--variant", "D", "--out", str(tmp_path / "x.mp4")]) == 2
     assert "valid: A, B, C" in capsys.readouterr().err
-    assert main(["trace", str(root), "--buffer", "1", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert main(["trace", str(root), "--tracker.buffer_length", "1", "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "buffer_length" in capsys.readouterr().err
+    assert main(["trace", str(root), "--traces.tracker.buffer_length", "1", "--out", str(tmp_path / "x.mp4")]) == 2
     assert "buffer_length" in capsys.readouterr().err
 
 

@@ -4,7 +4,7 @@
     stvla info DIR [--camera KEY --fov 60 --image_fit pad]   (and what stvla train would do with it)
     stvla depth DIR --model DEPTH_MODEL_DIR [--fov 60] [--out NEW]
     stvla view DIR --episode K --out FILE.mp4 [--camera KEY --depth KEY]
-    stvla trace DIR|VIDEO --episode K --variant C --tracker.buffer_length 30 --out FILE.mp4 [--camera KEY ...]
+    stvla trace DIR|VIDEO --episode K --traces.variant C --traces.tracker.buffer_length 30 --out FILE.mp4 [--camera KEY ...]
     stvla train --policy st --dataset DIR [--init CKPT] [--lora.rank 32]
     stvla eval --policy CKPT --tasks pick-place-v3,push-v3 --episodes 50 --out DIR
     stvla serve --policy CKPT [--host 0.0.0.0 --token_file FILE] [--port 8765]
@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Callable
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("MUJOCO_GL", "egl")
 
-from stvla.config import add_config_arguments, add_option_aliases, config_from_arguments  # noqa: E402
+from stvla.config import add_config_arguments, add_option_aliases, config_from_arguments, field_paths  # noqa: E402
 
 if TYPE_CHECKING:  # imported where used: `stvla --help` stays quick
     from stvla.data.roles import DataConfig
@@ -118,7 +118,7 @@ def _trace(args: argparse.Namespace) -> int:
     from stvla.data.view import render_trace_video
     from stvla.traces import TraceConfig
 
-    config = config_from_arguments(TraceConfig, args)
+    config = config_from_arguments(TraceConfig, args, prefix="traces.")
     out = render_trace_video(args.source, args.out, config, episode=args.episode, data=_data_config(args))
     print(f"wrote {out}")
     return 0
@@ -228,8 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("source", help="dataset directory, or a plain video file (RGB only)")
     trace.add_argument("--episode", type=int, default=0, help="episode index in a dataset (default: 0)")
     trace.add_argument("--out", required=True, help="output .mp4 path")
-    add_config_arguments(trace, TraceConfig)
-    add_option_aliases(trace, TraceConfig, {"buffer": "tracker.buffer_length", "adaptive": "selection.adaptive"})
+    # The trace settings spelled as on `stvla train` (--traces.variant); the spellings this command took
+    # before (--variant, --tracker.buffer_length, --buffer, --adaptive) kept for one release.
+    add_config_arguments(trace, TraceConfig, prefix="traces.")
+    add_option_aliases(trace, TraceConfig, {**{path: path for path in field_paths(TraceConfig)},
+                                            "buffer": "tracker.buffer_length", "adaptive": "selection.adaptive"},
+                       prefix="traces.")
     add_data_options(trace, leave_out=ONLY_FOR_THE_MODEL)
     trace.set_defaults(run=_trace)
 

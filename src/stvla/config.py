@@ -85,14 +85,23 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str
 
 
 def add_option_aliases(parser: argparse.ArgumentParser, cls: type, aliases: dict[str, str],
-                       help_text: str = "old name of --{new}, kept for one release") -> None:
+                       help_text: str = "old name of --{new}, kept for one release", prefix: str = "") -> None:
     """Other names of options: `--old` sets the field at the dotted path `new` of `cls` (an old name kept
-    for a while, or a short one)."""
+    for a while, or a short one); with `prefix`, `cls`'s options are `--{prefix}field`."""
     for old, new in aliases.items():
         kind = cls
         for name in new.split("."):
             kind = _field_type(kind, name)
-        _add_field_option(parser, f"--{old}", new, kind, help_text.format(new=new))
+        _add_field_option(parser, f"--{old}", prefix + new, kind, help_text.format(new=prefix + new))
+
+
+def field_paths(cls: type, prefix: str = "") -> list[str]:
+    """The dotted paths of every field of dataclass `cls` that holds a value (nested dataclasses opened)."""
+    paths = []
+    for f in dataclasses.fields(cls):
+        kind = _field_type(cls, f.name)
+        paths += field_paths(kind, f"{prefix}{f.name}.") if dataclasses.is_dataclass(kind) else [prefix + f.name]
+    return paths
 
 
 def _add_field_option(parser: argparse.ArgumentParser, flag: str, dest: str, kind: Any, help_text: str) -> None:
