@@ -115,13 +115,17 @@ def test_a_bad_camera_names_the_dataset_cameras(tmp_path, capsys):
     assert "is a video file" in capsys.readouterr().err
 
 
-def info_training(capsys, *argv: str) -> dict[str, str]:
-    assert main(["info", *argv, "--json"]) == 0
-    return json.loads(capsys.readouterr().out)["training"]
+def info_training(capsys, *argv: str, status: int = 0) -> dict[str, str]:
+    """The plan `stvla info --json` gives; `status` 1 where it says training would refuse the dataset."""
+    assert main(["info", *argv, "--json"]) == status
+    captured = capsys.readouterr()
+    assert ("stvla train would refuse this dataset: " in captured.err) == bool(status)
+    return json.loads(captured.out)["training"]
 
 
 def test_info_says_what_training_would_do_with_any_lerobot_dataset(tmp_path, capsys):
     plan = info_training(capsys, str(FIXTURES / "rgb_7d"))
+    assert plan["data"].startswith("checked: 3 episodes' rows in time order")
     assert plan["action"].startswith("7 values (dx dy dz droll dpitch dyaw gripper) -> end effector (ee): "
                                       "SpatialVLA's adaptive action grid")
     assert plan["cameras"] == "observation.images.front 96x96, read as it is; the model reads 96x96"
@@ -135,7 +139,7 @@ def test_info_says_what_training_would_do_with_any_lerobot_dataset(tmp_path, cap
 
     # Two cameras and joints: training refuses until --camera chooses; info says so, and the rest still.
     so101 = str(FIXTURES / "so101_joints_2cam")
-    plan = info_training(capsys, so101)
+    plan = info_training(capsys, so101, status=1)  # stvla info exits 1 where stvla train would refuse
     assert plan["cameras"].startswith("refused: ") and "--camera" in plan["cameras"]
     assert "observation.images.front" in plan["cameras"] and "observation.images.wrist" in plan["cameras"]
     assert "joints (joint): per-dimension bins, gripper dims [5]" in plan["action"]
@@ -158,11 +162,11 @@ def test_info_says_what_training_would_do_with_any_lerobot_dataset(tmp_path, cap
     info = json.loads((refused / "meta" / "info.json").read_text())
     info["features"]["action"]["names"] = [f"joint_{i}" for i in range(7)]
     (refused / "meta" / "info.json").write_text(json.dumps(info))
-    plan = info_training(capsys, str(refused), "--action_layout", "ee")
+    plan = info_training(capsys, str(refused), "--action_layout", "ee", status=1)
     assert plan["action"].startswith("refused: ") and "joint_0" in plan["action"]
-    assert main(["info", str(refused), "--action_layout", "ee"]) == 0
+    assert main(["info", str(refused), "--action_layout", "ee"]) == 1
     printed = capsys.readouterr().out
-    assert "stvla train would read:\n  action   refused: " in printed
+    assert "stvla train would read:\n  data     checked: " in printed and "\n  action   refused: " in printed
     assert "  state    observation.state, 7 values" in printed
 
 

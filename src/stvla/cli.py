@@ -51,9 +51,10 @@ def _info(args: argparse.Namespace) -> int:
     data = _data_config(args)
     summary = dataset_summary(args.dataset, data)
     summary["training"] = training_plan(args.dataset, data, args.action_layout)
+    refused = next((line for line in summary["training"].values() if line.startswith("refused: ")), None)
     if args.json:
         print(json.dumps(summary, indent=2))
-        return 0
+        return _refused_by_training(refused)
     success = summary["success_rate"]
     print(f"dataset      {summary['root']} (LeRobot {summary['codebase_version']}, robot {summary['robot_type']}, "
           f"{summary['fps']} fps)")
@@ -70,7 +71,15 @@ def _info(args: argparse.Namespace) -> int:
     print("stvla train would read:")
     for part, line in summary["training"].items():
         print(f"  {part:8s} {line}")
-    return 0
+    return _refused_by_training(refused)
+
+
+def _refused_by_training(refused: str | None) -> int:
+    """`stvla info`'s exit status: 1, with training's own refusal on stderr, where `stvla train` would refuse."""
+    if refused is None:
+        return 0
+    print(f"stvla info: stvla train would refuse this dataset: {refused.removeprefix('refused: ')}", file=sys.stderr)
+    return 1
 
 
 def _depth(args: argparse.Namespace) -> int:

@@ -19,18 +19,25 @@ from stvla.data.store import EpisodeStore
 from stvla.image_fit import square_window
 from stvla.policies.action_layout import action_layout_for, action_names
 from stvla.policies.registry import POLICIES
-from stvla.train.trainer import TrainConfig, model_image_side
+from stvla.train.trainer import TrainConfig, check_dataset, model_image_side
 
 RGB_ONLY_POLICY = "tracevla"  # the policy type training switches to RGB only on a dataset without depth
 
 
 def training_plan(root: str | Path, data: DataConfig | None = None, action_layout: str = "") -> dict[str, str]:
-    """{"action", "cameras", "depth", "state"} -> one line each on what `stvla train --dataset root` (with
-    the dataset options `data` and `--action_layout`) would do; a refusal is a line, never an error."""
+    """{"data", "action", "cameras", "depth", "state"} -> one line each on what `stvla train --dataset root`
+    (with the dataset options `data` and `--action_layout`) would do; a refusal is a line starting
+    "refused:", never an error."""
     data = data or DataConfig()
     plain = EpisodeStore(root)  # the features as stored: the action and the state keep their names
     where = f"dataset {plain.root}"
-    plan = {"action": _action_line(plain.info["features"], where, action_layout)}
+    try:
+        check_dataset(plain)
+    except ValueError as error:
+        plan = {"data": f"refused: {error}"}
+    else:
+        plan = {"data": f"checked: {plain.num_episodes} episodes' rows in time order, tasks and schema as training reads them"}
+    plan["action"] = _action_line(plain.info["features"], where, action_layout)
     try:
         roles = EpisodeStore(root, data)
         side = model_image_side(TrainConfig(dataset=str(root), data=data), roles)

@@ -450,12 +450,21 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
         distributed.stop(ranks, together=finished)
 
 
+def check_dataset(store: EpisodeStore) -> None:
+    """What training checks before anything is decoded or trained (and `stvla info` with it): info.json
+    against the data files, the task strings control will accept as instructions (or never act), and every
+    episode's rows in time order with a task the tasks file holds. Raises the refusal as one line."""
+    store.check_schema()
+    for index, task in enumerate(store.tasks):
+        check_instruction(task, f"{store.root}/meta/tasks.parquet: task {index}")
+    for episode in range(store.num_episodes):
+        store.episode(episode, [F.TASK_INDEX])
+
+
 def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, progress: bool,
            stop_after: int | None) -> Path:
     store = EpisodeStore(config.dataset, config.data)
-    store.check_schema()  # info.json against the data files, before anything is decoded or trained
-    for index, task in enumerate(store.tasks):  # what control will accept as the instruction (or never act)
-        check_instruction(task, f"{store.root}/meta/tasks.parquet: task {index}")
+    check_dataset(store)
     # Images of another size or aspect are fitted to the model's square as they are read.
     store = EpisodeStore(config.dataset, config.data, image_size=model_image_side(config, store))
     if store.fitted and ranks.is_main:
