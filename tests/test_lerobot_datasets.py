@@ -382,6 +382,16 @@ def test_task_strings_kept_as_a_column_are_read_and_anything_else_is_named(tmp_p
         EpisodeStore(root)
 
 
+def test_an_fps_the_videos_do_not_run_at_is_named(tmp_path, capsys):
+    """info.json's fps becomes the policy's control rate (processor.json, stvla serve): one the videos and the
+    timestamps contradict is refused, naming the file."""
+    root = edited_copy(tmp_path, "rgb_7d", lambda info: info.update(fps=30))
+    with pytest.raises(ValueError, match=r"file-000.mp4: the video runs at 10 fps, meta/info.json says 30"):
+        EpisodeStore(root, DataConfig()).episode(0, [F.RGB])
+    assert main(["info", str(root)]) == 2  # the timestamps, read first, say so too
+    assert "timestamps are not 1/fps = 0.03333 s apart" in capsys.readouterr().err
+
+
 def test_a_video_of_another_size_than_info_json_says_is_named(tmp_path, capsys):
     """Videos re-encoded at another size without info.json changed: the frames were returned at their own size,
     with intrinsics and the fit computed from the size info.json gives; now one line names both."""

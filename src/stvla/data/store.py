@@ -43,6 +43,7 @@ from stvla.data.roles import DataConfig, is_depth_feature, resolve_roles
 from stvla.data.video import (
     DepthQuantization,
     VideoSettings,
+    frame_rate,
     frames_checksum,
     read_video,
     write_depth_video,
@@ -67,6 +68,7 @@ INDEX_FEATURES = {
 DEPTH_QUANTIZATION_INFO = ("video.depth_min", "video.depth_max", "video.shift", "video.use_log")
 IDENTITY_INFO = ("is_depth_map", "depth_unit", "source", *DEPTH_QUANTIZATION_INFO)  # feature info a caller gives
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+FPS_TOLERANCE = 0.02  # a video's own frame rate may differ from info.json's fps by this share (containers round)
 TIMESTAMP_TOLERANCE_S = 1e-3  # consecutive timestamps may differ from 1/fps by this much (float32 rounding, clocks)
 STAT_NAMES = ("min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99")
 
@@ -487,6 +489,7 @@ class EpisodeStore:
                     self.features[role] = {**self.features[role], "shape": shape}
         self.image_size = image_size
         self._cache: dict[int, dict[str, np.ndarray]] = {}
+        self._video_rates: dict[Path, float | None] = {}  # each video file's own frame rate, read once
         self._table: tuple[Path, tuple[str, ...], pa.Table] | None = None  # the latest data file read
 
     # --- what the dataset holds -------------------------------------------------------------------
@@ -749,6 +752,11 @@ class EpisodeStore:
                                 depth=depth, checksum=checksum if isinstance(checksum, str) and checksum else None)
         except (ValueError, FileNotFoundError) as error:
             raise DatasetError(f"episode {episode}: {error}") from error
+        if path not in self._video_rates:  # a wrong fps in info.json would reach the policy's control rate
+            self._video_rates[path] = frame_rate(path)
+        rate = self._video_rates[path]
+        if rate and abs(rate - self.fps) > FPS_TOLERANCE * self.fps:
+            raise DatasetError(f"{path}: the video runs at {rate:.4g} fps, meta/info.json says {self.fps}")
         # The size info.json gives is what the camera's intrinsics and its fit are computed from.
         if list(frames.shape[1:3]) != list(feature["shape"][:2]):
             raise DatasetError(f"{path}: frames of {stored_key!r} are {frames.shape[1]}x{frames.shape[2]}, "

@@ -192,6 +192,14 @@ def _native(frame: av.VideoFrame) -> bytes:
     return np.ascontiguousarray(frame.to_ndarray()).tobytes()
 
 
+def frame_rate(path: str | Path) -> float | None:
+    """The video stream's own frame rate (frames per second, as its container gives it), None if unsaid."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        return float(rate) if rate else None
+
+
 def _span_frames(path: Path, start: float, stop: float | None) -> Iterator[av.VideoFrame]:
     """The decoded frames of `path` whose timestamps lie in [start, stop) seconds."""
     if not path.is_file():
