@@ -83,6 +83,20 @@ def test_killed_run_resumes_to_the_same_weights(small_dataset, tmp_path):
         train(dataclasses.replace(config, lr=1e-2, steps=40), progress=False)
 
 
+def test_resuming_compares_the_settings_the_run_reads():
+    """A run resumes when only settings its policy never reads differ (a new tracker default, for a policy
+    without traces); anything it reads still refuses the resume."""
+    from stvla.train.trainer import TrainConfig, run_settings
+
+    plain = TrainConfig(dataset="data", policy="spatialvla")
+    other_tracker = dataclasses.replace(plain.traces, tracker=dataclasses.replace(plain.traces.tracker,
+                                                                                  max_patch_error=20.0))
+    assert run_settings(plain) == run_settings(dataclasses.replace(plain, traces=other_tracker))
+    assert run_settings(plain) != run_settings(dataclasses.replace(plain, lr=1e-2))
+    traced = dataclasses.replace(plain, policy="st")
+    assert run_settings(traced) != run_settings(dataclasses.replace(traced, traces=other_tracker))
+
+
 def test_lora_trains_only_the_adapters(stage1, small_dataset, tmp_path):
     root, _ = small_dataset
     config = tiny_config(root, tmp_path / "st", policy="st", init=str(stage1), steps=12, lr=1e-2)

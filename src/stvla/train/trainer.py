@@ -450,6 +450,15 @@ def train(config: TrainConfig, progress: bool = True, stop_after: int | None = N
         distributed.stop(ranks, together=finished)
 
 
+def run_settings(config: TrainConfig) -> str:
+    """What a run's outcome depends on, as JSON (tuples and lists alike), for resuming: every setting, but the
+    trace settings only for a policy that reads traces (a new tracker default does not stop a run without)."""
+    settings = config_to_dict(config)
+    if "traces" not in {f.name for f in dataclasses.fields(policy_class(config.policy).config_class)}:
+        settings.pop("traces", None)
+    return json.dumps(settings)
+
+
 def check_dataset(store: EpisodeStore) -> None:
     """What training checks before anything is decoded or trained (and `stvla info` with it): info.json
     against the data files, the task strings control will accept as instructions (or never act), and every
@@ -486,9 +495,7 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "train_config.json"
     if (out / "checkpoint").exists() and config_path.exists():
-        saved = load_train_config(config_path)
-        # Compared as JSON: tuples come back from the file as lists.
-        if json.dumps(config_to_dict(saved)) != json.dumps(config_to_dict(config)):
+        if run_settings(load_train_config(config_path)) != run_settings(config):
             raise ValueError(f"{out} holds a run with another configuration ({config_path}); "
                              f"use another --out or the same settings to resume")
     distributed.barrier(ranks)  # every rank has read the saved config before rank 0 writes it
