@@ -117,6 +117,34 @@ def test_a_config_value_of_the_wrong_type_is_refused_by_name(saved_policy, tmp_p
                             "--out", str(tmp_path / "eval")], "config.json", needle)
 
 
+def test_a_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_previous_one(saved_policy, tmp_path, monkeypatch):
+    """safetensors raises SafetensorError when the disk fills: the temporary folder goes, the previous
+    checkpoint stays whole, and the error says where, how much is needed and how much is free."""
+    from safetensors import SafetensorError
+
+    from stvla.policies.registry import load_policy
+    from stvla.train import trainer
+
+    policy = load_policy(saved_policy)
+    optimizer = torch.optim.AdamW(policy.model.parameters())
+    checkpoint = tmp_path / "checkpoint"
+    trainer.save_training_state(checkpoint, policy, optimizer, step=10)
+    before = {p.name: p.read_bytes() for p in checkpoint.iterdir()}
+
+    def disk_full(tensors, path, *args, **kwargs):
+        Path(path).write_bytes(b"\0" * 100)  # a partial file, as a full disk leaves it
+        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+
+    monkeypatch.setattr(trainer, "save_file", disk_full)
+    with pytest.raises(OSError) as refused:
+        trainer.save_training_state(checkpoint, policy, optimizer, step=20)
+    message = str(refused.value)
+    assert "\n" not in message and str(checkpoint) in message and "MiB are free" in message
+    assert "StorageFull" in message and "the previous one is kept" in message
+    assert not (tmp_path / "checkpoint.tmp").exists()
+    assert {p.name: p.read_bytes() for p in checkpoint.iterdir()} == before
+
+
 # --- training flags --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("flags, needle", [
     (["--steps", "0"], "--steps must be >= 1"),

@@ -19,12 +19,14 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tqdm import tqdm
 
@@ -40,6 +42,7 @@ from stvla.policies.processor import CameraConfig
 from stvla.policies.registry import make_policy, policy_class
 from stvla.policies.text import check_instruction
 from stvla.policies.vla import VLAConfig
+from stvla.pretrained import first_line
 from stvla.traces import TraceConfig
 from stvla.traces.points import SPACES
 from stvla.train.augment import AugmentConfig
@@ -394,17 +397,36 @@ def save_training_state(directory: Path, policy: Policy, optimizer: torch.optim.
                for pid, slots in optimizer_state["state"].items() for name, value in slots.items()}
     if not write:
         return
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(model, str(tmp / "model.safetensors"))
     tensors["torch_rng"] = torch.get_rng_state()
     if torch.cuda.is_available():  # dropout on a GPU draws from its own generators
         tensors.update({f"cuda_rng.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    if average is not None:
-        save_file(average.state_dict(), str(tmp / "weight_average.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "param_groups": optimizer_state["param_groups"]}))
+    averaged = average.state_dict() if average is not None else {}
+
+    def write_state(tmp: Path) -> None:
+        save_file(model, str(tmp / "model.safetensors"))
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        if averaged:
+            save_file(averaged, str(tmp / "weight_average.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"step": step, "param_groups": optimizer_state["param_groups"]}))
+
+    needed = sum(t.numel() * t.element_size() for group in (model, tensors, averaged) for t in group.values())
+    replace_directory(directory, write_state, needed)
+
+
+def replace_directory(directory: Path, write: Callable[[Path], None], needed_bytes: int = 0) -> None:
+    """`write(tmp)` fills a temporary folder that then replaces `directory`: a kill leaves the old one or the
+    new. A write that fails (a full disk) removes the temporary folder, leaves the old one, and is one line
+    naming the folder, the bytes needed and those free."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        write(tmp)
+    except (OSError, SafetensorError) as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        free = shutil.disk_usage(directory.parent if directory.parent.exists() else Path.cwd()).free
+        raise OSError(f"cannot write {directory} ({first_line(error)}): it needs about {needed_bytes / 2**20:.0f} MiB, "
+                      f"{free / 2**20:.0f} MiB are free there; the previous one is kept") from None
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)
 
@@ -630,11 +652,8 @@ def exportable(policy: Policy, average: WeightAverage | None) -> Policy:
 
 def save_atomically(policy: Policy, directory: Path, fps: int) -> Path:
     """save_pretrained into a temporary folder renamed to `directory`: a kill leaves the old one or the new."""
-    temporary = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(temporary, ignore_errors=True)
-    policy.save_pretrained(temporary, fps=fps)
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(temporary, directory)
+    needed = sum(t.numel() * t.element_size() for t in policy.model.state_dict().values())
+    replace_directory(directory, lambda tmp: policy.save_pretrained(tmp, fps=fps), needed)
     return directory
 
 
