@@ -248,6 +248,30 @@ def test_two_evaluations_into_one_folder_cannot_mix(saved_policy, tmp_path):
 
 
 # --- caches keyed on what they were made from --------------------------------------------------------------
+def test_a_cache_on_a_full_disk_is_one_line_and_leaves_no_files(small_dataset, tmp_path, monkeypatch):
+    """The cache's space is reserved before its memory map is written: a full disk is an error naming the
+    file and the space needed (never a Bus error from a page that cannot be backed), and nothing is left."""
+    import errno
+    import os
+
+    from stvla.data.cache import DecodedCache
+    from stvla.data.store import EpisodeStore
+
+    def disk_full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", disk_full, raising=False)
+    cache = DecodedCache(EpisodeStore(small_dataset[0]), progress=False, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(OSError) as refused:
+        cache.require(["action", "observation.images.rgb"])
+    message = str(refused.value)
+    assert "\n" not in message and "No space left on device" in message and "MiB are free there" in message
+    assert "cannot make the cache file" in message and "--cache_dir" in message
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()], "no temporary file is left"
+    monkeypatch.undo()
+    assert cache.require(["action"])["action"].shape[0] == len(cache)  # space freed: the rerun builds it
+
+
 def test_caches_follow_the_data_files_and_refuse_forged_cache_files(small_dataset, tmp_path, capsys):
     import shutil
 

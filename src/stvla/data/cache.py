@@ -29,6 +29,7 @@ Decoding checks what it reads: actions and states must be finite, depth must loo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -127,6 +128,25 @@ def _temporary_file(directory: Path, name: str) -> Path:
     return Path(path)
 
 
+def reserved_memmap(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> np.memmap:
+    """`np.lib.format.open_memmap(path, "w+")` with its disk space reserved before anything is written: a full
+    disk is a one-line error here, never a Bus error later when a page of the map cannot be backed."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    size = path.stat().st_size
+    if hasattr(os, "posix_fallocate"):  # not on every system; elsewhere the map stays sparse
+        try:
+            with open(path, "r+b") as handle:
+                os.posix_fallocate(handle.fileno(), 0, size)
+        except OSError as error:
+            if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                return array  # a file system that cannot reserve space (the map stays sparse)
+            del array
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(f"cannot make the cache file {path} ({error.strerror}): it needs {size / 2**20:.0f} MiB, "
+                          f"{free / 2**20:.0f} MiB are free there (--cache_dir puts the caches elsewhere)") from None
+    return array
+
+
 class DecodedCache:
     """Frame-major arrays of a dataset's features over all episodes, plus where each episode starts."""
 
@@ -173,9 +193,8 @@ class DecodedCache:
         first = self.store.frame(0, 0, keys)
         temporary = {key: _temporary_file(self.directory, self._file(key).name) for key in keys}
         try:
-            arrays = {key: np.lib.format.open_memmap(temporary[key], mode="w+", dtype=np.asarray(first[key]).dtype,
-                                                     shape=(len(self), *np.shape(first[key])))
-                      for key in keys}
+            arrays = {key: reserved_memmap(temporary[key], np.asarray(first[key]).dtype,
+                                           (len(self), *np.shape(first[key]))) for key in keys}
             for episode in tqdm(range(self.store.num_episodes), desc="decode cache", unit="ep",
                                 disable=not self.progress):
                 frames = self.store.episode(episode, keys)
@@ -227,8 +246,8 @@ class DerivedCache:
                     for key, value in made.items():
                         if key not in out:
                             value = np.asarray(value)
-                            out[key] = np.lib.format.open_memmap(building / f"{key}.npy", mode="w+", dtype=value.dtype,
-                                                                 shape=(len(self.decoded), *value.shape))
+                            out[key] = reserved_memmap(building / f"{key}.npy", value.dtype,
+                                                       (len(self.decoded), *value.shape))
                         out[key][index] = value
             for key, memmap in out.items():
                 memmap.flush()
