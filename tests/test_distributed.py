@@ -88,6 +88,23 @@ def test_two_processes_train_what_one_trains_and_build_the_caches_once(setting, 
     assert_same_weights(tmp_path / "lora1" / "policy", tmp_path / "lora-sharded" / "policy", steps=20, lr=1e-3)
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group `pgid` still exists (zombies of an exited group do not count)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    states = []
+    for status in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = status.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp
+            states.append(fields[0])
+    return any(state != "Z" for state in states)
+
+
 @pytest.mark.parametrize("sharded", [False, True], ids=["ddp-resumed-by-one", "fsdp-resumed-by-two"])
 def test_a_killed_two_process_run_resumes(setting, tmp_path, sharded):
     """Killed after a checkpoint, a 2-process run resumes (DDP: with 1 process; FSDP: sharded again, which
@@ -105,6 +122,10 @@ def test_a_killed_two_process_run_resumes(setting, tmp_path, sharded):
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    gone_by = time.monotonic() + DEADLINE_S  # the workers too (one holds the folder's lock until it is gone)
+    while group_alive(process.pid):
+        assert time.monotonic() < gone_by, "the killed run's workers did not exit"
+        time.sleep(0.02)
     assert not (killed / "policy").exists()  # killed before the end
     run([*common, "--out", str(killed), *extra], 2 if sharded else 1, env)
     assert_same_weights(tmp_path / "whole" / "policy", killed / "policy", steps=30)
