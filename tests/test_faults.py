@@ -272,6 +272,31 @@ def test_a_cache_on_a_full_disk_is_one_line_and_leaves_no_files(small_dataset, t
     assert cache.require(["action"])["action"].shape[0] == len(cache)  # space freed: the rerun builds it
 
 
+def test_bytes_overwritten_in_a_cache_file_are_found_and_rebuilt(small_dataset, tmp_path, capsys):
+    """Bytes changed inside a cache file, its size and modification time restored (what a sampled check
+    misses): every episode's rows are checksummed, the change is named, and the file is built again."""
+    import os
+    import shutil
+
+    from stvla.data.cache import DecodedCache
+    from stvla.data.store import EpisodeStore
+
+    root = tmp_path / "copy"
+    shutil.copytree(small_dataset[0], root)
+    cache = DecodedCache(EpisodeStore(root), progress=False, cache_dir=str(tmp_path / "cache"))
+    rgb = np.array(cache.require(["observation.images.rgb"])["observation.images.rgb"])
+    path = cache.directory / "observation.images.rgb.npy"
+    stat = path.stat()
+    with path.open("r+b") as handle:  # 64 bytes in the middle of episode 1's rows
+        handle.seek(stat.st_size - rgb[cache.episode_slice(1).start:].nbytes + 1000)
+        handle.write(bytes(range(64)))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    capsys.readouterr()
+    again = DecodedCache(EpisodeStore(root), progress=False, cache_dir=str(tmp_path / "cache"))
+    np.testing.assert_array_equal(again.require(["observation.images.rgb"])["observation.images.rgb"], rgb)
+    assert "episodes [1] changed since it was written" in capsys.readouterr().err
+
+
 def test_caches_follow_the_data_files_and_refuse_forged_cache_files(small_dataset, tmp_path, capsys):
     import shutil
 

@@ -34,7 +34,9 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,8 +59,7 @@ def cache_root(cache_dir: str = "") -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stvla"
 
 
-CACHE_FORMAT = 2  # bump when what a cache file holds changes: every older cache is then rebuilt
-SAMPLED_BLOCKS, BLOCK_BYTES = 16, 1 << 16  # a manifest hashes this many blocks spread over the file
+CACHE_FORMAT = 3  # bump when what a cache file holds changes: every older cache is then rebuilt
 
 
 def dataset_fingerprint(store: EpisodeStore) -> str:
@@ -76,33 +77,43 @@ def dataset_fingerprint(store: EpisodeStore) -> str:
     return digest.hexdigest()[:12]
 
 
-def file_manifest(path: Path) -> dict:
-    """What a cache file must still be when it is read: size, modification time, sampled-block hash."""
+def file_manifest(path: Path, spans: list[slice]) -> dict:
+    """What a cache file must still be when it is read: its size, modification time, and a CRC-32 of every
+    episode's rows (`spans`): every byte a run reads is covered, checked when the cache is opened."""
     stat = path.stat()
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for offset in np.linspace(0, max(stat.st_size - BLOCK_BYTES, 0), SAMPLED_BLOCKS).astype(np.int64):
-            handle.seek(int(offset))
-            digest.update(handle.read(BLOCK_BYTES))
-    return {"format": CACHE_FORMAT, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sampled_sha256": digest.hexdigest()}
+    array = np.load(path, mmap_mode="r")
+    crc = [zlib.crc32(np.ascontiguousarray(array[span])) for span in spans]
+    return {"format": CACHE_FORMAT, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "episode_crc32": crc}
 
 
 def _manifest_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def write_manifest(path: Path) -> None:
+def write_manifest(path: Path, spans: list[slice]) -> None:
     """Record `path` as a complete cache file (call after it was renamed into place)."""
-    manifest = file_manifest(path)
+    manifest = file_manifest(path, spans)
     write_atomically(_manifest_path(path), lambda temporary: temporary.write_text(json.dumps(manifest)))
 
 
-def verified(path: Path) -> bool:
-    """Whether `path` is a complete cache file, unchanged since its manifest was written."""
+def verified(path: Path, spans: list[slice]) -> bool:
+    """Whether `path` is a complete cache file, unchanged since its manifest was written; a file whose bytes
+    changed since (its episodes' checksums differ) is said so on stderr, and the caller builds it again."""
     try:
-        return path.is_file() and json.loads(_manifest_path(path).read_text()) == file_manifest(path)
+        if not path.is_file():
+            return False
+        written = json.loads(_manifest_path(path).read_text())
+        now = file_manifest(path, spans)
     except (OSError, ValueError):
         return False
+    if written == now:
+        return True
+    if written.get("format") == CACHE_FORMAT and len(written.get("episode_crc32", [])) == len(spans):
+        changed = [i for i, (a, b) in enumerate(zip(written["episode_crc32"], now["episode_crc32"])) if a != b]
+        if changed:
+            print(f"cache file {path}: episodes {changed[:10]}{' ...' if len(changed) > 10 else ''} changed since it "
+                  f"was written (their checksums differ): building it again", file=sys.stderr)
+    return False
 
 
 def check_decoded(store: EpisodeStore, episode: int, key: str, values: np.ndarray) -> None:
@@ -164,6 +175,11 @@ class DecodedCache:
     def __len__(self) -> int:
         return int(self.episode_lengths.sum())
 
+    @property
+    def spans(self) -> list[slice]:
+        """Every episode's rows, in order (what the cache files' checksums cover)."""
+        return [self.episode_slice(episode) for episode in range(len(self.episode_lengths))]
+
     def episode_slice(self, episode: int) -> slice:
         start = int(self.episode_starts[episode])
         return slice(start, start + int(self.episode_lengths[episode]))
@@ -175,7 +191,7 @@ class DecodedCache:
             raise KeyError(f"{self.store.root}: unknown features {unknown}; the dataset has {sorted(self.store.features)}")
         if not self.store.num_episodes:
             raise ValueError(f"dataset {self.store.root} has no episodes")
-        missing = [key for key in keys if key not in self.arrays and not verified(self._file(key))]
+        missing = [key for key in keys if key not in self.arrays and not verified(self._file(key), self.spans)]
         if missing:
             self._decode(missing)
         for key in keys:
@@ -204,7 +220,7 @@ class DecodedCache:
             for key, array in arrays.items():
                 array.flush()
                 os.replace(temporary[key], self._file(key))
-                write_manifest(self._file(key))
+                write_manifest(self._file(key), self.spans)
         finally:  # an error (or Ctrl-C) leaves no half-written file behind
             for path in temporary.values():
                 path.unlink(missing_ok=True)
@@ -227,7 +243,7 @@ class DerivedCache:
         self.arrays = {key: np.load(self.directory / f"{key}.npy", mmap_mode="r") for key in outputs}
 
     def _complete(self, outputs: list[str]) -> bool:
-        return all(verified(self.directory / f"{key}.npy") for key in outputs)
+        return all(verified(self.directory / f"{key}.npy", self.decoded.spans) for key in outputs)
 
     def _build(self, inputs: list[str], outputs: list[str], reset: Callable[[], None], step: FrameStep) -> None:
         sources = self.decoded.require(inputs)
@@ -251,7 +267,7 @@ class DerivedCache:
                         out[key][index] = value
             for key, memmap in out.items():
                 memmap.flush()
-                write_manifest(building / f"{key}.npy")  # renaming the folder keeps each file's size and mtime
+                write_manifest(building / f"{key}.npy", self.decoded.spans)  # renaming the folder keeps each file's size and mtime
             if self._complete(outputs):
                 return  # another process finished the same cache meanwhile: its files are the same
             shutil.rmtree(self.directory, ignore_errors=True)  # an incomplete one (a kill, an older version)
