@@ -103,12 +103,16 @@ def verified(path: Path, spans: list[slice]) -> bool:
         if not path.is_file():
             return False
         written = json.loads(_manifest_path(path).read_text())
+        stat = path.stat()
+        if (written.get("format"), written.get("size"), written.get("mtime_ns")) != (CACHE_FORMAT, stat.st_size,
+                                                                                    stat.st_mtime_ns):
+            return False  # stale or rewritten: no need to read it to know
         now = file_manifest(path, spans)
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return False
     if written == now:
         return True
-    if written.get("format") == CACHE_FORMAT and len(written.get("episode_crc32", [])) == len(spans):
+    if len(written.get("episode_crc32", [])) == len(spans):
         changed = [i for i, (a, b) in enumerate(zip(written["episode_crc32"], now["episode_crc32"])) if a != b]
         if changed:
             print(f"cache file {path}: episodes {changed[:10]}{' ...' if len(changed) > 10 else ''} changed since it "

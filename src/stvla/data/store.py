@@ -748,15 +748,17 @@ class EpisodeStore:
         checksum = row.get(f"videos/{stored_key}/frames_sha256")  # written by stvla; LeRobot's datasets have none
         path = self.video_path(episode, key)
         try:
+            if path not in self._video_rates and path.is_file():  # a wrong fps would reach the control rate
+                self._video_rates[path] = frame_rate(path)
+            rate = self._video_rates.get(path)
+            if rate and abs(rate - self.fps) > FPS_TOLERANCE * self.fps:
+                raise DatasetError(f"{path}: the video runs at {rate:.4g} fps, meta/info.json says {self.fps}")
             frames = read_video(path, expected_frames=length, start=start, stop=None if stop is None else float(stop),
                                 depth=depth, checksum=checksum if isinstance(checksum, str) and checksum else None)
+        except DatasetError:
+            raise
         except (ValueError, FileNotFoundError) as error:
             raise DatasetError(f"episode {episode}: {error}") from error
-        if path not in self._video_rates:  # a wrong fps in info.json would reach the policy's control rate
-            self._video_rates[path] = frame_rate(path)
-        rate = self._video_rates[path]
-        if rate and abs(rate - self.fps) > FPS_TOLERANCE * self.fps:
-            raise DatasetError(f"{path}: the video runs at {rate:.4g} fps, meta/info.json says {self.fps}")
         # The size info.json gives is what the camera's intrinsics and its fit are computed from.
         if list(frames.shape[1:3]) != list(feature["shape"][:2]):
             raise DatasetError(f"{path}: frames of {stored_key!r} are {frames.shape[1]}x{frames.shape[2]}, "

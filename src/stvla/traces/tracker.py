@@ -172,18 +172,13 @@ class PointTracker(abc.ABC):
 
     def episode_state(self) -> dict[str, object]:
         """This episode's tracking (buffers, points, window) as it is now, for `restore_episode`: a served step
-        that fails is undone with it. The settings are shared, not copied; a tracker holding a model shares
-        it too (`episode_shared`)."""
-        shared = [self.config, *self.episode_shared()]
-        return copy.deepcopy(vars(self), {id(value): value for value in shared})
+        that fails is undone with it. This default deep-copies everything but the settings; a tracker holding
+        a model or large inputs overrides it with a leaner copy (FlowTracker, CoTrackerOnline)."""
+        return copy.deepcopy(vars(self), {id(self.config): self.config})
 
     def restore_episode(self, state: dict[str, object]) -> None:
         """Put the episode back as `episode_state()` found it (the state is used up: take a new one after)."""
         vars(self).update(state)
-
-    def episode_shared(self) -> list[object]:
-        """What `episode_state` shares rather than copies besides the settings: models, solvers."""
-        return []
 
 
 def to_grey(frame: np.ndarray, expected_hw: tuple[int, int] | None = None) -> np.ndarray:

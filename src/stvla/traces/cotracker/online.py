@@ -43,7 +43,7 @@ The network is stvla.traces.cotracker.network, loaded by stvla.traces.cotracker.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -116,8 +116,13 @@ class CoTrackerOnline(PointTracker):
         self._hw: tuple[int, int] | None = None
         self._state: TrackState | None = None
 
-    def episode_shared(self) -> list[object]:
-        return [self.cotracker, self.model]
+    def episode_state(self) -> dict[str, object]:
+        """As `PointTracker.episode_state`, without copying the window's feature pyramids (megabytes a frame at
+        the released resolution): a model run rebinds a window frame's estimates, never changes its tensors in
+        place, so each frame is copied shallowly; the ring buffers are copied, the rest is replaced, not changed."""
+        state = {name: value.copy() if isinstance(value, RingBuffer) else value for name, value in vars(self).items()}
+        state["_window"] = deque((replace(frame) for frame in self._window), maxlen=self._window.maxlen)
+        return state
 
     @property
     def state(self) -> TrackState | None:
