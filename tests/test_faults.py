@@ -336,15 +336,29 @@ def pa_array_like(values, arrow_type):
 
 
 # --- content checks -------------------------------------------------------------------------------------------
-def test_damaged_video_bytes_are_found_when_frames_are_read(small_dataset, tmp_path, capsys):
-    """64 random bytes in the middle of an mp4 once decoded to wrong frames without a word."""
+def without_frame_checksums(root: Path) -> None:
+    """Drop the frame checksums our writer stores in meta/episodes: a dataset as LeRobot writes it."""
+    import pyarrow.parquet as pq
+
+    for path in (root / "meta" / "episodes").rglob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.drop([name for name in table.column_names if name.endswith("/frames_sha256")]), path)
+
+
+@pytest.mark.parametrize("checksums", ["with", "without"])
+def test_damaged_video_bytes_are_found_when_frames_are_read(small_dataset, tmp_path, capsys, checksums):
+    """64 random bytes in the middle of an mp4 once decoded to wrong frames without a word. With our frame
+    checksums any change is caught; without them (LeRobot's datasets), the decoder's error detection."""
     import shutil
 
     from stvla.data.store import DatasetError, EpisodeStore
 
     root = tmp_path / "copy"
     shutil.copytree(small_dataset[0], root)
+    if checksums == "without":
+        without_frame_checksums(root)
     store, key = EpisodeStore(root), "observation.images.rgb"
+    assert any(name.endswith("frames_sha256") for name in store.episodes.columns) == (checksums == "with")
     video = store.video_path(0, key)
     data = bytearray(video.read_bytes())
     middle = len(data) // 2
