@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, record, run  # noqa: E402
+from common import RESULTS_ROOT, record, run  # noqa: E402
 
 from stvla.benchmark.cells import Cell  # noqa: E402
 from stvla.benchmark.protocol import int_list  # noqa: E402
@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--episodes", type=int, default=50, help="held-out evaluation episodes per task")
     parser.add_argument("--max_steps", type=int, default=EvalConfig.max_steps, help="steps before an episode fails")
     parser.add_argument("--policy", default=DEFAULTS["policy"], help=f"policy type: {', '.join(POLICIES)}")
-    parser.add_argument("--root", default=str(ROOT), help="where results, BENCHMARKS.md and (unless --work) runs go")
+    parser.add_argument("--root", default=str(RESULTS_ROOT), help="where results, BENCHMARKS.md and (unless --work) runs go")
     parser.add_argument("--work", default="", help="directory for data and runs (default: <root>/runs/bench-<name>)")
     parser.add_argument("--report_only", action="store_true", help="run nothing: report the cells finished so far")
     args = parser.parse_args(argv)

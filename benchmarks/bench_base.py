@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, record, run  # noqa: E402
+from common import RESULTS_ROOT, ROOT, record, run  # noqa: E402
 
 from stvla.benchmark.cells import Cell  # noqa: E402
 from stvla.benchmark.protocol import Bench, BenchConfig  # noqa: E402
@@ -84,11 +84,11 @@ TRIAL_MORE_EPISODES = {"goal200": ("reach-v3,push-v3,pick-place-v3", 200)}
 TRIAL_MORE_EPISODES["goal200-steps33k"] = TRIAL_MORE_EPISODES["goal200"]
 TRIAL_MORE_EPISODES["goal200-continue13k"] = TRIAL_MORE_EPISODES["goal200"]
 TRAINED_AS = {"steps20k-ensemble": "steps20k"}  # trials that only act differently from another trial's checkpoint
-RESULTS = ROOT / "benchmarks" / "results" / "base_trials"
+RESULTS = RESULTS_ROOT / "benchmarks" / "results" / "base_trials"
 
 
 def trial_config(name: str, dataset: Path, work: Path) -> TrainConfig:
-    base, _ = Bench(BenchConfig(repo=str(ROOT))).stage1()  # the kept base's own settings
+    base, _ = Bench(BenchConfig(repo=str(RESULTS_ROOT))).stage1()  # the kept base's own settings
     return dataclasses.replace(base, dataset=str(dataset), out=str(work / TRAINED_AS.get(name, name)), **TRIALS[name][0])
 
 
@@ -109,7 +109,7 @@ def run_trial(name: str, make_dataset: Callable[[], Path], work: Path, episodes:
         started = time.perf_counter()
         # A trial of acting only evaluates the kept base (trained with exactly `config`, on the same data).
         acting_only = not TRIALS[name][0] and not own_data(name)
-        bench = Bench(BenchConfig(repo=str(ROOT)))
+        bench = Bench(BenchConfig(repo=str(RESULTS_ROOT)))
         if acting_only and bench.stage1_more(config) is not None:
             raise SystemExit(f"trial {name!r} acts with a base of one phase, trained as its key says; the kept base "
                              f"has a second phase since goal200-continue13k was kept: its record stands as made")
@@ -136,7 +136,7 @@ def trial_dataset(name: str, workers: int) -> Path:
     give it), extended for the trials of TRIAL_MORE_EPISODES."""
     if name in TRIAL_MORE_EPISODES:
         return extended_dataset(name, workers)
-    bench = Bench(BenchConfig(repo=str(ROOT), workers=workers, **TRIAL_DATA.get(name, {})))
+    bench = Bench(BenchConfig(repo=str(RESULTS_ROOT), workers=workers, **TRIAL_DATA.get(name, {})))
     return bench.collect_cell(bench.pretrain_name, "mt10", 50, 0)
 
 
@@ -144,7 +144,7 @@ def extended_dataset(name: str, workers: int) -> Path:
     """The protocol's pre-training set extended with more episodes of some tasks (TRIAL_MORE_EPISODES),
     as stage 1's second phase collects it (Bench.extended_pretrain_set)."""
     tasks, episodes = TRIAL_MORE_EPISODES[name]
-    config = BenchConfig(repo=str(ROOT), workers=workers, pretrain_more_tasks=tasks, pretrain_more_episodes=episodes)
+    config = BenchConfig(repo=str(RESULTS_ROOT), workers=workers, pretrain_more_tasks=tasks, pretrain_more_episodes=episodes)
     return Bench(config).extended_pretrain_set()
 
 
@@ -160,7 +160,7 @@ def keep_trial(name: str, work: Path) -> Path:
     on from a checkpoint (`init`) is stage 1's second phase, and that checkpoint must be the protocol's
     first), so the kept cell's key, which `stvla bench` and the main job check, tells the truth about
     the weights."""
-    bench = Bench(BenchConfig(repo=str(ROOT)))
+    bench = Bench(BenchConfig(repo=str(RESULTS_ROOT)))
     first, kept = bench.stage1()
     more = bench.stage1_more(first)
     trial = trial_config(name, Path(first.dataset), work)

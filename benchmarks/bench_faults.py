@@ -4,9 +4,13 @@ run as a user would (a `stvla` command in its own process, or a Python call), an
     python benchmarks/bench_faults.py [--work runs/bench-faults]
 
 Outcome of a case that must be refused: "clear" (exit code 2 and one line on stderr naming what is
-wrong, or a one-line ValueError from Python), "vague" (refused, but the message does not name the
-needle), "traceback", or "silent wrong" (accepted). A case that must work (a resume after kill -9, a
-second writer refused while the first finishes) is "ok" or "lost" (finished work missing or wrong).
+wrong, `stvla info`'s exit code 1 with training's refusal, or a one-line ValueError from Python),
+"vague" (refused, but the message does not name the needle), "traceback", or "silent wrong"
+(accepted). A case that must work (a resume after kill -9, a second writer refused while the first
+finishes, a rebuilt cache, a full disk) is "ok" or "lost" (finished work missing or wrong). Video damage
+in a dataset with no reference hash that decodes without a decoder error is "undetectable": nothing
+can tell those frames from right ones (BENCHMARKS.md "Video damage"). Full disks are tmpfs mounts in a
+user namespace (`unshare`, no root needed).
 Writes benchmarks/results/faults.json (every case with its outcome and message) and the "Faults"
 section of BENCHMARKS.md.
 """
@@ -14,6 +18,7 @@ section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -64,8 +69,9 @@ def judge(code: int, stderr: str, needle: str) -> tuple[str, str]:
         return "traceback", last
     if code == 0:
         return "silent wrong", "exit code 0"
-    errors = [line for line in lines if ": error:" in line]
-    if code == 2 and len(errors) == 1 and needle in errors[0]:
+    # `stvla info` reports a dataset training would refuse with training's own line, and exits 1.
+    errors = [line for line in lines if ": error:" in line or "would refuse this dataset:" in line]
+    if code in (1, 2) and len(errors) == 1 and needle in errors[0]:
         return "clear", errors[0]
     return "vague", last
 
@@ -160,6 +166,61 @@ def nan_action(root: Path) -> None:
     pq.write_table(table.set_column(index, "action", pa.array(values, type=table.column("action").type)), path)
 
 
+def edit_episode_rows(change: Callable[[pa.Table, np.ndarray], pa.Table]) -> Callable[[Path], None]:
+    """Rewrite the first data file with `change(table, rows of episode 0)`."""
+    def damage(root: Path) -> None:
+        path = first(root / "data", "*.parquet")
+        table = pq.read_table(path)
+        pq.write_table(change(table, np.flatnonzero(table.column("episode_index").to_numpy() == 0)), path)
+    return damage
+
+
+def replaced_column(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(name), name, pa.array(values, table.schema.field(name).type))
+
+
+def rows_reversed(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """Episode 0's rows stored last frame first, their `index` values left as they were."""
+    order = np.arange(table.num_rows)
+    order[rows] = rows[::-1]
+    return replaced_column(table.take(order), "index", table.column("index").to_numpy())
+
+
+def index_gap(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    index = table.column("index").to_numpy().copy()
+    index[rows[len(rows) // 2]:] += 5
+    return replaced_column(table, "index", index)
+
+
+def timestamps_doubled(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    stamps = table.column("timestamp").to_numpy().copy()
+    stamps[rows] *= 2
+    return replaced_column(table, "timestamp", stamps)
+
+
+def task_index_7(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    tasks = table.column("task_index").to_numpy().copy()
+    tasks[rows] = 7
+    return replaced_column(table, "task_index", tasks)
+
+
+def downloaded_from_the_hub(root: Path) -> None:
+    """huggingface_hub's download metadata beside every video (commit, etag = the file's SHA-256, time), as
+    LeRobot's `snapshot_download(local_dir=...)` leaves it, and no frame checksums of ours."""
+    without_frame_checksums(root)
+    for video in (root / "videos").rglob("*.mp4"):
+        metadata = root / ".cache" / "huggingface" / "download" / f"{video.relative_to(root)}.metadata"
+        metadata.parent.mkdir(parents=True, exist_ok=True)
+        metadata.write_text(f"{'0' * 40}\n{hashlib.sha256(video.read_bytes()).hexdigest()}\n{time.time()}\n")
+
+
+def without_frame_checksums(root: Path) -> None:
+    """Drop the frame checksums stvla's writer stores: a dataset as LeRobot's writer leaves it."""
+    for path in (root / "meta" / "episodes").rglob("*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.drop([name for name in table.column_names if name.endswith("/frames_sha256")]), path)
+
+
 def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
@@ -176,6 +237,14 @@ def nan_bias(state: dict) -> None:
     name = next(k for k in sorted(state) if k.endswith(".bias"))
     state[name] = state[name].clone()
     state[name][0] = float("nan")
+
+
+def set_config(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def damage(policy: Path) -> None:
+        config = json.loads((policy / "config.json").read_text())
+        change(config)
+        (policy / "config.json").write_text(json.dumps(config))
+    return damage
 
 
 # --- Python calls at the policy boundary --------------------------------------------------------------------
@@ -258,6 +327,148 @@ def kill_and_resume_training(work: Path) -> tuple[str, str]:
     return "ok", f"killed after the checkpoint of step {saved}; the resumed run finished"
 
 
+def video_damage_without_any_hash(work: Path) -> tuple[str, str]:
+    """64 random bytes at 5 offsets of each video (lossless h264 RGB, LeRobot's HEVC depth), in a dataset with
+    neither our frame checksums nor the Hub's hash: the decoder's error detection is all there is
+    (BENCHMARKS.md "Video damage" measures it per codec)."""
+    root = dataset_copy(work, "no hash at all")
+    without_frame_checksums(root)
+    rng = np.random.default_rng(0)
+    refused, missed = Counter(), Counter()
+    for video in sorted((root / "videos").rglob("*.mp4")):
+        stream = video.relative_to(root / "videos").parts[0]
+        clean = video.read_bytes()
+        for offset in np.linspace(len(clean) * 0.2, len(clean) * 0.9, 5).astype(int):
+            data = bytearray(clean)
+            data[offset:offset + 64] = rng.integers(0, 256, 64, dtype=np.uint8).tobytes()
+            video.write_bytes(bytes(data))
+            shutil.rmtree(work / "copies" / "nohash-cache", ignore_errors=True)
+            done = stvla("train", "--policy", "st", "--dataset", root, "--out", work / "copies" / f"t-nohash-{offset}",
+                         "--steps", 1, "--batch_size", 2, "--cache_dir", work / "copies" / "nohash-cache")
+            verdict, _ = judge(done.returncode, done.stderr, str(video))
+            (refused if verdict == "clear" else missed)[stream] += 1
+        video.write_bytes(clean)
+    counts = ", ".join(f"{stream} {refused[stream]} of {refused[stream] + missed[stream]}"
+                       for stream in sorted(refused.keys() | missed.keys()))
+    if not missed:
+        return "clear", f"every damaged copy refused naming its video ({counts})"
+    return "undetectable", (f"refused: {counts}; the rest decode to wrong frames that nothing can tell from right "
+                            f"ones without a reference hash")
+
+
+def cache_bytes_overwritten(work: Path) -> tuple[str, str]:
+    """147 KB of the decoded cache overwritten, the file's size and time restored: found, said, built again."""
+    cache = work / "copies" / "cache-bytes"
+    shutil.rmtree(cache, ignore_errors=True)
+    shutil.copytree(work / "cache", cache)
+    target = max(cache.rglob("*.npy"), key=lambda path: path.stat().st_size)
+    clean, stat = target.read_bytes(), target.stat()
+    data = bytearray(clean)
+    middle = len(data) // 2
+    data[middle:middle + 147_000] = np.random.default_rng(0).integers(0, 256, 147_000, dtype=np.uint8).tobytes()
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    done = stvla("train", "--policy", "st", "--dataset", work / "data", "--out", work / "copies" / "t-cache-bytes",
+                 "--steps", 2, "--batch_size", 4, "--cache_dir", cache)
+    said = [line for line in done.stderr.splitlines() if str(target) in line and "building it again" in line]
+    if done.returncode != 0:
+        return "lost", done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit code {done.returncode}"
+    if target.read_bytes() != clean:
+        return "silent wrong", f"training read the overwritten {target.name}"
+    return ("ok", said[0]) if said else ("silent wrong", "rebuilt without a word")
+
+
+def in_small_filesystem(work: Path, name: str, size_kib: int, *runs: tuple[int, list]) -> list[dict]:
+    """Run `stvla` commands with `work/copies/<name>` a tmpfs of `size_kib` (a full disk, in a user and mount
+    namespace: no root needed); each run is (the tmpfs size for it in KiB, its arguments, {mnt} replaced). Gives
+    each run's exit code, stderr and the files left in the tmpfs after it."""
+    mount = work / "copies" / name
+    shutil.rmtree(mount, ignore_errors=True)
+    mount.mkdir(parents=True)
+    logs = work / "copies" / f"{name}.logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
+    script = [f"mount -t tmpfs -o size={size_kib}k tmpfs {mount} || exit 97"]
+    for index, (size, args) in enumerate(runs):
+        command = " ".join(f"'{part}'" for part in [*STVLA, *(str(a).format(mnt=mount) for a in args)])
+        script += [f"mount -o remount,size={size}k {mount}", f"{command} > /dev/null 2> {logs}/{index}.err",
+                   f"echo $? > {logs}/{index}.code", f"find {mount} > {logs}/{index}.files"]
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", "\n".join(script)],
+                          capture_output=True, text=True, timeout=1200)
+    if done.returncode == 97 or not (logs / "0.code").is_file():
+        raise RuntimeError(f"cannot mount a tmpfs in a user namespace here: {done.stderr.strip()}")
+    return [{"code": int((logs / f"{i}.code").read_text()), "stderr": (logs / f"{i}.err").read_text(),
+             "files": (logs / f"{i}.files").read_text().split()} for i in range(len(runs))]
+
+
+def checkpoint_on_a_full_disk(work: Path) -> tuple[str, str]:
+    """Room for one checkpoint and not two: the second is refused in one line, the first kept, and the same
+    command after space is freed resumes from it."""
+    checkpoint = sum(path.stat().st_size for path in (work / "train" / "checkpoint").rglob("*") if path.is_file())
+    room = int(1.5 * checkpoint / 1024)
+    args = ["train", "--policy", "st", "--dataset", work / "data", "--out", "{mnt}/run", "--steps", 20,
+            "--save_every", 10, "--batch_size", 4, "--cache_dir", work / "cache"]
+    full, freed = in_small_filesystem(work, "full-disk-checkpoint", room, (room, args), (8 * room, args))
+    verdict, message = judge(full["code"], full["stderr"], "checkpoint")
+    left = [path for path in full["files"] if ".tmp" in path]
+    if verdict != "clear":
+        return verdict, message
+    if left:
+        return "lost", f"temporary files left: {left}"
+    if not any(path.endswith("checkpoint/model.safetensors") for path in full["files"]):
+        return "lost", "the earlier checkpoint is gone"
+    if freed["code"] != 0 or "10/20" not in freed["stderr"]:
+        return "lost", f"the rerun after space was freed did not resume from step 10: exit code {freed['code']}"
+    return "clear", message
+
+
+def cache_on_a_full_disk(work: Path) -> tuple[str, str]:
+    """--cache_dir on a full disk: one line naming the cache file, no file left, no Bus error; a rerun with
+    room trains."""
+    args = ["train", "--policy", "st", "--dataset", work / "data", "--out", work / "copies" / "t-cache-full",
+            "--steps", 2, "--batch_size", 4, "--cache_dir", "{mnt}"]
+    full, freed = in_small_filesystem(work, "full-disk-cache", 512, (512, args), (256 * 1024, args))
+    verdict, message = judge(full["code"], full["stderr"], "cache file")
+    left = [path for path in full["files"] if ".tmp" in path]
+    if verdict != "clear":
+        return verdict, message
+    if left:
+        return "lost", f"temporary files left: {left}"
+    if freed["code"] != 0:
+        return "lost", f"the rerun with room failed: {freed['stderr'].strip().splitlines()[-1:]}"
+    return "clear", message
+
+
+def serve_refused(policy_damage: Callable[[Path], None], name: str, needle: str) -> Callable[[Path], tuple[str, str]]:
+    def run(work: Path) -> tuple[str, str]:
+        policy = policy_copy(work, name)
+        policy_damage(policy)
+        try:
+            done = stvla("serve", "--policy", policy, "--port", 0, timeout=120)
+        except subprocess.TimeoutExpired:
+            return "silent wrong", "served the damaged checkpoint"
+        return judge(done.returncode, done.stderr, needle.format(policy=policy))
+    return run
+
+
+def zoedepth_with_pickled_weights(work: Path) -> object:
+    from transformers import BeitConfig, ZoeDepthConfig, ZoeDepthForDepthEstimation
+
+    from stvla.envs.depth_model import ZoeDepthEstimator
+
+    directory = work / "copies" / "zoedepth-pickle"
+    shutil.rmtree(directory, ignore_errors=True)
+    backbone = BeitConfig(image_size=64, patch_size=16, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                          intermediate_size=64, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    config = ZoeDepthConfig(backbone_config=backbone, neck_hidden_sizes=[16, 32, 32, 32], fusion_hidden_size=16,
+                            reassemble_factors=[4, 2, 1, 0.5], bottleneck_features=16, num_attractors=[4, 4, 4, 4],
+                            bin_embedding_dim=16, num_relative_features=8, backbone_hidden_size=32, patch_size=16)
+    ZoeDepthForDepthEstimation(config).save_pretrained(directory)
+    (directory / "model.safetensors").unlink()
+    (directory / "pytorch_model.bin").write_bytes(PICKLED)
+    return ZoeDepthEstimator(directory)
+
+
 def cases() -> list[Case]:
     F_STATE, F_DEPTH, F_K, F_RGB = "proprio", "depth", "camera__intrinsics", "rgb"
     nan_first = lambda x: np.where(np.arange(np.size(x)).reshape(np.shape(x)) == 0, np.nan, x)  # noqa: E731
@@ -303,12 +514,34 @@ def cases() -> list[Case]:
         damaged_dataset("a feature in info.json missing from the data", set_info(lambda i: i["features"].update(
             {"observation.extra": {"dtype": "float32", "shape": [2], "names": None}})), "train", "--policy", "st",
                         "--dataset", "{root}", "--out", "{work}/copies/t-col", "--steps", "2", needle="observation.extra"),
+        # rows, timing and tasks (issue 46): each refused by `stvla info` as by `stvla train`
+        *[damaged_dataset(name, damage, command, *args, needle=needle)
+          for name, damage, needle in [
+              ("episode 0's rows stored in reverse", edit_episode_rows(rows_reversed), "not in time order"),
+              ("a gap in the index column", edit_episode_rows(index_gap), "index"),
+              ("timestamps at half the fps", edit_episode_rows(timestamps_doubled), "timestamps"),
+              ("a task_index the tasks file lacks", edit_episode_rows(task_index_7), "task_index 7"),
+              ("info.json fps 15 over 30 fps videos", set_info(lambda i: i.update(fps=15)), "fps"),
+              ("info.json camera shape 32x32 over 64x64 video", set_info(lambda i: i["features"][
+                  "observation.images.rgb"].update(shape=[32, 32, 3])), "shape")]
+          for command, *args in [("info", "{root}"),
+                                 ("train", "--policy", "st", "--dataset", "{root}", "--out",
+                                  f"{{work}}/copies/t-{name.replace(' ', '-')}", "--steps", "2")]],
+        damaged_dataset("the Hub's hashes and random bytes in a video",
+                        lambda r: (downloaded_from_the_hub(r), random_bytes_in_video(r)), "train", "--policy", "st",
+                        "--dataset", "{root}", "--out", "{work}/copies/t-video-hub", "--steps", "2", needle="SHA-256"),
+        Case("train on datasets with no hash at all and 64 random bytes in a video (5 places in each)", video_damage_without_any_hash),
+        damaged_dataset("a NaN action", nan_action, "info", "{root}", needle="non-finite"),
+        # caches and full disks
+        Case("train on a decoded cache with 147 KB overwritten, file time restored", cache_bytes_overwritten),
+        Case("train whose second checkpoint does not fit on the disk", checkpoint_on_a_full_disk),
+        Case("train with --cache_dir on a full disk", cache_on_a_full_disk),
         # training flags
         *[Case(f"train {flag} {value}", refused("train", "--policy", "st", "--dataset", "{work}/data", "--out",
                                                 f"{{work}}/copies/flag-{flag[2:]}-{value}", flag, value, needle=needle))
           for flag, value, needle in [("--steps", 0, "--steps"), ("--steps", -5, "--steps"),
                                       ("--batch_size", 0, "--batch_size"), ("--save_every", 0, "--save_every"),
-                                      ("--model.patch_size", 0, "patch_size"), ("--model.image_size", 96, "image_size"),
+                                      ("--model.patch_size", 0, "patch_size"), ("--model.image_size", 100, "image_size"),
                                       ("--model.image_size", "abc", "image_size"), ("--lr", -1, "--lr"),
                                       ("--ema", 1.5, "--ema"), ("--policy", "nope", "nope"),
                                       ("--init", "{work}/nothing", "nothing"), ("--traces.variant", "D", "variant"),
@@ -326,6 +559,16 @@ def cases() -> list[Case]:
         damaged_policy("a NaN bias", edit_weights(nan_bias), "non-finite"),
         damaged_policy("config.json not JSON", lambda p: (p / "config.json").write_text("{"), "config.json"),
         damaged_policy("no config.json", lambda p: (p / "config.json").unlink(), "config.json"),
+        damaged_policy("image_size \"abc\" in config.json", set_config(
+            lambda c: c["config"]["vla"].update(image_size="abc")), "image_size"),
+        damaged_policy("patch_size -3 in config.json", set_config(
+            lambda c: c["config"]["vla"].update(patch_size=-3)), "patch_size"),
+        Case("serve a checkpoint whose processor.json is not JSON", serve_refused(
+            lambda p: (p / "processor.json").write_text("{"), "serve-processor", "processor.json")),
+        Case("serve a checkpoint with a pickle as the weights", serve_refused(
+            lambda p: (p / "model.safetensors").write_bytes(PICKLED), "serve-pickle", "model.safetensors")),
+        Case("ZoeDepth with a pickle as pytorch_model.bin", python_refused(zoedepth_with_pickled_weights,
+                                                                          "could not be loaded")),
         Case("eval --episodes 0", refused("eval", "--policy", "{work}/policy", "--tasks", "reach-v3", "--episodes", 0,
                                           "--out", "{work}/copies/e0", needle="episodes")),
         Case("eval --tasks nope", refused("eval", "--policy", "{work}/policy", "--tasks", "nope-v3", "--out",
@@ -358,6 +601,11 @@ def cases() -> list[Case]:
         # runs that must lose nothing
         Case("two collects into one --out at once", two_collects_at_once),
         Case("kill -9 of training, then the same command", kill_and_resume_training),
+        # one spelling of each setting (the old `stvla trace` spellings are aliases for one release)
+        Case("trace --traces.variant E", refused("trace", "{work}/data", "--out", "{work}/copies/tr.mp4",
+                                                 "--traces.variant", "E", needle="variant")),
+        Case("trace --variant E (the old spelling)", refused("trace", "{work}/data", "--out", "{work}/copies/tr.mp4",
+                                                            "--variant", "E", needle="variant")),
     ]
     return listed
 
@@ -378,16 +626,17 @@ def main() -> None:
         print(f"{outcome:13s} {case.name}: {message}", flush=True)
     counts = Counter(r["outcome"] for r in results)
     figures = {"cases": len(results), **{k: counts.get(k, 0) for k in
-                                         ("clear", "ok", "vague", "traceback", "silent wrong", "lost")},
+                                         ("clear", "ok", "vague", "traceback", "silent wrong", "lost", "undetectable")},
                "results": results}
     rows = [("cases tried (commands in their own process, Python calls, concurrent and killed runs)", str(len(results))),
             ("refused with a clear one-line error naming the file, field or value", str(counts.get("clear", 0))),
             ("worked as they must (resume after kill -9, second writer refused, huge traces drawn)", str(counts.get("ok", 0))),
             ("vague errors / tracebacks / silently wrong / finished work lost",
-             " / ".join(str(counts.get(k, 0)) for k in ("vague", "traceback", "silent wrong", "lost")))]
+             " / ".join(str(counts.get(k, 0)) for k in ("vague", "traceback", "silent wrong", "lost"))),
+            ("damage nothing can detect without a reference hash (said in the README)", str(counts.get("undetectable", 0)))]
     bad = [r for r in results if r["outcome"] not in ("clear", "ok")]
     rows += [(f"not yet right: {r['case']}", f"{r['outcome']}: {r['message'][:120]}") for r in bad]
-    record("faults", figures, rows, title="Faults: bad input, damaged files, concurrent and killed runs (issue 19)")
+    record("faults", figures, rows, title="Faults: bad input, damaged files, full disks, concurrent and killed runs (issues 19 and 46)")
 
 
 if __name__ == "__main__":

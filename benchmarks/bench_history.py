@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, record, run  # noqa: E402
+from common import RESULTS_ROOT, ROOT, record, run  # noqa: E402
 
 from stvla.benchmark.cells import Cell  # noqa: E402
 from stvla.benchmark.protocol import int_list  # noqa: E402
@@ -124,7 +124,7 @@ def data_config(task: str, demos: int = DEFAULT_DEMOS, val_episodes: int = 0, ma
 
 def cell_file(results: str, name: str, seed: int) -> Path:
     """The first seed keeps the name the cells had before there were seeds."""
-    return ROOT / "benchmarks" / "results" / results / (f"{name}.json" if seed == 0 else f"{name}-s{seed}.json")
+    return RESULTS_ROOT / "benchmarks" / "results" / results / (f"{name}.json" if seed == 0 else f"{name}-s{seed}.json")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

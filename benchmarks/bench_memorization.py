@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, record, run  # noqa: E402
+from common import RESULTS_ROOT, ROOT, record, run  # noqa: E402
 
 from stvla.benchmark.protocol import Bench, BenchConfig  # noqa: E402
 from stvla.benchmark.report import difference, points_text, rate_text  # noqa: E402
@@ -37,7 +37,7 @@ from stvla.evaluate import EvalConfig, evaluate  # noqa: E402
 def kept_base_dataset() -> str:
     """Where `stvla bench` collects the kept base's training data: the extended pre-training set when
     stage 1 has a second phase (its extra starts are training starts too), else the pre-training set."""
-    bench = Bench(BenchConfig(repo=str(ROOT)))
+    bench = Bench(BenchConfig(repo=str(RESULTS_ROOT)))
     first, _ = bench.stage1()
     return (bench.stage1_more(first) or first).dataset
 

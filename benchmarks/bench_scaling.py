@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_history  # noqa: E402
-from common import ROOT, record, run  # noqa: E402
+from common import RESULTS_ROOT, ROOT, record, run  # noqa: E402
 
 from stvla.benchmark.protocol import int_list  # noqa: E402
 from stvla.envs.variants import VARIANTS  # noqa: E402
@@ -111,7 +111,7 @@ def report(curves: dict[str, list[dict]], args: argparse.Namespace) -> None:
                                                                          f"none up to N = {max(p['demos'] for p in points)}")))
     name = "scaling" + ("" if args.lora_rank == bench_history.DEFAULT_LORA_RANK or not args.init
                         else "_full" if args.lora_rank == 0 else f"_lora{args.lora_rank}")
-    plot(curves, figures, ROOT / "benchmarks" / "results" / f"{name}.png")
+    plot(curves, figures, RESULTS_ROOT / "benchmarks" / "results" / f"{name}.png")
     markdown = ["![held-out and training-start success against the number of demonstrations]"
                 f"(benchmarks/results/{name}.png)"]
     how = "from scratch" if not args.init else (f"every weight fine-tuned from {args.init}" if args.lora_rank == 0

@@ -15,7 +15,20 @@ from stvla.benchmark.record import record as _record  # noqa: E402
 from stvla.cli import reporting_errors  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-record = functools.partial(_record, root=ROOT)
+
+
+def results_root() -> Path:
+    """Where a script writes benchmarks/results/ and BENCHMARKS.md: this checkout when it runs from inside it,
+    else the current directory (a run elsewhere never rewrites the checkout's figures), or the folder
+    $STVLA_REPO names when asked."""
+    if os.environ.get("STVLA_REPO"):
+        return Path(os.environ["STVLA_REPO"])
+    here = Path.cwd().resolve()
+    return ROOT if here.is_relative_to(ROOT) else here
+
+
+RESULTS_ROOT = results_root()
+record = functools.partial(_record, root=RESULTS_ROOT)
 
 
 def run(main) -> None:

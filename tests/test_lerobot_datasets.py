@@ -415,3 +415,34 @@ def test_a_task_string_control_would_refuse_is_refused_before_training(tmp_path,
     assert main(["train", "--policy", "tracevla", "--dataset", str(root), "--out", str(tmp_path / "run"),
                  "--steps", "1", "--cache_dir", str(tmp_path / "cache")]) == 2
     assert "meta/tasks.parquet: task 1 must be a non-empty string" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["local_dir", "hub_cache"])
+def test_a_video_downloaded_from_the_hub_is_checked_against_the_hubs_sha256(tmp_path, layout):
+    """LeRobot's datasets carry no frame checksums, but one from the Hub has the Hub's SHA-256 of each file:
+    huggingface_hub's download metadata (LeRobot's `snapshot_download(local_dir=...)`) or the Hub cache's
+    blob the file links to. A flipped bit, which the decoder may conceal, is then refused naming the file."""
+    import hashlib
+
+    from stvla.data.store import DatasetError
+
+    root = Path(shutil.copytree(FIXTURES / "rgb_7d", tmp_path / "from-hub"))
+    relative = Path("videos") / CAMERA / "chunk-000" / "file-000.mp4"
+    video = root / relative
+    sha256 = hashlib.sha256(video.read_bytes()).hexdigest()
+    if layout == "local_dir":  # commit hash, etag, download time: what huggingface_hub writes
+        metadata = root / ".cache/huggingface/download" / f"{relative}.metadata"
+        metadata.parent.mkdir(parents=True)
+        metadata.write_text(f"{'0' * 40}\n{sha256}\n{video.stat().st_mtime}\n")
+    else:
+        blob = tmp_path / "blobs" / sha256
+        blob.parent.mkdir()
+        shutil.move(video, blob)
+        video.symlink_to(blob)
+    clean = EpisodeStore(root, DataConfig()).episode(1, [F.RGB])[F.RGB]
+    data = bytearray(video.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    video.resolve().write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=rf"{video}: its SHA-256 differs from the one the Hub gave at download"):
+        EpisodeStore(root, DataConfig()).episode(1, [F.RGB])
+    assert clean.shape == (FRAMES, SIZE, SIZE, 3)

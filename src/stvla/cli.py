@@ -281,6 +281,10 @@ def reporting_errors(prog: str, run: Callable[[], int | None]) -> int:
         return run() or 0
     except (DatasetError, FolderInUse, ValueError, OSError, KeyError, IndexError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):  # the error gets its own line, not the end of a bar's
+            bar.close()
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from stvla.benchmark.record import code_fingerprint
 from stvla.locks import FolderLock
 
 
@@ -55,6 +56,6 @@ class Cell:
             result = work()
             tmp = self.record.with_name(self.record.name + ".tmp")
             tmp.write_text(json.dumps({"config": self.config, "config_hash": config_hash(self.config),
-                                       "result": result}, indent=1) + "\n")
+                                       "code": code_fingerprint(), "result": result}, indent=1) + "\n")
             os.replace(tmp, self.record)
         return result

@@ -9,15 +9,63 @@ no figure in it is ever typed by hand.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import platform
+import re
 import shlex
 import sys
 from pathlib import Path
 
 RESULTS_SUBDIR = Path("benchmarks") / "results"
-PROVENANCE = ("command", "date", "machine")  # where, when and how the figures were measured
+PROVENANCE = ("command", "date", "machine", "code")  # where, when, how and by what code the figures were measured
+
+
+def code_fingerprint() -> dict[str, str]:
+    """The code this process has run, as {file: short SHA-256}: every module of the stvla package it has
+    imported ("stvla/..."), and the benchmark scripts ("benchmarks/...") when it runs one. Saved with a
+    result, it tells later whether the current code would make that result differently
+    (`python benchmarks/stale.py`)."""
+    files = {}
+    for module in list(sys.modules.values()):
+        source = getattr(module, "__file__", None)
+        name = _code_name(Path(source)) if source else None
+        if name is not None:
+            files[name] = _file_hash(Path(source))
+    return dict(sorted(files.items()))
+
+
+def changed_code(fingerprint: dict[str, str], root: Path) -> list[str]:
+    """The files of a recorded code fingerprint that differ now in the repository at `root` (or are gone)."""
+    return [name for name, digest in fingerprint.items() if _file_hash(_code_path(name, root)) != digest]
+
+
+def _package_directory() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+def _code_name(path: Path) -> str | None:
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    scripts = Path(main).resolve().parent if main else None
+    path = path.resolve()
+    for base, prefix in ((_package_directory(), "stvla"), (scripts, "benchmarks")):
+        if base is not None and (prefix == "stvla" or base.name == "benchmarks") and path.is_relative_to(base) \
+                and path.suffix == ".py":
+            return f"{prefix}/{path.relative_to(base).as_posix()}"
+    return None
+
+
+def _code_path(name: str, root: Path) -> Path:
+    prefix, _, rest = name.partition("/")
+    return (_package_directory() if prefix == "stvla" else root / "benchmarks") / rest
+
+
+def _file_hash(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return "missing"
 
 
 def machine_description() -> str:
@@ -67,6 +115,7 @@ def record(name: str, figures: dict, table: list[tuple[str, str]], title: str, r
         "command": invoking_command(root),
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine_description(),
+        "code": code_fingerprint(),
         "report": {"title": title, "rows": [list(row) for row in table]},
         "markdown": markdown or [],
     }
@@ -90,6 +139,69 @@ def _read_json(path: Path) -> dict | None:
 
 def _without_provenance(payload: dict) -> dict:
     return {key: value for key, value in payload.items() if key not in PROVENANCE}
+
+
+# A block of README.md or docs/*.md that quotes a result, filled from it (never typed):
+#   <!-- figures: NAME -->             the "what | value" table of benchmarks/results/NAME.json
+#   <!-- figures: NAME rows=A;B -->    only its rows whose "what" starts with A or B
+#   <!-- figures: NAME markdown=K -->  its K-th markdown block (1-based)
+# ending at <!-- /figures -->.
+FIGURES_BLOCK = re.compile(r"(?P<open><!-- figures: (?P<spec>[^>]*?) -->\n)(?P<body>.*?)(?P<close><!-- /figures -->)", re.S)
+DOCUMENTS = ("README.md", "docs/*.md")  # the files whose figures blocks are kept current
+
+
+def documents(root: Path) -> list[Path]:
+    return [path for pattern in DOCUMENTS for path in sorted(root.glob(pattern))]
+
+
+def refresh_figure_blocks(root: str | Path = ".") -> list[Path]:
+    """Fill every figures block of the documents from the results they name; the documents changed."""
+    root = Path(root)
+    changed = []
+    for path in documents(root):
+        text = path.read_text()
+        filled = FIGURES_BLOCK.sub(lambda match: match["open"] + figures_text(root, path, match["spec"]) +
+                                   match["close"], text)
+        if filled != text:
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(filled)
+            os.replace(tmp, path)
+            changed.append(path)
+    return changed
+
+
+def figures_text(root: Path, document: Path, spec: str) -> str:
+    """What a figures block `spec` shows, ending with where it comes from (a line: command, date, file)."""
+    name, _, option = spec.strip().partition(" ")
+    path = root / RESULTS_SUBDIR / f"{name}.json"
+    result = _read_json(path)
+    where = f"{document.relative_to(root)}: figures block {spec!r}"
+    if result is None or "report" not in result:
+        raise ValueError(f"{where}: {path.relative_to(root)} is missing or holds no report")
+    key, _, value = option.partition("=")
+    if key == "markdown":
+        blocks = result.get("markdown", [])
+        if not value.isdigit() or not 1 <= int(value) <= len(blocks):
+            raise ValueError(f"{where}: {name} has {len(blocks)} markdown block(s)")
+        body = _relinked(blocks[int(value) - 1], root, document)
+    elif key in ("rows", ""):
+        prefixes = [prefix for prefix in value.split(";") if prefix] if key else []
+        rows = [row for row in result["report"]["rows"] if not prefixes or any(row[0].startswith(p) for p in prefixes)]
+        if not rows or len(rows) < len(prefixes):
+            raise ValueError(f"{where}: some of the rows {prefixes} are not in {name}'s report")
+        body = "\n".join(["| what | value |", "| --- | --- |", *(f"| {what} | {figure} |" for what, figure in rows)])
+    else:
+        raise ValueError(f"{where}: the option is rows=PREFIX;... or markdown=K, not {option!r}")
+    source = os.path.relpath(path, document.parent)
+    return f"{body}\n\n<sub>measured by `{result['command']}`, {result['date']} ([figures]({source}))</sub>\n"
+
+
+def _relinked(markdown: str, root: Path, document: Path) -> str:
+    """A markdown block's relative links (written relative to the repository root) made relative to `document`."""
+    prefix = os.path.relpath(root, document.parent)
+    if prefix == ".":
+        return markdown
+    return re.sub(r"\]\((?!https?:|#|/)([^)]+)\)", lambda m: f"]({prefix}/{m[1]})", markdown)
 
 
 def rebuild_report(root: str | Path = ".") -> None:
@@ -130,3 +242,7 @@ def rebuild_report(root: str | Path = ".") -> None:
         for extra in result.get("markdown", []):
             lines += [extra, ""]
     (root / "BENCHMARKS.md").write_text("\n".join(lines))
+    try:
+        refresh_figure_blocks(root)
+    except ValueError as error:  # the results are written; a document's broken block is its own fault
+        print(f"warning: {error}", file=sys.stderr)

@@ -24,8 +24,10 @@ Choices of ours, all valid v3:
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 import os
 import tempfile
 from dataclasses import dataclass
@@ -71,6 +73,27 @@ QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
 FPS_TOLERANCE = 0.02  # a video's own frame rate may differ from info.json's fps by this share (containers round)
 TIMESTAMP_TOLERANCE_S = 1e-3  # consecutive timestamps may differ from 1/fps by this much (float32 rounding, clocks)
 STAT_NAMES = ("min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99")
+
+
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def hub_sha256(root: Path, path: Path) -> tuple[str, Path] | None:
+    """The SHA-256 the Hugging Face Hub gave for a file of a dataset downloaded from it, and where it is
+    recorded: huggingface_hub's download metadata in the dataset folder (`snapshot_download(local_dir=...)`,
+    as LeRobot downloads; its second line is the file's etag, a SHA-256 for the LFS files videos are), or the
+    name of the Hub cache's blob the file links to. None for a file that did not come from the Hub."""
+    try:
+        metadata = root / ".cache" / "huggingface" / "download" / f"{path.relative_to(root)}.metadata"
+        lines = metadata.read_text().splitlines() if metadata.is_file() else []
+    except (OSError, ValueError, UnicodeDecodeError):
+        lines = []
+    if len(lines) > 1 and SHA256_HEX.fullmatch(lines[1].strip()):
+        return lines[1].strip(), metadata
+    blob = path.resolve()
+    if path.is_symlink() and blob.parent.name == "blobs" and SHA256_HEX.fullmatch(blob.name):
+        return blob.name, blob
+    return None
 
 
 def _frame_shape(key: str, feature: dict) -> tuple[int, ...]:
@@ -490,6 +513,7 @@ class EpisodeStore:
         self.image_size = image_size
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         self._video_rates: dict[Path, float | None] = {}  # each video file's own frame rate, read once
+        self._hub_checked: dict[Path, tuple[int, int]] = {}  # (size, mtime) of each file checked against the Hub
         self._table: tuple[Path, tuple[str, ...], pa.Table] | None = None  # the latest data file read
 
     # --- what the dataset holds -------------------------------------------------------------------
@@ -747,6 +771,8 @@ class EpisodeStore:
             depth = DepthQuantization.from_info(feature.get("info") or {}, f"{self.root}: feature {stored_key!r}")
         checksum = row.get(f"videos/{stored_key}/frames_sha256")  # written by stvla; LeRobot's datasets have none
         path = self.video_path(episode, key)
+        if not (isinstance(checksum, str) and checksum):
+            self._check_hub_hash(path)
         try:
             if path not in self._video_rates and path.is_file():  # a wrong fps would reach the control rate
                 self._video_rates[path] = frame_rate(path)
@@ -764,6 +790,23 @@ class EpisodeStore:
             raise DatasetError(f"{path}: frames of {stored_key!r} are {frames.shape[1]}x{frames.shape[2]}, "
                                f"meta/info.json says {feature['shape'][0]}x{feature['shape'][1]}")
         return frames
+
+    def _check_hub_hash(self, path: Path) -> None:
+        """A file downloaded from the Hugging Face Hub against the SHA-256 the Hub gave for it (once per file
+        as it now is): any change is caught, where the decoder's own checks catch only part of it."""
+        if not path.is_file():
+            return  # said by the read that follows
+        stat = path.stat()
+        if self._hub_checked.get(path) == (stat.st_size, stat.st_mtime_ns):
+            return
+        expected = hub_sha256(self.root, path)
+        if expected is not None:
+            sha256, source = expected
+            with open(path, "rb") as handle:
+                if hashlib.file_digest(handle, "sha256").hexdigest() != sha256:
+                    raise DatasetError(f"{path}: its SHA-256 differs from the one the Hub gave at download ({source}): "
+                                       f"the file was damaged or changed since; download it again")
+        self._hub_checked[path] = (stat.st_size, stat.st_mtime_ns)
 
     @staticmethod
     def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:

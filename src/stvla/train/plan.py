@@ -36,7 +36,7 @@ def training_plan(root: str | Path, data: DataConfig | None = None, action_layou
     except ValueError as error:
         plan = {"data": f"refused: {error}"}
     else:
-        plan = {"data": f"checked: {plain.num_episodes} episodes' rows in time order, tasks and schema as training reads them"}
+        plan = {"data": f"checked: {plain.num_episodes} episodes' rows in time order, tasks, finite actions and states, and schema as training reads them"}
     plan["action"] = _action_line(plain.info["features"], where, action_layout)
     try:
         roles = EpisodeStore(root, data)

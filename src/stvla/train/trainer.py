@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from stvla import features as F
 from stvla.config import KEY_NEUTRAL, config_from_dict, config_key, config_to_dict, key_neutral_at, save_config
+from stvla.data.cache import check_decoded
 from stvla.data.roles import DataConfig
 from stvla.data.store import EpisodeStore
 from stvla.devices import batch_to
@@ -484,12 +485,16 @@ def run_settings(config: TrainConfig) -> str:
 def check_dataset(store: EpisodeStore) -> None:
     """What training checks before anything is decoded or trained (and `stvla info` with it): info.json
     against the data files, the task strings control will accept as instructions (or never act), and every
-    episode's rows in time order with a task the tasks file holds. Raises the refusal as one line."""
+    episode's rows in time order with a task the tasks file holds, its actions and states finite. Raises the
+    refusal as one line."""
     store.check_schema()
     for index, task in enumerate(store.tasks):
         check_instruction(task, f"{store.root}/meta/tasks.parquet: task {index}")
+    vectors = [key for key in (F.ACTION, F.STATE) if key in store.features]
     for episode in range(store.num_episodes):
-        store.episode(episode, [F.TASK_INDEX])
+        values = store.episode(episode, [F.TASK_INDEX, *vectors])
+        for key in vectors:
+            check_decoded(store, episode, key, values[key])
 
 
 def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, progress: bool,
