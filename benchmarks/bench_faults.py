@@ -453,6 +453,7 @@ def serve_refused(policy_damage: Callable[[Path], None], name: str, needle: str)
 
 def zoedepth_with_pickled_weights(work: Path) -> object:
     from transformers import BeitConfig, ZoeDepthConfig, ZoeDepthForDepthEstimation
+    from transformers.models.zoedepth.image_processing_pil_zoedepth import ZoeDepthImageProcessorPil
 
     from stvla.envs.depth_model import ZoeDepthEstimator
 
@@ -464,6 +465,7 @@ def zoedepth_with_pickled_weights(work: Path) -> object:
                             reassemble_factors=[4, 2, 1, 0.5], bottleneck_features=16, num_attractors=[4, 4, 4, 4],
                             bin_embedding_dim=16, num_relative_features=8, backbone_hidden_size=32, patch_size=16)
     ZoeDepthForDepthEstimation(config).save_pretrained(directory)
+    ZoeDepthImageProcessorPil(size={"height": 64, "width": 64}).save_pretrained(directory)
     (directory / "model.safetensors").unlink()
     (directory / "pytorch_model.bin").write_bytes(PICKLED)
     return ZoeDepthEstimator(directory)

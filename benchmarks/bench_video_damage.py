@@ -2,11 +2,11 @@
 
     python benchmarks/bench_video_damage.py [--trials 40] [--frames 80]
 
-A LeRobot dataset carries no checksum of its frames (ours store one per episode and catch every change
-to the pixels). Reading such a dataset, stvla turns on FFmpeg's error detection (`err_detect`
-crccheck+bitstream+buffer+explode, and frames the decoder marks corrupt), so that a packet the decoder
-finds malformed raises instead of being concealed with guessed pixels. This measures how much of the
-damage that catches.
+A LeRobot dataset carries no checksum of its frames (ours store one per episode, and one downloaded from
+the Hub has the Hub's SHA-256 of each file: both catch every change). Reading a video with neither,
+stvla relies on FFmpeg's error detection (`err_detect` crccheck+bitstream+buffer+explode, one decoding
+thread, and frames the decoder marks corrupt), so that a packet the decoder finds malformed raises
+instead of being concealed with guessed pixels. This measures how much of the damage that catches.
 
 Frames: one expert episode of pick-place-v3 (128 px RGB and metric depth, the first `--frames` steps).
 Streams, as the writers that make them: h264 yuv420p crf 18 (LeRobot's h264 option), lossless RGB h264
@@ -178,8 +178,8 @@ def main() -> None:
     table.append("")
     table.append("\"harmful\": the damaged file does not decode to the undamaged frames (stvla's reader; the rest "
                  "decode identically). A share is of the harmful files. Files with our frame checksums "
-                 "(written by `stvla collect` / `stvla add-depth`) are caught whatever the damage; this is "
-                 "the case of datasets written elsewhere.")
+                 "(written by `stvla collect` and `stvla depth`) or the Hub's SHA-256 (downloaded from the Hub) "
+                 "are caught whatever the damage; this is the case of files with neither.")
     record("video_damage", {"trials": args.trials, "frames": len(episode[F.RGB]), "results": results}, rows,
            title="Video damage: what the decoder's error detection catches without frame checksums (issue 46)",
            markdown=["\n".join(table)])
