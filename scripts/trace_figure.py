@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from stvla import features as F  # noqa: E402
 from stvla.envs import episode_seed, make_env  # noqa: E402
 from stvla.traces import OnlineTracer, TraceConfig, TraceOutput  # noqa: E402
-from stvla.visualize import colorize_depth, panels  # noqa: E402
+from stvla.visualize import colorize_depth, panels, working_depth_range  # noqa: E402
 
 ROWS = 3  # time steps shown
 MAX_STEPS = 200  # the evaluation's episode limit
@@ -72,10 +72,8 @@ def label_strip(labels: list[str], width: int, columns: int, height: int = 24) -
 
 def figure(steps: list[TraceOutput], picks: list[int], variant: str, height: int) -> np.ndarray:
     """One row per picked step: RGB + traces | depth | traced depth, each under a strip of labels."""
-    # One colour scale for every panel, over the working range (near objects to the table) rather than
-    # the far background, as `stvla trace` does, so a trace's depth shows as a change of hue.
-    depths = np.stack([steps[i].depth for i in picks])
-    depth_min, depth_max = (float(x) for x in np.nanpercentile(depths, [1, 75]))
+    # One colour scale for every panel, as `stvla trace` chooses it.
+    depth_min, depth_max = working_depth_range(np.stack([steps[i].depth for i in picks]))
     rows = []
     for i in picks:
         step = steps[i]

@@ -215,8 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(info)
     info.set_defaults(run=_info)
 
-    report = commands.add_parser("report", help="one HTML page for an evaluation or a training run (DIR/report.html)")
-    report.add_argument("directory", help="an evaluation's --out, or a training run's --out")
+    report = commands.add_parser("report", help="one HTML page for an evaluation, a training run or benchmark results (DIR/report.html)")
+    report.add_argument("directory", help="an evaluation's --out, a training run's --out, or benchmarks/results")
     report.set_defaults(run=_report)
 
     from stvla.data.add_depth import DepthConfig

@@ -24,6 +24,14 @@ def colorize_depth(depth: np.ndarray, depth_min: float | None = None, depth_max:
     return rgb
 
 
+def working_depth_range(depths: np.ndarray) -> tuple[float, float]:
+    """A colour scale for a scene's depth maps: from the nearest objects to the table (the 1st and 75th
+    percentiles), not the far background, so the tenths of a metre between a trace and the surface it
+    crosses show as a change of hue."""
+    low, high = np.nanpercentile(np.asarray(depths, dtype=np.float32), [1, 75])
+    return float(low), float(high)
+
+
 def mark_point(rgb: np.ndarray, uv: np.ndarray | None, color: tuple[int, int, int] = (0, 255, 0)) -> np.ndarray:
     """A copy of `rgb` with a small ring at pixel (u, v); points outside the image, or none, are skipped."""
     out = rgb.copy()

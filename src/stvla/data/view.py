@@ -14,7 +14,7 @@ from stvla.data.store import EpisodeStore
 from stvla.data.video import VIEWING, read_video, write_video
 from stvla.image_fit import nearest_indices
 from stvla.traces import OnlineTracer, TraceConfig, draw_traces_rgb
-from stvla.visualize import colorize_depth, mark_point, panels
+from stvla.visualize import colorize_depth, mark_point, panels, working_depth_range
 
 
 def render_episode_video(root: str | Path, episode: int, out: str | Path, height: int = 256,
@@ -80,9 +80,7 @@ def render_trace_video(source: str | Path, out: str | Path, trace_config: TraceC
     else:
         depths = frames[F.DEPTH]
         cameras = frames.get(F.INTRINSICS, [None] * len(rgbs))
-        # The colour scale spans the working range (near objects to the table), not the far background,
-        # so the tenths of a metre between a trace and the surface it crosses show as a change of hue.
-        depth_min, depth_max = (float(x) for x in np.nanpercentile(depths, [1, 75]))
+        depth_min, depth_max = working_depth_range(depths)
         video = []
         for rgb, depth, intrinsics in zip(rgbs, depths, cameras):
             step = tracer.step(rgb, depth, intrinsics=intrinsics)
