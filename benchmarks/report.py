@@ -16,8 +16,8 @@ from stvla.benchmark.record import rebuild_report, refresh_figure_blocks  # noqa
 
 
 def main() -> None:
+    changed = refresh_figure_blocks(RESULTS_ROOT)  # first, so that a broken block is an error here
     rebuild_report(RESULTS_ROOT)
-    changed = refresh_figure_blocks(RESULTS_ROOT)  # again, so that a broken block is an error here
     print(f"rebuilt {RESULTS_ROOT / 'BENCHMARKS.md'}; figures blocks refreshed in "
           f"{', '.join(str(path.relative_to(RESULTS_ROOT)) for path in changed) or 'no document (all current)'}")
 
