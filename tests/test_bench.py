@@ -273,6 +273,18 @@ def test_stage1_trains_on_with_more_episodes_of_some_tasks(miniature):
     assert "more" not in one_phase.config and one_phase.config != kept.config
 
 
+def test_a_bench_with_other_stage1_settings_never_replaces_the_kept_base(miniature):
+    """The kept base is committed: a run whose stage 1 differs is refused before it trains, naming the way
+    to keep its own base elsewhere, and the kept weights stay as they were."""
+    config, _, _ = miniature
+    kept = Path(config.repo) / config.keep_base
+    weights = (kept / "model.safetensors").read_bytes()
+    other = Bench(dataclasses.replace(config, stage1_steps=config.stage1_steps + 1))
+    with pytest.raises(ValueError, match=r"keeps a base made with other settings .* --keep_base"):
+        other.base_checkpoint()
+    assert (kept / "model.safetensors").read_bytes() == weights
+
+
 def test_the_committed_base_still_matches_the_protocol():
     """A new field in TrainConfig or VLAConfig changes stage 1's key: the kept base (and every
     row evaluated from it) would silently be re-made. Such a field must not change the default protocol."""

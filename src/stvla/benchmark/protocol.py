@@ -392,6 +392,10 @@ class Bench:
             else:
                 self.no_state_base_minutes = kept_result["minutes"]
             return kept.record.parent
+        if c.keep_base and kept.record.is_file():  # never replace a kept (committed) base made otherwise
+            raise ValueError(f"{kept.record.parent} keeps a base made with other settings ({kept.record.name}); "
+                             f"give --keep_base DIR to keep this run's base elsewhere, or --keep_base \"\" to keep "
+                             f"it under --out only")
 
         def pretrain() -> dict[str, Any]:
             runs = []
