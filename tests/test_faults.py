@@ -151,7 +151,7 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_previous_one(save
     (["--steps", "-5"], "--steps must be >= 1"),
     (["--batch_size", "0"], "--batch_size must be >= 1"),
     (["--save_every", "0"], "--save_every must be >= 1"),
-    (["--model.patch_size", "0"], "model.patch_size must be >= 1"),
+    (["--model.patch_size", "0"], "model.patch_size must be in [1, 512], got 0"),
     (["--model.image_size", "100"], "image_size 100 is not a multiple of patch_size 16"),  # (96: the images are fitted)
     (["--ema", "1.5"], "--ema must be in [0, 1)"),
 ])
@@ -297,6 +297,38 @@ def test_bytes_overwritten_in_a_cache_file_are_found_and_rebuilt(small_dataset, 
     assert "episodes [1] changed since it was written" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("manifest_edit", [None, {"episode_crc32": 5}, {"episode_crc32": None}])
+def test_a_cache_header_or_manifest_changed_in_place_is_rebuilt(small_dataset, tmp_path, capsys, manifest_edit):
+    """The same data bytes under another dtype in the .npy header (the time restored) are other values; a
+    manifest whose checksums are not a list is no manifest: either way the file is built again."""
+    import json
+    import os
+    import shutil
+
+    from stvla.data.cache import DecodedCache
+    from stvla.data.store import EpisodeStore
+
+    root = tmp_path / "copy"
+    shutil.copytree(small_dataset[0], root)
+    cache = DecodedCache(EpisodeStore(root), progress=False, cache_dir=str(tmp_path / "cache"))
+    action = np.array(cache.require(["action"])["action"])
+    path = cache.directory / "action.npy"
+    stat = path.stat()
+    if manifest_edit is None:
+        path.write_bytes(path.read_bytes().replace(b"'<f4'", b"'<i4'", 1))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    else:
+        manifest = path.with_name(path.name + ".json")
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **manifest_edit}))
+    capsys.readouterr()
+    again = DecodedCache(EpisodeStore(root), progress=False, cache_dir=str(tmp_path / "cache"))
+    rebuilt = again.require(["action"])["action"]
+    assert rebuilt.dtype == np.float32
+    np.testing.assert_array_equal(rebuilt, action)
+    if manifest_edit is None:
+        assert "its header (dtype, shape) changed since it was written" in capsys.readouterr().err
+
+
 def test_caches_follow_the_data_files_and_refuse_forged_cache_files(small_dataset, tmp_path, capsys):
     import shutil
 
@@ -407,3 +439,47 @@ def test_a_feature_info_json_lists_but_the_data_lacks_is_refused_before_training
     info_path.write_text(json.dumps(info))
     one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--out", str(tmp_path / "run"),
                             "--steps", "2"], "has no column 'observation.extra'")
+
+
+def test_a_loss_that_is_not_finite_stops_training_without_saving_a_policy(small_dataset, tmp_path, monkeypatch):
+    """A NaN loss once trained on for the rest of the run and saved an all-NaN policy with exit 0."""
+    from stvla.policies.base import Policy
+
+    forward = Policy.forward
+
+    def nan_loss(self, batch):
+        loss, logs = forward(self, batch)
+        return loss * float("nan"), {**logs, "loss": float("nan")}
+
+    monkeypatch.setattr(Policy, "forward", nan_loss)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"step 1: the training loss is nan"):
+        train(tiny_config(small_dataset[0], out, steps=5), progress=False)
+    assert not (out / "policy").exists()
+
+
+@pytest.mark.parametrize("fps", [0, None, 80.5, "eighty", True])
+def test_an_fps_that_is_not_a_whole_positive_number_is_named(small_dataset, tmp_path, fps):
+    import shutil
+
+    from stvla.data.store import DatasetError, EpisodeStore
+
+    root = Path(shutil.copytree(small_dataset[0], tmp_path / "copy"))
+    info = json.loads((root / "meta" / "info.json").read_text())
+    (root / "meta" / "info.json").write_text(json.dumps({**info, "fps": fps}))
+    with pytest.raises(DatasetError, match=r"meta/info.json: field 'fps' must be a positive whole number"):
+        EpisodeStore(root)
+
+
+def test_a_checkpoint_config_of_the_wrong_shape_or_size_is_named(saved_policy, tmp_path):
+    import shutil
+
+    policy_dir = Path(shutil.copytree(saved_policy, tmp_path / "policy"))
+    config = json.loads((policy_dir / "config.json").read_text())
+    (policy_dir / "config.json").write_text(json.dumps({**config, "config": []}))
+    with pytest.raises(ValueError, match=r"config.json: 'type' must be a policy name and 'config'"):
+        load_policy(policy_dir)
+    config["config"]["vla"]["chunk_size"] = 10**12
+    (policy_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"config.json: model.chunk_size must be in \[1, 1024\]"):
+        load_policy(policy_dir)

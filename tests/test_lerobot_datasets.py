@@ -446,3 +446,30 @@ def test_a_video_downloaded_from_the_hub_is_checked_against_the_hubs_sha256(tmp_
     with pytest.raises(DatasetError, match=rf"{video}: its SHA-256 differs from the one the Hub gave at download"):
         EpisodeStore(root, DataConfig()).episode(1, [F.RGB])
     assert clean.shape == (FRAMES, SIZE, SIZE, 3)
+
+
+def test_episodes_whose_video_spans_overlap_are_refused(tmp_path):
+    """Episode 1's span shifted by one frame into episode 2's: it would read another episode's frame, and a
+    LeRobot dataset carries no hash that would tell."""
+    import pyarrow.parquet as pq
+
+    from stvla.data.store import DatasetError
+
+    root = Path(shutil.copytree(FIXTURES / "rgb_7d", tmp_path / "shifted"))
+    path = root / "meta/episodes/chunk-000/file-000.parquet"
+    table = pq.read_table(path).to_pandas()
+    for edge in ("from_timestamp", "to_timestamp"):
+        table.loc[1, f"videos/{CAMERA}/{edge}"] += 0.1
+    table.to_parquet(path)
+    with pytest.raises(DatasetError, match=rf"episodes 1 and 2 overlap in {CAMERA}'s video file"):
+        EpisodeStore(root, DataConfig())
+
+
+def test_a_video_of_another_codec_than_info_says_is_refused(tmp_path):
+    """A depth stream (HEVC) copied over an RGB video (AV1, as info.json says): caught without any hash."""
+    from stvla.data.store import DatasetError
+
+    root = Path(shutil.copytree(FIXTURES / "depth_video", tmp_path / "swapped"))
+    shutil.copy(root / "videos" / DEPTH_KEY / "chunk-000/file-000.mp4", root / "videos" / CAMERA / "chunk-000/file-000.mp4")
+    with pytest.raises(DatasetError, match=rf"the video is hevc, meta/info.json says '{CAMERA}' is av1"):
+        EpisodeStore(root, DataConfig()).episode(0, [F.RGB])

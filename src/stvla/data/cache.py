@@ -59,7 +59,7 @@ def cache_root(cache_dir: str = "") -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stvla"
 
 
-CACHE_FORMAT = 3  # bump when what a cache file holds changes: every older cache is then rebuilt
+CACHE_FORMAT = 4  # bump when what a cache file holds changes: every older cache is then rebuilt
 
 
 def dataset_fingerprint(store: EpisodeStore) -> str:
@@ -83,7 +83,10 @@ def file_manifest(path: Path, spans: list[slice]) -> dict:
     stat = path.stat()
     array = np.load(path, mmap_mode="r")
     crc = [zlib.crc32(np.ascontiguousarray(array[span])) for span in spans]
-    return {"format": CACHE_FORMAT, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "episode_crc32": crc}
+    with open(path, "rb") as handle:  # the .npy header too: the same bytes under another dtype or shape are not
+        header = zlib.crc32(handle.read(array.offset))  # the same values
+    return {"format": CACHE_FORMAT, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "header_crc32": header,
+            "episode_crc32": crc}
 
 
 def _manifest_path(path: Path) -> Path:
@@ -112,9 +115,13 @@ def verified(path: Path, spans: list[slice]) -> bool:
         return False
     if written == now:
         return True
-    if len(written.get("episode_crc32", [])) == len(spans):
-        changed = [i for i, (a, b) in enumerate(zip(written["episode_crc32"], now["episode_crc32"])) if a != b]
-        if changed:
+    recorded = written.get("episode_crc32") if isinstance(written, dict) else None
+    if isinstance(recorded, list) and len(recorded) == len(spans):
+        changed = [i for i, (a, b) in enumerate(zip(recorded, now["episode_crc32"])) if a != b]
+        if written.get("header_crc32") != now["header_crc32"]:
+            print(f"cache file {path}: its header (dtype, shape) changed since it was written: building it again",
+                  file=sys.stderr)
+        elif changed:
             print(f"cache file {path}: episodes {changed[:10]}{' ...' if len(changed) > 10 else ''} changed since it "
                   f"was written (their checksums differ): building it again", file=sys.stderr)
     return False
@@ -130,6 +137,11 @@ def check_decoded(store: EpisodeStore, episode: int, key: str, values: np.ndarra
             raise DatasetError(f"{where}: non-finite value at frame {bad[0][0]}{more}")
     elif key == F.DEPTH:
         geometry.check_metric_depth(values, where)
+    elif key == F.INTRINSICS:  # one camera has few distinct matrices: each is checked once
+        flat = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+        distinct, first = np.unique(flat, axis=0, return_index=True)
+        for matrix, frame in zip(distinct, first):
+            geometry.check_intrinsics(matrix.reshape(3, 3), f"{where} frame {frame}")
 
 
 def _short_hash(text: str) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import re
 import os
 import tempfile
@@ -44,8 +45,10 @@ from tqdm import tqdm
 from stvla.data.roles import DataConfig, is_depth_feature, resolve_roles
 from stvla.data.video import (
     DepthQuantization,
+    StreamDescription,
     VideoSettings,
-    frame_rate,
+    codec_family,
+    describe_stream,
     frames_checksum,
     read_video,
     write_depth_video,
@@ -485,7 +488,12 @@ class EpisodeStore:
         if not isinstance(self.info["features"], dict):
             raise DatasetError(f"{info_path}: field 'features' is not a mapping of feature keys to entries")
         self.info["features"] = {key: _channels_last(feature) for key, feature in self.info["features"].items()}
-        self.fps: int = int(self.info["fps"])
+        fps = self.info.get("fps")
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0 \
+                or fps != int(fps):
+            raise DatasetError(f"{info_path}: field 'fps' must be a positive whole number of frames per second "
+                               f"(as LeRobot writes it), got {fps!r}")
+        self.fps: int = int(fps)
         self.episodes = self._read_episodes()
         self.tasks: list[str] = self._read_tasks(self.root / "meta" / "tasks.parquet")
         if len(self.episodes) > int(self.info.get("total_episodes", len(self.episodes))):
@@ -512,7 +520,7 @@ class EpisodeStore:
                     self.features[role] = {**self.features[role], "shape": shape}
         self.image_size = image_size
         self._cache: dict[int, dict[str, np.ndarray]] = {}
-        self._video_rates: dict[Path, float | None] = {}  # each video file's own frame rate, read once
+        self._video_streams: dict[Path, StreamDescription] = {}  # each video file's codec and rate, read once
         self._hub_checked: dict[Path, tuple[int, int]] = {}  # (size, mtime) of each file checked against the Hub
         self._table: tuple[Path, tuple[str, ...], pa.Table] | None = None  # the latest data file read
 
@@ -690,7 +698,29 @@ class EpisodeStore:
         episodes = episodes.sort_values(EPISODE_INDEX, ignore_index=True)
         if list(episodes[EPISODE_INDEX]) != list(range(len(episodes))):
             raise DatasetError(f"{self.root / 'meta' / 'episodes'}: episode indices are not 0..{len(episodes) - 1}")
+        self._check_video_spans(episodes)
         return episodes
+
+    def _check_video_spans(self, episodes: pd.DataFrame) -> None:
+        """Episodes packed into one video file must hold disjoint time spans: spans that overlap would have
+        an episode read another's frames (a LeRobot dataset carries no hash that would tell)."""
+        keys = {name[len("videos/"):-len("/from_timestamp")] for name in episodes.columns
+                if name.startswith("videos/") and name.endswith("/from_timestamp")}
+        for key in sorted(keys):
+            columns = [f"videos/{key}/{field}" for field in ("chunk_index", "file_index", "from_timestamp",
+                                                              "to_timestamp")]
+            if not all(column in episodes for column in columns):
+                continue
+            spans = episodes[[EPISODE_INDEX, *columns]].sort_values(columns[:3])
+            half_frame = 0.5 / self.fps
+            for (_, a), (_, b) in zip(spans.iterrows(), list(spans.iterrows())[1:]):
+                same_file = (a[columns[0]], a[columns[1]]) == (b[columns[0]], b[columns[1]])
+                if same_file and b[columns[2]] < a[columns[3]] - half_frame:
+                    raise DatasetError(f"{self.root / 'meta' / 'episodes'}: episodes {int(a[EPISODE_INDEX])} and "
+                                       f"{int(b[EPISODE_INDEX])} overlap in {key}'s video file (chunk "
+                                       f"{int(a[columns[0]])}, file {int(a[columns[1]])}): "
+                                       f"[{a[columns[2]]:.3f}, {a[columns[3]]:.3f}) and "
+                                       f"[{b[columns[2]]:.3f}, {b[columns[3]]:.3f}) s")
 
     def _read_tasks(self, path: Path) -> list[str]:
         """The task strings in task_index order: LeRobot keeps them as the index (named "task"), other writers
@@ -774,11 +804,17 @@ class EpisodeStore:
         if not (isinstance(checksum, str) and checksum):
             self._check_hub_hash(path)
         try:
-            if path not in self._video_rates and path.is_file():  # a wrong fps would reach the control rate
-                self._video_rates[path] = frame_rate(path)
-            rate = self._video_rates.get(path)
-            if rate and abs(rate - self.fps) > FPS_TOLERANCE * self.fps:
-                raise DatasetError(f"{path}: the video runs at {rate:.4g} fps, meta/info.json says {self.fps}")
+            if path not in self._video_streams and path.is_file():
+                self._video_streams[path] = describe_stream(path)
+            stream = self._video_streams.get(path)
+            if stream is not None:
+                rate = stream.rate  # a wrong fps would reach the control rate
+                if rate and abs(rate - self.fps) > FPS_TOLERANCE * self.fps:
+                    raise DatasetError(f"{path}: the video runs at {rate:.4g} fps, meta/info.json says {self.fps}")
+                said = (feature.get("info") or {}).get("video.codec")  # another feature's file put in its place
+                if isinstance(said, str) and said and codec_family(said) != stream.codec:
+                    raise DatasetError(f"{path}: the video is {stream.codec}, meta/info.json says {stored_key!r} is "
+                                       f"{said}")
             frames = read_video(path, expected_frames=length, start=start, stop=None if stop is None else float(stop),
                                 depth=depth, checksum=checksum if isinstance(checksum, str) and checksum else None)
         except DatasetError:

@@ -198,12 +198,31 @@ def _native(frame: av.VideoFrame) -> bytes:
     return np.ascontiguousarray(frame.to_ndarray()).tobytes()
 
 
-def frame_rate(path: str | Path) -> float | None:
-    """The video stream's own frame rate (frames per second, as its container gives it), None if unsaid."""
+# Encoder and decoder names of each codec, for comparing a stream with the codec a dataset's info names.
+CODEC_ALIASES = {"libx264": "h264", "libx264rgb": "h264", "libopenh264": "h264", "libx265": "hevc", "h265": "hevc",
+                 "libsvtav1": "av1", "libaom-av1": "av1", "librav1e": "av1", "libdav1d": "av1"}
+
+
+def codec_family(name: str) -> str:
+    """A codec's canonical name (h264, hevc, av1, ...) from an encoder's, a decoder's or its own."""
+    return CODEC_ALIASES.get(name.lower(), name.lower())
+
+
+@dataclass(frozen=True)
+class StreamDescription:
+    """What a video file's first video stream is, as its container says."""
+
+    codec: str  # canonical codec name (h264, hevc, av1, ...)
+    rate: float | None  # frames per second, None if unsaid
+
+
+def describe_stream(path: str | Path) -> StreamDescription:
+    """The codec and frame rate of a video file's first video stream."""
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
-        return float(rate) if rate else None
+        return StreamDescription(codec_family(stream.codec_context.codec.canonical_name),
+                                 float(rate) if rate else None)
 
 
 def _span_frames(path: Path, start: float, stop: float | None) -> Iterator[av.VideoFrame]:

@@ -203,8 +203,11 @@ class Policy(nn.Module):
         if policy_type != cls.name:
             raise ValueError(f"{directory} holds a {policy_type!r} policy, not {cls.name!r}")
         # Every weight is in the checkpoint: a PaliGemma backbone's original weights need not be read too.
-        policy = cls(config_from_dict(cls.config_class, config, str(Path(directory) / CONFIG_FILE)),
-                     backbone_weights=False)
+        where = str(Path(directory) / CONFIG_FILE)
+        try:
+            policy = cls(config_from_dict(cls.config_class, config, where), backbone_weights=False)
+        except ValueError as error:  # a value the config refuses: said of the file that holds it
+            raise ValueError(str(error) if where in str(error) else f"{where}: {error}") from None
         policy.load_weights(directory, strict=True)
         return policy
 
@@ -300,7 +303,12 @@ def read_checkpoint_config(directory: str | Path) -> tuple[str, dict]:
     for key in ("type", "config"):
         if key not in data:
             raise ValueError(f"{path}: field {key!r} is missing")
+    if not isinstance(data["type"], str) or not isinstance(data["config"], dict) or \
+            not isinstance(data["config"].get("vla", {}), dict):
+        raise ValueError(f"{path}: 'type' must be a policy name and 'config' (and its 'vla') a JSON object")
     backbone = data["config"].get("vla", {}).get("backbone", {})
+    if not isinstance(backbone, dict):
+        raise ValueError(f"{path}: 'config.vla.backbone' must be a JSON object")
     if backbone.get("path") == BACKBONE_DIR:
         backbone["path"] = str(Path(directory).resolve() / BACKBONE_DIR)
     return data["type"], data["config"]

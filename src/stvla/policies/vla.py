@@ -56,6 +56,11 @@ LANGUAGE_INPUTS = ("sentence", "prompt")
 BACKBONES = ("small", "paligemma")
 
 
+# The sizes a model config may take (an image of 4096 px, 1024 actions a chunk, ... are far beyond any real one).
+SIZE_LIMITS = {"image_size": 4096, "patch_size": 512, "width": 16384, "chunk_size": 1024, "action_dim": 1024,
+               "state_dim": 4096, "prompt_max_tokens": 65536}
+
+
 @dataclass
 class BackboneConfig:
     kind: str = "small"  # "small": conv patch encoder + our trunk, trained here; "paligemma": a PaliGemma(2) checkpoint's SigLIP tower and Gemma decoder
@@ -91,9 +96,9 @@ class VLAConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig, metadata=KEY_NEUTRAL)  # image encoder and trunk: ours or PaliGemma's
 
     def validate(self) -> None:
-        for name in ("image_size", "patch_size", "width", "chunk_size", "action_dim", "state_dim", "prompt_max_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be >= 1, got {getattr(self, name)}")
+        for name, most in SIZE_LIMITS.items():  # the upper bounds keep a mistyped size from asking for terabytes
+            if not 1 <= getattr(self, name) <= most:
+                raise ValueError(f"model.{name} must be in [1, {most}], got {getattr(self, name)}")
         if self.previous_frames < 0:
             raise ValueError(f"previous_frames must be >= 0, got {self.previous_frames}")
         if not 1 <= self.cameras <= F.MAX_CAMERAS:

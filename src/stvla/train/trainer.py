@@ -485,12 +485,12 @@ def run_settings(config: TrainConfig) -> str:
 def check_dataset(store: EpisodeStore) -> None:
     """What training checks before anything is decoded or trained (and `stvla info` with it): info.json
     against the data files, the task strings control will accept as instructions (or never act), and every
-    episode's rows in time order with a task the tasks file holds, its actions and states finite. Raises the
+    episode's rows in time order with a task the tasks file holds, its actions, states and camera intrinsics finite and plausible. Raises the
     refusal as one line."""
     store.check_schema()
     for index, task in enumerate(store.tasks):
         check_instruction(task, f"{store.root}/meta/tasks.parquet: task {index}")
-    vectors = [key for key in (F.ACTION, F.STATE) if key in store.features]
+    vectors = [key for key in (F.ACTION, F.STATE, F.INTRINSICS) if key in store.features]
     for episode in range(store.num_episodes):
         values = store.episode(episode, [F.TASK_INDEX, *vectors])
         for key in vectors:
@@ -606,6 +606,9 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
             average.update(policy.model)
         step += 1
         logs["loss"] = distributed.sum_over_ranks(logs["loss"], ranks, device)  # the global batch's loss
+        if not math.isfinite(logs["loss"]):  # every rank sees the same global loss, so all stop together
+            raise ValueError(f"step {step}: the training loss is {logs['loss']}: nothing of this run after its last "
+                             f"checkpoint is saved (check the dataset with `stvla info`, or lower --lr)")
         bar.update(1)
         bar.set_postfix(loss=f"{logs['loss']:.3f}")
         if step % config.log.every == 0 or step == config.steps:
