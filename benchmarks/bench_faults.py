@@ -360,7 +360,11 @@ def cache_bytes_overwritten(work: Path) -> tuple[str, str]:
     """147 KB of the decoded cache overwritten, the file's size and time restored: found, said, built again."""
     cache = work / "copies" / "cache-bytes"
     shutil.rmtree(cache, ignore_errors=True)
-    shutil.copytree(work / "cache", cache)
+    shutil.rmtree(work / "copies" / "t-cache-build", ignore_errors=True)
+    built = stvla("train", "--policy", "st", "--dataset", work / "data", "--out", work / "copies" / "t-cache-build",
+                  "--steps", 1, "--batch_size", 4, "--cache_dir", cache)  # a cache as this version writes it
+    if built.returncode != 0:
+        return "lost", built.stderr.strip().splitlines()[-1] if built.stderr.strip() else "the cache was not built"
     target = max(cache.rglob("*.npy"), key=lambda path: path.stat().st_size)
     clean, stat = target.read_bytes(), target.stat()
     data = bytearray(clean)
