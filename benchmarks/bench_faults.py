@@ -405,6 +405,13 @@ def in_small_filesystem(work: Path, name: str, size_kib: int, *runs: tuple[int, 
              "files": (logs / f"{i}.files").read_text().split()} for i in range(len(runs))]
 
 
+def refused_on_a_full_disk(run: dict, needle: str) -> tuple[str, str]:
+    """A run on a full disk: refused in one line holding `needle`, with no temporary file left behind."""
+    verdict, message = judge(run["code"], run["stderr"], needle)
+    left = [path for path in run["files"] if ".tmp" in path]
+    return ("lost", f"temporary files left: {left}") if verdict == "clear" and left else (verdict, message)
+
+
 def checkpoint_on_a_full_disk(work: Path) -> tuple[str, str]:
     """Room for one checkpoint and not two: the second is refused in one line, the first kept, and the same
     command after space is freed resumes from it."""
@@ -413,12 +420,9 @@ def checkpoint_on_a_full_disk(work: Path) -> tuple[str, str]:
     args = ["train", "--policy", "st", "--dataset", work / "data", "--out", "{mnt}/run", "--steps", 20,
             "--save_every", 10, "--batch_size", 4, "--cache_dir", work / "cache"]
     full, freed = in_small_filesystem(work, "full-disk-checkpoint", room, (room, args), (8 * room, args))
-    verdict, message = judge(full["code"], full["stderr"], "checkpoint")
-    left = [path for path in full["files"] if ".tmp" in path]
+    verdict, message = refused_on_a_full_disk(full, "checkpoint")
     if verdict != "clear":
         return verdict, message
-    if left:
-        return "lost", f"temporary files left: {left}"
     if not any(path.endswith("checkpoint/model.safetensors") for path in full["files"]):
         return "lost", "the earlier checkpoint is gone"
     if freed["code"] != 0 or "10/20" not in freed["stderr"]:
@@ -432,12 +436,9 @@ def cache_on_a_full_disk(work: Path) -> tuple[str, str]:
     args = ["train", "--policy", "st", "--dataset", work / "data", "--out", work / "copies" / "t-cache-full",
             "--steps", 2, "--batch_size", 4, "--cache_dir", "{mnt}"]
     full, freed = in_small_filesystem(work, "full-disk-cache", 512, (512, args), (256 * 1024, args))
-    verdict, message = judge(full["code"], full["stderr"], "cache file")
-    left = [path for path in full["files"] if ".tmp" in path]
+    verdict, message = refused_on_a_full_disk(full, "cache file")
     if verdict != "clear":
         return verdict, message
-    if left:
-        return "lost", f"temporary files left: {left}"
     if freed["code"] != 0:
         return "lost", f"the rerun with room failed: {freed['stderr'].strip().splitlines()[-1:]}"
     return "clear", message

@@ -272,18 +272,24 @@ def test_a_cache_on_a_full_disk_is_one_line_and_leaves_no_files(small_dataset, t
     assert cache.require(["action"])["action"].shape[0] == len(cache)  # space freed: the rerun builds it
 
 
-def test_bytes_overwritten_in_a_cache_file_are_found_and_rebuilt(small_dataset, tmp_path, capsys):
-    """Bytes changed inside a cache file, its size and modification time restored (what a sampled check
-    misses): every episode's rows are checksummed, the change is named, and the file is built again."""
-    import os
+def decoded_cache_of_a_copy(small_dataset, tmp_path):
+    """A copy of the small dataset, and a function that opens its decoded cache (anew each call)."""
     import shutil
 
     from stvla.data.cache import DecodedCache
     from stvla.data.store import EpisodeStore
 
-    root = tmp_path / "copy"
-    shutil.copytree(small_dataset[0], root)
-    cache = DecodedCache(EpisodeStore(root), progress=False, cache_dir=str(tmp_path / "cache"))
+    root = Path(shutil.copytree(small_dataset[0], tmp_path / "copy"))
+    return lambda: DecodedCache(EpisodeStore(root), progress=False, cache_dir=str(tmp_path / "cache"))
+
+
+def test_bytes_overwritten_in_a_cache_file_are_found_and_rebuilt(small_dataset, tmp_path, capsys):
+    """Bytes changed inside a cache file, its size and modification time restored (what a sampled check
+    misses): every episode's rows are checksummed, the change is named, and the file is built again."""
+    import os
+
+    open_cache = decoded_cache_of_a_copy(small_dataset, tmp_path)
+    cache = open_cache()
     rgb = np.array(cache.require(["observation.images.rgb"])["observation.images.rgb"])
     path = cache.directory / "observation.images.rgb.npy"
     stat = path.stat()
@@ -292,7 +298,7 @@ def test_bytes_overwritten_in_a_cache_file_are_found_and_rebuilt(small_dataset, 
         handle.write(bytes(range(64)))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     capsys.readouterr()
-    again = DecodedCache(EpisodeStore(root), progress=False, cache_dir=str(tmp_path / "cache"))
+    again = open_cache()
     np.testing.assert_array_equal(again.require(["observation.images.rgb"])["observation.images.rgb"], rgb)
     assert "episodes [1] changed since it was written" in capsys.readouterr().err
 
@@ -303,14 +309,9 @@ def test_a_cache_header_or_manifest_changed_in_place_is_rebuilt(small_dataset, t
     manifest whose checksums are not a list is no manifest: either way the file is built again."""
     import json
     import os
-    import shutil
 
-    from stvla.data.cache import DecodedCache
-    from stvla.data.store import EpisodeStore
-
-    root = tmp_path / "copy"
-    shutil.copytree(small_dataset[0], root)
-    cache = DecodedCache(EpisodeStore(root), progress=False, cache_dir=str(tmp_path / "cache"))
+    open_cache = decoded_cache_of_a_copy(small_dataset, tmp_path)
+    cache = open_cache()
     action = np.array(cache.require(["action"])["action"])
     path = cache.directory / "action.npy"
     stat = path.stat()
@@ -321,8 +322,7 @@ def test_a_cache_header_or_manifest_changed_in_place_is_rebuilt(small_dataset, t
         manifest = path.with_name(path.name + ".json")
         manifest.write_text(json.dumps({**json.loads(manifest.read_text()), **manifest_edit}))
     capsys.readouterr()
-    again = DecodedCache(EpisodeStore(root), progress=False, cache_dir=str(tmp_path / "cache"))
-    rebuilt = again.require(["action"])["action"]
+    rebuilt = open_cache().require(["action"])["action"]
     assert rebuilt.dtype == np.float32
     np.testing.assert_array_equal(rebuilt, action)
     if manifest_edit is None:
