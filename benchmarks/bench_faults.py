@@ -4,7 +4,7 @@ run as a user would (a `stvla` command in its own process, or a Python call), an
     python benchmarks/bench_faults.py [--work runs/bench-faults]
 
 Outcome of a case that must be refused: "clear" (exit code 2 and one line on stderr naming what is
-wrong, `stvla info`'s exit code 1 with training's refusal, or a one-line ValueError from Python),
+wrong, `stvla info`'s with training's refusal among them, or a one-line ValueError from Python),
 "vague" (refused, but the message does not name the needle), "traceback", or "silent wrong"
 (accepted). A case that must work (a resume after kill -9, a second writer refused while the first
 finishes, a rebuilt cache, a full disk) is "ok" or "lost" (finished work missing or wrong). Video damage
@@ -69,9 +69,8 @@ def judge(code: int, stderr: str, needle: str) -> tuple[str, str]:
         return "traceback", last
     if code == 0:
         return "silent wrong", "exit code 0"
-    # `stvla info` reports a dataset training would refuse with training's own line, and exits 1.
-    errors = [line for line in lines if ": error:" in line or "would refuse this dataset:" in line]
-    if code in (1, 2) and len(errors) == 1 and needle in errors[0]:
+    errors = [line for line in lines if ": error:" in line]
+    if code == 2 and len(errors) == 1 and needle in errors[0]:
         return "clear", errors[0]
     return "vague", last
 

@@ -116,7 +116,7 @@ def test_a_bad_camera_names_the_dataset_cameras(tmp_path, capsys):
 
 
 def info_training(capsys, *argv: str, status: int = 0) -> dict[str, str]:
-    """The plan `stvla info --json` gives; `status` 1 where it says training would refuse the dataset."""
+    """The plan `stvla info --json` gives; `status` 2 where it says training would refuse the dataset."""
     assert main(["info", *argv, "--json"]) == status
     captured = capsys.readouterr()
     assert ("stvla train would refuse this dataset: " in captured.err) == bool(status)
@@ -139,7 +139,7 @@ def test_info_says_what_training_would_do_with_any_lerobot_dataset(tmp_path, cap
 
     # Two cameras and joints: training refuses until --camera chooses; info says so, and the rest still.
     so101 = str(FIXTURES / "so101_joints_2cam")
-    plan = info_training(capsys, so101, status=1)  # stvla info exits 1 where stvla train would refuse
+    plan = info_training(capsys, so101, status=2)  # stvla info exits 2 where stvla train would refuse
     assert plan["cameras"].startswith("refused: ") and "--camera" in plan["cameras"]
     assert "observation.images.front" in plan["cameras"] and "observation.images.wrist" in plan["cameras"]
     assert "joints (joint): per-dimension bins, gripper dims [5]" in plan["action"]
@@ -162,9 +162,9 @@ def test_info_says_what_training_would_do_with_any_lerobot_dataset(tmp_path, cap
     info = json.loads((refused / "meta" / "info.json").read_text())
     info["features"]["action"]["names"] = [f"joint_{i}" for i in range(7)]
     (refused / "meta" / "info.json").write_text(json.dumps(info))
-    plan = info_training(capsys, str(refused), "--action_layout", "ee", status=1)
+    plan = info_training(capsys, str(refused), "--action_layout", "ee", status=2)
     assert plan["action"].startswith("refused: ") and "joint_0" in plan["action"]
-    assert main(["info", str(refused), "--action_layout", "ee"]) == 1
+    assert main(["info", str(refused), "--action_layout", "ee"]) == 2
     printed = capsys.readouterr().out
     assert "stvla train would read:\n  data     checked: " in printed and "\n  action   refused: " in printed
     assert "  state    observation.state, 7 values" in printed
@@ -182,3 +182,25 @@ def test_every_command_prints_its_help(capsys):
             main([name, "--help"])
         assert exit_info.value.code == 0, name
         assert "usage: " in capsys.readouterr().out, name
+
+
+def test_options_are_never_guessed_and_one_setting_takes_one_value(capsys):
+    """A prefix is not an option (`--episode` on eval is not `--episodes`), and two spellings of one
+    setting given different values are refused rather than the last silently kept."""
+    from stvla.cli import build_parser
+
+    parser = build_parser()
+    for argv, needle in [(["eval", "--policy", "p", "--episode", "3"], "unrecognized arguments: --episode 3"),
+                         (["trace", "d", "--out", "x.mp4", "--variant", "A", "--traces.variant", "C"],
+                          "--variant and --traces.variant are one setting (traces.variant) given two values"),
+                         (["train", "--cache_dir", "a", "--data.cache_dir", "b"],
+                          "--cache_dir and --data.cache_dir are one setting (data.cache_dir)"),
+                         (["depth", "d", "--model", "a", "--depth_model", "b"], "--model and --depth_model")]:
+        with pytest.raises(SystemExit) as exit_info:
+            parser.parse_args(argv)
+        assert exit_info.value.code == 2 and needle in capsys.readouterr().err, argv
+    # The same value under both spellings is one setting given once; the old spelling still works alone.
+    args = parser.parse_args(["trace", "d", "--out", "x.mp4", "--variant", "C", "--traces.variant", "C"])
+    assert vars(args)["traces.variant"] == "C"
+    assert vars(parser.parse_args(["depth", "d", "--model", "m"]))["depth_model"] == "m"
+    assert vars(parser.parse_args(["train", "--steps", "5", "--steps", "7"]))["steps"] == 7  # one spelling: the last

@@ -172,7 +172,7 @@ def test_stvla_depth_adds_a_lerobot_depth_stream_resumably(tiny_depth_anything, 
     FRAMES = 20  # per episode
     inplace = tmp_path / "inplace"
     shutil.copytree(fixture, inplace)
-    assert main(["depth", str(inplace), "--model", str(tiny_depth_anything), "--fov", "60", "--batch_size", "7"]) == 0
+    assert main(["depth", str(inplace), "--depth_model", str(tiny_depth_anything), "--fov", "60", "--batch_size", "7"]) == 0
     store = EpisodeStore(inplace, DataConfig())
     assert store.stored_key(F.DEPTH) == "observation.images.front_depth"
     assert store.info["features"]["observation.images.front_depth"]["info"]["is_depth_map"] is True
@@ -184,7 +184,7 @@ def test_stvla_depth_adds_a_lerobot_depth_stream_resumably(tiny_depth_anything, 
     assert np.allclose(episode[F.INTRINSICS][0, 1, 1], 48 / np.tan(np.deg2rad(30)), rtol=1e-5)
 
     before = sorted((p.relative_to(fixture), p.stat().st_size) for p in fixture.rglob("*"))
-    config = DepthConfig(dataset=str(fixture), model=str(tiny_depth_anything), out=str(tmp_path / "copy"), fov=60)
+    config = DepthConfig(dataset=str(fixture), depth_model=str(tiny_depth_anything), out=str(tmp_path / "copy"), fov=60)
     add_depth(config, progress=False, stop_after=1)  # killed after one episode
     assert len(list((tmp_path / "copy" / ".stvla-depth").rglob("episode-*.npy"))) == 1
     add_depth(config, progress=False)
@@ -194,9 +194,9 @@ def test_stvla_depth_adds_a_lerobot_depth_stream_resumably(tiny_depth_anything, 
     assert sorted((p.relative_to(fixture), p.stat().st_size) for p in fixture.rglob("*")) == before
 
     with pytest.raises(ValueError, match="already has depth"):
-        add_depth(DepthConfig(dataset=str(inplace), model=str(tiny_depth_anything)), progress=False)
+        add_depth(DepthConfig(dataset=str(inplace), depth_model=str(tiny_depth_anything)), progress=False)
     with pytest.raises(ValueError, match="records no observation.camera.intrinsics: give the camera"):
-        add_depth(DepthConfig(dataset=str(fixture), model=str(tiny_depth_anything), out=str(tmp_path / "x")),
+        add_depth(DepthConfig(dataset=str(fixture), depth_model=str(tiny_depth_anything), out=str(tmp_path / "x")),
                   progress=False)
     tiny = ["--steps", "2", "--batch_size", "4", "--model.width", "32", "--model.image.channels", "8,16",
             "--model.image.width", "32", "--model.trunk.width", "32", "--model.trunk.depth", "1", "--model.trunk.heads", "2"]
@@ -212,7 +212,7 @@ def test_stvla_depth_runs_zoedepth_too(tiny_zoedepth, tmp_path):
     from stvla.data.store import EpisodeStore
 
     fixture = Path(__file__).parent / "fixtures" / "lerobot-0.6.1" / "rgb_7d"
-    out = add_depth(DepthConfig(dataset=str(fixture), model=str(tiny_zoedepth), out=str(tmp_path / "zoe"),
+    out = add_depth(DepthConfig(dataset=str(fixture), depth_model=str(tiny_zoedepth), out=str(tmp_path / "zoe"),
                                 intrinsics="96,96,47.5,47.5", batch_size=20), progress=False)
     episode = EpisodeStore(out, DataConfig()).episode(2, [F.RGB, F.DEPTH, F.INTRINSICS])
     assert np.allclose(episode[F.DEPTH], ZoeDepthEstimator(tiny_zoedepth).estimate_batch(episode[F.RGB]), atol=1e-4)

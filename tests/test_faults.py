@@ -80,8 +80,32 @@ def nan_in_a_bias(weights):
     save_file(state, str(weights))
 
 
+def stored_as(dtype):
+    def damage(weights):
+        state = load_file(str(weights))
+        name = next(k for k in sorted(state) if state[k].is_floating_point())
+        state[name] = state[name].to(dtype)
+        save_file(state, str(weights))
+    damage.__name__ = f"stored_as_{dtype}"
+    return damage
+
+
+def a_directory_instead(weights):
+    weights.unlink()
+    weights.mkdir()
+
+
+def a_device_instead(weights):
+    weights.unlink()
+    weights.symlink_to("/dev/zero")
+
+
 @pytest.mark.parametrize("damage, message", [
     (truncate, "not a readable safetensors file"),
+    (stored_as(torch.int32), "is stored as torch.int32, the policy holds torch.float32"),
+    (stored_as(torch.bool), "is stored as torch.bool, the policy holds torch.float32"),
+    (a_directory_instead, "is a directory, not a file"),
+    (a_device_instead, "is a device, pipe or socket, not a file"),
     (pickle_instead, "not a readable safetensors file"),
     (drop_a_tensor, "weights missing from the checkpoint"),
     (add_a_tensor, "weights this policy does not have: ['stranger.weight']"),
@@ -94,7 +118,7 @@ def test_damaged_checkpoints_are_refused_by_name(saved_policy, tmp_path, capsys,
         load_policy(policy_dir)
     one_line_error(capsys, ["eval", "--policy", str(policy_dir), "--tasks", "reach-v3", "--episodes", "1",
                             "--out", str(tmp_path / "eval")], message, str(policy_dir))
-    assert not (tmp_path / "eval" / "eval_info.json").exists()
+    assert not (tmp_path / "eval").exists(), "a refused evaluation leaves no folder behind"
 
 
 def test_a_broken_config_json_is_refused_by_name(saved_policy, tmp_path, capsys):
@@ -159,7 +183,7 @@ def test_bad_training_flags_are_refused_before_anything_runs(small_dataset, tmp_
     root, _ = small_dataset
     out = tmp_path / "run"
     one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--out", str(out), *flags], needle)
-    assert not (out / "policy").exists(), "nothing untrained is saved"
+    assert not out.exists(), "a refused run leaves no folder behind (no lock, no config)"
 
 
 def test_an_output_folder_that_cannot_be_made_is_one_line(small_dataset, tmp_path, capsys):
@@ -300,7 +324,7 @@ def test_bytes_overwritten_in_a_cache_file_are_found_and_rebuilt(small_dataset, 
     capsys.readouterr()
     again = open_cache()
     np.testing.assert_array_equal(again.require(["observation.images.rgb"])["observation.images.rgb"], rgb)
-    assert "episodes [1] changed since it was written" in capsys.readouterr().err
+    assert capsys.readouterr().err.count("episodes [1] changed since it was written") == 1  # said once
 
 
 @pytest.mark.parametrize("manifest_edit", [None, {"episode_crc32": 5}, {"episode_crc32": None}])
@@ -359,6 +383,12 @@ def test_caches_follow_the_data_files_and_refuse_forged_cache_files(small_datase
         later.require(["action"])
     one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--out", str(tmp_path / "run"),
                             "--steps", "2", "--cache_dir", str(tmp_path / "cache")], "non-finite value at frame 3")
+    assert not (tmp_path / "run").exists(), "refused after its config was written: the new folder is removed"
+    kept = tmp_path / "kept"
+    (kept / "notes").mkdir(parents=True)
+    one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--out", str(kept),
+                            "--steps", "2", "--cache_dir", str(tmp_path / "cache")], "non-finite value at frame 3")
+    assert (kept / "notes").is_dir(), "a folder the run did not make is left as it was"
 
 
 def pa_array_like(values, arrow_type):

@@ -354,3 +354,18 @@ def test_to_contract_leaves_canonical_observations_alone_and_intrinsics_to_a_pol
     assert to_contract(uint16, contract, depth_scale=0.0001)[F.OBS_DEPTH][0, 0] == np.float32(0.1234)
     with pytest.raises(ValueError, match="depth_scale must be > 0"):
         to_contract(uint16, contract, depth_scale=0)
+
+
+def test_stvla_serve_on_port_0_announces_the_port_it_bound(tiny_tracevla):
+    """`--port 0` takes any free port: the line the command prints names that port, and it answers there."""
+    command = [sys.executable, "-m", "stvla.cli", "serve", "--policy", str(tiny_tracevla), "--port", "0"]
+    served = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = served.stdout.readline()
+        port = int(line.split("ws://127.0.0.1:")[1].split(";")[0])
+        assert port != 0 and f"http://127.0.0.1:{port}/healthz" in line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as reply:
+            assert reply.status == 200
+    finally:
+        served.terminate()
+        served.wait(timeout=30)

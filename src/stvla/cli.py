@@ -2,7 +2,7 @@
 
     stvla collect --task pick-place-v3 --episodes 50 --out DIR [--workers 2] [--resume]
     stvla info DIR [--camera KEY --fov 60 --image_fit pad]   (and what stvla train would do with it)
-    stvla depth DIR --model DEPTH_MODEL_DIR [--fov 60] [--out NEW]
+    stvla depth DIR --depth_model DEPTH_MODEL_DIR [--fov 60] [--out NEW]
     stvla view DIR --episode K --out FILE.mp4 [--camera KEY --depth KEY]
     stvla trace DIR|VIDEO --episode K --traces.variant C --traces.tracker.buffer_length 30 --out FILE.mp4 [--camera KEY ...]
     stvla train --policy st --dataset DIR [--init CKPT] [--lora.rank 32]
@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -75,11 +76,13 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _refused_by_training(refused: str | None) -> int:
-    """`stvla info`'s exit status: 1, with training's own refusal on stderr, where `stvla train` would refuse."""
+    """`stvla info`'s exit status where `stvla train` would refuse: 2 with training's own refusal on stderr, as
+    for a dataset refused while it is opened (one status for every refusal)."""
     if refused is None:
         return 0
-    print(f"stvla info: stvla train would refuse this dataset: {refused.removeprefix('refused: ')}", file=sys.stderr)
-    return 1
+    print(f"stvla info: error: stvla train would refuse this dataset: {refused.removeprefix('refused: ')}",
+          file=sys.stderr)
+    return 2
 
 
 def _depth(args: argparse.Namespace) -> int:
@@ -199,14 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     from stvla.traces import TraceConfig
     from stvla.train.trainer import DATA_OPTIONS, LEGACY_TRACE_OPTIONS, TrainConfig
 
-    parser = argparse.ArgumentParser(prog="stvla", description="Visual traces for vision-language-action policies.")
-    commands = parser.add_subparsers(dest="command", required=True)
+    # allow_abbrev=False: a prefix such as `--episode` must not silently stand for `--episodes`.
+    parser = argparse.ArgumentParser(prog="stvla", description="Visual traces for vision-language-action policies.",
+                                     allow_abbrev=False)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    commands = functools.partial(subparsers.add_parser, allow_abbrev=False)
 
-    collect = commands.add_parser("collect", help="collect scripted-expert demonstrations into a LeRobot v3 dataset")
+    collect = commands("collect", help="collect scripted-expert demonstrations into a LeRobot v3 dataset")
     add_config_arguments(collect, CollectConfig)
     collect.set_defaults(run=_collect)
 
-    info = commands.add_parser("info", help="summarise a dataset (episodes, frames, tasks, features, success) "
+    info = commands("info", help="summarise a dataset (episodes, frames, tasks, features, success) "
                                             "and say what stvla train would do with it")
     info.add_argument("dataset", help="dataset directory")
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -215,25 +221,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(info)
     info.set_defaults(run=_info)
 
-    report = commands.add_parser("report", help="one HTML page for an evaluation, a training run or benchmark results (DIR/report.html)")
+    report = commands("report", help="one HTML page for an evaluation, a training run or benchmark results (DIR/report.html)")
     report.add_argument("directory", help="an evaluation's --out, a training run's --out, or benchmarks/results")
     report.set_defaults(run=_report)
 
     from stvla.data.add_depth import DepthConfig
 
-    depth = commands.add_parser("depth", help="add an estimated metric depth stream to a dataset without depth")
+    depth = commands("depth", help="add an estimated metric depth stream to a dataset without depth")
     depth.add_argument("dataset_path", nargs="?", default="", help="dataset directory (or --dataset DIR)")
     add_config_arguments(depth, DepthConfig)
+    # Spelled as on `stvla collect` and `stvla eval`; this command's names before, kept for one release.
+    add_option_aliases(depth, DepthConfig, {"model": "depth_model", "device": "depth_device"})
     depth.set_defaults(run=_depth)
 
-    view = commands.add_parser("view", help="render an episode as RGB beside colour-mapped depth (mp4)")
+    view = commands("view", help="render an episode as RGB beside colour-mapped depth (mp4)")
     view.add_argument("dataset", help="dataset directory")
     view.add_argument("--episode", type=int, default=0, help="episode index (default: 0)")
     view.add_argument("--out", required=True, help="output .mp4 path")
     add_data_options(view, leave_out=ONLY_FOR_THE_MODEL)
     view.set_defaults(run=_view)
 
-    trace = commands.add_parser("trace", help="video of the online tracer along an episode or a video file")
+    trace = commands("trace", help="video of the online tracer along an episode or a video file")
     trace.add_argument("source", help="dataset directory, or a plain video file (RGB only)")
     trace.add_argument("--episode", type=int, default=0, help="episode index in a dataset (default: 0)")
     trace.add_argument("--out", required=True, help="output .mp4 path")
@@ -246,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(trace, leave_out=ONLY_FOR_THE_MODEL)
     trace.set_defaults(run=_trace)
 
-    train = commands.add_parser("train", help="train a policy (stage 1), or LoRA fine-tune one (stage 2, --init)")
+    train = commands("train", help="train a policy (stage 1), or LoRA fine-tune one (stage 2, --init)")
     add_config_arguments(train, TrainConfig)
     add_option_aliases(train, TrainConfig, LEGACY_TRACE_OPTIONS)
     add_option_aliases(train, TrainConfig, DATA_OPTIONS, "short for --{new}")
@@ -254,19 +262,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     from stvla.evaluate import EvalConfig
 
-    evaluation = commands.add_parser("eval", help="closed-loop evaluation of a policy on held-out seeds")
+    evaluation = commands("eval", help="closed-loop evaluation of a policy on held-out seeds")
     add_config_arguments(evaluation, EvalConfig)
     evaluation.set_defaults(run=_eval)
 
     from stvla.serve.server import ServeConfig
 
-    serving = commands.add_parser("serve", help="serve a policy over a websocket to a robot (or stvla eval --server)")
+    serving = commands("serve", help="serve a policy over a websocket to a robot (or stvla eval --server)")
     add_config_arguments(serving, ServeConfig)
     serving.set_defaults(run=_serve)
 
     from stvla.benchmark.protocol import BenchConfig
 
-    bench = commands.add_parser("bench", help="the paper-reproduction benchmark, end to end, cached and resumable")
+    bench = commands("bench", help="the paper-reproduction benchmark, end to end, cached and resumable")
     add_config_arguments(bench, BenchConfig)
     bench.set_defaults(run=_bench)
     return parser

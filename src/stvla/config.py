@@ -104,19 +104,32 @@ def field_paths(cls: type, prefix: str = "") -> list[str]:
     return paths
 
 
+class _SetField(argparse.Action):
+    """Store an option's value. One setting given under two of its spellings with different values
+    (`--variant A --traces.variant C`) is an error: argparse alone would keep the last without a word."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        value = self.const if values is None else values  # `--flag` alone
+        spellings = vars(namespace).setdefault("_spelled_as", {})
+        first = spellings.setdefault(self.dest, option_string)
+        if first != option_string and getattr(namespace, self.dest) != value:
+            parser.error(f"{first} and {option_string} are one setting ({self.dest}) given two values: give one")
+        setattr(namespace, self.dest, value)
+
+
 def _add_field_option(parser: argparse.ArgumentParser, flag: str, dest: str, kind: Any, help_text: str) -> None:
     """One option for a field of type `kind`, absent from the namespace unless given."""
     if kind is bool:
         # `--flag` alone means true; `--flag false` is accepted too.
-        parser.add_argument(flag, dest=dest, type=_parse_bool, nargs="?", const=True,
+        parser.add_argument(flag, dest=dest, type=_parse_bool, nargs="?", const=True, action=_SetField,
                             default=argparse.SUPPRESS, help=help_text, metavar="BOOL")
     elif typing.get_origin(kind) is tuple:
         # `--model.image.channels 32,64,96`
         parser.add_argument(flag, dest=dest, type=_tuple_parser(kind), default=argparse.SUPPRESS,
-                            help=help_text, metavar="A,B,...")
+                            help=help_text, metavar="A,B,...", action=_SetField)
     else:
         parser.add_argument(flag, dest=dest, type=kind if kind in (int, float, str) else str,
-                            default=argparse.SUPPRESS, help=help_text)
+                            default=argparse.SUPPRESS, help=help_text, action=_SetField)
 
 
 def _tuple_parser(kind: Any):

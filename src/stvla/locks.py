@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -70,19 +71,36 @@ class FolderLock:
             self._fd = None
 
 
-def writes_to_out(command: str) -> Callable:
+def writes_to_out(command: str, settings: tuple[str, ...] = ()) -> Callable:
     """Decorator for a function of a config with an `out` folder: it runs holding that folder's lock.
 
+    A run refused before it did any work leaves nothing behind: when it made `out` itself and ends by an
+    exception while `out` holds only its lock and files matching `settings` (glob patterns of what it
+    writes before it starts work: its config, a log writer's empty file), the folder is removed.
     Under torchrun only rank 0 writes, so only rank 0 (RANK unset or 0) takes the lock."""
     def decorate(function: Callable) -> Callable:
         @functools.wraps(function)
         def locked(config, *args, **kwargs):
             if int(os.environ.get("RANK", "0")) != 0:
                 return function(config, *args, **kwargs)
-            with FolderLock(config.out, command):
-                return function(config, *args, **kwargs)
+            made_here = not Path(config.out).exists()
+            with FolderLock(config.out, command) as lock:
+                try:
+                    return function(config, *args, **kwargs)
+                except BaseException:
+                    if made_here:
+                        _remove_if_holding_only(lock, settings)
+                    raise
         return locked
     return decorate
+
+
+def _remove_if_holding_only(lock: FolderLock, settings: tuple[str, ...]) -> None:
+    """Remove `lock`'s folder if every file in it is the lock or matches `settings` (done while the lock is
+    held: a second writer that opened the lock file before it went is refused until this one is gone)."""
+    expected = {lock.path} | {path for pattern in settings for path in lock.folder.glob(pattern)}
+    if all(path in expected for path in lock.folder.rglob("*") if not path.is_dir()):
+        shutil.rmtree(lock.folder, ignore_errors=True)
 
 
 def _lock(fd: int) -> None:

@@ -1,7 +1,7 @@
 """`stvla depth`: add an estimated metric depth stream to a dataset recorded without depth.
 
-    stvla depth ~/data/my_robot --model ~/models/Depth-Anything-V2-Metric-Indoor-Small-hf --fov 60
-    stvla depth ~/data/my_robot --model ~/models/zoedepth-nyu-kitti --out ~/data/my_robot_depth
+    stvla depth ~/data/my_robot --depth_model ~/models/Depth-Anything-V2-Metric-Indoor-Small-hf --fov 60
+    stvla depth ~/data/my_robot --depth_model ~/models/zoedepth-nyu-kitti --out ~/data/my_robot_depth
 
 The chosen camera's frames go through the depth model (stvla.envs.depth_model: Depth Anything V2
 metric or ZoeDepth) in batches; the estimate is stored as LeRobot's depth (`<camera>_depth`, float32
@@ -37,20 +37,20 @@ WORK_DIRECTORY = ".stvla-depth"
 @dataclass
 class DepthConfig:
     dataset: str = ""  # dataset directory (LeRobot v3) whose camera has no depth
-    model: str = ""  # local checkpoint directory (transformers layout): Depth Anything V2 metric or ZoeDepth
+    depth_model: str = ""  # local checkpoint directory (transformers layout): Depth Anything V2 metric or ZoeDepth
     out: str = ""  # write the result to this new directory (a copy); "" = add the depth to `dataset` itself
     camera: str = ""  # the RGB stream to estimate from; "" = observation.images.rgb, else the only camera
     intrinsics: str = ""  # "fx,fy,cx,cy" in pixels, stored with the data when the dataset records none
     fov: float = 0.0  # or the camera's vertical field of view in degrees (centred principal point)
     batch_size: int = 8  # frames per forward pass of the model
-    device: str = "cpu"  # torch device the model runs on: cpu, cuda, cuda:1, mps
+    depth_device: str = "cpu"  # torch device the model runs on: cpu, cuda, cuda:1, mps
 
 
 def add_depth(config: DepthConfig, progress: bool = True, stop_after: int | None = None) -> Path:
     """Add the estimated depth (see the module docstring); returns the dataset that has it. `stop_after`
     estimates that many episodes and returns without writing (for tests of resuming)."""
-    if not config.dataset or not config.model:
-        raise ValueError("stvla depth needs a dataset and --model DIR (a local depth model checkpoint)")
+    if not config.dataset or not config.depth_model:
+        raise ValueError("stvla depth needs a dataset and --depth_model DIR (a local depth model checkpoint)")
     if config.batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {config.batch_size}")
     source = EpisodeStore(config.dataset, DataConfig(camera=config.camera))
@@ -67,7 +67,7 @@ def add_depth(config: DepthConfig, progress: bool = True, stop_after: int | None
         target = _target(config, source)
         store = EpisodeStore(target, DataConfig(camera=config.camera, intrinsics=config.intrinsics, fov=config.fov))
         camera = store.stored_key(F.RGB)
-        work = target / WORK_DIRECTORY / hashlib.sha256(f"{Path(config.model).resolve()}|{camera}".encode()).hexdigest()[:12]
+        work = target / WORK_DIRECTORY / hashlib.sha256(f"{Path(config.depth_model).resolve()}|{camera}".encode()).hexdigest()[:12]
         work.mkdir(parents=True, exist_ok=True)
 
         from stvla.envs.depth_model import load_depth_estimator
@@ -77,7 +77,7 @@ def add_depth(config: DepthConfig, progress: bool = True, stop_after: int | None
         for count, episode in enumerate(tqdm(todo, desc="depth", unit="ep", disable=not progress)):
             if stop_after is not None and count >= stop_after:
                 return target
-            estimator = estimator or load_depth_estimator(config.model, config.device)
+            estimator = estimator or load_depth_estimator(config.depth_model, config.depth_device)
             rgb = store.episode(episode, [F.RGB])[F.RGB]
             depth = np.concatenate([estimator.estimate_batch(rgb[i:i + config.batch_size])
                                     for i in range(0, len(rgb), config.batch_size)])
@@ -87,7 +87,7 @@ def add_depth(config: DepthConfig, progress: bool = True, stop_after: int | None
         added = {f"{camera}_depth": {"dtype": "image", "shape": [height, width, 1], "names": ["height", "width", "channels"],
                                      "info": {"is_depth_map": True, "depth_unit": "m",
                                               "source": f"estimated from {camera} by the depth model "
-                                                        f"{Path(config.model).resolve()}"}}}
+                                                        f"{Path(config.depth_model).resolve()}"}}}
         if F.INTRINSICS not in store.info["features"]:
             added[F.INTRINSICS] = {"dtype": "float32", "shape": [3, 3], "names": None}
 

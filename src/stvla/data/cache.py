@@ -99,9 +99,10 @@ def write_manifest(path: Path, spans: list[slice]) -> None:
     write_atomically(_manifest_path(path), lambda temporary: temporary.write_text(json.dumps(manifest)))
 
 
-def verified(path: Path, spans: list[slice]) -> bool:
+def verified(path: Path, spans: list[slice], say: bool = True) -> bool:
     """Whether `path` is a complete cache file, unchanged since its manifest was written; a file whose bytes
-    changed since (its episodes' checksums differ) is said so on stderr, and the caller builds it again."""
+    changed since (its episodes' checksums differ) is said so on stderr (unless not `say`: a check made
+    again), and the caller builds it again."""
     try:
         if not path.is_file():
             return False
@@ -116,7 +117,7 @@ def verified(path: Path, spans: list[slice]) -> bool:
     if written == now:
         return True
     recorded = written.get("episode_crc32") if isinstance(written, dict) else None
-    if isinstance(recorded, list) and len(recorded) == len(spans):
+    if say and isinstance(recorded, list) and len(recorded) == len(spans):
         changed = [i for i, (a, b) in enumerate(zip(recorded, now["episode_crc32"])) if a != b]
         if written.get("header_crc32") != now["header_crc32"]:
             print(f"cache file {path}: its header (dtype, shape) changed since it was written: building it again",
@@ -258,8 +259,8 @@ class DerivedCache:
             self._build(inputs, outputs, reset, step)
         self.arrays = {key: np.load(self.directory / f"{key}.npy", mmap_mode="r") for key in outputs}
 
-    def _complete(self, outputs: list[str]) -> bool:
-        return all(verified(self.directory / f"{key}.npy", self.decoded.spans) for key in outputs)
+    def _complete(self, outputs: list[str], say: bool = True) -> bool:
+        return all(verified(self.directory / f"{key}.npy", self.decoded.spans, say) for key in outputs)
 
     def _build(self, inputs: list[str], outputs: list[str], reset: Callable[[], None], step: FrameStep) -> None:
         sources = self.decoded.require(inputs)
@@ -284,13 +285,13 @@ class DerivedCache:
             for key, memmap in out.items():
                 memmap.flush()
                 write_manifest(building / f"{key}.npy", self.decoded.spans)  # renaming the folder keeps each file's size and mtime
-            if self._complete(outputs):
+            if self._complete(outputs, say=False):  # (a damaged one was said when this build began)
                 return  # another process finished the same cache meanwhile: its files are the same
             shutil.rmtree(self.directory, ignore_errors=True)  # an incomplete one (a kill, an older version)
             try:
                 os.replace(building, self.directory)
             except OSError:
-                if not self._complete(outputs):  # only losing the race to another process is not an error
+                if not self._complete(outputs, say=False):  # only losing the race to another process is not an error
                     raise
         finally:
             shutil.rmtree(building, ignore_errors=True)

@@ -90,7 +90,7 @@ class CollectConfig:
     workers: int = 1  # simulator processes
     resume: bool = False  # continue an existing dataset at `out` up to `episodes` per task
     keep_failures: bool = False  # keep episodes in which the expert failed (they are counted either way)
-    camera: str = "corner3"  # camera to render from
+    camera: str = "corner3"  # the simulator camera to render from: corner, corner2, corner3, corner4, topview, behindGripper, gripperPOV (not a dataset feature key)
     image_size: int = 128  # square image side in pixels
     depth_max: float = 4.0  # metres; far background clipped to this
     depth_format: str = field(default="video", metadata=KEY_NEUTRAL)  # how depth is stored: video (LeRobot's 12-bit depth video, <= 0.5 mm off), image (LeRobot depth as float32 TIFF, exact, ~10x the bytes) or float (a column LeRobot does not see as depth)

@@ -75,7 +75,8 @@ class EnvConfig:
         if self.task not in INSTRUCTIONS and self.task not in VARIANTS:
             raise ValueError(f"unknown task {self.task!r}; valid tasks: {', '.join(TASKS + tuple(VARIANTS))}")
         if self.camera not in CAMERAS:
-            raise ValueError(f"unknown camera {self.camera!r}; valid cameras: {', '.join(CAMERAS)}")
+            raise ValueError(f"unknown simulator camera {self.camera!r} (here --camera names a Meta-World camera, not a "
+                             f"dataset feature); valid cameras: {', '.join(CAMERAS)}")
         if self.image_size not in IMAGE_SIZES:
             raise ValueError(
                 f"unsupported image_size {self.image_size}; valid sizes: {', '.join(map(str, IMAGE_SIZES))}"

@@ -56,7 +56,7 @@ class EvalConfig:
     workers: int = 2  # processes, each with its own simulator and copy of the policy
     out: str = "runs/eval"  # output directory (resumes if it holds finished episodes)
     videos: int = 2  # episodes per task saved as video (the first ones)
-    camera: str = "corner3"  # camera to render from (the policy's training camera)
+    camera: str = "corner3"  # the simulator camera to render from, the one the policy was trained on: corner3, corner, topview, ... (not a dataset feature key)
     device: str = "cpu"  # torch device of each worker's policy: cpu, cuda, cuda:1, mps
     depth_model: str = ""  # local depth model checkpoint (ZoeDepth or Depth Anything V2 metric) whose estimate replaces the rendered depth ("" = rendered; runs on `device`)
     temporal_ensemble: float = 0.0  # ACT's temporal ensembling m at control, overriding the policy's (0 = the policy's own)
@@ -377,7 +377,7 @@ def plot_success(per_task: dict[str, dict[str, Any]], path: Path, title: str) ->
     return path
 
 
-@writes_to_out("stvla eval")
+@writes_to_out("stvla eval", settings=("eval_config.json", "resume_key.json"))
 def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the evaluation and write its outputs; returns the eval_info dict."""
     tasks = parse_tasks(config.tasks)

@@ -218,9 +218,7 @@ class Policy(nn.Module):
         separator) keep their initial values. Returns the names of those parameters. Checkpoint weights
         whose names start with one of `leave_out` (an input this policy does without) are not read.
         """
-        path = Path(directory) / WEIGHTS_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint weights missing: {path}")
+        path = checkpoint_file(directory, WEIGHTS_FILE)
         state = {name: value for name, value in read_weights(path).items() if not name.startswith(leave_out)}
         own = self.model.state_dict()
         mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
@@ -228,6 +226,12 @@ class Policy(nn.Module):
             raise ValueError(f"{path}: shapes differ from this policy's for {mismatched[:5]} "
                              f"(checkpoint {[tuple(state[k].shape) for k in mismatched[:5]]}, "
                              f"policy {[tuple(own[k].shape) for k in mismatched[:5]]})")
+        # Another float precision is a cast; integers or booleans where the policy holds floats (or the
+        # reverse) are not the weights it was saved with, and a silent cast would act on them.
+        retyped = [k for k, v in state.items() if k in own and v.is_floating_point() != own[k].is_floating_point()]
+        if retyped:
+            raise ValueError(f"{path}: tensor {retyped[0]!r} is stored as {state[retyped[0]].dtype}, the policy holds "
+                             f"{own[retyped[0]].dtype}" + (f" ({len(retyped)} such tensors)" if len(retyped) > 1 else ""))
         unexpected = sorted(set(state) - set(own))
         if unexpected:
             raise ValueError(f"{path}: weights this policy does not have: {unexpected[:5]}")
@@ -278,14 +282,22 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def checkpoint_file(directory: str | Path, name: str) -> Path:
+    """The path of a checkpoint's file `name`, refused in one line if it is missing or not a regular file."""
+    path = Path(directory) / name
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint file missing: {path}")
+    kind = "a directory" if path.is_dir() else "a device, pipe or socket"
+    raise ValueError(f"checkpoint file {path} is {kind}, not a file")
+
+
 def checkpoint_fingerprint(directory: str | Path) -> str:
     """A short hash of a checkpoint's weights and config: what it is, wherever it lies (caches key on it)."""
     digest = hashlib.sha256()
     for name in (CONFIG_FILE, WEIGHTS_FILE):
-        path = Path(directory) / name
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint file missing: {path}")
-        digest.update(path.read_bytes())
+        digest.update(checkpoint_file(directory, name).read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -52,6 +52,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
@@ -480,8 +481,8 @@ class PolicyServer:
                 "step": session.steps}
 
     # --- running -------------------------------------------------------------------------------------
-    async def serve(self) -> None:
-        """Listen until `stop()`."""
+    async def serve(self, on_listening: Callable[[int], None] | None = None) -> None:
+        """Listen until `stop()`; `on_listening(port)` once the port is bound (the one chosen, with port 0)."""
         from websockets.asyncio.server import serve
 
         self._loop = asyncio.get_running_loop()
@@ -494,6 +495,8 @@ class PolicyServer:
                          logger=quiet_logger()) as server:
             self.port = server.sockets[0].getsockname()[1]
             self.started.set()
+            if on_listening is not None:
+                on_listening(self.port)
             await self._stop
 
     def stop(self) -> None:
@@ -622,10 +625,11 @@ def serve(config: ServeConfig) -> None:
     # collector's passes, so that the pass after a connection leaves (`release_memory`) takes milliseconds.
     gc.collect()
     gc.freeze()
-    where = f"ws://{config.host}:{config.port}"
-    print(f"serving {config.policy} ({server.policy.name}) on {where}; health: http://{config.host}:{config.port}/healthz"
-          + (" (token required)" if server.token else ""))
+
+    def announce(port: int) -> None:
+        print(f"serving {config.policy} ({server.policy.name}) on ws://{config.host}:{port}; health: "
+              f"http://{config.host}:{port}/healthz" + (" (token required)" if server.token else ""), flush=True)
     try:
-        asyncio.run(server.serve())
+        asyncio.run(server.serve(announce))
     except KeyboardInterrupt:
         pass

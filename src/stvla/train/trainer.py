@@ -457,7 +457,7 @@ def load_optimizer_state(directory: Path, optimizer: torch.optim.Optimizer) -> i
     return int(meta["step"])
 
 
-@writes_to_out("stvla train")
+@writes_to_out("stvla train", settings=("train_config.json", "tensorboard/events.out.tfevents.*"))
 def train(config: TrainConfig, progress: bool = True, stop_after: int | None = None) -> Path:
     """Train as configured; returns the final policy directory. `stop_after` ends early (for tests).
     Launched by torchrun, every process runs this with its share of each batch (stvla.train.distributed)."""
