@@ -203,6 +203,54 @@ def task_index_7(table: pa.Table, rows: np.ndarray) -> pa.Table:
     return replaced_column(table, "task_index", tasks)
 
 
+def timestamp_nan(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    stamps = table.column("timestamp").to_numpy().copy()
+    stamps[rows[7]] = np.nan
+    return replaced_column(table, "timestamp", stamps)
+
+
+def timestamps_from_minus_one(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    stamps = table.column("timestamp").to_numpy().copy()
+    stamps[rows] -= 1.0
+    return replaced_column(table, "timestamp", stamps)
+
+
+def episode_index_says(other: int, rows_changed: slice) -> Callable[[pa.Table, np.ndarray], pa.Table]:
+    """Episode 0's `episode_index` column saying `other` on the rows `rows_changed` of it."""
+    def change(table: pa.Table, rows: np.ndarray) -> pa.Table:
+        episodes = table.column("episode_index").to_numpy().copy()
+        episodes[rows[rows_changed]] = other
+        return replaced_column(table, "episode_index", episodes)
+    return change
+
+
+def index_shifted(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """Episode 0's `index` column 100 rows on from where meta/episodes says it is."""
+    index = table.column("index").to_numpy().copy()
+    index[rows] += 100
+    return replaced_column(table, "index", index)
+
+
+def intrinsics_of(matrix: list) -> Callable[[pa.Table, np.ndarray], pa.Table]:
+    def change(table: pa.Table, rows: np.ndarray) -> pa.Table:
+        name = "observation.camera.intrinsics"
+        values = table.column(name).to_pylist()
+        for row in rows:
+            values[row] = matrix
+        return table.set_column(table.schema.get_field_index(name), name, pa.array(values, table.schema.field(name).type))
+    return change
+
+
+def truncated_video(root: Path) -> None:
+    """The first RGB video cut to two thirds (its container's index, at the end, lost)."""
+    truncate_to(first(root / "videos" / "observation.images.rgb", "*.mp4"), 2 / 3)
+
+
+def depth_in_millimetres(root: Path) -> None:
+    """LeRobot's depth video said to span 0..4000 (millimetres) instead of metres."""
+    set_info(lambda i: i["features"]["observation.depth"]["info"].update({"video.depth_max": 4000.0}))(root)
+
+
 def downloaded_from_the_hub(root: Path) -> None:
     """huggingface_hub's download metadata beside every video (commit, etag = the file's SHA-256, time), as
     LeRobot's `snapshot_download(local_dir=...)` leaves it, and no frame checksums of ours."""
@@ -221,7 +269,11 @@ def without_frame_checksums(root: Path) -> None:
 
 
 def truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    truncate_to(path, 1 / 2)
+
+
+def truncate_to(path: Path, share: float) -> None:
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * share)])
 
 
 def edit_weights(change: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -236,6 +288,22 @@ def nan_bias(state: dict) -> None:
     name = next(k for k in sorted(state) if k.endswith(".bias"))
     state[name] = state[name].clone()
     state[name][0] = float("nan")
+
+
+def stored_as(dtype: torch.dtype) -> Callable[[dict], None]:
+    """The first float tensor stored as `dtype` (values cast: other weights under the right names)."""
+    def change(state: dict) -> None:
+        name = next(k for k in sorted(state) if state[k].is_floating_point())
+        state[name] = state[name].to(dtype)
+    return change
+
+
+def weights_replaced_by(kind: str) -> Callable[[Path], None]:
+    def damage(policy: Path) -> None:
+        weights = policy / "model.safetensors"
+        weights.unlink()
+        weights.mkdir() if kind == "directory" else weights.symlink_to("/dev/zero")
+    return damage
 
 
 def set_config(change: Callable[[dict], None]) -> Callable[[Path], None]:
@@ -355,30 +423,46 @@ def video_damage_without_any_hash(work: Path) -> tuple[str, str]:
                             f"ones without a reference hash")
 
 
-def cache_bytes_overwritten(work: Path) -> tuple[str, str]:
-    """147 KB of the decoded cache overwritten, the file's size and time restored: found, said, built again."""
-    cache = work / "copies" / "cache-bytes"
-    shutil.rmtree(cache, ignore_errors=True)
-    shutil.rmtree(work / "copies" / "t-cache-build", ignore_errors=True)
-    built = stvla("train", "--policy", "st", "--dataset", work / "data", "--out", work / "copies" / "t-cache-build",
-                  "--steps", 1, "--batch_size", 4, "--cache_dir", cache)  # a cache as this version writes it
-    if built.returncode != 0:
-        return "lost", built.stderr.strip().splitlines()[-1] if built.stderr.strip() else "the cache was not built"
-    target = max(cache.rglob("*.npy"), key=lambda path: path.stat().st_size)
-    clean, stat = target.read_bytes(), target.stat()
-    data = bytearray(clean)
+def bytes_overwritten(path: Path) -> None:
+    """147 KB in the middle of the file overwritten with random bytes."""
+    data = bytearray(path.read_bytes())
     middle = len(data) // 2
     data[middle:middle + 147_000] = np.random.default_rng(0).integers(0, 256, 147_000, dtype=np.uint8).tobytes()
-    target.write_bytes(bytes(data))
-    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    done = stvla("train", "--policy", "st", "--dataset", work / "data", "--out", work / "copies" / "t-cache-bytes",
-                 "--steps", 2, "--batch_size", 4, "--cache_dir", cache)
-    said = [line for line in done.stderr.splitlines() if str(target) in line and "building it again" in line]
-    if done.returncode != 0:
-        return "lost", done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit code {done.returncode}"
-    if target.read_bytes() != clean:
-        return "silent wrong", f"training read the overwritten {target.name}"
-    return ("ok", said[0]) if said else ("silent wrong", "rebuilt without a word")
+    path.write_bytes(bytes(data))
+
+
+def header_retyped(path: Path) -> None:
+    """The .npy header's dtype edited in place: the same bytes read as other values."""
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"'|u1'", b"'|i1'", 1) if b"'|u1'" in data[:128] else data.replace(b"'<f4'", b"'<i4'", 1))
+
+
+def cache_damaged(damage: Callable[[Path], None]) -> Callable[[Path], tuple[str, str]]:
+    """The largest file of a decoded cache damaged by `damage`, its size and time restored: found, said once,
+    built again (the file ends as it was before the damage)."""
+    def run(work: Path) -> tuple[str, str]:
+        cache = work / "copies" / f"cache-{damage.__name__}"
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(work / "copies" / "t-cache-build", ignore_errors=True)
+        built = stvla("train", "--policy", "st", "--dataset", work / "data", "--out", work / "copies" / "t-cache-build",
+                      "--steps", 1, "--batch_size", 4, "--cache_dir", cache)  # a cache as this version writes it
+        if built.returncode != 0:
+            return "lost", built.stderr.strip().splitlines()[-1] if built.stderr.strip() else "the cache was not built"
+        target = max(cache.rglob("*.npy"), key=lambda path: path.stat().st_size)
+        clean, stat = target.read_bytes(), target.stat()
+        damage(target)
+        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        done = stvla("train", "--policy", "st", "--dataset", work / "data", "--out", work / "copies" / "t-cache-bytes",
+                     "--steps", 2, "--batch_size", 4, "--cache_dir", cache)
+        said = [line for line in done.stderr.splitlines() if str(target) in line and "building it again" in line]
+        if done.returncode != 0:
+            return "lost", done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit code {done.returncode}"
+        if target.read_bytes() != clean:
+            return "silent wrong", f"training read the damaged {target.name}"
+        if len(said) != 1:
+            return ("silent wrong", "rebuilt without a word") if not said else ("vague", f"said {len(said)} times")
+        return "ok", said[0]
+    return run
 
 
 def in_small_filesystem(work: Path, name: str, size_kib: int, *runs: tuple[int, list]) -> list[dict]:
@@ -441,6 +525,39 @@ def cache_on_a_full_disk(work: Path) -> tuple[str, str]:
     if freed["code"] != 0:
         return "lost", f"the rerun with room failed: {freed['stderr'].strip().splitlines()[-1:]}"
     return "clear", message
+
+
+def refused_train_leaves_no_folder(work: Path) -> tuple[str, str]:
+    """A train refused after it took its --out (a NaN action found while decoding) removes the folder it
+    made; a folder that existed before is left as it was."""
+    root = dataset_copy(work, "nan-for-out")
+    nan_action(root)
+    out = work / "copies" / "t-refused-out"
+    shutil.rmtree(out, ignore_errors=True)
+    done = stvla("train", "--policy", "st", "--dataset", root, "--out", out, "--steps", 2, "--cache_dir",
+                 work / "copies" / "nan-cache")
+    verdict, message = judge(done.returncode, done.stderr, "non-finite")
+    if verdict != "clear":
+        return verdict, message
+    return ("lost", f"left behind: {sorted(p.name for p in out.iterdir())}") if out.exists() else ("ok", message)
+
+
+def serve_on_port_0(work: Path) -> tuple[str, str]:
+    """`stvla serve --port 0`: the line it prints names the port it bound, and that port answers."""
+    import urllib.request
+
+    served = subprocess.Popen([*STVLA, "serve", "--policy", str(work / "policy"), "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = served.stdout.readline().strip()
+        port = int(line.split("ws://127.0.0.1:")[1].split(";")[0]) if "ws://127.0.0.1:" in line else 0
+        if port == 0:
+            return "silent wrong", line
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as reply:
+            return ("ok", line) if reply.status == 200 else ("silent wrong", f"{line}: /healthz {reply.status}")
+    finally:
+        served.terminate()
+        served.wait(timeout=60)
 
 
 def serve_refused(policy_damage: Callable[[Path], None], name: str, needle: str) -> Callable[[Path], tuple[str, str]]:
@@ -533,13 +650,36 @@ def cases() -> list[Case]:
           for command, *args in [("info", "{root}"),
                                  ("train", "--policy", "st", "--dataset", "{root}", "--out",
                                   f"{{work}}/copies/t-{name.replace(' ', '-')}", "--steps", "2")]],
+        # the outside probe's classes (issue 46, second round), each through `stvla info` and `stvla train`
+        *[damaged_dataset(name, damage, command, *args, needle=needle)
+          for name, damage, needle in [
+              ("a NaN timestamp", edit_episode_rows(timestamp_nan), "timestamp"),
+              ("timestamps starting at -1 s", edit_episode_rows(timestamps_from_minus_one), "timestamp"),
+              ("episode 0's rows saying episode 1", edit_episode_rows(episode_index_says(1, slice(None))),
+               "episode_index"),
+              ("one row of episode 0 saying episode 1", edit_episode_rows(episode_index_says(1, slice(-1, None))),
+               "episode_index"),
+              ("the index column 100 rows from meta/episodes", edit_episode_rows(index_shifted), "dataset_from_index"),
+              ("NaN camera intrinsics", edit_episode_rows(intrinsics_of([[np.nan, 0, 31.5], [0, 77, 31.5], [0, 0, 1]])),
+               "intrinsics"),
+              ("zero camera intrinsics", edit_episode_rows(intrinsics_of([[0.0] * 3] * 3)), "intrinsics"),
+              ("info.json fps 0", set_info(lambda i: i.update(fps=0)), "fps"),
+              ("info.json fps 80.5", set_info(lambda i: i.update(fps=80.5)), "fps"),
+              ("a truncated video container", truncated_video, ".mp4"),
+              ("depth said to be in millimetres", depth_in_millimetres, "millimetres")]
+          for command, *args in [("info", "{root}"),
+                                 ("train", "--policy", "st", "--dataset", "{root}", "--out",
+                                  f"{{work}}/copies/t-{name.replace(' ', '-')}", "--steps", "2")]],
+        Case("train refused after taking a new --out", refused_train_leaves_no_folder),
         damaged_dataset("the Hub's hashes and random bytes in a video",
                         lambda r: (downloaded_from_the_hub(r), random_bytes_in_video(r)), "train", "--policy", "st",
                         "--dataset", "{root}", "--out", "{work}/copies/t-video-hub", "--steps", "2", needle="SHA-256"),
         Case("train on datasets with no hash at all and 64 random bytes in a video (5 places in each)", video_damage_without_any_hash),
         damaged_dataset("a NaN action", nan_action, "info", "{root}", needle="non-finite"),
         # caches and full disks
-        Case("train on a decoded cache with 147 KB overwritten, file time restored", cache_bytes_overwritten),
+        Case("train on a decoded cache with 147 KB overwritten, file time restored", cache_damaged(bytes_overwritten)),
+        Case("train on a decoded cache whose .npy header dtype was edited, file time restored",
+             cache_damaged(header_retyped)),
         Case("train whose second checkpoint does not fit on the disk", checkpoint_on_a_full_disk),
         Case("train with --cache_dir on a full disk", cache_on_a_full_disk),
         # training flags
@@ -563,6 +703,13 @@ def cases() -> list[Case]:
         damaged_policy("a tensor missing", edit_weights(lambda s: s.pop(sorted(s)[0])), "weights missing"),
         damaged_policy("an extra tensor", edit_weights(lambda s: s.update(extra=torch.zeros(2))), "extra"),
         damaged_policy("a NaN bias", edit_weights(nan_bias), "non-finite"),
+        damaged_policy("a float tensor stored as int32", edit_weights(stored_as(torch.int32)), "torch.int32"),
+        damaged_policy("a float tensor stored as bool", edit_weights(stored_as(torch.bool)), "torch.bool"),
+        damaged_policy("a directory as the weights", weights_replaced_by("directory"), "is a directory"),
+        damaged_policy("/dev/zero as the weights", weights_replaced_by("device"), "is a device"),
+        damaged_policy("\"config\": [] in config.json", set_config(lambda c: c.update(config=[])), "config.json"),
+        damaged_policy("chunk_size 10**12 in config.json", set_config(
+            lambda c: c["config"]["vla"].update(chunk_size=10**12)), "chunk_size"),
         damaged_policy("config.json not JSON", lambda p: (p / "config.json").write_text("{"), "config.json"),
         damaged_policy("no config.json", lambda p: (p / "config.json").unlink(), "config.json"),
         damaged_policy("image_size \"abc\" in config.json", set_config(
@@ -610,6 +757,15 @@ def cases() -> list[Case]:
         # one spelling of each setting (the old `stvla trace` spellings are aliases for one release)
         Case("trace --traces.variant E", refused("trace", "{work}/data", "--out", "{work}/copies/tr.mp4",
                                                  "--traces.variant", "E", needle="variant")),
+        Case("eval --episode 3 (a prefix of --episodes)", refused("eval", "--policy", "{work}/policy", "--episode", 3,
+                                                             needle="--episode")),
+        Case("trace --variant A --traces.variant C", refused("trace", "{work}/data", "--out", "{work}/copies/tr.mp4",
+                                                             "--variant", "A", "--traces.variant", "C",
+                                                             needle="one setting")),
+        Case("train --cache_dir A --data.cache_dir B", refused("train", "--policy", "st", "--dataset", "{work}/data",
+                                                               "--cache_dir", "a", "--data.cache_dir", "b",
+                                                               needle="one setting")),
+        Case("serve --port 0", serve_on_port_0),
         Case("trace --variant E (the old spelling)", refused("trace", "{work}/data", "--out", "{work}/copies/tr.mp4",
                                                             "--variant", "E", needle="variant")),
     ]

@@ -5,6 +5,7 @@ actions, no intrinsics. Every frame is checked against what the fixture script w
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -221,10 +222,15 @@ def test_rgb_stored_as_images_reads_back_exactly(tmp_path):
     ("reversed", r"episode 1's rows are not in time order: row 0 has frame_index 19, expected 0"),
     ("timestamps", r"episode 1: timestamps are not 1/fps = 0.1 s apart .*info.json's fps"),
     ("task_index", r"episode 1, row 0 has task_index 7, but meta/tasks.parquet holds \d task\(s\)"),
+    ("timestamp_nan", r"file-000.parquet: episode 1, row 5 has timestamp nan: timestamps are finite seconds"),
+    ("timestamp_start", r"file-000.parquet: episode 1, row 0 has timestamp -1, not 0: timestamps are seconds from"),
+    ("episode_index", r"file-000.parquet: episode 1, row 19 \(index 39\) has episode_index 2, but "
+                      r".*meta/episodes places it in episode 1"),
 ])
 def test_rows_out_of_time_order_or_task_are_refused_naming_file_and_episode(tmp_path, damage, message):
     """An episode whose rows are stored out of order would pair every action with another frame's image; a
-    task_index outside the tasks file has no instruction."""
+    task_index outside the tasks file has no instruction; a NaN timestamp passes every comparison, and rows
+    labelled another episode than meta/episodes places them in belong to neither for sure."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -236,21 +242,76 @@ def test_rows_out_of_time_order_or_task_are_refused_naming_file_and_episode(tmp_
         order = np.arange(table.num_rows)
         order[rows] = rows[::-1]
         table = table.take(order).set_column(table.schema.get_field_index("index"), "index", table.column("index"))
-    elif damage == "task_index":  # a task the tasks file does not have
-        tasks = table.column("task_index").to_numpy().copy()
-        tasks[rows] = 7
-        table = table.set_column(table.schema.get_field_index("task_index"), "task_index",
-                                 pa.array(tasks, table.schema.field("task_index").type))
-    else:  # recorded at another rate than info.json says
-        stamps = table.column("timestamp").to_numpy().copy()
-        stamps[rows] *= 2
-        table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
-                                 pa.array(stamps, table.schema.field("timestamp").type))
+    else:
+        column = {"task_index": "task_index", "episode_index": "episode_index"}.get(damage, "timestamp")
+        values = table.column(column).to_numpy().copy()
+        if damage == "task_index":  # a task the tasks file does not have
+            values[rows] = 7
+        elif damage == "timestamps":  # recorded at another rate than info.json says
+            values[rows] *= 2
+        elif damage == "timestamp_nan":
+            values[rows[5]] = np.nan
+        elif damage == "timestamp_start":  # not seconds from the episode's start
+            values[rows] -= 1
+        else:  # the episode's last row labelled the next episode
+            values[rows[-1]] = 2
+        table = table.set_column(table.schema.get_field_index(column), column,
+                                 pa.array(values, table.schema.field(column).type))
     pq.write_table(table, path)
     store = EpisodeStore(root, DataConfig())
     assert store.episode(0)[F.ACTION].shape == (FRAMES, 7)
     with pytest.raises(ValueError, match=message):
         store.episode(1, [F.ACTION, F.TASK_INDEX])
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("index_shifted", r"meta/episodes says episode 1 is index \[20, 40\) \(dataset_from_index, dataset_to_index\) "
+                      r"but .*file-000.parquet's index column holds \[120, 140\) for its rows"),
+    ("length", r"meta/episodes says episode 1 has length 20 but is index \[20, 38\) \(dataset_from_index, "
+               r"dataset_to_index\), 18 rows"),
+    ("span_shifted", r"file-000.parquet: episode 1, row 0 \(index 18\) has episode_index 0, but "
+                     r".*meta/episodes places it in episode 1"),
+])
+def test_index_spans_that_disagree_with_meta_episodes_say_which(tmp_path, damage, message):
+    """meta/episodes' dataset_from_index..dataset_to_index and the data file's `index` column locate an
+    episode's rows in a packed file: where they disagree, the line says what each holds."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(shutil.copytree(FIXTURES / "rgb_7d", tmp_path / "spans"))
+    if damage == "index_shifted":
+        path = root / "data/chunk-000/file-000.parquet"
+        table = pq.read_table(path)
+        index = table.column("index").to_numpy().copy()
+        index[table.column("episode_index").to_numpy() == 1] += 100
+        pq.write_table(table.set_column(table.schema.get_field_index("index"), "index",
+                                        pa.array(index, table.schema.field("index").type)), path)
+    else:
+        path = root / "meta/episodes/chunk-000/file-000.parquet"
+        episodes = pq.read_table(path).to_pandas()
+        edges = ["dataset_to_index"] if damage == "length" else ["dataset_from_index", "dataset_to_index"]
+        for edge in edges:
+            episodes.loc[1, edge] -= 2
+        episodes.to_parquet(path)
+    store = EpisodeStore(root, DataConfig())
+    assert store.episode(0)[F.ACTION].shape == (FRAMES, 7)
+    with pytest.raises(ValueError, match=message):
+        store.episode(1, [F.ACTION])
+
+
+def test_depth_in_millimetres_is_refused_by_info_as_by_train(tmp_path, capsys):
+    """A depth stream quantised in millimetres (codes 0..4095 for 10..10000): training refuses it as it decodes
+    the depth; `stvla info` decodes the first episode's and refuses with training's own line."""
+    root = edited_copy(tmp_path, "depth_video", lambda info: info["features"][DEPTH_KEY]["info"].update(
+        {"video.depth_min": 10.0, "video.depth_max": 10000.0, "video.use_log": False}))
+    refusal = rf"{root} episode 0 feature '{DEPTH_KEY}': depth's median is \d+: that looks like millimetres"
+    assert main(["info", str(root), "--fov", "60"]) == 2
+    info_error = capsys.readouterr().err
+    assert re.search(refusal, info_error) and len(info_error.strip().splitlines()) == 1
+    assert main(["train", "--policy", "st", "--dataset", str(root), "--fov", "60", "--out", str(tmp_path / "run"),
+                 "--steps", "1", "--cache_dir", str(tmp_path / "cache")]) == 2
+    train_error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert train_error.removeprefix("stvla train: error: ") in info_error
 
 
 def edited_copy(tmp_path: Path, name: str, edit) -> Path:

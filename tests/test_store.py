@@ -122,6 +122,26 @@ def test_missing_and_truncated_files_name_the_file(written):
         EpisodeStore(root)
 
 
+@pytest.mark.parametrize("damage", ["truncated", "moov renamed", "empty"])
+def test_a_damaged_video_container_names_the_file_its_size_and_ffmpegs_reason(written, damage):
+    """FFmpeg's own message ("Invalid data found when processing input") says neither which file nor why."""
+    root, _ = written
+    video = root / "videos/observation.images.rgb/chunk-000/file-001.mp4"
+    data = video.read_bytes()
+    if damage == "truncated":  # an mp4's index (moov) is written last
+        data = data[:len(data) * 2 // 3]
+    elif damage == "moov renamed":
+        data = data.replace(b"moov", b"moox", 1)
+    else:
+        data = b""
+    video.write_bytes(data)
+    store = EpisodeStore(root)
+    assert store.episode(0)["observation.images.rgb"].shape == (5, 32, 32, 3)
+    with pytest.raises(DatasetError, match=rf"video file {video} \({len(data)} bytes\) cannot be opened as a video "
+                                           rf"container \(damaged, truncated or not a video\): Invalid data found"):
+        store.episode(1)
+
+
 def test_bad_episode_shape_is_refused(tmp_path):
     writer = EpisodeWriter.create_or_resume(tmp_path / "ds", fps=10, features=FEATURES, robot_type="sawyer")
     episode = make_episode(np.random.default_rng(1), 4)

@@ -452,6 +452,10 @@ class EpisodeWriter:
 
 
 # --- reader --------------------------------------------------------------------------------------
+# (size, mtime) of each video file found to match the Hub's hash, in this process: the stores training
+# opens one after another hash a large download once.
+_HUB_CHECKED: dict[Path, tuple[int, int]] = {}
+
 class EpisodeStore:
     """Reads a dataset in the LeRobot v3 layout: any frame, window of frames or whole episode.
 
@@ -521,7 +525,6 @@ class EpisodeStore:
         self.image_size = image_size
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         self._video_streams: dict[Path, StreamDescription] = {}  # each video file's codec and rate, read once
-        self._hub_checked: dict[Path, tuple[int, int]] = {}  # (size, mtime) of each file checked against the Hub
         self._table: tuple[Path, tuple[str, ...], pa.Table] | None = None  # the latest data file read
 
     # --- what the dataset holds -------------------------------------------------------------------
@@ -588,11 +591,13 @@ class EpisodeStore:
             chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"]))
 
     def video_path(self, episode: int, key: str) -> Path:
-        row = self.episodes.iloc[self._check_episode(episode)]
-        key = self.stored_key(key)
+        return self._stored_video_path(self._check_episode(episode), self.stored_key(key))
+
+    def _stored_video_path(self, episode: int, stored_key: str) -> Path:
+        row = self.episodes.iloc[episode]
         return self.root / self.info["video_path"].format(
-            video_key=key, chunk_index=int(row[f"videos/{key}/chunk_index"]),
-            file_index=int(row[f"videos/{key}/file_index"]))
+            video_key=stored_key, chunk_index=int(row[f"videos/{stored_key}/chunk_index"]),
+            file_index=int(row[f"videos/{stored_key}/file_index"]))
 
     # --- reading ----------------------------------------------------------------------------------
     def episode(self, episode: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -746,23 +751,41 @@ class EpisodeStore:
         if self._table is None or self._table[0] != path or not set(wanted) <= set(self._table[1]):
             self._table = (path, wanted, self._read_table(path, columns=list(wanted)))
         table = self._table[2]
-        meta = self.episodes.iloc[episode]
-        if "dataset_from_index" in meta:
-            index = table.column(INDEX).to_numpy()
-            rows = np.flatnonzero((index >= meta["dataset_from_index"]) & (index < meta["dataset_to_index"]))
-        else:
-            rows = np.flatnonzero(table.column(EPISODE_INDEX).to_numpy() == episode)
+        meta, episodes_meta = self.episodes.iloc[episode], self.root / "meta" / "episodes"
         length = int(meta["length"])
+        index, owner = table.column(INDEX).to_numpy(), table.column(EPISODE_INDEX).to_numpy()
+        if "dataset_from_index" in meta:
+            start, stop = int(meta["dataset_from_index"]), int(meta["dataset_to_index"])
+            if stop - start != length:
+                raise DatasetError(f"{episodes_meta} says episode {episode} has length {length} but is index "
+                                   f"[{start}, {stop}) (dataset_from_index, dataset_to_index), {stop - start} rows")
+            rows = np.flatnonzero((index >= start) & (index < stop))
+        else:
+            rows = np.flatnonzero(owner == episode)
         if len(rows) != length:
-            raise DatasetError(f"{path} holds {len(rows)} rows of episode {episode}, expected {length} (truncated?)")
+            # Say which disagrees: meta/episodes' span and the index values of the rows labelled this episode
+            # (one shifted against the other), or the file lacks rows.
+            own = index[owner == episode]
+            if "dataset_from_index" in meta and len(own) and (own.min() < start or own.max() >= stop):
+                raise DatasetError(f"{episodes_meta} says episode {episode} is index [{start}, {stop}) "
+                                   f"(dataset_from_index, dataset_to_index) but {path}'s index column holds "
+                                   f"[{own.min()}, {own.max() + 1}) for its rows")
+            raise DatasetError(f"{path} holds {len(rows)} rows of episode {episode}, expected {length}"
+                               + (" (truncated?)" if len(rows) < length else ""))
         episode_rows = (table.slice(int(rows[0]), len(rows)) if len(rows) and rows[-1] - rows[0] + 1 == len(rows)
                         else table.take(rows))
+        labelled = episode_rows.column(EPISODE_INDEX).to_numpy().reshape(-1)
+        other = np.flatnonzero(labelled != episode)
+        if len(other):  # another episode's rows, or a wrong label: either way not surely this episode's
+            raise DatasetError(f"{path}: episode {episode}, row {other[0]} (index {index[rows[other[0]]]}) has "
+                               f"episode_index {labelled[other[0]]}, but {episodes_meta} places it in episode "
+                               f"{episode}")
         self._check_time_order(path, episode, episode_rows)
         return path, episode_rows
 
     def _check_time_order(self, path: Path, episode: int, rows: pa.Table) -> None:
         """An episode's rows in time order (else every action would be paired with another frame's image):
-        `frame_index` 0..n-1 row by row, `index` one apart, timestamps 1/fps apart (as LeRobot checks them)."""
+        `frame_index` 0..n-1 row by row, `index` one apart, timestamps from 0, 1/fps apart (as LeRobot checks them)."""
         where = f"{path}: episode {episode}"
         count = rows.num_rows
         if FRAME_INDEX in rows.column_names:
@@ -774,8 +797,20 @@ class EpisodeStore:
         steps = np.diff(rows.column(INDEX).to_numpy().reshape(-1))
         if len(steps) and not (steps == 1).all():
             raise DatasetError(f"{where}: 'index' is not one apart from row to row (a step of {steps[steps != 1][0]})")
-        if TIMESTAMP in rows.column_names and count > 1:
-            gaps = np.diff(rows.column(TIMESTAMP).to_numpy().reshape(-1).astype(np.float64))
+        if TIMESTAMP not in rows.column_names:
+            return
+        # Seconds from the episode's start (frame_index / fps), which LeRobot adds to the video span's start
+        # to find a frame. A NaN would pass every comparison below.
+        stamps = rows.column(TIMESTAMP).to_numpy().reshape(-1).astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(stamps))
+        if len(bad):
+            raise DatasetError(f"{where}, row {bad[0]} has timestamp {stamps[bad[0]]}: timestamps are finite seconds "
+                               f"from the episode's start")
+        if count and abs(stamps[0]) > TIMESTAMP_TOLERANCE_S:
+            raise DatasetError(f"{where}, row 0 has timestamp {stamps[0]:.6g}, not 0: timestamps are seconds from the "
+                               f"episode's start (frame_index / fps)")
+        if count > 1:
+            gaps = np.diff(stamps)
             worst = float(np.abs(gaps - 1 / self.fps).max())
             if worst > TIMESTAMP_TOLERANCE_S:
                 raise DatasetError(f"{where}: timestamps are not 1/fps = {1 / self.fps:.4g} s apart (off by up to "
@@ -800,23 +835,12 @@ class EpisodeStore:
         if is_depth_feature(stored_key, feature):
             depth = DepthQuantization.from_info(feature.get("info") or {}, f"{self.root}: feature {stored_key!r}")
         checksum = row.get(f"videos/{stored_key}/frames_sha256")  # written by stvla; LeRobot's datasets have none
-        path = self.video_path(episode, key)
-        if not (isinstance(checksum, str) and checksum):
-            self._check_hub_hash(path)
+        checksum = checksum if isinstance(checksum, str) and checksum else None
+        path = self._stored_video_path(episode, stored_key)
         try:
-            if path not in self._video_streams and path.is_file():
-                self._video_streams[path] = describe_stream(path)
-            stream = self._video_streams.get(path)
-            if stream is not None:
-                rate = stream.rate  # a wrong fps would reach the control rate
-                if rate and abs(rate - self.fps) > FPS_TOLERANCE * self.fps:
-                    raise DatasetError(f"{path}: the video runs at {rate:.4g} fps, meta/info.json says {self.fps}")
-                said = (feature.get("info") or {}).get("video.codec")  # another feature's file put in its place
-                if isinstance(said, str) and said and codec_family(said) != stream.codec:
-                    raise DatasetError(f"{path}: the video is {stream.codec}, meta/info.json says {stored_key!r} is "
-                                       f"{said}")
+            self._check_video_file(path, stored_key, hub_hash=checksum is None)
             frames = read_video(path, expected_frames=length, start=start, stop=None if stop is None else float(stop),
-                                depth=depth, checksum=checksum if isinstance(checksum, str) and checksum else None)
+                                depth=depth, checksum=checksum)
         except DatasetError:
             raise
         except (ValueError, FileNotFoundError) as error:
@@ -827,13 +851,46 @@ class EpisodeStore:
                                f"meta/info.json says {feature['shape'][0]}x{feature['shape'][1]}")
         return frames
 
+    def check_video_files(self) -> None:
+        """Every video file the episodes name opens as a video container of the codec and frame rate that
+        meta/info.json gives, and matches the Hub's hash if it came from the Hub, without decoding a frame:
+        what can be known of the videos before training decodes them (`stvla info` says it too)."""
+        videos = [key for key, feature in self.info["features"].items() if feature["dtype"] == "video"]
+        for key in videos:
+            for episode in range(self.num_episodes):
+                checksum = self.episodes.iloc[episode].get(f"videos/{key}/frames_sha256")
+                path = self._stored_video_path(episode, key)
+                try:
+                    self._check_video_file(path, key, hub_hash=not (isinstance(checksum, str) and checksum))
+                except DatasetError:
+                    raise
+                except (ValueError, FileNotFoundError) as error:
+                    raise DatasetError(f"episode {episode}: {error}") from error
+
+    def _check_video_file(self, path: Path, stored_key: str, hub_hash: bool) -> None:
+        """A video file of feature `stored_key`, once per file: it exists and opens as a video container, of the
+        frame rate and codec meta/info.json says; with `hub_hash` (no frame checksums of ours), its Hub hash."""
+        if not path.is_file():
+            raise FileNotFoundError(f"video file missing: {path}")
+        if hub_hash:
+            self._check_hub_hash(path)
+        if path not in self._video_streams:
+            self._video_streams[path] = describe_stream(path)
+        stream = self._video_streams[path]
+        rate = stream.rate  # a wrong fps would reach the control rate
+        if rate and abs(rate - self.fps) > FPS_TOLERANCE * self.fps:
+            raise DatasetError(f"{path}: the video runs at {rate:.4g} fps, meta/info.json says {self.fps}")
+        said = (self.info["features"][stored_key].get("info") or {}).get("video.codec")  # another feature's file
+        if isinstance(said, str) and said and codec_family(said) != stream.codec:
+            raise DatasetError(f"{path}: the video is {stream.codec}, meta/info.json says {stored_key!r} is {said}")
+
     def _check_hub_hash(self, path: Path) -> None:
         """A file downloaded from the Hugging Face Hub against the SHA-256 the Hub gave for it (once per file
         as it now is): any change is caught, where the decoder's own checks catch only part of it."""
         if not path.is_file():
             return  # said by the read that follows
         stat = path.stat()
-        if self._hub_checked.get(path) == (stat.st_size, stat.st_mtime_ns):
+        if _HUB_CHECKED.get(path) == (stat.st_size, stat.st_mtime_ns):
             return
         expected = hub_sha256(self.root, path)
         if expected is not None:
@@ -842,7 +899,7 @@ class EpisodeStore:
                 if hashlib.file_digest(handle, "sha256").hexdigest() != sha256:
                     raise DatasetError(f"{path}: its SHA-256 differs from the one the Hub gave at download ({source}): "
                                        f"the file was damaged or changed since; download it again")
-        self._hub_checked[path] = (stat.st_size, stat.st_mtime_ns)
+        _HUB_CHECKED[path] = (stat.st_size, stat.st_mtime_ns)
 
     @staticmethod
     def _read_table(path: Path, columns: list[str] | None = None) -> pa.Table:

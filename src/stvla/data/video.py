@@ -218,19 +218,33 @@ class StreamDescription:
 
 def describe_stream(path: str | Path) -> StreamDescription:
     """The codec and frame rate of a video file's first video stream."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+    with _opened(Path(path)) as (_, stream):
         rate = stream.average_rate or stream.guessed_rate
         return StreamDescription(codec_family(stream.codec_context.codec.canonical_name),
                                  float(rate) if rate else None)
+
+
+@contextlib.contextmanager
+def _opened(path: Path) -> Iterator[tuple[av.container.InputContainer, av.video.stream.VideoStream]]:
+    """`path` opened as a video container, with its first video stream. A file that is not one (truncated: an
+    mp4's index, its moov box, is written last; damaged; empty) raises a ValueError naming the file and its
+    size, with FFmpeg's reason at the end (FFmpeg's own message, "Invalid data found", says neither)."""
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as error:
+        raise ValueError(f"video file {path} ({path.stat().st_size} bytes) cannot be opened as a video container "
+                         f"(damaged, truncated or not a video): {error.strerror or error}") from error
+    with container:
+        if not container.streams.video:
+            raise ValueError(f"video file {path} holds no video stream")
+        yield container, container.streams.video[0]
 
 
 def _span_frames(path: Path, start: float, stop: float | None) -> Iterator[av.VideoFrame]:
     """The decoded frames of `path` whose timestamps lie in [start, stop) seconds."""
     if not path.is_file():
         raise FileNotFoundError(f"video file missing: {path}")
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
+    with _opened(path) as (container, stream):
         stream.codec_context.options = dict(DECODER_ERROR_DETECTION)
         # One decoding thread: FFmpeg raises a slice's error only when the slice is decoded in the calling
         # thread (h264: 29 of 30 damaged files caught instead of 4). Measured no slower here: episodes are

@@ -5,7 +5,9 @@ One line each for the action (the layout read from its names and the tokenizer i
 which policy types can train without them), and the state. Each comes from the function training
 itself calls (`action_layout_for`, `model_image_side`, the episode store's roles and fit, each policy
 type's processor), so what is said is what training does; where training would refuse the dataset,
-the line says why, in the refusal's own words, and the others are still given.
+the line says why, in the refusal's own words, and the others are still given. The depth is checked as
+training's decoding checks it (`check_decoded`), on the first episode only: a depth stream in millimetres
+is refused here without decoding the whole dataset.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import dataclasses
 from pathlib import Path
 
 from stvla import features as F
+from stvla.data.cache import check_decoded
 from stvla.data.roles import DataConfig
 from stvla.data.store import EpisodeStore
 from stvla.image_fit import square_window
@@ -36,7 +39,7 @@ def training_plan(root: str | Path, data: DataConfig | None = None, action_layou
     except ValueError as error:
         plan = {"data": f"refused: {error}"}
     else:
-        plan = {"data": f"checked: {plain.num_episodes} episodes' rows in time order, tasks, finite actions and states, and schema as training reads them"}
+        plan = {"data": f"checked: {plain.num_episodes} episodes' rows in time order, tasks, finite actions and states, video files and schema as training reads them"}
     plan["action"] = _action_line(plain.info["features"], where, action_layout)
     try:
         roles = EpisodeStore(root, data)
@@ -108,6 +111,11 @@ def _depth_line(store: EpisodeStore) -> str:
         return (f"none: {RGB_ONLY_POLICY} trains on RGB only; {', '.join(others)} with {without}; "
                 f"{', '.join(always)} cannot (record depth, or add an estimate with stvla depth)")
     depth = store.stored_key(F.DEPTH)
+    try:  # training checks every episode's depth as it decodes it (the cache); the first is a cheap sample
+        if store.num_episodes:
+            check_decoded(store, 0, F.DEPTH, store.episode(0, [F.DEPTH])[F.DEPTH])
+    except ValueError as error:
+        return f"refused: {error}"
     if F.INTRINSICS not in store.features:
         return (f"{depth}, no intrinsics: give --fov DEGREES or --intrinsics fx,fy,cx,cy, which policies reading "
                 f"depth need; else {', '.join(optional)} train with {without}, {', '.join(always)} cannot")

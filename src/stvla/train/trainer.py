@@ -484,10 +484,12 @@ def run_settings(config: TrainConfig) -> str:
 
 def check_dataset(store: EpisodeStore) -> None:
     """What training checks before anything is decoded or trained (and `stvla info` with it): info.json
-    against the data files, the task strings control will accept as instructions (or never act), and every
-    episode's rows in time order with a task the tasks file holds, its actions, states and camera intrinsics finite and plausible. Raises the
+    against the data files, every video file opening as the video info.json describes, the task strings
+    control will accept as instructions (or never act), and every episode's rows in time order with a task
+    the tasks file holds, its actions, states and camera intrinsics finite and plausible. Raises the
     refusal as one line."""
     store.check_schema()
+    store.check_video_files()
     for index, task in enumerate(store.tasks):
         check_instruction(task, f"{store.root}/meta/tasks.parquet: task {index}")
     vectors = [key for key in (F.ACTION, F.STATE, F.INTRINSICS) if key in store.features]
