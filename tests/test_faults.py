@@ -513,3 +513,17 @@ def test_a_checkpoint_config_of_the_wrong_shape_or_size_is_named(saved_policy, t
     (policy_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"config.json: model.chunk_size must be in \[1, 1024\]"):
         load_policy(policy_dir)
+
+
+def test_info_opens_every_video_as_training_will(small_dataset, tmp_path, capsys):
+    """A video whose container is cut short is refused by `stvla info` as by `stvla train`, in the same line
+    (its name, its size and FFmpeg's reason), without decoding a frame."""
+    import shutil
+
+    root = Path(shutil.copytree(small_dataset[0], tmp_path / "copy"))
+    video = sorted((root / "videos").rglob("*.mp4"))[-1]
+    video.write_bytes(video.read_bytes()[: video.stat().st_size * 2 // 3])
+    said = one_line_error(capsys, ["info", str(root)], str(video), "cannot be opened as a video container")
+    trained = one_line_error(capsys, ["train", "--policy", "st", "--dataset", str(root), "--out", str(tmp_path / "run"),
+                                      "--steps", "2"], str(video))
+    assert said.endswith(trained.split("stvla train: error: ")[1])
