@@ -452,8 +452,10 @@ def cache_damaged(damage: Callable[[Path], None]) -> Callable[[Path], tuple[str,
         clean, stat = target.read_bytes(), target.stat()
         damage(target)
         os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-        done = stvla("train", "--policy", "st", "--dataset", work / "data", "--out", work / "copies" / "t-cache-bytes",
-                     "--steps", 2, "--batch_size", 4, "--cache_dir", cache)
+        out = work / "copies" / f"t-{cache.name}"
+        shutil.rmtree(out, ignore_errors=True)
+        done = stvla("train", "--policy", "st", "--dataset", work / "data", "--out", out, "--steps", 2,
+                     "--batch_size", 4, "--cache_dir", cache)
         said = [line for line in done.stderr.splitlines() if str(target) in line and "building it again" in line]
         if done.returncode != 0:
             return "lost", done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit code {done.returncode}"
@@ -796,8 +798,9 @@ def main() -> None:
             ("vague errors / tracebacks / silently wrong / finished work lost",
              " / ".join(str(counts.get(k, 0)) for k in ("vague", "traceback", "silent wrong", "lost"))),
             ("damage nothing can detect without a reference hash (said in the README)", str(counts.get("undetectable", 0)))]
-    bad = [r for r in results if r["outcome"] not in ("clear", "ok")]
-    rows += [(f"not yet right: {r['case']}", f"{r['outcome']}: {r['message'][:120]}") for r in bad]
+    rows += [(f"not yet right: {r['case']}" if r["outcome"] != "undetectable" else
+              f"cannot be told without a reference hash: {r['case']}", f"{r['outcome']}: {r['message'][:120]}")
+             for r in results if r["outcome"] not in ("clear", "ok")]
     record("faults", figures, rows, title="Faults: bad input, damaged files, full disks, concurrent and killed runs (issues 19 and 46)")
 
 

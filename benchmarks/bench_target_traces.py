@@ -4,7 +4,10 @@ tracker follows the thing and the selection picks one of its points among the ar
 scripted expert with history (the motion a good policy makes) at 128 px, steps the online tracer with
 each trace setting as a policy would, and counts the steps on which a trace follows the moving thing
 (`stvla.evaluate.rollout.TargetTraces`: ends on it and kept its offset from it), while it is shown and
-while it is hidden: per episode, then the mean over episodes, as `stvla eval` reports it.
+while it is hidden: per episode, then the mean over episodes, as `stvla eval` reports it. The first row
+gives every point the tracker holds, before any selection: what a selection could pick at best. (While
+the thing is hidden, what "follows" it are points left where it vanished, counted until it has moved
+TargetTraces.TOLERANCE away: the tracker has nothing to follow then.)
 
     python benchmarks/bench_target_traces.py [--episodes 20]
 
@@ -14,10 +17,12 @@ Writes benchmarks/results/target_traces.json and its section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
 from common import record, run  # noqa: E402
 
 from stvla import features as F  # noqa: E402
@@ -25,17 +30,31 @@ from stvla.envs import episode_seed, make_env  # noqa: E402
 from stvla.envs.variants import VARIANTS  # noqa: E402
 from stvla.evaluate.rollout import TargetTraces  # noqa: E402
 from stvla.traces import OnlineTracer, SelectionConfig, TraceConfig  # noqa: E402
+from stvla.traces.selection import Trace  # noqa: E402
 
+EVERY_POINT = "every tracked point (no selection)"
 SETTINGS: dict[str, TraceConfig] = {  # trace setting -> its config
+    EVERY_POINT: TraceConfig(),
     "default (K = 5)": TraceConfig(),
     "adaptive (K = 5)": TraceConfig(selection=SelectionConfig(adaptive=True)),
     "adaptive, K = 20": TraceConfig(selection=SelectionConfig(adaptive=True, num_traces=20)),
 }
 
 
-def coverage(task: str, traces: TraceConfig, episodes: int) -> list[TargetTraces]:
+def every_tracked_point(output):
+    """The tracer's output with every point of its tracker window as a trace (the history each slot's current
+    point has, if it spans two frames or more), instead of the K selected."""
+    state = output.state
+    frames = len(state.positions)
+    traces = [Trace(points=state.positions[frames - seen:, slot].astype(np.float32),
+                    frame_index=np.arange(frames - seen, frames), point_id=slot)
+              for slot, seen in enumerate(min(int(age), frames) for age in state.age) if seen >= 2]
+    return dataclasses.replace(output, traces=traces)
+
+
+def coverage(task: str, traces: TraceConfig, episodes: int, every_point: bool = False) -> list[TargetTraces]:
     """Per held-out episode of the expert with history, its steps, shown and hidden, and those on which a
-    trace followed the moving thing."""
+    trace (with `every_point`, any tracked point) followed the moving thing."""
     variant = VARIANTS[task]
     env = make_env(task, image_size=128, max_episode_steps=variant.max_steps)
     counted = []
@@ -44,7 +63,8 @@ def coverage(task: str, traces: TraceConfig, episodes: int) -> list[TargetTraces
         tracer, counter = OnlineTracer(traces), TargetTraces()
         tracer.reset()
         for _ in range(variant.max_steps):
-            counter.observe(env, obs, tracer.step(obs[F.OBS_RGB], obs[F.OBS_DEPTH]))
+            output = tracer.step(obs[F.OBS_RGB], obs[F.OBS_DEPTH])
+            counter.observe(env, obs, every_tracked_point(output) if every_point else output)
             obs, _, _, _, info = env.step(env.expert_action(lead=True))
             if info["success"]:
                 break
@@ -70,7 +90,7 @@ def main() -> None:
     for task, variant in VARIANTS.items():
         figures[task] = {}
         for name, traces in SETTINGS.items():
-            counted = coverage(task, traces, args.episodes)
+            counted = coverage(task, traces, args.episodes, every_point=name == EVERY_POINT)
             steps = {hidden: sum(c.steps[hidden] for c in counted) for hidden in (False, True)}
             shown, hidden = mean_share(counted, False), mean_share(counted, True)
             figures[task][name] = {"steps": {"shown": steps[False], "hidden": steps[True]},
