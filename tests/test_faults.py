@@ -100,7 +100,20 @@ def a_device_instead(weights):
     weights.symlink_to("/dev/zero")
 
 
+def set_buffer(name, change):
+    def damage(weights):
+        state = load_file(str(weights))
+        state[name] = change(state[name].clone())
+        save_file(state, str(weights))
+    damage.__name__ = f"set_{name}"
+    return damage
+
+
 @pytest.mark.parametrize("damage, message", [
+    (set_buffer("action_normalizer.fitted", torch.zeros_like), "was saved before it was fitted"),
+    (set_buffer("state_normalizer.std", lambda std: std * -1), "state_normalizer.std is -"),
+    (set_buffer("state_normalizer.std", torch.zeros_like), "a fitted standard deviation is at least"),
+    (set_buffer("action_normalizer.high", lambda high: high - 1e3), "action_normalizer.high is below .low"),
     (truncate, "not a readable safetensors file"),
     (stored_as(torch.int32), "is stored as torch.int32, the policy holds torch.float32"),
     (stored_as(torch.bool), "is stored as torch.bool, the policy holds torch.float32"),
@@ -178,6 +191,9 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_previous_one(save
     (["--model.patch_size", "0"], "model.patch_size must be in [1, 512], got 0"),
     (["--model.image_size", "100"], "image_size 100 is not a multiple of patch_size 16"),  # (96: the images are fitted)
     (["--ema", "1.5"], "--ema must be in [0, 1)"),
+    (["--lr", "inf"], "--lr must be a finite number >= 0, got inf"),
+    (["--lora.rank", "-1"], "--lora.rank must be >= 0"),
+    (["--lora.alpha", "nan"], "--lora.alpha must be a positive number, got nan"),
 ])
 def test_bad_training_flags_are_refused_before_anything_runs(small_dataset, tmp_path, capsys, flags, needle):
     root, _ = small_dataset
@@ -186,12 +202,35 @@ def test_bad_training_flags_are_refused_before_anything_runs(small_dataset, tmp_
     assert not out.exists(), "a refused run leaves no folder behind (no lock, no config)"
 
 
+def test_outputs_are_never_written_into_their_inputs(small_dataset, saved_policy, tmp_path, capsys):
+    """A run, a cache or an evaluation written inside the dataset or checkpoint it reads is refused before
+    anything is written there."""
+    root, _ = small_dataset
+    before = sorted(path.relative_to(root) for path in root.rglob("*"))
+    for option, folder in [("--out", root), ("--out", root / "runs" / "x"), ("--cache_dir", root / "cache")]:
+        argv = ["train", "--policy", "st", "--dataset", str(root), "--steps", "2", option, str(folder)]
+        one_line_error(capsys, argv if option == "--out" else [*argv, "--out", str(tmp_path / "run")],
+                       f"{option} {folder} is inside the dataset")
+    assert sorted(path.relative_to(root) for path in root.rglob("*")) == before
+    one_line_error(capsys, ["eval", "--policy", str(saved_policy), "--out", str(saved_policy)],
+                   "is inside the checkpoint")
+    assert not (Path(saved_policy) / ".stvla.lock").exists()
+    for flags, needle in [(["--videos", "-1"], "--videos must be >= 0"),
+                          (["--temporal_ensemble", "nan"], "--temporal_ensemble must be a finite number"),
+                          (["--server", "http://x"], "--server must be a websocket address")]:
+        one_line_error(capsys, ["eval", "--policy", str(saved_policy), "--out", str(tmp_path / "e"), *flags], needle)
+        assert not (tmp_path / "e").exists()
+
+
 def test_an_output_folder_that_cannot_be_made_is_one_line(small_dataset, tmp_path, capsys):
     root, _ = small_dataset
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--out", str(blocker / "run"),
-                            "--steps", "2"], str(blocker))
+                            "--steps", "2"], str(blocker), "a file stands where a folder is needed")
+    one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--out", str(blocker),
+                            "--steps", "2"], str(blocker), "a file stands where a folder is needed")
+    assert blocker.read_text() == "not a folder"
 
 
 def test_view_into_a_directory_is_refused_and_leaves_nothing(small_dataset, tmp_path, capsys):
@@ -351,6 +390,27 @@ def test_a_cache_header_or_manifest_changed_in_place_is_rebuilt(small_dataset, t
     np.testing.assert_array_equal(rebuilt, action)
     if manifest_edit is None:
         assert "its header (dtype, shape) changed since it was written" in capsys.readouterr().err
+
+
+def test_two_cache_files_swapped_with_their_manifests_are_rebuilt(small_dataset, tmp_path, capsys):
+    """The action's and the state's cache files exchanged, each with its manifest (sizes, times and
+    checksums all match): a manifest names its file, so each is built again, not read as the other."""
+    import os
+
+    open_cache = decoded_cache_of_a_copy(small_dataset, tmp_path)
+    cache = open_cache()
+    arrays = {key: np.array(value) for key, value in cache.require(["action", "observation.state"]).items()}
+    action, state = cache.directory / "action.npy", cache.directory / "observation.state.npy"
+    for suffix in ("", ".json"):
+        swap = action.with_name("swap")
+        os.replace(f"{action}{suffix}", swap)
+        os.replace(f"{state}{suffix}", f"{action}{suffix}")
+        os.replace(swap, f"{state}{suffix}")
+    capsys.readouterr()
+    again = open_cache().require(["action", "observation.state"])
+    for key, value in arrays.items():
+        np.testing.assert_array_equal(again[key], value)
+    assert "its manifest is 'observation.state.npy''s: building it again" in capsys.readouterr().err
 
 
 def test_caches_follow_the_data_files_and_refuse_forged_cache_files(small_dataset, tmp_path, capsys):
@@ -527,3 +587,11 @@ def test_info_opens_every_video_as_training_will(small_dataset, tmp_path, capsys
     trained = one_line_error(capsys, ["train", "--policy", "st", "--dataset", str(root), "--out", str(tmp_path / "run"),
                                       "--steps", "2"], str(video))
     assert said.endswith(trained.split("stvla train: error: ")[1])
+
+
+def test_a_checkpoint_of_an_unknown_policy_type_names_its_config(saved_policy, tmp_path, capsys):
+    policy_dir = copy_of(saved_policy, tmp_path)
+    config = json.loads((policy_dir / "config.json").read_text())
+    (policy_dir / "config.json").write_text(json.dumps({**config, "type": "ST"}))
+    one_line_error(capsys, ["eval", "--policy", str(policy_dir), "--tasks", "reach-v3", "--episodes", "1",
+                            "--out", str(tmp_path / "eval")], f"{policy_dir / 'config.json'}: unknown policy type 'ST'")

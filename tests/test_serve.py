@@ -369,3 +369,15 @@ def test_stvla_serve_on_port_0_announces_the_port_it_bound(tiny_tracevla):
     finally:
         served.terminate()
         served.wait(timeout=30)
+
+
+@pytest.mark.parametrize("field, value, needle", [
+    ("port", 70000, "--port must be in 0..65535"), ("port", -1, "--port must be in 0..65535"),
+    ("idle_timeout", float("nan"), "--idle_timeout must be a positive number"),
+    ("idle_timeout", -1.0, "--idle_timeout must be a positive number"),
+    ("max_message_bytes", -1, "--max_message_bytes must be >= 0"),
+    ("max_steps_per_second", float("inf"), "--max_steps_per_second must be a number >= 0"),
+])
+def test_serve_settings_out_of_range_are_refused_before_anything_loads(field, value, needle):
+    with pytest.raises(ValueError, match=needle):
+        ServeConfig(policy="unused", **{field: value})

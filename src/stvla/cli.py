@@ -280,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a plain OSError means for a path given on the command line.
+OS_ERROR_HINTS = {FileExistsError: "a file stands where a folder is needed: remove it or choose another path",
+                  NotADirectoryError: "a file stands where a folder is needed: remove it or choose another path",
+                  IsADirectoryError: "a folder stands where a file is needed: remove it or choose another path",
+                  PermissionError: "not allowed: choose a path you can write"}
+
+
 def reporting_errors(prog: str, run: Callable[[], int | None]) -> int:
     """Run `run`; bad input, a busy folder or a missing file ends it with one line naming it, status 2."""
     from stvla.data.store import DatasetError
@@ -289,6 +296,8 @@ def reporting_errors(prog: str, run: Callable[[], int | None]) -> int:
         return run() or 0
     except (DatasetError, FolderInUse, ValueError, OSError, KeyError, IndexError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        if type(error) in OS_ERROR_HINTS and error.filename:  # the path first, and what stands in the way
+            message = f"{error.filename}: {error.strerror} ({OS_ERROR_HINTS[type(error)]})"
         from tqdm import tqdm
 
         for bar in list(getattr(tqdm, "_instances", ())):  # the error gets its own line, not the end of a bar's

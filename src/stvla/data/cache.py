@@ -85,8 +85,8 @@ def file_manifest(path: Path, spans: list[slice]) -> dict:
     crc = [zlib.crc32(np.ascontiguousarray(array[span])) for span in spans]
     with open(path, "rb") as handle:  # the .npy header too: the same bytes under another dtype or shape are not
         header = zlib.crc32(handle.read(array.offset))  # the same values
-    return {"format": CACHE_FORMAT, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "header_crc32": header,
-            "episode_crc32": crc}
+    return {"format": CACHE_FORMAT, "file": path.name, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "header_crc32": header, "episode_crc32": crc}
 
 
 def _manifest_path(path: Path) -> Path:
@@ -106,18 +106,21 @@ def verified(path: Path, spans: list[slice], say: bool = True) -> bool:
     try:
         if not path.is_file():
             return False
-        written = json.loads(_manifest_path(path).read_text())
+        # Manifests written before they named their file are taken as this file's.
+        written = {"file": path.name, **json.loads(_manifest_path(path).read_text())}
         stat = path.stat()
         if (written.get("format"), written.get("size"), written.get("mtime_ns")) != (CACHE_FORMAT, stat.st_size,
                                                                                     stat.st_mtime_ns):
             return False  # stale or rewritten: no need to read it to know
         now = file_manifest(path, spans)
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, TypeError):  # (TypeError: a manifest that is not a JSON object)
         return False
     if written == now:
         return True
     recorded = written.get("episode_crc32") if isinstance(written, dict) else None
-    if say and isinstance(recorded, list) and len(recorded) == len(spans):
+    if say and written.get("file") != path.name:  # another feature's file and manifest moved here together
+        print(f"cache file {path}: its manifest is {written.get('file')!r}'s: building it again", file=sys.stderr)
+    elif say and isinstance(recorded, list) and len(recorded) == len(spans):
         changed = [i for i, (a, b) in enumerate(zip(recorded, now["episode_crc32"])) if a != b]
         if written.get("header_crc32") != now["header_crc32"]:
             print(f"cache file {path}: its header (dtype, shape) changed since it was written: building it again",

@@ -7,6 +7,7 @@ run stopped, and training seeds never meet evaluation seeds.
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import time
@@ -245,6 +246,8 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
         raise ValueError(f"episodes must be >= 1, got {config.episodes}")
     if config.workers < 1:
         raise ValueError(f"workers must be >= 1, got {config.workers}")
+    if not 1.0 <= config.max_attempts_factor < math.inf:
+        raise ValueError(f"--max_attempts_factor must be a finite number >= 1, got {config.max_attempts_factor}")
     if not 0.0 <= config.action_noise <= 1.0:
         raise ValueError(f"action_noise must be in [0, 1] (std in action units), got {config.action_noise}")
     depth_format = config.depth_format

@@ -19,6 +19,7 @@ call runs only the missing ones.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,10 @@ class EvalConfig:
     trace_diagnostics: bool = field(default=True, metadata=KEY_NEUTRAL)  # a traced policy: measure its traces (step share, pixel share, sensitivity: one more forward per chunk)
     server: str = field(default="", metadata=KEY_NEUTRAL)  # ws://HOST:PORT of `stvla serve`: act through it (each worker its own connection) instead of loading `policy`
     token_file: str = field(default="", metadata=KEY_NEUTRAL)  # file holding the server's token, if it asks for one
+
+    def __post_init__(self) -> None:
+        if self.policy and Path(self.out).resolve().is_relative_to(Path(self.policy).resolve()):
+            raise ValueError(f"--out {self.out} is inside the checkpoint {self.policy}: write the evaluation elsewhere")
 
     def resume_key(self) -> dict[str, Any]:
         """What an episode's outcome depends on; a resumed run must share it. The policy enters by its
@@ -384,6 +389,13 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     if config.episodes < 1 or config.workers < 1 or config.max_steps < 1:
         raise ValueError(f"episodes, workers and max_steps must be >= 1, got {config.episodes}, {config.workers}, "
                          f"{config.max_steps}")
+    if config.videos < 0:
+        raise ValueError(f"--videos must be >= 0, got {config.videos}")
+    if not 0 <= config.temporal_ensemble < math.inf:
+        raise ValueError(f"--temporal_ensemble must be a finite number >= 0 (0 = the policy's own), got "
+                         f"{config.temporal_ensemble}")
+    if config.server and not config.server.startswith(("ws://", "wss://")):
+        raise ValueError(f"--server must be a websocket address, ws://HOST:PORT or wss://HOST:PORT, got {config.server!r}")
     if config.split not in ("eval", "train"):
         raise ValueError(f"--split must be 'eval' (held-out starts) or 'train' (the collected ones), got {config.split!r}")
     if config.server:

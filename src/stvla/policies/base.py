@@ -29,6 +29,7 @@ from torch import nn
 from stvla import features as F
 from stvla.config import KEY_NEUTRAL, config_from_dict, config_key
 from stvla.devices import batch_to
+from stvla.policies.normalizer import FittedNormalizer
 from stvla.policies.processor import CONTRACT_FILE, CameraConfig, InputProcessor, batch_of_one
 from stvla.policies.vla import SmallVLA, VLAConfig
 from stvla.traces import TraceConfig
@@ -240,6 +241,9 @@ class Policy(nn.Module):
             raise ValueError(f"{path}: weights missing from the checkpoint: {missing[:5]}"
                              + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
         self.model.load_state_dict(state, strict=False)
+        for name, module in self.model.named_modules():  # normalisers read from the file map every action
+            if isinstance(module, FittedNormalizer) and f"{name}.fitted" in state:
+                module.check_loaded(f"{path}: {name}")
         return missing
 
 

@@ -37,7 +37,7 @@ def _as_2d_float64(values: ArrayLike, dim: int | None = None) -> np.ndarray:
     return array
 
 
-class _FittedModule(nn.Module):
+class FittedNormalizer(nn.Module):
     """Holds the `fitted` flag as a buffer, so a loaded state_dict carries it too."""
 
     def __init__(self) -> None:
@@ -51,8 +51,18 @@ class _FittedModule(nn.Module):
                 "refit it with .fit_(data), or load_state_dict(...) from a fitted one before using it"
             )
 
+    def check_loaded(self, where: str) -> None:
+        """Refuse, in one line naming `where` (the weights file and this module's name), a loaded state that
+        cannot map values: never fitted, or values no fit gives."""
+        if not bool(self.fitted):
+            raise ValueError(f"{where}: {type(self).__name__} was saved before it was fitted (its 'fitted' is false)")
+        self._check_fitted_values(where)
 
-class ActionNormalizer(_FittedModule):
+    def _check_fitted_values(self, where: str) -> None:
+        raise NotImplementedError
+
+
+class ActionNormalizer(FittedNormalizer):
     """Maps each action dimension's [1st, 99th] percentile range to [-1, 1] and back."""
 
     low: torch.Tensor
@@ -82,6 +92,13 @@ class ActionNormalizer(_FittedModule):
         self.fitted.fill_(True)
         return self
 
+    def _check_fitted_values(self, where: str) -> None:
+        below = torch.nonzero(self.high < self.low).flatten()
+        if len(below):
+            i = int(below[0])
+            raise ValueError(f"{where}.high is below .low at action dimension {i} ({float(self.high[i]):.4g} < "
+                             f"{float(self.low[i]):.4g}): no fit gives that")
+
     def _span(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(span, constant mask); the span of a constant dimension is replaced by 1 to avoid 0 / 0."""
         span = self.high - self.low
@@ -107,7 +124,7 @@ class ActionNormalizer(_FittedModule):
         return torch.where(constant, self.low.expand_as(actions), actions)
 
 
-class StateNormalizer(_FittedModule):
+class StateNormalizer(FittedNormalizer):
     """Standardises proprio: (x - mean) / std per dimension, std floored at 1e-6."""
 
     mean: torch.Tensor
@@ -134,6 +151,13 @@ class StateNormalizer(_FittedModule):
         self.std.copy_(torch.from_numpy(np.maximum(array.std(axis=0), _MIN_STD)))
         self.fitted.fill_(True)
         return self
+
+    def _check_fitted_values(self, where: str) -> None:
+        small = torch.nonzero(~(self.std >= _MIN_STD)).flatten()
+        if len(small):
+            i = int(small[0])
+            raise ValueError(f"{where}.std is {float(self.std[i]):.4g} at state dimension {i}: a fitted standard "
+                             f"deviation is at least {_MIN_STD}")
 
     def normalize(self, states: torch.Tensor) -> torch.Tensor:
         """States (..., D) -> standardised (..., D)."""

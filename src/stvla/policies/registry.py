@@ -31,4 +31,7 @@ def make_policy(name: str, config=None, backbone_weights: bool = True) -> Policy
 def load_policy(directory: str | Path) -> Policy:
     """Reload any saved policy (its type is read from the checkpoint's config.json)."""
     policy_type, _ = read_checkpoint_config(directory)
+    if policy_type not in POLICIES:
+        raise ValueError(f"{Path(directory) / 'config.json'}: unknown policy type {policy_type!r}; valid policies: "
+                         f"{', '.join(POLICIES)}")
     return policy_class(policy_type).from_pretrained(directory)

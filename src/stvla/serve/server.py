@@ -77,7 +77,21 @@ class ServeConfig:
     idle_timeout: float = 300.0  # seconds without a message before a connection is closed
     max_message_bytes: int = 0  # largest message accepted; 0 = derived from the policy's contract
     max_connections: int = 16  # connections served at once; one more is refused with "server full"
-    max_steps_per_second: float = 100.0  # messages a connection may send per second (a burst of as many); more wait
+    max_steps_per_second: float = 100.0  # messages a connection may send per second (a burst of as many); more wait; 0 = no limit
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be in 0..65535 (0 = any free port), got {self.port}")
+        if not (math.isfinite(self.idle_timeout) and self.idle_timeout > 0):
+            raise ValueError(f"--idle_timeout must be a positive number of seconds, got {self.idle_timeout}")
+        if self.max_message_bytes < 0:
+            raise ValueError(f"--max_message_bytes must be >= 0 (0 = from the policy's contract), got "
+                             f"{self.max_message_bytes}")
+        if self.max_connections < 1:
+            raise ValueError(f"--max_connections must be >= 1, got {self.max_connections}")
+        if not (math.isfinite(self.max_steps_per_second) and self.max_steps_per_second >= 0):
+            raise ValueError(f"--max_steps_per_second must be a number >= 0 (0 = no limit), got "
+                             f"{self.max_steps_per_second}")
 
 
 WRITE_LIMIT = 256 * 1024  # bytes of replies (and pongs) a connection may leave unread before it is no longer read
@@ -261,10 +275,6 @@ class PolicyServer:
         if not config.policy:
             raise ValueError("stvla serve needs --policy DIR (a saved policy)")
         self.config = config
-        if config.max_connections < 1:
-            raise ValueError(f"--max_connections must be >= 1, got {config.max_connections}")
-        if not config.max_steps_per_second >= 0:
-            raise ValueError(f"--max_steps_per_second must be >= 0 (0 = no limit), got {config.max_steps_per_second}")
         self.token = read_token(config.token_file) if config.token_file else ""
         if not is_loopback(config.host) and not self.token:
             raise ValueError(f"--host {config.host} is reachable from other machines: give --token_file FILE "

@@ -67,6 +67,14 @@ class LoraSettings:
     alpha: float = 32.0  # LoRA scale numerator (the update is scaled by alpha / rank)
     dropout: float = 0.0  # dropout on the LoRA input
 
+    def __post_init__(self) -> None:
+        if self.rank < 0:
+            raise ValueError(f"--lora.rank must be >= 0 (0 = every weight fine-tuned), got {self.rank}")
+        if not math.isfinite(self.alpha) or self.alpha <= 0:
+            raise ValueError(f"--lora.alpha must be a positive number, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--lora.dropout must be in [0, 1), got {self.dropout}")
+
 
 @dataclass
 class TrainConfig:
@@ -105,8 +113,8 @@ class TrainConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "weight_decay", "warmup_steps", "save_every_minutes", "val_episodes", "eval_every"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"--{name} must be >= 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"--{name} must be a finite number >= 0, got {getattr(self, name)}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
         if self.trace_points < -1:
@@ -117,6 +125,10 @@ class TrainConfig:
         if self.trace_space not in ("", *SPACES):
             raise ValueError(f"--trace_space must be one of {', '.join(SPACES)} (or '': the checkpoint's), "
                              f"got {self.trace_space!r}")
+        if self.dataset:  # a run or a cache written into the dataset would become part of what it reads
+            for option, folder in (("--out", self.out), ("--cache_dir", self.data.cache_dir)):
+                if folder and Path(folder).resolve().is_relative_to(Path(self.dataset).resolve()):
+                    raise ValueError(f"{option} {folder} is inside the dataset {self.dataset}: write it elsewhere")
 
     def key(self) -> dict[str, Any]:
         """What the run's weights depend on, as cache keys spell it (stvla.benchmark): `config_key`, with
