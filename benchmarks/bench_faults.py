@@ -241,6 +241,30 @@ def intrinsics_of(matrix: list) -> Callable[[pa.Table, np.ndarray], pa.Table]:
     return change
 
 
+def extra_row(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """Episode 0's last row stored twice (meta/episodes does not count it)."""
+    order = np.concatenate([np.arange(rows[-1] + 1), [rows[-1]], np.arange(rows[-1] + 1, table.num_rows)])
+    return table.take(order)
+
+
+def edit_meta_episodes(change: Callable[[pa.Table], pa.Table]) -> Callable[[Path], None]:
+    def damage(root: Path) -> None:
+        path = first(root / "meta" / "episodes", "*.parquet")
+        pq.write_table(change(pq.read_table(path)), path)
+    return damage
+
+
+def frames_checksum_as_int(table: pa.Table) -> pa.Table:
+    name = next(n for n in table.column_names if n.endswith("/frames_sha256"))
+    return table.set_column(table.column_names.index(name), name, pa.array(range(table.num_rows), pa.int64()))
+
+
+def episode_0_task_renamed(table: pa.Table) -> pa.Table:
+    tasks = table.column("tasks").to_pylist()
+    tasks[0] = ["open the drawer"]
+    return table.set_column(table.column_names.index("tasks"), "tasks", pa.array(tasks, table.schema.field("tasks").type))
+
+
 def truncated_video(root: Path) -> None:
     """The first RGB video cut to two thirds (its container's index, at the end, lost)."""
     truncate_to(first(root / "videos" / "observation.images.rgb", "*.mp4"), 2 / 3)
@@ -296,6 +320,13 @@ def stored_as(dtype: torch.dtype) -> Callable[[dict], None]:
         name = next(k for k in sorted(state) if state[k].is_floating_point())
         state[name] = state[name].to(dtype)
     return change
+
+
+def buffer_set(name: str, change: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[dict], None]:
+    """A normaliser's buffer in the weights changed (values no fit gives)."""
+    def edit(state: dict) -> None:
+        state[name] = change(state[name].clone())
+    return edit
 
 
 def weights_replaced_by(kind: str) -> Callable[[Path], None]:
@@ -437,9 +468,20 @@ def header_retyped(path: Path) -> None:
     path.write_bytes(data.replace(b"'|u1'", b"'|i1'", 1) if b"'|u1'" in data[:128] else data.replace(b"'<f4'", b"'<i4'", 1))
 
 
-def cache_damaged(damage: Callable[[Path], None]) -> Callable[[Path], tuple[str, str]]:
-    """The largest file of a decoded cache damaged by `damage`, its size and time restored: found, said once,
-    built again (the file ends as it was before the damage)."""
+def swapped_with_the_state(path: Path) -> None:
+    """The file and its manifest exchanged with the state's cache file and manifest (each consistent)."""
+    other = path.with_name("observation.state.npy")
+    for suffix in ("", ".json"):
+        spare = path.with_name("swap")
+        os.replace(f"{path}{suffix}", spare)
+        os.replace(f"{other}{suffix}", f"{path}{suffix}")
+        os.replace(spare, f"{other}{suffix}")
+
+
+def cache_damaged(damage: Callable[[Path], None], file: str = "", restore_time: bool = True
+                  ) -> Callable[[Path], tuple[str, str]]:
+    """The cache file `file` (else the largest) damaged by `damage`, its time restored (a damage that keeps
+    the size), found, said once, built again (the file ends as it was before the damage)."""
     def run(work: Path) -> tuple[str, str]:
         cache = work / "copies" / f"cache-{damage.__name__}"
         shutil.rmtree(cache, ignore_errors=True)
@@ -448,10 +490,11 @@ def cache_damaged(damage: Callable[[Path], None]) -> Callable[[Path], tuple[str,
                       "--steps", 1, "--batch_size", 4, "--cache_dir", cache)  # a cache as this version writes it
         if built.returncode != 0:
             return "lost", built.stderr.strip().splitlines()[-1] if built.stderr.strip() else "the cache was not built"
-        target = max(cache.rglob("*.npy"), key=lambda path: path.stat().st_size)
+        target = (next(cache.rglob(file)) if file else max(cache.rglob("*.npy"), key=lambda path: path.stat().st_size))
         clean, stat = target.read_bytes(), target.stat()
         damage(target)
-        os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        if restore_time:
+            os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
         out = work / "copies" / f"t-{cache.name}"
         shutil.rmtree(out, ignore_errors=True)
         done = stvla("train", "--policy", "st", "--dataset", work / "data", "--out", out, "--steps", 2,
@@ -668,7 +711,18 @@ def cases() -> list[Case]:
               ("info.json fps 0", set_info(lambda i: i.update(fps=0)), "fps"),
               ("info.json fps 80.5", set_info(lambda i: i.update(fps=80.5)), "fps"),
               ("a truncated video container", truncated_video, ".mp4"),
-              ("depth said to be in millimetres", depth_in_millimetres, "millimetres")]
+              ("depth said to be in millimetres", depth_in_millimetres, "millimetres"),
+              ("a row meta/episodes does not count", edit_episode_rows(extra_row), "holds 33 rows"),
+              ("info.json total_frames -69", set_info(lambda i: i.update(total_frames=-69)), "total_frames"),
+              ("meta/episodes naming another task for episode 0", edit_meta_episodes(episode_0_task_renamed),
+               "tasks are"),
+              ("info.json data_path leading outside the dataset",
+               set_info(lambda i: i.update(data_path="../../" + i["data_path"])), "leads outside the dataset"),
+              ("info.json data_path that does not format",
+               set_info(lambda i: i.update(data_path="data/chunk-{chunk:03d}/file-{file_index:03d}.parquet")),
+               "data_path"),
+              ("frames_sha256 stored as integers", edit_meta_episodes(frames_checksum_as_int), "frames_sha256"),
+              ("info.json chunks_size 0", set_info(lambda i: i.update(chunks_size=0)), "chunks_size")]
           for command, *args in [("info", "{root}"),
                                  ("train", "--policy", "st", "--dataset", "{root}", "--out",
                                   f"{{work}}/copies/t-{name.replace(' ', '-')}", "--steps", "2")]],
@@ -682,6 +736,8 @@ def cases() -> list[Case]:
         Case("train on a decoded cache with 147 KB overwritten, file time restored", cache_damaged(bytes_overwritten)),
         Case("train on a decoded cache whose .npy header dtype was edited, file time restored",
              cache_damaged(header_retyped)),
+        Case("train on a decoded cache whose action and state files were swapped with their manifests",
+             cache_damaged(swapped_with_the_state, "action.npy", restore_time=False)),
         Case("train whose second checkpoint does not fit on the disk", checkpoint_on_a_full_disk),
         Case("train with --cache_dir on a full disk", cache_on_a_full_disk),
         # training flags
@@ -693,7 +749,8 @@ def cases() -> list[Case]:
                                       ("--model.image_size", "abc", "image_size"), ("--lr", -1, "--lr"),
                                       ("--ema", 1.5, "--ema"), ("--policy", "nope", "nope"),
                                       ("--init", "{work}/nothing", "nothing"), ("--traces.variant", "D", "variant"),
-                                      ("--traces.tracker.buffer_length", 1, "buffer_length")]],
+                                      ("--traces.tracker.buffer_length", 1, "buffer_length"), ("--lr", "inf", "--lr"),
+                                      ("--lora.rank", -1, "--lora.rank"), ("--lora.alpha", "nan", "--lora.alpha")]],
         Case("train --dataset missing", refused("train", "--policy", "st", "--dataset", "{work}/nothing", "--out",
                                                 "{work}/copies/t-miss", needle="nothing")),
         Case("train --out under a file", refused("train", "--policy", "st", "--dataset", "{work}/data", "--out",
@@ -709,6 +766,15 @@ def cases() -> list[Case]:
         damaged_policy("a float tensor stored as bool", edit_weights(stored_as(torch.bool)), "torch.bool"),
         damaged_policy("a directory as the weights", weights_replaced_by("directory"), "is a directory"),
         damaged_policy("/dev/zero as the weights", weights_replaced_by("device"), "is a device"),
+        damaged_policy("an action normaliser never fitted", edit_weights(buffer_set("action_normalizer.fitted",
+                                                                                    torch.zeros_like)), "fitted"),
+        damaged_policy("a state std of 0", edit_weights(buffer_set("state_normalizer.std", torch.zeros_like)),
+                       "state_normalizer.std"),
+        damaged_policy("action normaliser high below low", edit_weights(buffer_set("action_normalizer.high",
+                                                                                   lambda high: high - 1e3)),
+                       "action_normalizer.high"),
+        damaged_policy("an unknown policy type in config.json", set_config(lambda c: c.update(type="ST")),
+                       "unknown policy type 'ST'"),
         damaged_policy("\"config\": [] in config.json", set_config(lambda c: c.update(config=[])), "config.json"),
         damaged_policy("chunk_size 10**12 in config.json", set_config(
             lambda c: c["config"]["vla"].update(chunk_size=10**12)), "chunk_size"),
@@ -768,6 +834,17 @@ def cases() -> list[Case]:
                                                                "--cache_dir", "a", "--data.cache_dir", "b",
                                                                needle="one setting")),
         Case("serve --port 0", serve_on_port_0),
+        Case("serve --port 70000", refused("serve", "--policy", "{work}/policy", "--port", 70000, needle="--port")),
+        Case("serve --idle_timeout nan", refused("serve", "--policy", "{work}/policy", "--idle_timeout", "nan",
+                                                 needle="--idle_timeout")),
+        Case("eval --server http://x", refused("eval", "--policy", "{work}/policy", "--server", "http://x", "--out",
+                                               "{work}/copies/e-http", needle="--server")),
+        Case("eval --out inside the checkpoint", refused("eval", "--policy", "{work}/policy", "--out",
+                                                         "{work}/policy/eval", needle="inside the checkpoint")),
+        Case("train --out inside the dataset", refused("train", "--policy", "st", "--dataset", "{work}/data", "--out",
+                                                       "{work}/data/runs/x", needle="inside the dataset")),
+        Case("train --out an existing file", refused("train", "--policy", "st", "--dataset", "{work}/data", "--out",
+                                                     "{work}/policy/config.json", needle="a file stands where")),
         Case("trace --variant E (the old spelling)", refused("trace", "{work}/data", "--out", "{work}/copies/tr.mp4",
                                                             "--variant", "E", needle="variant")),
     ]

@@ -15,7 +15,7 @@ import pytest
 from stvla import features as F
 from stvla.cli import main
 from stvla.data.roles import DataConfig
-from stvla.data.store import EpisodeStore
+from stvla.data.store import DatasetError, EpisodeStore
 from stvla.envs import make_env
 from stvla.policies.registry import load_policy
 
@@ -534,3 +534,87 @@ def test_a_video_of_another_codec_than_info_says_is_refused(tmp_path):
     shutil.copy(root / "videos" / DEPTH_KEY / "chunk-000/file-000.mp4", root / "videos" / CAMERA / "chunk-000/file-000.mp4")
     with pytest.raises(DatasetError, match=rf"the video is hevc, meta/info.json says '{CAMERA}' is av1"):
         EpisodeStore(root, DataConfig()).episode(0, [F.RGB])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda info: info.update(total_frames=-60), r"info.json: total_frames is -60 but meta/episodes lists 60 frames"),
+    (lambda info: info.update(total_frames=61), r"info.json: total_frames is 61 but meta/episodes lists 60 frames"),
+    (lambda info: info.update(total_frames="60"), r"info.json: field 'total_frames' must be a whole number, got '60'"),
+    (lambda info: info.update(data_path="../../elsewhere/" + info["data_path"]),
+     r"info.json: field 'data_path' '\.\./\.\./elsewhere/data/chunk-\{chunk_index:03d\}/file-\{file_index:03d\}"
+     r"\.parquet' leads outside the dataset folder \(\.\./\.\./elsewhere/data/chunk-000/file-000\.parquet\)"),
+    (lambda info: info.update(video_path="/tmp/{video_key}/file-{file_index:03d}.mp4"),
+     r"info.json: field 'video_path' '/tmp/\{video_key\}/file-\{file_index:03d\}\.mp4' leads outside the dataset"),
+    (lambda info: info.update(data_path="data/chunk-{chunk:03d}/file-{file_index:03d}.parquet"),
+     r"info.json: field 'data_path' 'data/chunk-\{chunk:03d\}/file-\{file_index:03d\}\.parquet' does not format "
+     r"with chunk_index, file_index \(KeyError: 'chunk'\)"),
+    (lambda info: info.update(video_path=info["video_path"].replace("{file_index:03d}", "{file_index:zz}")),
+     r"info.json: field 'video_path' '.*\{file_index:zz\}\.mp4' does not format with video_key, chunk_index, "
+     r"file_index \(ValueError: Unknown format code 'z'"),
+    (lambda info: info.update(chunks_size=0), r"info.json: field 'chunks_size' must be a positive whole number .*got 0"),
+    (lambda info: info.update(chunks_size="1000"), r"info.json: field 'chunks_size' must be a positive .*got '1000'"),
+])
+def test_info_json_totals_and_path_templates_that_do_not_hold_are_named(tmp_path, capsys, edit, message):
+    """info.json's total_frames must be what meta/episodes lists, its path templates must format into files
+    inside the dataset folder (never another dataset's), its chunks_size be a count: else one line names the
+    field and its value, where a template gave "error: chunk" and the others were accepted."""
+    root = edited_copy(tmp_path, "rgb_7d", edit)
+    with pytest.raises(DatasetError, match=message):
+        EpisodeStore(root, DataConfig())
+    assert main(["info", str(root)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and re.search(message, error[0]), error
+
+
+def test_an_info_json_ahead_of_meta_episodes_is_what_a_killed_writer_leaves(tmp_path):
+    """The writer writes info.json before meta/episodes: killed between them, info.json counts one more
+    episode (and its frames) than meta/episodes lists, which stays the record and is read."""
+    root = edited_copy(tmp_path, "rgb_7d", lambda info: info.update(total_episodes=4, total_frames=80))
+    store = EpisodeStore(root, DataConfig())
+    assert (store.num_episodes, store.num_frames) == (EPISODES, EPISODES * FRAMES)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("extra_row", r"data/chunk-000/file-000.parquet holds 61 rows but meta/episodes accounts for 60 "
+                  r"\(episodes 0..2 placed in it\)"),
+    ("episode_tasks", r"meta/episodes: episode 1's tasks are \['pick up the red block'\], but its rows' task_index "
+                      r"in .*file-000.parquet give \['open the drawer'\] \(meta/tasks.parquet\)"),
+    ("float_episode_index", r"meta/episodes/chunk-000/file-000.parquet: column 'episode_index' holds float64 "
+                            r"values \(0.0, ...\), not integers"),
+    ("same_task_twice", r"meta/tasks.parquet: tasks 0 and 1 are both 'pick up the red block': a task string names "
+                        r"one task"),
+])
+def test_meta_files_that_disagree_with_the_data_are_refused_by_info_and_train(tmp_path, capsys, damage, message):
+    """A row beyond the episodes meta/episodes places in a data file (cheap to see: the parquet footer's row
+    count), an episode whose `tasks` are not its rows' tasks, a fractional episode index, a task string twice:
+    each was trained on silently; now `stvla info` and `stvla train` refuse it in the same one line."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(shutil.copytree(FIXTURES / "rgb_7d", tmp_path / damage))
+    episodes_path = root / "meta/episodes/chunk-000/file-000.parquet"
+    if damage == "extra_row":  # a 21st row of the last episode, in time order
+        path = root / "data/chunk-000/file-000.parquet"
+        table = pq.read_table(path)
+        row = table.slice(table.num_rows - 1, 1).to_pylist()[0]
+        row.update(index=row["index"] + 1, frame_index=row["frame_index"] + 1, timestamp=row["timestamp"] + 0.1)
+        pq.write_table(pa.concat_tables([table, pa.Table.from_pylist([row], schema=table.schema)]), path)
+    elif damage == "same_task_twice":  # episode 1's task renamed to episode 0's
+        pq.write_table(pa.table({"task_index": pa.array([0, 1], pa.int64()),
+                                 "task": ["pick up the red block", "pick up the red block"]}),
+                       root / "meta/tasks.parquet")
+    else:
+        episodes = pq.read_table(episodes_path).to_pandas()
+        if damage == "episode_tasks":
+            episodes["tasks"] = [["pick up the red block"]] * EPISODES
+        else:
+            episodes["episode_index"] = episodes["episode_index"].astype(float)
+        episodes.to_parquet(episodes_path)
+    lines = []
+    for command in (["info", str(root)], ["train", "--policy", "st", "--dataset", str(root), "--steps", "1",
+                                          "--out", str(tmp_path / "run"), "--cache_dir", str(tmp_path / "cache")]):
+        assert main(command) == 2
+        error = capsys.readouterr().err.strip().splitlines()
+        assert re.search(message, error[-1]), error
+        lines.append(error[-1].split(": error: ", 1)[1].removeprefix("stvla train would refuse this dataset: "))
+    assert lines[0] == lines[1]

@@ -229,3 +229,33 @@ def test_existing_dataset_needs_resume(small_dataset):
         collect(CollectConfig(task="reach-v3", episodes=1, image_size=64, out=str(root)), progress=False)
     with pytest.raises(Exception, match="other settings"):
         collect(CollectConfig(task="reach-v3", episodes=3, image_size=96, out=str(root), resume=True), progress=False)
+
+
+@pytest.mark.parametrize("value", ["int", "empty", "upper", "null"])
+def test_a_frames_checksum_that_is_not_one_is_refused_and_a_null_one_means_none(written, value):
+    """An episode's frames_sha256 that is no SHA-256 (a number, an empty string, upper case) was taken for "no
+    checksum" and the check skipped (or said the file damaged); now it is refused naming the column and the
+    episode. A null one, as an episode appended by a writer that records none has, still means none."""
+    import re
+
+    root, episodes = written
+    path = root / "meta/episodes/chunk-000/file-000.parquet"
+    column = "videos/observation.images.rgb/frames_sha256"
+    table = pq.read_table(path).to_pandas()
+    if value == "int":
+        table[column] = [12345, 67890]
+    else:
+        table.loc[0, column] = {"empty": "", "upper": table[column][0].upper(), "null": None}[value]
+    table.to_parquet(path)
+    store = EpisodeStore(root)
+    if value == "null":
+        store.check_video_files()
+        np.testing.assert_array_equal(store.episode(0)["observation.images.rgb"], episodes[0]["observation.images.rgb"])
+        return
+    stored = 12345 if value == "int" else table[column][0]
+    message = re.escape(f"meta/episodes: episode 0's {column} is {stored!r}, not a SHA-256 of 64 lowercase hex "
+                        f"digits (or null for no checksum)")
+    with pytest.raises(DatasetError, match=message):
+        store.check_video_files()  # what `stvla info` and `stvla train` check first
+    with pytest.raises(DatasetError, match=message):
+        store.episode(0)

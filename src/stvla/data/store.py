@@ -120,6 +120,17 @@ class DatasetError(ValueError):
 
 
 # --- small helpers --------------------------------------------------------------------------------
+def _whole_number(value: Any) -> bool:
+    """A count as JSON holds one: an integer (or an integral float), never a bool or a string."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and value == int(value)
+
+
+def _plain(value: Any) -> Any:
+    """A value read from a table as Python's own (numpy's scalars print as np.int64(5))."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def write_atomically(path: Path, write: Callable[[Path], Any]) -> None:
     """`write(temporary)`, then the temporary renamed to `path`: a reader sees the old file or the whole new
     one, never a part. The temporary's name is unique, so concurrent writers never share one."""
@@ -498,11 +509,10 @@ class EpisodeStore:
             raise DatasetError(f"{info_path}: field 'fps' must be a positive whole number of frames per second "
                                f"(as LeRobot writes it), got {fps!r}")
         self.fps: int = int(fps)
+        self._check_paths()
         self.episodes = self._read_episodes()
         self.tasks: list[str] = self._read_tasks(self.root / "meta" / "tasks.parquet")
-        if len(self.episodes) > int(self.info.get("total_episodes", len(self.episodes))):
-            raise DatasetError(f"{info_path}: total_episodes is {self.info['total_episodes']} but "
-                               f"meta/episodes lists {len(self.episodes)} episodes")
+        self._check_totals(info_path)
         stored = {key: _decoded_feature(key, feature) for key, feature in self.info["features"].items()}
         self.roles = resolve_roles(self.info["features"], data, str(self.root)) if data is not None else None
         self._stored_key = dict(self.roles.stored) if self.roles else {}  # toolkit key -> dataset key
@@ -526,6 +536,51 @@ class EpisodeStore:
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         self._video_streams: dict[Path, StreamDescription] = {}  # each video file's codec and rate, read once
         self._table: tuple[Path, tuple[str, ...], pa.Table] | None = None  # the latest data file read
+
+    def _check_paths(self) -> None:
+        """info.json's path templates format into files inside the dataset folder (checked once here, so a
+        bad template is named before anything is read), and its chunks_size is a positive whole number."""
+        self._template_path("data_path", chunk_index=0, file_index=0)
+        for key, feature in self.info["features"].items():
+            if feature.get("dtype") == "video":
+                self._template_path("video_path", video_key=key, chunk_index=0, file_index=0)
+        size = self.info.get("chunks_size", CHUNKS_SIZE)
+        if not _whole_number(size) or size <= 0:
+            raise DatasetError(f"{self.root / 'meta' / 'info.json'}: field 'chunks_size' must be a positive whole "
+                               f"number (files per chunk), got {size!r}")
+
+    def _template_path(self, field: str, **keys: Any) -> Path:
+        """The file info.json's path template `field` (data_path, video_path) names for `keys`; a template that
+        does not format with them, or leads outside the dataset folder, is refused naming the field."""
+        template, where = self.info.get(field), f"{self.root / 'meta' / 'info.json'}: field {field!r}"
+        if not isinstance(template, str):
+            raise DatasetError(f"{where} is {template!r}, not a path template")
+        try:
+            relative = template.format(**keys)
+        except (KeyError, IndexError, AttributeError, ValueError) as error:
+            raise DatasetError(f"{where} {template!r} does not format with {', '.join(keys)} "
+                               f"({type(error).__name__}: {error})") from None
+        # Lexically: a file of a Hub download may be a link into the Hub's cache, which is no escape.
+        normal = os.path.normpath(relative)
+        if os.path.isabs(normal) or normal == os.pardir or normal.startswith(os.pardir + os.sep):
+            raise DatasetError(f"{where} {template!r} leads outside the dataset folder ({relative})")
+        return self.root / relative
+
+    def _check_totals(self, info_path: Path) -> None:
+        """info.json's totals against meta/episodes, the record of what is finished. The writer writes info.json
+        first, so one killed between the two leaves info.json ahead (more episodes and frames), never behind;
+        with the same episodes, the same frames."""
+        totals = {field: self.info[field] for field in ("total_episodes", "total_frames") if field in self.info}
+        for field, value in totals.items():
+            if not _whole_number(value):
+                raise DatasetError(f"{info_path}: field {field!r} must be a whole number, got {value!r}")
+        episodes, frames = totals.get("total_episodes", self.num_episodes), totals.get("total_frames", self.num_frames)
+        if episodes < self.num_episodes:
+            raise DatasetError(f"{info_path}: total_episodes is {episodes} but meta/episodes lists "
+                               f"{self.num_episodes} episodes")
+        if frames < self.num_frames or (episodes == self.num_episodes and frames != self.num_frames):
+            raise DatasetError(f"{info_path}: total_frames is {frames} but meta/episodes lists {self.num_frames} "
+                               f"frames (the lengths of its {self.num_episodes} episodes)")
 
     # --- what the dataset holds -------------------------------------------------------------------
     @property
@@ -574,7 +629,7 @@ class EpisodeStore:
     def episode_meta(self, episode: int) -> dict[str, Any]:
         """The meta/episodes row of one episode (lengths, file indices, extra fields such as seed)."""
         row = self.episodes.iloc[self._check_episode(episode)]
-        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in row.items() if not k.startswith("stats/")}
+        return {k: _plain(v) for k, v in row.items() if not k.startswith("stats/")}
 
     def episode_stats(self, episode: int) -> dict[str, dict[str, np.ndarray]]:
         row = self.episodes.iloc[self._check_episode(episode)]
@@ -587,17 +642,17 @@ class EpisodeStore:
 
     def data_path(self, episode: int) -> Path:
         row = self.episodes.iloc[self._check_episode(episode)]
-        return self.root / self.info["data_path"].format(
-            chunk_index=int(row["data/chunk_index"]), file_index=int(row["data/file_index"]))
+        return self._template_path("data_path", chunk_index=int(row["data/chunk_index"]),
+                                   file_index=int(row["data/file_index"]))
 
     def video_path(self, episode: int, key: str) -> Path:
         return self._stored_video_path(self._check_episode(episode), self.stored_key(key))
 
     def _stored_video_path(self, episode: int, stored_key: str) -> Path:
         row = self.episodes.iloc[episode]
-        return self.root / self.info["video_path"].format(
-            video_key=stored_key, chunk_index=int(row[f"videos/{stored_key}/chunk_index"]),
-            file_index=int(row[f"videos/{stored_key}/file_index"]))
+        return self._template_path("video_path", video_key=stored_key,
+                                   chunk_index=int(row[f"videos/{stored_key}/chunk_index"]),
+                                   file_index=int(row[f"videos/{stored_key}/file_index"]))
 
     # --- reading ----------------------------------------------------------------------------------
     def episode(self, episode: int, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -627,6 +682,7 @@ class EpisodeStore:
                     raise DatasetError(f"{path}: episode {episode}, row {outside[0]} has task_index "
                                        f"{task_index[outside[0]]}, but meta/tasks.parquet holds {len(self.tasks)} "
                                        f"task(s) (0..{len(self.tasks) - 1})")
+                self._check_episode_tasks(path, episode, task_index)
         for key in in_videos:
             cached[key] = self._read_video_span(episode, key, length)
         for key in todo:
@@ -658,17 +714,28 @@ class EpisodeStore:
                 self._read_video_span(episode, key, self.episode_length(episode))
 
     def check_schema(self) -> None:
-        """Check every data file's columns against meta/info.json before anything reads rows: each
-        feature stored in the data files exists there, with the shape info.json gives and a dtype that
-        reads without changing values (a DatasetError naming the file and the feature otherwise)."""
+        """Check every data file's columns against meta/info.json and its row count against meta/episodes
+        before anything reads rows, from the files' parquet footers: each feature stored in the data files
+        exists there, with the shape info.json gives and a dtype that reads without changing values, and each
+        file holds the rows of the episodes meta/episodes places in it, no more (a DatasetError naming the file
+        and the feature or the counts otherwise)."""
         stored = {k: f for k, f in self.info["features"].items() if f["dtype"] != "video"}
-        for path in sorted({self.data_path(e) for e in range(self.num_episodes)}):
+        placed: dict[Path, list[int]] = {}
+        for episode in range(self.num_episodes):
+            placed.setdefault(self.data_path(episode), []).append(episode)
+        for path, episodes in sorted(placed.items()):
             if not path.is_file():
                 raise DatasetError(f"data file missing: {path}")
             try:
-                schema = pq.read_schema(path)
+                metadata = pq.read_metadata(path)
+                schema = metadata.schema.to_arrow_schema()
             except (pa.ArrowException, OSError) as error:
                 raise DatasetError(f"cannot read {path} (truncated or corrupt?): {error}") from error
+            rows = sum(self.episode_length(episode) for episode in episodes)
+            if metadata.num_rows != rows:
+                which = f"episode {episodes[0]}" if len(episodes) == 1 else f"episodes {episodes[0]}..{episodes[-1]}"
+                raise DatasetError(f"{path} holds {metadata.num_rows} rows but meta/episodes accounts for {rows} "
+                                   f"({which} placed in it)")
             for key, feature in stored.items():
                 if key not in schema.names:
                     raise DatasetError(f"{path} has no column {key!r}, which meta/info.json lists as a feature")
@@ -700,6 +767,9 @@ class EpisodeStore:
         for column in (EPISODE_INDEX, "length", "data/chunk_index", "data/file_index"):
             if column not in episodes:
                 raise DatasetError(f"{paths[0]}: column {column!r} is missing")
+            if not pd.api.types.is_integer_dtype(episodes[column]):  # 1.5 would be read as 1 (or as a NaN)
+                raise DatasetError(f"{paths[0]}: column {column!r} holds {episodes[column].dtype} values "
+                                   f"({_plain(episodes[column].iloc[0])!r}, ...), not integers")
         episodes = episodes.sort_values(EPISODE_INDEX, ignore_index=True)
         if list(episodes[EPISODE_INDEX]) != list(range(len(episodes))):
             raise DatasetError(f"{self.root / 'meta' / 'episodes'}: episode indices are not 0..{len(episodes) - 1}")
@@ -741,6 +811,11 @@ class EpisodeStore:
         if bad is not None:
             raise DatasetError(f"{path}: task {bad!r} is not a string (the task strings are the index, named "
                                f"{TASK!r}, or a {TASK!r} column)")
+        first: dict[str, int] = {}
+        for index, task in enumerate(tasks):  # LeRobot, and our writer, find a task's index by its string
+            if first.setdefault(task, index) != index:
+                raise DatasetError(f"{path}: tasks {first[task]} and {index} are both {task!r}: a task string "
+                                   f"names one task")
         return tasks
 
     def _episode_rows(self, episode: int, columns: list[str]) -> tuple[Path, pa.Table]:
@@ -782,6 +857,17 @@ class EpisodeStore:
                                f"{episode}")
         self._check_time_order(path, episode, episode_rows)
         return path, episode_rows
+
+    def _check_episode_tasks(self, path: Path, episode: int, task_index: np.ndarray) -> None:
+        """meta/episodes' `tasks` of an episode (where a writer keeps them) name the tasks its rows' task_index
+        give: where they disagree, one of the two is another episode's."""
+        listed = self.episodes.iloc[episode].get("tasks")
+        if listed is None or np.ndim(listed) != 1:
+            return
+        given = sorted({self.tasks[int(i)] for i in np.unique(task_index)})
+        if set(listed) != set(given):
+            raise DatasetError(f"{self.root / 'meta' / 'episodes'}: episode {episode}'s tasks are {list(listed)}, but "
+                               f"its rows' task_index in {path} give {given} (meta/tasks.parquet)")
 
     def _check_time_order(self, path: Path, episode: int, rows: pa.Table) -> None:
         """An episode's rows in time order (else every action would be paired with another frame's image):
@@ -834,8 +920,7 @@ class EpisodeStore:
         depth = None
         if is_depth_feature(stored_key, feature):
             depth = DepthQuantization.from_info(feature.get("info") or {}, f"{self.root}: feature {stored_key!r}")
-        checksum = row.get(f"videos/{stored_key}/frames_sha256")  # written by stvla; LeRobot's datasets have none
-        checksum = checksum if isinstance(checksum, str) and checksum else None
+        checksum = self._frames_checksum(episode, stored_key)
         path = self._stored_video_path(episode, stored_key)
         try:
             self._check_video_file(path, stored_key, hub_hash=checksum is None)
@@ -858,14 +943,27 @@ class EpisodeStore:
         videos = [key for key, feature in self.info["features"].items() if feature["dtype"] == "video"]
         for key in videos:
             for episode in range(self.num_episodes):
-                checksum = self.episodes.iloc[episode].get(f"videos/{key}/frames_sha256")
+                checksum = self._frames_checksum(episode, key)
                 path = self._stored_video_path(episode, key)
                 try:
-                    self._check_video_file(path, key, hub_hash=not (isinstance(checksum, str) and checksum))
+                    self._check_video_file(path, key, hub_hash=checksum is None)
                 except DatasetError:
                     raise
                 except (ValueError, FileNotFoundError) as error:
                     raise DatasetError(f"episode {episode}: {error}") from error
+
+    def _frames_checksum(self, episode: int, stored_key: str) -> str | None:
+        """The SHA-256 of an episode's frames of video `stored_key` that stvla's writer records in meta/episodes
+        (LeRobot's datasets have no such column), or None: no column, or null (an episode appended by a writer
+        that records none). Any other value is refused: taken for "none", it would skip the check."""
+        column = f"videos/{stored_key}/frames_sha256"
+        value = _plain(self.episodes.iloc[episode].get(column))
+        if value is None or (np.ndim(value) == 0 and pd.isna(value)):
+            return None
+        if not isinstance(value, str) or not SHA256_HEX.fullmatch(value):
+            raise DatasetError(f"{self.root / 'meta' / 'episodes'}: episode {episode}'s {column} is {value!r}, not "
+                               f"a SHA-256 of 64 lowercase hex digits (or null for no checksum)")
+        return value
 
     def _check_video_file(self, path: Path, stored_key: str, hub_hash: bool) -> None:
         """A video file of feature `stored_key`, once per file: it exists and opens as a video container, of the

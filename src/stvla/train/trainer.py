@@ -496,10 +496,10 @@ def run_settings(config: TrainConfig) -> str:
 
 def check_dataset(store: EpisodeStore) -> None:
     """What training checks before anything is decoded or trained (and `stvla info` with it): info.json
-    against the data files, every video file opening as the video info.json describes, the task strings
-    control will accept as instructions (or never act), and every episode's rows in time order with a task
-    the tasks file holds, its actions, states and camera intrinsics finite and plausible. Raises the
-    refusal as one line."""
+    and meta/episodes against the data files (columns, row counts), every video file opening as the video
+    info.json describes, the task strings control will accept as instructions (or never act), and every
+    episode's rows in time order with the tasks the tasks file and meta/episodes give, its actions, states
+    and camera intrinsics finite and plausible. Raises the refusal as one line."""
     store.check_schema()
     store.check_video_files()
     for index, task in enumerate(store.tasks):
