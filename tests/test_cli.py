@@ -52,6 +52,11 @@ def test_collect_command_and_errors(tmp_path, capsys):
     assert "info.json is missing" in capsys.readouterr().err
     assert main(["view", str(out), "--episode", "5", "--out", str(tmp_path / "v.mp4")]) == 2
     assert "out of range" in capsys.readouterr().err
+    # A resume with another image size names what differs.
+    assert main(["collect", "--task", "reach-v3", "--episodes", "2", "--image_size", "96", "--resume", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume" in err and "[64, 64, 3]" in err and "[96, 96, 3]" in err and " there, " in err
+    assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists(), "refused runs leave no folder"
 
 
 def test_trace_writes_three_panels_with_traces(small_dataset, tmp_path, capsys):

@@ -314,8 +314,11 @@ class EpisodeWriter:
             mismatched = sorted(k for k in set(ours) | set(theirs)
                                 if _identity(ours.get(k, {})) != _identity(theirs.get(k, {})))
             if mismatched or existing.fps != fps:
+                differences = [f"{key}: {_identity(theirs.get(key, {}))} there, {_identity(ours.get(key, {}))} now"
+                               for key in mismatched[:3]] + ([f"fps {existing.fps} there, {fps} now"]
+                                                             if existing.fps != fps else [])
                 raise DatasetError(f"{root}: cannot resume, the dataset was written with other settings "
-                                   f"(features {mismatched}, fps {existing.fps} vs {fps})")
+                                   f"({'; '.join(differences)}): give the settings it was collected with")
             writer._episodes = existing.episodes.to_dict("records")
             writer._tasks = list(existing.tasks)
             writer._stats = [existing.episode_stats(i) for i in range(existing.num_episodes)]
