@@ -110,7 +110,6 @@ def set_buffer(name, change):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (set_buffer("action_normalizer.fitted", torch.zeros_like), "was saved before it was fitted"),
     (set_buffer("state_normalizer.std", lambda std: std * -1), "state_normalizer.std is -"),
     (set_buffer("state_normalizer.std", torch.zeros_like), "a fitted standard deviation is at least"),
     (set_buffer("action_normalizer.high", lambda high: high - 1e3), "action_normalizer.high is below .low"),
@@ -132,6 +131,21 @@ def test_damaged_checkpoints_are_refused_by_name(saved_policy, tmp_path, capsys,
     one_line_error(capsys, ["eval", "--policy", str(policy_dir), "--tasks", "reach-v3", "--episodes", "1",
                             "--out", str(tmp_path / "eval")], message, str(policy_dir))
     assert not (tmp_path / "eval").exists(), "a refused evaluation leaves no folder behind"
+
+
+def test_a_policy_never_fitted_reloads_but_does_not_act(saved_policy, tmp_path, capsys):
+    """A checkpoint whose normaliser was never fitted (saved before training) reloads as saved, but
+    evaluating or serving it is refused before any step, in one line."""
+    from stvla.serve import PolicyServer, ServeConfig
+
+    policy_dir = copy_of(saved_policy, tmp_path)
+    set_buffer("action_normalizer.fitted", torch.zeros_like)(policy_dir / WEIGHTS_FILE)
+    assert not bool(load_policy(policy_dir).model.action_normalizer.fitted)
+    one_line_error(capsys, ["eval", "--policy", str(policy_dir), "--tasks", "reach-v3", "--episodes", "1",
+                            "--out", str(tmp_path / "eval")], "its action_normalizer was never fitted")
+    assert not (tmp_path / "eval").exists()
+    with pytest.raises(ValueError, match="its action_normalizer was never fitted"):
+        PolicyServer(ServeConfig(policy=str(policy_dir), port=0))
 
 
 def test_a_broken_config_json_is_refused_by_name(saved_policy, tmp_path, capsys):

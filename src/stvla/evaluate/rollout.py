@@ -409,6 +409,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     else:
         torch_device(config.device)  # a clear error here, not in every worker
         policy = load_policy(config.policy)
+        policy.check_can_act(config.policy)
         image_size, dims, source = policy.config.vla.image_size, (policy.config.vla.action_dim,
                                                                   policy.config.vla.state_dim), config.policy
         del policy  # only checked here: the workers load their own (a large backbone would be held twice)

@@ -241,12 +241,18 @@ class Policy(nn.Module):
             raise ValueError(f"{path}: weights missing from the checkpoint: {missing[:5]}"
                              + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
         self.model.load_state_dict(state, strict=False)
-        # Normalisers read from the file map every action (a policy without a state token never fits its state's).
-        unused = () if self.config.vla.use_state else ("state_normalizer",)
-        for name, module in self.model.named_modules():
-            if isinstance(module, FittedNormalizer) and f"{name}.fitted" in state and name not in unused:
+        for name, module in self.model.named_modules():  # normalisers read from the file map every action
+            if isinstance(module, FittedNormalizer) and f"{name}.fitted" in state:
                 module.check_loaded(f"{path}: {name}")
         return missing
+
+    def check_can_act(self, where: str) -> None:
+        """Refuse, in one line naming `where`, a policy that cannot act: one saved before training, whose
+        normalisers were never fitted (a policy without a state token never fits its state's)."""
+        unused = () if self.config.vla.use_state else ("state_normalizer",)
+        for name, module in self.model.named_modules():
+            if isinstance(module, FittedNormalizer) and name not in unused and not bool(module.fitted):
+                raise ValueError(f"{where}: its {name} was never fitted (a policy saved before training): it cannot act")
 
 
 @dataclass

@@ -281,6 +281,7 @@ class PolicyServer:
                              f"(clients send its content as a bearer token), or serve on 127.0.0.1")
         device = torch_device(config.device)
         self.policy = load_policy(config.policy).to(device)
+        self.policy.check_can_act(config.policy)
         self.policy.eval()
         self.contract = self.policy.processor.contract()
         from stvla.policies.processor import CONTRACT_FILE
