@@ -265,6 +265,13 @@ def episode_0_task_renamed(table: pa.Table) -> pa.Table:
     return table.set_column(table.column_names.index("tasks"), "tasks", pa.array(tasks, table.schema.field("tasks").type))
 
 
+def video_start_nan(table: pa.Table) -> pa.Table:
+    name = next(n for n in table.column_names if n.endswith("/from_timestamp"))
+    starts = table.column(name).to_numpy().copy()
+    starts[0] = np.nan
+    return table.set_column(table.column_names.index(name), name, pa.array(starts, table.schema.field(name).type))
+
+
 def truncated_video(root: Path) -> None:
     """The first RGB video cut to two thirds (its container's index, at the end, lost)."""
     truncate_to(first(root / "videos" / "observation.images.rgb", "*.mp4"), 2 / 3)
@@ -722,7 +729,8 @@ def cases() -> list[Case]:
                set_info(lambda i: i.update(data_path="data/chunk-{chunk:03d}/file-{file_index:03d}.parquet")),
                "data_path"),
               ("frames_sha256 stored as integers", edit_meta_episodes(frames_checksum_as_int), "frames_sha256"),
-              ("info.json chunks_size 0", set_info(lambda i: i.update(chunks_size=0)), "chunks_size")]
+              ("info.json chunks_size 0", set_info(lambda i: i.update(chunks_size=0)), "chunks_size"),
+              ("a NaN start of episode 0's video span", edit_meta_episodes(video_start_nan), "span")]
           for command, *args in [("info", "{root}"),
                                  ("train", "--policy", "st", "--dataset", "{root}", "--out",
                                   f"{{work}}/copies/t-{name.replace(' ', '-')}", "--steps", "2")]],
@@ -750,7 +758,8 @@ def cases() -> list[Case]:
                                       ("--ema", 1.5, "--ema"), ("--policy", "nope", "nope"),
                                       ("--init", "{work}/nothing", "nothing"), ("--traces.variant", "D", "variant"),
                                       ("--traces.tracker.buffer_length", 1, "buffer_length"), ("--lr", "inf", "--lr"),
-                                      ("--lora.rank", -1, "--lora.rank"), ("--lora.alpha", "nan", "--lora.alpha")]],
+                                      ("--lora.rank", -1, "--lora.rank"), ("--lora.alpha", "nan", "--lora.alpha"),
+                                      ("--model.trace_loss_weight", "nan", "trace_loss_weight")]],
         Case("train --dataset missing", refused("train", "--policy", "st", "--dataset", "{work}/nothing", "--out",
                                                 "{work}/copies/t-miss", needle="nothing")),
         Case("train --out under a file", refused("train", "--policy", "st", "--dataset", "{work}/data", "--out",
@@ -768,6 +777,8 @@ def cases() -> list[Case]:
         damaged_policy("/dev/zero as the weights", weights_replaced_by("device"), "is a device"),
         damaged_policy("an action normaliser never fitted", edit_weights(buffer_set("action_normalizer.fitted",
                                                                                     torch.zeros_like)), "fitted"),
+        damaged_policy("the fitted flag stored as uint8 2", edit_weights(buffer_set(
+            "action_normalizer.fitted", lambda fitted: fitted.to(torch.uint8) * 2)), "torch.uint8"),
         damaged_policy("a state std of 0", edit_weights(buffer_set("state_normalizer.std", torch.zeros_like)),
                        "state_normalizer.std"),
         damaged_policy("action normaliser high below low", edit_weights(buffer_set("action_normalizer.high",

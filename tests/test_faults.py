@@ -111,6 +111,8 @@ def set_buffer(name, change):
 
 @pytest.mark.parametrize("damage, message", [
     (set_buffer("state_normalizer.std", lambda std: std * -1), "state_normalizer.std is -"),
+    (set_buffer("action_normalizer.fitted", lambda fitted: fitted.to(torch.uint8) * 2),
+     "is stored as torch.uint8, the policy holds torch.bool"),
     (set_buffer("state_normalizer.std", torch.zeros_like), "a fitted standard deviation is at least"),
     (set_buffer("action_normalizer.high", lambda high: high - 1e3), "action_normalizer.high is below .low"),
     (truncate, "not a readable safetensors file"),
@@ -208,6 +210,7 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_previous_one(save
     (["--lr", "inf"], "--lr must be a finite number >= 0, got inf"),
     (["--lora.rank", "-1"], "--lora.rank must be >= 0"),
     (["--lora.alpha", "nan"], "--lora.alpha must be a positive number, got nan"),
+    (["--model.trace_loss_weight", "nan"], "--model.trace_loss_weight must be a finite number >= 0, got nan"),
 ])
 def test_bad_training_flags_are_refused_before_anything_runs(small_dataset, tmp_path, capsys, flags, needle):
     root, _ = small_dataset

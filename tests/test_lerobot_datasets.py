@@ -618,3 +618,24 @@ def test_meta_files_that_disagree_with_the_data_are_refused_by_info_and_train(tm
         assert re.search(message, error[-1]), error
         lines.append(error[-1].split(": error: ", 1)[1].removeprefix("stvla train would refuse this dataset: "))
     assert lines[0] == lines[1]
+
+
+@pytest.mark.parametrize("column, value", [("from_timestamp", float("nan")), ("to_timestamp", float("inf")),
+                                           ("file_index", "0")])
+def test_a_video_span_that_is_not_one_is_refused_on_open(tmp_path, column, value):
+    """An episode's span in a packed video file must be integers for the file and finite times from >= 0
+    to a later one: a NaN start would read frames from nowhere in particular."""
+    import pyarrow.parquet as pq
+
+    root = Path(shutil.copytree(FIXTURES / "rgb_7d", tmp_path / "span"))
+    path = root / "meta/episodes/chunk-000/file-000.parquet"
+    episodes = pq.read_table(path).to_pandas()
+    name = next(c for c in episodes.columns if c.startswith("videos/") and c.endswith(f"/{column}"))
+    if isinstance(value, str):
+        episodes[name] = episodes[name].astype(str)
+    else:
+        episodes.loc[0, name] = value
+    episodes.to_parquet(path)
+    with pytest.raises(ValueError, match="file_index. holds .* values, not integers" if isinstance(value, str) else
+                       r"episode 0's span of .* video is \[.*\) s: a span runs from a time >= 0 to a later one"):
+        EpisodeStore(root, DataConfig())

@@ -789,6 +789,16 @@ class EpisodeStore:
                                                               "to_timestamp")]
             if not all(column in episodes for column in columns):
                 continue
+            where = self.root / "meta" / "episodes"
+            for column in columns[:2]:
+                if not pd.api.types.is_integer_dtype(episodes[column]):
+                    raise DatasetError(f"{where}: column {column!r} holds {episodes[column].dtype} values, not integers")
+            for _, row in episodes[[EPISODE_INDEX, *columns[2:]]].iterrows():
+                start, stop = (pd.to_numeric(row[column], errors="coerce") for column in columns[2:])
+                if not (np.isfinite(start) and np.isfinite(stop) and 0 <= start < stop):
+                    raise DatasetError(f"{where}: episode {int(row[EPISODE_INDEX])}'s span of {key}'s video is "
+                                       f"[{row[columns[2]]}, {row[columns[3]]}) s: a span runs from a time >= 0 to a "
+                                       f"later one")
             spans = episodes[[EPISODE_INDEX, *columns]].sort_values(columns[:3])
             half_frame = 0.5 / self.fps
             for (_, a), (_, b) in zip(spans.iterrows(), list(spans.iterrows())[1:]):

@@ -229,7 +229,8 @@ class Policy(nn.Module):
                              f"policy {[tuple(own[k].shape) for k in mismatched[:5]]})")
         # Another float precision is a cast; integers or booleans where the policy holds floats (or the
         # reverse) are not the weights it was saved with, and a silent cast would act on them.
-        retyped = [k for k, v in state.items() if k in own and v.is_floating_point() != own[k].is_floating_point()]
+        retyped = [k for k, v in state.items() if k in own and v.dtype != own[k].dtype
+                   and not (v.is_floating_point() and own[k].is_floating_point())]
         if retyped:
             raise ValueError(f"{path}: tensor {retyped[0]!r} is stored as {state[retyped[0]].dtype}, the policy holds "
                              f"{own[retyped[0]].dtype}" + (f" ({len(retyped)} such tensors)" if len(retyped) > 1 else ""))

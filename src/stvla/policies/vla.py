@@ -114,6 +114,8 @@ class VLAConfig:
             raise ValueError(f"unknown language input {self.language!r}; valid: {', '.join(LANGUAGE_INPUTS)}")
         if self.trace_points < 0:
             raise ValueError(f"trace_points must be >= 0, got {self.trace_points}")
+        if not 0 <= self.trace_loss_weight < float("inf"):
+            raise ValueError(f"model.trace_loss_weight must be a finite number >= 0, got {self.trace_loss_weight}")
         if self.action_layout not in LAYOUTS:
             raise ValueError(f"unknown action_layout {self.action_layout!r}; valid: {', '.join(LAYOUTS)}")
         if self.action_layout == "joint" and any(d >= self.action_dim for d in self.bins.gripper_dims):
