@@ -215,6 +215,13 @@ def timestamps_from_minus_one(table: pa.Table, rows: np.ndarray) -> pa.Table:
     return replaced_column(table, "timestamp", stamps)
 
 
+def timestamps_drifting(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """Each step 0.9 ms too long: inside the step tolerance, adding up past half a frame."""
+    stamps = table.column("timestamp").to_numpy().copy()
+    stamps[rows] += 0.0009 * np.arange(len(rows))
+    return replaced_column(table, "timestamp", stamps)
+
+
 def episode_index_says(other: int, rows_changed: slice) -> Callable[[pa.Table, np.ndarray], pa.Table]:
     """Episode 0's `episode_index` column saying `other` on the rows `rows_changed` of it."""
     def change(table: pa.Table, rows: np.ndarray) -> pa.Table:
@@ -730,7 +737,8 @@ def cases() -> list[Case]:
                "data_path"),
               ("frames_sha256 stored as integers", edit_meta_episodes(frames_checksum_as_int), "frames_sha256"),
               ("info.json chunks_size 0", set_info(lambda i: i.update(chunks_size=0)), "chunks_size"),
-              ("a NaN start of episode 0's video span", edit_meta_episodes(video_start_nan), "span")]
+              ("a NaN start of episode 0's video span", edit_meta_episodes(video_start_nan), "span"),
+              ("timestamps drifting 0.9 ms a step", edit_episode_rows(timestamps_drifting), "drift")]
           for command, *args in [("info", "{root}"),
                                  ("train", "--policy", "st", "--dataset", "{root}", "--out",
                                   f"{{work}}/copies/t-{name.replace(' ', '-')}", "--steps", "2")]],

@@ -612,3 +612,22 @@ def test_a_checkpoint_of_an_unknown_policy_type_names_its_config(saved_policy, t
     (policy_dir / "config.json").write_text(json.dumps({**config, "type": "ST"}))
     one_line_error(capsys, ["eval", "--policy", str(policy_dir), "--tasks", "reach-v3", "--episodes", "1",
                             "--out", str(tmp_path / "eval")], f"{policy_dir / 'config.json'}: unknown policy type 'ST'")
+
+
+def test_timestamps_that_drift_past_half_a_frame_are_refused(small_dataset, tmp_path, capsys):
+    """Each step 0.9 ms too long stays inside the step tolerance (1 ms), but adds up: past half a frame
+    from frame_index / fps the video lookup would read another frame."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = Path(shutil.copytree(small_dataset[0], tmp_path / "drift"))
+    path = sorted((root / "data").rglob("*.parquet"))[0]
+    table = pq.read_table(path)
+    stamps = table.column("timestamp").to_numpy().copy()
+    rows = np.flatnonzero(table.column("episode_index").to_numpy() == 0)
+    stamps[rows] += 0.0009 * np.arange(len(rows))
+    pq.write_table(table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
+                                    pa.array(stamps, table.schema.field("timestamp").type)), path)
+    one_line_error(capsys, ["info", str(root)], str(path), "the timestamps drift by more than half a frame")

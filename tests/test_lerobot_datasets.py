@@ -639,3 +639,14 @@ def test_a_video_span_that_is_not_one_is_refused_on_open(tmp_path, column, value
     with pytest.raises(ValueError, match="file_index. holds .* values, not integers" if isinstance(value, str) else
                        r"episode 0's span of .* video is \[.*\) s: a span runs from a time >= 0 to a later one"):
         EpisodeStore(root, DataConfig())
+
+
+def test_an_episode_listed_twice_in_meta_episodes_is_named(tmp_path):
+    import pandas as pd
+
+    root = Path(shutil.copytree(FIXTURES / "rgb_7d", tmp_path / "twice"))
+    path = root / "meta/episodes/chunk-000/file-000.parquet"
+    episodes = pd.read_parquet(path)
+    pd.concat([episodes, episodes.iloc[[1]]], ignore_index=True).to_parquet(path)
+    with pytest.raises(ValueError, match=r"episode indices are not 0..\d+: episode 1 is listed 2 times"):
+        EpisodeStore(root, DataConfig())

@@ -775,7 +775,12 @@ class EpisodeStore:
                                    f"({_plain(episodes[column].iloc[0])!r}, ...), not integers")
         episodes = episodes.sort_values(EPISODE_INDEX, ignore_index=True)
         if list(episodes[EPISODE_INDEX]) != list(range(len(episodes))):
-            raise DatasetError(f"{self.root / 'meta' / 'episodes'}: episode indices are not 0..{len(episodes) - 1}")
+            listed = episodes[EPISODE_INDEX].tolist()
+            twice = sorted({int(e) for e in listed if listed.count(e) > 1})
+            said = f"episode {twice[0]} is listed {listed.count(twice[0])} times" if twice else (
+                f"episode {min(set(range(len(listed))) - set(listed))} is missing")
+            raise DatasetError(f"{self.root / 'meta' / 'episodes'}: episode indices are not 0..{len(episodes) - 1}: "
+                               f"{said}")
         self._check_video_spans(episodes)
         return episodes
 
@@ -915,6 +920,13 @@ class EpisodeStore:
                 raise DatasetError(f"{where}: timestamps are not 1/fps = {1 / self.fps:.4g} s apart (off by up to "
                                    f"{worst:.3g} s): rows out of order, dropped frames, or info.json's fps "
                                    f"({self.fps:g}) is not the recording's")
+            # Small offsets that add up: past half a frame from frame_index / fps, the video lookup reads another frame.
+            drift = np.abs(stamps - np.arange(count) / self.fps)
+            if drift.max() > 0.5 / self.fps:
+                row = int(drift.argmax())
+                raise DatasetError(f"{where}, row {row} has timestamp {stamps[row]:.6g}, {drift[row]:.3g} s from "
+                                   f"frame_index / fps = {row / self.fps:.6g}: the timestamps drift by more than half "
+                                   f"a frame")
 
     def _decode_column(self, column: pa.ChunkedArray, key: str, path: Path) -> np.ndarray:
         stored = self.info["features"][self.stored_key(key)]
