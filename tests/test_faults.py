@@ -210,7 +210,7 @@ def test_a_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_previous_one(save
     (["--lr", "inf"], "--lr must be a finite number >= 0, got inf"),
     (["--lora.rank", "-1"], "--lora.rank must be >= 0"),
     (["--lora.alpha", "nan"], "--lora.alpha must be a positive number, got nan"),
-    (["--model.trace_loss_weight", "nan"], "--model.trace_loss_weight must be a finite number >= 0, got nan"),
+    (["--model.trace_loss_weight", "nan"], "model.trace_loss_weight must be a finite number >= 0, got nan"),
 ])
 def test_bad_training_flags_are_refused_before_anything_runs(small_dataset, tmp_path, capsys, flags, needle):
     root, _ = small_dataset

@@ -117,7 +117,7 @@ def verified(path: Path, spans: list[slice], say: bool = True) -> bool:
         return False
     if written == now:
         return True
-    recorded = written.get("episode_crc32") if isinstance(written, dict) else None
+    recorded = written.get("episode_crc32")
     if say and written.get("file") != path.name:  # another feature's file and manifest moved here together
         print(f"cache file {path}: its manifest is {written.get('file')!r}'s: building it again", file=sys.stderr)
     elif say and isinstance(recorded, list) and len(recorded) == len(spans):

@@ -507,8 +507,7 @@ class EpisodeStore:
             raise DatasetError(f"{info_path}: field 'features' is not a mapping of feature keys to entries")
         self.info["features"] = {key: _channels_last(feature) for key, feature in self.info["features"].items()}
         fps = self.info.get("fps")
-        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0 \
-                or fps != int(fps):
+        if not _whole_number(fps) or fps <= 0:
             raise DatasetError(f"{info_path}: field 'fps' must be a positive whole number of frames per second "
                                f"(as LeRobot writes it), got {fps!r}")
         self.fps: int = int(fps)
@@ -767,9 +766,13 @@ class EpisodeStore:
             raise DatasetError(f"file missing: {self.root / EPISODES_META_PATH}")
         tables = [self._read_table(path).to_pandas() for path in paths]
         episodes = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
-        for column in (EPISODE_INDEX, "length", "data/chunk_index", "data/file_index"):
+        required = (EPISODE_INDEX, "length", "data/chunk_index", "data/file_index")
+        for column in required:
             if column not in episodes:
                 raise DatasetError(f"{paths[0]}: column {column!r} is missing")
+        video_files = [column for column in episodes.columns
+                       if column.startswith("videos/") and column.endswith(("/chunk_index", "/file_index"))]
+        for column in (*required, *video_files):
             if not pd.api.types.is_integer_dtype(episodes[column]):  # 1.5 would be read as 1 (or as a NaN)
                 raise DatasetError(f"{paths[0]}: column {column!r} holds {episodes[column].dtype} values "
                                    f"({_plain(episodes[column].iloc[0])!r}, ...), not integers")
@@ -795,9 +798,6 @@ class EpisodeStore:
             if not all(column in episodes for column in columns):
                 continue
             where = self.root / "meta" / "episodes"
-            for column in columns[:2]:
-                if not pd.api.types.is_integer_dtype(episodes[column]):
-                    raise DatasetError(f"{where}: column {column!r} holds {episodes[column].dtype} values, not integers")
             for _, row in episodes[[EPISODE_INDEX, *columns[2:]]].iterrows():
                 start, stop = (pd.to_numeric(row[column], errors="coerce") for column in columns[2:])
                 if not (np.isfinite(start) and np.isfinite(stop) and 0 <= start < stop):
@@ -947,8 +947,8 @@ class EpisodeStore:
             depth = DepthQuantization.from_info(feature.get("info") or {}, f"{self.root}: feature {stored_key!r}")
         checksum = self._frames_checksum(episode, stored_key)
         path = self._stored_video_path(episode, stored_key)
+        self._check_video_file(episode, path, stored_key, hub_hash=checksum is None)
         try:
-            self._check_video_file(path, stored_key, hub_hash=checksum is None)
             frames = read_video(path, expected_frames=length, start=start, stop=None if stop is None else float(stop),
                                 depth=depth, checksum=checksum)
         except DatasetError:
@@ -969,13 +969,7 @@ class EpisodeStore:
         for key in videos:
             for episode in range(self.num_episodes):
                 checksum = self._frames_checksum(episode, key)
-                path = self._stored_video_path(episode, key)
-                try:
-                    self._check_video_file(path, key, hub_hash=checksum is None)
-                except DatasetError:
-                    raise
-                except (ValueError, FileNotFoundError) as error:
-                    raise DatasetError(f"episode {episode}: {error}") from error
+                self._check_video_file(episode, self._stored_video_path(episode, key), key, hub_hash=checksum is None)
 
     def _frames_checksum(self, episode: int, stored_key: str) -> str | None:
         """The SHA-256 of an episode's frames of video `stored_key` that stvla's writer records in meta/episodes
@@ -990,15 +984,19 @@ class EpisodeStore:
                                f"a SHA-256 of 64 lowercase hex digits (or null for no checksum)")
         return value
 
-    def _check_video_file(self, path: Path, stored_key: str, hub_hash: bool) -> None:
-        """A video file of feature `stored_key`, once per file: it exists and opens as a video container, of the
-        frame rate and codec meta/info.json says; with `hub_hash` (no frame checksums of ours), its Hub hash."""
+    def _check_video_file(self, episode: int, path: Path, stored_key: str, hub_hash: bool) -> None:
+        """Episode `episode`'s video file of feature `stored_key`, once per file: it exists and opens as a video
+        container, of the frame rate and codec meta/info.json says; with `hub_hash` (no frame checksums of
+        ours), its Hub hash."""
         if not path.is_file():
-            raise FileNotFoundError(f"video file missing: {path}")
+            raise DatasetError(f"episode {episode}: video file missing: {path}")
         if hub_hash:
             self._check_hub_hash(path)
         if path not in self._video_streams:
-            self._video_streams[path] = describe_stream(path)
+            try:
+                self._video_streams[path] = describe_stream(path)
+            except ValueError as error:
+                raise DatasetError(f"episode {episode}: {error}") from error
         stream = self._video_streams[path]
         rate = stream.rate  # a wrong fps would reach the control rate
         if rate and abs(rate - self.fps) > FPS_TOLERANCE * self.fps:

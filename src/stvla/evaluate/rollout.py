@@ -67,6 +67,21 @@ class EvalConfig:
     token_file: str = field(default="", metadata=KEY_NEUTRAL)  # file holding the server's token, if it asks for one
 
     def __post_init__(self) -> None:
+        """Settings refused before anything runs (or any folder is made), one line each."""
+        if self.episodes < 1 or self.workers < 1 or self.max_steps < 1:
+            raise ValueError(f"episodes, workers and max_steps must be >= 1, got {self.episodes}, {self.workers}, "
+                             f"{self.max_steps}")
+        if self.videos < 0:
+            raise ValueError(f"--videos must be >= 0, got {self.videos}")
+        if not 0 <= self.temporal_ensemble < math.inf:
+            raise ValueError(f"--temporal_ensemble must be a finite number >= 0 (0 = the policy's own), got "
+                             f"{self.temporal_ensemble}")
+        if self.server and not self.server.startswith(("ws://", "wss://")):
+            raise ValueError(f"--server must be a websocket address, ws://HOST:PORT or wss://HOST:PORT, got {self.server!r}")
+        if self.server and self.temporal_ensemble:
+            raise ValueError("--temporal_ensemble applies to a local policy, not to one behind --server")
+        if self.split not in ("eval", "train"):
+            raise ValueError(f"--split must be 'eval' (held-out starts) or 'train' (the collected ones), got {self.split!r}")
         if self.policy and Path(self.out).resolve().is_relative_to(Path(self.policy).resolve()):
             raise ValueError(f"--out {self.out} is inside the checkpoint {self.policy}: write the evaluation elsewhere")
 
@@ -386,21 +401,7 @@ def plot_success(per_task: dict[str, dict[str, Any]], path: Path, title: str) ->
 def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the evaluation and write its outputs; returns the eval_info dict."""
     tasks = parse_tasks(config.tasks)
-    if config.episodes < 1 or config.workers < 1 or config.max_steps < 1:
-        raise ValueError(f"episodes, workers and max_steps must be >= 1, got {config.episodes}, {config.workers}, "
-                         f"{config.max_steps}")
-    if config.videos < 0:
-        raise ValueError(f"--videos must be >= 0, got {config.videos}")
-    if not 0 <= config.temporal_ensemble < math.inf:
-        raise ValueError(f"--temporal_ensemble must be a finite number >= 0 (0 = the policy's own), got "
-                         f"{config.temporal_ensemble}")
-    if config.server and not config.server.startswith(("ws://", "wss://")):
-        raise ValueError(f"--server must be a websocket address, ws://HOST:PORT or wss://HOST:PORT, got {config.server!r}")
-    if config.split not in ("eval", "train"):
-        raise ValueError(f"--split must be 'eval' (held-out starts) or 'train' (the collected ones), got {config.split!r}")
     if config.server:
-        if config.temporal_ensemble:
-            raise ValueError("--temporal_ensemble applies to a local policy, not to one behind --server")
         contract = served_metadata(config)["contract"]
         image_size = model_image_size(contract)
         state = contract["input_features"].get(F.STATE)  # a policy without a state token reads none

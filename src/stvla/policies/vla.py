@@ -95,6 +95,11 @@ class VLAConfig:
     bins: PerDimensionConfig = field(default_factory=PerDimensionConfig, metadata=KEY_NEUTRAL)  # per-dimension bins (action_layout "joint")
     backbone: BackboneConfig = field(default_factory=BackboneConfig, metadata=KEY_NEUTRAL)  # image encoder and trunk: ours or PaliGemma's
 
+    def __post_init__(self) -> None:
+        # Checked as the config is made (from flags or a config.json): NaN would pass every later comparison.
+        if not 0 <= self.trace_loss_weight < float("inf"):
+            raise ValueError(f"model.trace_loss_weight must be a finite number >= 0, got {self.trace_loss_weight}")
+
     def validate(self) -> None:
         for name, most in SIZE_LIMITS.items():  # the upper bounds keep a mistyped size from asking for terabytes
             if not 1 <= getattr(self, name) <= most:
@@ -114,8 +119,6 @@ class VLAConfig:
             raise ValueError(f"unknown language input {self.language!r}; valid: {', '.join(LANGUAGE_INPUTS)}")
         if self.trace_points < 0:
             raise ValueError(f"trace_points must be >= 0, got {self.trace_points}")
-        if not 0 <= self.trace_loss_weight < float("inf"):
-            raise ValueError(f"model.trace_loss_weight must be a finite number >= 0, got {self.trace_loss_weight}")
         if self.action_layout not in LAYOUTS:
             raise ValueError(f"unknown action_layout {self.action_layout!r}; valid: {', '.join(LAYOUTS)}")
         if self.action_layout == "joint" and any(d >= self.action_dim for d in self.bins.gripper_dims):

@@ -125,8 +125,6 @@ class TrainConfig:
         if self.trace_space not in ("", *SPACES):
             raise ValueError(f"--trace_space must be one of {', '.join(SPACES)} (or '': the checkpoint's), "
                              f"got {self.trace_space!r}")
-        if not 0 <= self.model.trace_loss_weight < math.inf:  # (NaN would otherwise pass every comparison with --init's)
-            raise ValueError(f"--model.trace_loss_weight must be a finite number >= 0, got {self.model.trace_loss_weight}")
         if self.dataset:  # a run or a cache written into the dataset would become part of what it reads
             for option, folder in (("--out", self.out), ("--cache_dir", self.data.cache_dir)):
                 if folder and Path(folder).resolve().is_relative_to(Path(self.dataset).resolve()):
