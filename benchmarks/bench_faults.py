@@ -351,11 +351,12 @@ def weights_replaced_by(kind: str) -> Callable[[Path], None]:
     return damage
 
 
-def set_config(change: Callable[[dict], None]) -> Callable[[Path], None]:
+def set_config(change: Callable[[dict], None], file: str = "config.json") -> Callable[[Path], None]:
+    """A checkpoint's JSON file (config.json, processor.json) changed by `change`."""
     def damage(policy: Path) -> None:
-        config = json.loads((policy / "config.json").read_text())
+        config = json.loads((policy / file).read_text())
         change(config)
-        (policy / "config.json").write_text(json.dumps(config))
+        (policy / file).write_text(json.dumps(config))
     return damage
 
 
@@ -631,6 +632,24 @@ def serve_refused(policy_damage: Callable[[Path], None], name: str, needle: str)
     return run
 
 
+def a_folder_where_a_cache_file_goes(work: Path) -> tuple[str, str]:
+    """A folder standing where a decoded cache file is renamed to: the line names that file, not the
+    temporary one, and no temporary file is left."""
+    from stvla.data.cache import DecodedCache
+    from stvla.data.store import EpisodeStore
+
+    cache = work / "copies" / "cache-folder-in-the-way"
+    shutil.rmtree(cache, ignore_errors=True)
+    decoded = DecodedCache(EpisodeStore(work / "data"), progress=False, cache_dir=str(cache)).directory
+    (decoded / "task_index.npy").mkdir(parents=True)
+    done = stvla("train", "--policy", "st", "--dataset", work / "data", "--out", work / "copies" / "t-folder-in-the-way",
+                 "--steps", 2, "--cache_dir", cache)
+    verdict, message = judge(done.returncode, done.stderr, f"{decoded / 'task_index.npy'}: Is a directory")
+    if verdict == "clear" and (".tmp-" in message or list(decoded.glob("*.tmp-*"))):
+        return "vague", f"a temporary file named or left: {message}"
+    return verdict, message
+
+
 def zoedepth_with_pickled_weights(work: Path) -> object:
     from transformers import BeitConfig, ZoeDepthConfig, ZoeDepthForDepthEstimation
     from transformers.models.zoedepth.image_processing_pil_zoedepth import ZoeDepthImageProcessorPil
@@ -703,7 +722,7 @@ def cases() -> list[Case]:
               ("a gap in the index column", edit_episode_rows(index_gap), "index"),
               ("timestamps at half the fps", edit_episode_rows(timestamps_doubled), "timestamps"),
               ("a task_index the tasks file lacks", edit_episode_rows(task_index_7), "task_index 7"),
-              ("info.json fps 15 over 30 fps videos", set_info(lambda i: i.update(fps=15)), "fps"),
+              ("info.json fps 15 over 80 fps videos", set_info(lambda i: i.update(fps=15)), "fps"),
               ("info.json camera shape 32x32 over 64x64 video", set_info(lambda i: i["features"][
                   "observation.images.rgb"].update(shape=[32, 32, 3])), "shape")]
           for command, *args in [("info", "{root}"),
@@ -738,7 +757,15 @@ def cases() -> list[Case]:
               ("frames_sha256 stored as integers", edit_meta_episodes(frames_checksum_as_int), "frames_sha256"),
               ("info.json chunks_size 0", set_info(lambda i: i.update(chunks_size=0)), "chunks_size"),
               ("a NaN start of episode 0's video span", edit_meta_episodes(video_start_nan), "span"),
-              ("timestamps drifting 0.9 ms a step", edit_episode_rows(timestamps_drifting), "drift")]
+              ("timestamps drifting 0.9 ms a step", edit_episode_rows(timestamps_drifting), "drift"),
+              # the third probe's
+              ("info.json total_tasks 5 with 1 task", set_info(lambda i: i.update(total_tasks=5)), "total_tasks"),
+              ("a camera's video.fps 40 in info.json, fps 80",
+               set_info(lambda i: i["features"]["observation.images.rgb"]["info"].update({"video.fps": 40})),
+               "video.fps"),
+              ("info.json fps 79 (and every video.fps) over 80 fps videos", set_info(lambda i: [
+                  i.update(fps=79), *[f["info"].update({"video.fps": 79}) for f in i["features"].values()
+                                      if f.get("dtype") == "video"]]), "fps")]
           for command, *args in [("info", "{root}"),
                                  ("train", "--policy", "st", "--dataset", "{root}", "--out",
                                   f"{{work}}/copies/t-{name.replace(' ', '-')}", "--steps", "2")]],
@@ -803,6 +830,20 @@ def cases() -> list[Case]:
             lambda c: c["config"]["vla"].update(image_size="abc")), "image_size"),
         damaged_policy("patch_size -3 in config.json", set_config(
             lambda c: c["config"]["vla"].update(patch_size=-3)), "patch_size"),
+        damaged_policy("an action normaliser low of -1e30", edit_weights(buffer_set("action_normalizer.low",
+                                                                                     lambda low: low - 1e30)),
+                       "beyond"),
+        *[Case(f"serve a checkpoint whose processor.json {name}", serve_refused(damage, f"serve-{index}", needle))
+          for index, (name, damage, needle) in enumerate([
+              ("says chunk_size \"4\"", set_config(lambda c: c.update(chunk_size="4"), "processor.json"),
+               "chunk_size"),
+              ("says 32 px images", set_config(lambda c: c["camera"].update(image_size=32), "processor.json"),
+               "'camera.image_size' is 32"),
+              ("lacks the camera input", set_config(lambda c: c["input_features"].pop("observation.images.rgb"),
+                                                    "processor.json"), "input_features.observation.images.rgb"),
+              ("says 7-D actions", set_config(lambda c: c["output_features"]["action"].update(shape=[7]),
+                                              "processor.json"), "output_features.action.shape"),
+              ("is missing", lambda p: (p / "processor.json").unlink(), "processor.json is missing")])],
         Case("serve a checkpoint whose processor.json is not JSON", serve_refused(
             lambda p: (p / "processor.json").write_text("{"), "serve-processor", "processor.json")),
         Case("serve a checkpoint with a pickle as the weights", serve_refused(
@@ -862,6 +903,12 @@ def cases() -> list[Case]:
                                                          "{work}/policy/eval", needle="inside the checkpoint")),
         Case("train --out inside the dataset", refused("train", "--policy", "st", "--dataset", "{work}/data", "--out",
                                                        "{work}/data/runs/x", needle="inside the dataset")),
+        Case("collect --out inside a dataset", refused("collect", "--task", "reach-v3", "--episodes", 1, "--out",
+                                                      "{work}/data/meta/sub", needle="inside the dataset")),
+        Case("train --out /proc/x (cannot be made)", refused("train", "--policy", "st", "--dataset", "{work}/data",
+                                                             "--out", "/proc/stvla_run", "--steps", 2,
+                                                             needle="a folder on the way")),
+        Case("train with a folder where a cache file goes", a_folder_where_a_cache_file_goes),
         Case("train --out an existing file", refused("train", "--policy", "st", "--dataset", "{work}/data", "--out",
                                                      "{work}/policy/config.json", needle="a file stands where")),
         Case("trace --variant E (the old spelling)", refused("trace", "{work}/data", "--out", "{work}/copies/tr.mp4",

@@ -115,6 +115,8 @@ def set_buffer(name, change):
      "is stored as torch.uint8, the policy holds torch.bool"),
     (set_buffer("state_normalizer.std", torch.zeros_like), "a fitted standard deviation is at least"),
     (set_buffer("action_normalizer.high", lambda high: high - 1e3), "action_normalizer.high is below .low"),
+    (set_buffer("action_normalizer.low", lambda low: low - 1e30), "action_normalizer.low is -1e+30 at dimension 0"),
+    (set_buffer("state_normalizer.mean", lambda mean: mean + 1e12), "no fit gives a value beyond"),
     (truncate, "not a readable safetensors file"),
     (stored_as(torch.int32), "is stored as torch.int32, the policy holds torch.float32"),
     (stored_as(torch.bool), "is stored as torch.bool, the policy holds torch.float32"),
@@ -228,6 +230,8 @@ def test_outputs_are_never_written_into_their_inputs(small_dataset, saved_policy
         argv = ["train", "--policy", "st", "--dataset", str(root), "--steps", "2", option, str(folder)]
         one_line_error(capsys, argv if option == "--out" else [*argv, "--out", str(tmp_path / "run")],
                        f"{option} {folder} is inside the dataset")
+    one_line_error(capsys, ["collect", "--task", "reach-v3", "--episodes", "1", "--out", str(root / "meta" / "sub")],
+                   f"{root / 'meta' / 'sub'} is inside the dataset {root}")
     assert sorted(path.relative_to(root) for path in root.rglob("*")) == before
     one_line_error(capsys, ["eval", "--policy", str(saved_policy), "--out", str(saved_policy)],
                    "is inside the checkpoint")
@@ -248,6 +252,23 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(small_dataset, tmp_pat
     one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--out", str(blocker),
                             "--steps", "2"], str(blocker), "a file stands where a folder is needed")
     assert blocker.read_text() == "not a folder"
+    one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--out", "/proc/stvla_run",
+                            "--steps", "2"], "/proc/stvla_run", "a folder on the way is missing or takes no new files")
+
+
+def test_a_folder_where_a_cache_file_goes_is_named_by_that_file(small_dataset, tmp_path, capsys):
+    """The error names the cache file a folder stands in place of, not the temporary file renamed onto it."""
+    from stvla.data.cache import DecodedCache
+    from stvla.data.store import EpisodeStore
+
+    root, _ = small_dataset
+    decoded = DecodedCache(EpisodeStore(root), progress=False, cache_dir=str(tmp_path / "cache")).directory
+    in_the_way = decoded / "task_index.npy"
+    in_the_way.mkdir(parents=True)
+    line = one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--steps", "2",
+                                   "--cache_dir", str(tmp_path / "cache"), "--out", str(tmp_path / "run")],
+                          f"{in_the_way}: Is a directory", "a folder stands where a file is needed")
+    assert ".tmp-" not in line and not list(decoded.glob("*.tmp-*")), "no temporary file is named or left"
 
 
 def test_view_into_a_directory_is_refused_and_leaves_nothing(small_dataset, tmp_path, capsys):

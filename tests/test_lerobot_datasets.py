@@ -446,7 +446,11 @@ def test_task_strings_kept_as_a_column_are_read_and_anything_else_is_named(tmp_p
 def test_an_fps_the_videos_do_not_run_at_is_named(tmp_path, capsys):
     """info.json's fps becomes the policy's control rate (processor.json, stvla serve): one the videos and the
     timestamps contradict is refused, naming the file."""
-    root = edited_copy(tmp_path, "rgb_7d", lambda info: info.update(fps=30))
+    def to_30_fps(info):  # everywhere info.json holds it, as one would edit it
+        info.update(fps=30)
+        info["features"][CAMERA]["info"]["video.fps"] = 30
+
+    root = edited_copy(tmp_path, "rgb_7d", to_30_fps)
     with pytest.raises(ValueError, match=r"file-000.mp4: the video runs at 10 fps, meta/info.json says 30"):
         EpisodeStore(root, DataConfig()).episode(0, [F.RGB])
     assert main(["info", str(root)]) == 2  # the timestamps, read first, say so too
@@ -552,6 +556,9 @@ def test_a_video_of_another_codec_than_info_says_is_refused(tmp_path):
      r"info.json: field 'video_path' '.*\{file_index:zz\}\.mp4' does not format with video_key, chunk_index, "
      r"file_index \(ValueError: Unknown format code 'z'"),
     (lambda info: info.update(chunks_size=0), r"info.json: field 'chunks_size' must be a positive whole number .*got 0"),
+    (lambda info: info.update(total_tasks=5), r"info.json: total_tasks is 5 but meta/tasks.parquet lists 2 tasks"),
+    (lambda info: info["features"][CAMERA]["info"].update({"video.fps": 40}),
+     rf"info.json: feature '{CAMERA}' says video.fps 40, but field 'fps' is 10: one of them is not the recording's"),
     (lambda info: info.update(chunks_size="1000"), r"info.json: field 'chunks_size' must be a positive .*got '1000'"),
 ])
 def test_info_json_totals_and_path_templates_that_do_not_hold_are_named(tmp_path, capsys, edit, message):

@@ -313,6 +313,8 @@ def test_normalizers_save_load_and_refuse_before_fit():
         assert torch.equal(fresh.normalize(x), fitted.normalize(x))
     with pytest.raises(ValueError, match="dimensions"):
         ActionNormalizer(3).fit_(np.zeros((10, 4)))
+    with pytest.raises(ValueError, match="beyond \\+-1e\\+09 \\(got 1e\\+12\\)"):  # damage, not a robot's values
+        StateNormalizer.fit(np.full((10, 2), 1e12))
 
 
 def test_state_normalizer_round_trip_and_std_floor():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import json
 import logging
 import socket
 import time
@@ -259,13 +260,32 @@ def test_the_handshake_cannot_fail_with_500_and_names_no_versions(tiny_tracevla,
 
 
 # --- 10 and 1: a cap on connections; memory bounded; turns shared fairly --------------------------------
-@pytest.mark.parametrize("written, needle", [("{not json", "is not readable JSON"),
-                                             ('{"fps": "ten"}', "'fps' must be a control rate")])
-def test_a_damaged_processor_json_is_named(tiny_tracevla, tmp_path, written, needle):
+def _changed_contract(policy: Path, change) -> str:
+    contract = json.loads((policy / "processor.json").read_text())
+    change(contract)
+    return json.dumps(contract)
+
+
+@pytest.mark.parametrize("written, needle", [
+    ("{not json", "is not readable JSON"), ("[]", "not the policy's contract"),
+    (lambda c: c.update(fps="ten"), "'fps' must be a control rate"),
+    (lambda c: c.update(chunk_size="4"), "'chunk_size' is \"4\", but the policy's config.json gives"),
+    (lambda c: c.update(n_action_steps=99), "'n_action_steps' is 99"),
+    (lambda c: c["camera"].update(image_size=32), "'camera.image_size' is 32, but the policy's config.json gives 64"),
+    (lambda c: c["input_features"].pop("observation.images.rgb"), "'input_features.observation.images.rgb' is nothing, but"),
+    (lambda c: c.update(depth_source="bogus"), "'depth_source'"), (lambda c: c.update(policy="st"), "'policy'"),
+    (lambda c: c["output_features"]["action"].update(shape=[7]), "'output_features.action.shape' is \\[7\\]"),
+    (None, "is missing: a saved policy holds it")])
+def test_a_damaged_or_changed_processor_json_is_named(tiny_tracevla, tmp_path, written, needle):
+    """processor.json is what clients are told: a file that is not the policy's own is refused, not served."""
     import shutil
 
     policy = Path(shutil.copytree(tiny_tracevla, tmp_path / "policy"))
-    (policy / "processor.json").write_text(written)
+    if written is None:
+        (policy / "processor.json").unlink()
+    else:
+        (policy / "processor.json").write_text(written if isinstance(written, str) else
+                                               _changed_contract(policy, written))
     with pytest.raises(ValueError, match=f"processor.json.*{needle}"):
         PolicyServer(ServeConfig(policy=str(policy), port=0))
 

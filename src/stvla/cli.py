@@ -284,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
 OS_ERROR_HINTS = {FileExistsError: "a file stands where a folder is needed: remove it or choose another path",
                   NotADirectoryError: "a file stands where a folder is needed: remove it or choose another path",
                   IsADirectoryError: "a folder stands where a file is needed: remove it or choose another path",
-                  PermissionError: "not allowed: choose a path you can write"}
+                  PermissionError: "not allowed: choose a path you can write",
+                  FileNotFoundError: "nothing is there, or a folder on the way is missing or takes no new files: "
+                                     "check the path"}
 
 
 def reporting_errors(prog: str, run: Callable[[], int | None]) -> int:
@@ -297,7 +299,10 @@ def reporting_errors(prog: str, run: Callable[[], int | None]) -> int:
     except (DatasetError, FolderInUse, ValueError, OSError, KeyError, IndexError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         if type(error) in OS_ERROR_HINTS and error.filename:  # the path first, and what stands in the way
-            message = f"{error.filename}: {error.strerror} ({OS_ERROR_HINTS[type(error)]})"
+            # A rename's target is its second path: what stands in the way, not the temporary file renamed.
+            in_the_way = type(error) in (FileExistsError, NotADirectoryError, IsADirectoryError) and error.filename2
+            message = f"{error.filename2 if in_the_way else error.filename}: {error.strerror} " \
+                      f"({OS_ERROR_HINTS[type(error)]})"
         from tqdm import tqdm
 
         for bar in list(getattr(tqdm, "_instances", ())):  # the error gets its own line, not the end of a bar's

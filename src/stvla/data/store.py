@@ -73,7 +73,7 @@ INDEX_FEATURES = {
 DEPTH_QUANTIZATION_INFO = ("video.depth_min", "video.depth_max", "video.shift", "video.use_log")
 IDENTITY_INFO = ("is_depth_map", "depth_unit", "source", *DEPTH_QUANTIZATION_INFO)  # feature info a caller gives
 QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
-FPS_TOLERANCE = 0.02  # a video's own frame rate may differ from info.json's fps by this share (containers round)
+FPS_TOLERANCE = 0.005  # a video's frame rate may differ from info.json's fps by this share (29.97 for 30; not 79 for 80)
 TIMESTAMP_TOLERANCE_S = 1e-3  # consecutive timestamps may differ from 1/fps by this much (float32 rounding, clocks)
 STAT_NAMES = ("min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99")
 
@@ -304,6 +304,10 @@ class EpisodeWriter:
                          episodes_per_file: int = 1) -> "EpisodeWriter":
         """Start a new dataset at `root`, or with `resume` continue the one there (same features required)."""
         root = Path(root)
+        # A dataset's files are what its meta/ lists: one written inside another would be nobody's, or damage it.
+        holder = next((parent for parent in root.resolve().parents if (parent / "meta" / "info.json").is_file()), None)
+        if holder is not None:
+            raise DatasetError(f"{root} is inside the dataset {holder}: write the new dataset elsewhere")
         writer = cls(root, fps, features, robot_type, video, episodes_per_file)
         writer._pending = []
         if (root / "meta" / "info.json").exists():
@@ -511,6 +515,12 @@ class EpisodeStore:
             raise DatasetError(f"{info_path}: field 'fps' must be a positive whole number of frames per second "
                                f"(as LeRobot writes it), got {fps!r}")
         self.fps: int = int(fps)
+        for key, feature in self.info["features"].items():  # LeRobot writes each video's rate beside the fps
+            rate = (feature.get("info") or {}).get("video.fps") if isinstance(feature, dict) else None
+            if rate is not None and (not isinstance(rate, (int, float)) or isinstance(rate, bool)
+                                     or not abs(rate - self.fps) <= FPS_TOLERANCE * self.fps):
+                raise DatasetError(f"{info_path}: feature {key!r} says video.fps {rate!r}, but field 'fps' is "
+                                   f"{self.fps}: one of them is not the recording's")
         self._check_paths()
         self.episodes = self._read_episodes()
         self.tasks: list[str] = self._read_tasks(self.root / "meta" / "tasks.parquet")
@@ -572,7 +582,8 @@ class EpisodeStore:
         """info.json's totals against meta/episodes, the record of what is finished. The writer writes info.json
         first, so one killed between the two leaves info.json ahead (more episodes and frames), never behind;
         with the same episodes, the same frames."""
-        totals = {field: self.info[field] for field in ("total_episodes", "total_frames") if field in self.info}
+        totals = {field: self.info[field] for field in ("total_episodes", "total_frames", "total_tasks")
+                  if field in self.info}
         for field, value in totals.items():
             if not _whole_number(value):
                 raise DatasetError(f"{info_path}: field {field!r} must be a whole number, got {value!r}")
@@ -583,6 +594,10 @@ class EpisodeStore:
         if frames < self.num_frames or (episodes == self.num_episodes and frames != self.num_frames):
             raise DatasetError(f"{info_path}: total_frames is {frames} but meta/episodes lists {self.num_frames} "
                                f"frames (the lengths of its {self.num_episodes} episodes)")
+        tasks = totals.get("total_tasks", len(self.tasks))  # a killed writer's new episode may bring a new task
+        if tasks < len(self.tasks) or (episodes == self.num_episodes and tasks != len(self.tasks)):
+            raise DatasetError(f"{info_path}: total_tasks is {tasks} but meta/tasks.parquet lists {len(self.tasks)} "
+                               f"tasks")
 
     # --- what the dataset holds -------------------------------------------------------------------
     @property

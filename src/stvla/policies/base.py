@@ -172,9 +172,9 @@ class Policy(nn.Module):
     # --- checkpoints -------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, fps: int | None = None) -> Path:
         """Write config.json (type + config), model.safetensors (weights, normalisers, action grid) and
-        processor.json (the input contract, for clients: written from the config, never read back, so a
-        checkpoint without it, or from an older version, loads the same; `fps`, the control rate of the
-        training data, is added to it).
+        processor.json (the input contract, for clients: written from the config, so a checkpoint without
+        it, or from an older version, loads the same; `fps`, the control rate of the training data, is added
+        to it; `stvla serve` needs it, and refuses one that disagrees with the config).
 
         The checkpoint is self-contained: with a PaliGemma backbone, its architecture (config.json) is
         copied to `backbone/` beside every weight, and the saved config points there."""
