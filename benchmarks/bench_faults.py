@@ -763,6 +763,8 @@ def cases() -> list[Case]:
               ("a camera's video.fps 40 in info.json, fps 80",
                set_info(lambda i: i["features"]["observation.images.rgb"]["info"].update({"video.fps": 40})),
                "video.fps"),
+              ("a feature's info \"abc\" in info.json",
+               set_info(lambda i: i["features"]["observation.images.rgb"].update(info="abc")), "'info' is"),
               ("info.json fps 79 (and every video.fps) over 80 fps videos", set_info(lambda i: [
                   i.update(fps=79), *[f["info"].update({"video.fps": 79}) for f in i["features"].values()
                                       if f.get("dtype") == "video"]]), "fps")]

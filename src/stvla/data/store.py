@@ -509,6 +509,8 @@ class EpisodeStore:
             raise DatasetError(f"{info_path}: codebase_version {self.info['codebase_version']!r} is not v3")
         if not isinstance(self.info["features"], dict):
             raise DatasetError(f"{info_path}: field 'features' is not a mapping of feature keys to entries")
+        for key, feature in self.info["features"].items():
+            _check_feature_entry(key, feature, info_path)
         self.info["features"] = {key: _channels_last(feature) for key, feature in self.info["features"].items()}
         fps = self.info.get("fps")
         if not _whole_number(fps) or fps <= 0:
@@ -516,7 +518,7 @@ class EpisodeStore:
                                f"(as LeRobot writes it), got {fps!r}")
         self.fps: int = int(fps)
         for key, feature in self.info["features"].items():  # LeRobot writes each video's rate beside the fps
-            rate = (feature.get("info") or {}).get("video.fps") if isinstance(feature, dict) else None
+            rate = (feature.get("info") or {}).get("video.fps")
             if rate is not None and (not isinstance(rate, (int, float)) or isinstance(rate, bool)
                                      or not abs(rate - self.fps) <= FPS_TOLERANCE * self.fps):
                 raise DatasetError(f"{info_path}: feature {key!r} says video.fps {rate!r}, but field 'fps' is "
@@ -1054,6 +1056,21 @@ class EpisodeStore:
 
 
 CHANNEL_NAMES = ("channel", "channels")
+
+
+def _check_feature_entry(key: str, feature: Any, info_path: Path) -> None:
+    """One entry of info.json's features has the form LeRobot writes: a mapping with a dtype string, a shape
+    of whole numbers and, if any, an info mapping (what every reader of the entry takes for granted)."""
+    where = f"{info_path}: feature {key!r}"
+    if not isinstance(feature, dict):
+        raise DatasetError(f"{where} is {json.dumps(feature)[:40]}, not an entry with dtype and shape")
+    if not isinstance(feature.get("dtype"), str):
+        raise DatasetError(f"{where}: 'dtype' is {json.dumps(feature.get('dtype'))[:40]}, not a type name")
+    shape = feature.get("shape")
+    if not isinstance(shape, list) or not all(_whole_number(size) and size >= 0 for size in shape):
+        raise DatasetError(f"{where}: 'shape' is {json.dumps(shape)[:40]}, not a list of sizes")
+    if feature.get("info") is not None and not isinstance(feature["info"], dict):
+        raise DatasetError(f"{where}: 'info' is {json.dumps(feature['info'])[:40]}, not a mapping")
 
 
 def _channels_last(feature: dict) -> dict:
