@@ -763,6 +763,13 @@ def cases() -> list[Case]:
               ("a camera's video.fps 40 in info.json, fps 80",
                set_info(lambda i: i["features"]["observation.images.rgb"]["info"].update({"video.fps": 40})),
                "video.fps"),
+              # the fourth probe's
+              ("depth's video.use_log null in info.json", set_info(lambda i: i["features"]["observation.depth"][
+                  "info"].update({"video.use_log": None})), "video.use_log"),
+              ("depth's depth_unit \"cm\" in info.json", set_info(lambda i: i["features"]["observation.depth"][
+                  "info"].update(depth_unit="cm")), "depth_unit"),
+              ("frame_index missing from info.json", set_info(lambda i: i["features"].pop("frame_index")),
+               "frame_index"),
               ("a feature's info \"abc\" in info.json",
                set_info(lambda i: i["features"]["observation.images.rgb"].update(info="abc")), "'info' is"),
               ("info.json fps 79 (and every video.fps) over 80 fps videos", set_info(lambda i: [
@@ -846,6 +853,15 @@ def cases() -> list[Case]:
               ("says 7-D actions", set_config(lambda c: c["output_features"]["action"].update(shape=[7]),
                                               "processor.json"), "output_features.action.shape"),
               ("is missing", lambda p: (p / "processor.json").unlink(), "processor.json is missing")])],
+        damaged_policy("a processor.json that is not JSON", lambda p: (p / "processor.json").write_text("{"),
+                       "processor.json is not readable JSON"),
+        damaged_policy("a processor.json saying 7-D actions", set_config(
+            lambda c: c["output_features"]["action"].update(shape=[7]), "processor.json"), "output_features"),
+        Case("depth --out inside the dataset", refused("depth", "{work}/data", "--depth_model", "{work}/nothing",
+                                                       "--out", "{work}/data/meta/with-depth",
+                                                       needle="inside the dataset")),
+        Case("info --intrinsics 80,80,nan,48", refused("info", "{work}/data", "--intrinsics", "80,80,nan,48",
+                                                       needle="finite")),
         Case("serve a checkpoint whose processor.json is not JSON", serve_refused(
             lambda p: (p / "processor.json").write_text("{"), "serve-processor", "processor.json")),
         Case("serve a checkpoint with a pickle as the weights", serve_refused(

@@ -652,3 +652,25 @@ def test_timestamps_that_drift_past_half_a_frame_are_refused(small_dataset, tmp_
     pq.write_table(table.set_column(table.schema.get_field_index("timestamp"), "timestamp",
                                     pa.array(stamps, table.schema.field("timestamp").type)), path)
     one_line_error(capsys, ["info", str(root)], str(path), "the timestamps drift by more than half a frame")
+
+
+def test_a_pipe_in_place_of_a_cache_manifest_does_not_block(tmp_path):
+    """A FIFO where a cache file's manifest goes made training wait forever on reading it; it is now a cache
+    file not known good, built again."""
+    import os
+    import threading
+
+    from stvla.data.cache import verified, write_manifest
+
+    cache_file = tmp_path / "action.npy"
+    np.save(cache_file, np.zeros((4, 2), dtype=np.float32))
+    write_manifest(cache_file, [slice(0, 4)])
+    assert verified(cache_file, [slice(0, 4)])
+    manifest = tmp_path / "action.npy.json"
+    manifest.unlink()
+    os.mkfifo(manifest)
+    answer = []
+    reader = threading.Thread(target=lambda: answer.append(verified(cache_file, [slice(0, 4)])), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert answer == [False], "the check returned at once, with the file not known good"

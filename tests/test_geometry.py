@@ -48,3 +48,15 @@ def test_scale_intrinsics_matches_direct_construction():
     K224 = geometry.intrinsics_from_fov(60.0, 224, 224)
     K128 = geometry.scale_intrinsics(K224, (224, 224), (128, 128))
     np.testing.assert_allclose(K128, geometry.intrinsics_from_fov(60.0, 128, 128))
+
+
+@pytest.mark.parametrize("change, needle", [((0, 0, 0.0), "fx, fy > 0"), ((1, 0, 5.0), "[0, fy, cy]"),
+                                            ((2, 2, 2.0), "[0, 0, 1]"), ((0, 2, np.nan), "non-finite")])
+def test_check_intrinsics_refuses_what_is_no_pinhole_matrix(change, needle):
+    """A camera matrix has zeros below the diagonal and [0, 0, 1] as its last row (K[1, 0] = 5 passed)."""
+    K = np.array([[80.0, 0.0, 48.0], [0.0, 80.0, 48.0], [0.0, 0.0, 1.0]])
+    geometry.check_intrinsics(K, "camera")
+    row, column, value = change
+    K[row, column] = value
+    with pytest.raises(ValueError, match=f"camera: intrinsics .*{needle[:6].replace('[', '.')}"):
+        geometry.check_intrinsics(K, "camera")

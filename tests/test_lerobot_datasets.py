@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from stvla import features as F
@@ -312,6 +314,34 @@ def test_depth_in_millimetres_is_refused_by_info_as_by_train(tmp_path, capsys):
                  "--steps", "1", "--cache_dir", str(tmp_path / "cache")]) == 2
     train_error = capsys.readouterr().err.strip().splitlines()[-1]
     assert train_error.removeprefix("stvla train: error: ") in info_error
+
+
+def test_info_checks_the_depth_of_every_episode_as_training_does(tmp_path, capsys):
+    """Depth in millimetres in the last episode only: `stvla info` checked the first episode's and passed
+    a dataset training refuses; it now decodes every episode's depth and refuses with the same line."""
+    import io
+
+    from PIL import Image
+
+    root = Path(shutil.copytree(FIXTURES / "depth_image", tmp_path / "depth_image"))
+    path = root / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    last = table.column("episode_index").to_numpy() == table.column("episode_index").to_numpy().max()
+    images = table.column(DEPTH_KEY).to_pylist()
+    for row in np.flatnonzero(last):
+        metres = np.asarray(Image.open(io.BytesIO(images[row]["bytes"]))).astype(np.float32)
+        written = io.BytesIO()
+        Image.fromarray(metres * 1000, mode="F").save(written, format="TIFF")
+        images[row] = {**images[row], "bytes": written.getvalue()}
+    pq.write_table(table.set_column(table.schema.get_field_index(DEPTH_KEY), DEPTH_KEY,
+                                    pa.array(images, type=table.schema.field(DEPTH_KEY).type)), path)
+    assert main(["info", str(root), "--fov", "60"]) == 2
+    info_error = capsys.readouterr().err.strip().splitlines()
+    assert len(info_error) == 1 and "that looks like millimetres" in info_error[0], info_error
+    assert main(["train", "--policy", "st", "--dataset", str(root), "--fov", "60", "--out", str(tmp_path / "run"),
+                 "--steps", "1", "--cache_dir", str(tmp_path / "cache")]) == 2
+    train_error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert train_error.removeprefix("stvla train: error: ") in info_error[0]
 
 
 def edited_copy(tmp_path: Path, name: str, edit) -> Path:
@@ -662,3 +692,88 @@ def test_an_episode_listed_twice_in_meta_episodes_is_named(tmp_path):
     pd.concat([episodes, episodes.iloc[[1]]], ignore_index=True).to_parquet(path)
     with pytest.raises(ValueError, match=r"episode indices are not 0..\d+: episode 1 is listed 2 times"):
         EpisodeStore(root, DataConfig())
+
+
+def depth_info(**changes):
+    def edit(info):
+        info["features"][DEPTH_KEY]["info"].update(changes)
+    return edit
+
+
+@pytest.mark.parametrize("fixture, edit, message", [
+    ("depth_video", depth_info(**{"video.use_log": None}), r"video.use_log is null, not true or false"),
+    ("depth_video", depth_info(**{"video.use_log": "false"}), r"video.use_log is \"false\", not true or false"),
+    ("depth_video", depth_info(**{"video.depth_min": None}), r"video.depth_min is null, not a number of metres"),
+    ("depth_video", depth_info(**{"video.shift": "abc"}), r"video.shift is \"abc\", not a number of metres"),
+    ("depth_video", depth_info(**{"video.depth_max": [10.0]}), r"video.depth_max is \[10.0\], not a number"),
+    ("depth_image", depth_info(depth_unit="cm"), r"has depth_unit \"cm\", not one of \['m', 'mm'\]"),
+    ("rgb_7d", lambda info: info["features"].pop("frame_index"),
+     r"feature 'frame_index' is missing: LeRobot writes it with every row"),
+    ("rgb_7d", lambda info: info["features"].pop("timestamp"), r"feature 'timestamp' is missing"),
+])
+def test_depth_fields_of_another_type_and_missing_order_columns_are_refused(tmp_path, capsys, fixture, edit, message):
+    """A null use_log decoded a log-coded depth video linearly (a metre off), an unknown depth_unit was read as
+    metres, and a dataset without frame_index / timestamp had no order left to check: each is one line now,
+    naming info.json and the field, by `stvla info` as by training."""
+    root = edited_copy(tmp_path, fixture, edit)
+    with pytest.raises(DatasetError, match=message):
+        EpisodeStore(root, DataConfig(fov=60)).episode(0, [F.DEPTH] if "depth" in fixture else [F.RGB])
+    assert main(["info", str(root), "--fov", "60"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "info.json" in error[0] and re.search(message, error[0]), error
+
+
+def test_meta_episodes_tasks_as_one_string_are_checked_as_a_list(tmp_path):
+    """LeRobot writes each episode's tasks as a list; a plain string naming another task is refused as the
+    list is (it skipped the check)."""
+    root = Path(shutil.copytree(FIXTURES / "rgb_7d", tmp_path / "rgb_7d"))
+    path = root / "meta/episodes/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    strings = pa.array(["pick the cube"] * table.num_rows)
+    pq.write_table(table.set_column(table.schema.get_field_index("tasks"), "tasks", strings), path)
+    with pytest.raises(DatasetError, match=r"episode 0.s tasks are \[.pick the cube.\], but its rows. task_index"):
+        EpisodeStore(root, DataConfig()).episode(0, [F.ACTION, "task_index"])
+
+
+@pytest.mark.parametrize("intrinsics, message", [("80,80,nan,48", "every value must be a finite number"),
+                                                 ("inf,80,48,48", "every value must be a finite number")])
+def test_non_finite_intrinsics_are_refused_by_every_command(capsys, intrinsics, message):
+    """`stvla info` took --intrinsics with a NaN that training refused; the setting is checked where it is made."""
+    assert main(["info", str(FIXTURES / "rgb_7d"), "--intrinsics", intrinsics]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and message in error[0] and intrinsics in error[0], error
+
+
+def test_meta_episodes_in_two_files_name_the_file_at_fault(tmp_path):
+    """meta/episodes split over two files (LeRobot starts a new one as it grows): a column of the wrong type,
+    or missing, in the second is named with the second file, not the first."""
+    root = Path(shutil.copytree(FIXTURES / "rgb_7d", tmp_path / "rgb_7d"))
+    first = root / "meta/episodes/chunk-000/file-000.parquet"
+    second = first.with_name("file-001.parquet")
+    table = pq.read_table(first)
+    pq.write_table(table.slice(0, 1), first)
+    later = table.slice(1)
+    pq.write_table(later.set_column(later.schema.get_field_index("length"), "length",
+                                    later.column("length").cast(pa.float64())), second)
+    with pytest.raises(DatasetError, match=rf"{second}: column 'length' holds float64 values"):
+        EpisodeStore(root, DataConfig())
+    pq.write_table(later.drop_columns([later.column_names[-1]]), second)
+    with pytest.raises(DatasetError, match=rf"{second}: column '{later.column_names[-1]}' is in one of"):
+        EpisodeStore(root, DataConfig())
+    pq.write_table(later, second)
+    assert EpisodeStore(root, DataConfig()).num_episodes == table.num_rows  # split as it is, it reads
+
+
+def test_appending_features_again_after_a_stopped_run_writes_this_runs_values(tmp_path):
+    """A run of append_features stopped before info.json (as a failed `stvla depth` in place) leaves its column in
+    the data files; the next call, perhaps with another depth model, must write its own values, not keep those."""
+    from stvla.data.store import append_features
+
+    root = Path(shutil.copytree(FIXTURES / "rgb_7d", tmp_path / "rgb_7d"))
+    feature = {"observation.extra": {"dtype": "float32", "shape": [2], "names": None}}
+    info = (root / "meta/info.json").read_text()
+    lengths = EpisodeStore(root).episodes["length"].tolist()
+    append_features(root, feature, lambda e: {"observation.extra": np.full((lengths[e], 2), 1.0, np.float32)})
+    (root / "meta/info.json").write_text(info)  # as if stopped before info.json made the column visible
+    append_features(root, feature, lambda e: {"observation.extra": np.full((lengths[e], 2), 2.0, np.float32)})
+    assert (EpisodeStore(root).episode(0, ["observation.extra"])["observation.extra"] == 2.0).all()

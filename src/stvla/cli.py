@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import json
 import os
@@ -289,6 +290,11 @@ OS_ERROR_HINTS = {FileExistsError: "a file stands where a folder is needed: remo
                                      "check the path"}
 
 
+# What a write that failed for want of room means, by errno (an OSError of no type of its own).
+FULL_DISK_HINTS = {errno.ENOSPC: "the disk is full: free some space there, or write elsewhere",
+                   errno.EDQUOT: "your disk quota is used up: free some space there, or write elsewhere"}
+
+
 def reporting_errors(prog: str, run: Callable[[], int | None]) -> int:
     """Run `run`; bad input, a busy folder or a missing file ends it with one line naming it, status 2."""
     from stvla.data.store import DatasetError
@@ -303,12 +309,21 @@ def reporting_errors(prog: str, run: Callable[[], int | None]) -> int:
             in_the_way = type(error) in (FileExistsError, NotADirectoryError, IsADirectoryError) and error.filename2
             message = f"{error.filename2 if in_the_way else error.filename}: {error.strerror} " \
                       f"({OS_ERROR_HINTS[type(error)]})"
-        from tqdm import tqdm
+        elif isinstance(error, OSError) and error.errno in FULL_DISK_HINTS and error.filename:
+            # os.strerror: a library's own wording ("Error writing bytes to file. Detail: ...") says less
+            message = f"{error.filename}: {os.strerror(error.errno)} ({FULL_DISK_HINTS[error.errno]})"
+    except RuntimeError as error:
+        # pathlib's resolve() meets a symbolic link that leads back to itself (Python < 3.13; an OSError after)
+        if not str(error).startswith("Symlink loop from "):
+            raise
+        loop = getattr(error.__context__, "filename", None) or str(error).removeprefix("Symlink loop from ")
+        message = f"{loop}: a symbolic link that leads back to itself: point it at a real path, or remove it"
+    from tqdm import tqdm
 
-        for bar in list(getattr(tqdm, "_instances", ())):  # the error gets its own line, not the end of a bar's
-            bar.close()
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
+    for bar in list(getattr(tqdm, "_instances", ())):  # the error gets its own line, not the end of a bar's
+        bar.close()
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,8 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
+from stvla.files import write_text_naming_the_file
+
 T = TypeVar("T")
 _FIELD_COMMENT = re.compile(r"^\s*(\w+)\s*:[^#]*#\s*(.+)$")
 
@@ -239,7 +241,7 @@ def checked_value(hint: Any, value: Any, where: str) -> Any:
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(config_to_dict(config), indent=2) + "\n")
+    write_text_naming_the_file(path, json.dumps(config_to_dict(config), indent=2) + "\n")
 
 
 def load_config(cls: type[T], path: str | Path) -> T:

@@ -138,6 +138,6 @@ def check_intrinsics(intrinsics: np.ndarray, where: str) -> None:
         raise ValueError(f"{where}: intrinsics must be a numeric (3, 3) matrix, got {K.dtype} {list(K.shape)}")
     if not np.isfinite(K).all():
         raise ValueError(f"{where}: intrinsics have non-finite values: {K.tolist()}")
-    if not (K[0, 0] > 0 and K[1, 1] > 0) or not np.allclose(K[2], [0, 0, 1]):
+    if not (K[0, 0] > 0 and K[1, 1] > 0) or not np.allclose(K[2], [0, 0, 1]) or K[1, 0] != 0:
         raise ValueError(f"{where}: intrinsics must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0, "
                          f"got {np.round(K, 4).tolist()}")

@@ -71,13 +71,15 @@ class FolderLock:
             self._fd = None
 
 
-def writes_to_out(command: str, settings: tuple[str, ...] = ()) -> Callable:
+def writes_to_out(command: str, finished: tuple[str, ...] = ()) -> Callable:
     """Decorator for a function of a config with an `out` folder: it runs holding that folder's lock.
 
-    A run refused before it did any work leaves nothing behind: when it made `out` itself and ends by an
-    exception while `out` holds only its lock and files matching `settings` (glob patterns of what it
-    writes before it starts work: its config, a log writer's empty file), the folder is removed.
-    Under torchrun only rank 0 writes, so only rank 0 (RANK unset or 0) takes the lock."""
+    A run that fails before it finished any work leaves nothing behind: when it made `out` itself and ends
+    by an exception while nothing in `out` that matches `finished` holds anything (glob patterns of the
+    work a run keeps: a checkpoint, an episode log; an empty file or folder is no finished work), the
+    folder is removed with what it wrote so far (its config, logs, half-written files). Without
+    `finished`, only a folder holding nothing but its lock is removed. A folder that was there before the
+    run is never removed. Under torchrun only rank 0 writes, so only rank 0 (RANK unset or 0) takes the lock."""
     def decorate(function: Callable) -> Callable:
         @functools.wraps(function)
         def locked(config, *args, **kwargs):
@@ -89,18 +91,27 @@ def writes_to_out(command: str, settings: tuple[str, ...] = ()) -> Callable:
                     return function(config, *args, **kwargs)
                 except BaseException:
                     if made_here:
-                        _remove_if_holding_only(lock, settings)
+                        _remove_if_unfinished(lock, finished)
                     raise
         return locked
     return decorate
 
 
-def _remove_if_holding_only(lock: FolderLock, settings: tuple[str, ...]) -> None:
-    """Remove `lock`'s folder if every file in it is the lock or matches `settings` (done while the lock is
-    held: a second writer that opened the lock file before it went is refused until this one is gone)."""
-    expected = {lock.path} | {path for pattern in settings for path in lock.folder.glob(pattern)}
-    if all(path in expected for path in lock.folder.rglob("*") if not path.is_dir()):
+def _remove_if_unfinished(lock: FolderLock, finished: tuple[str, ...]) -> None:
+    """Remove `lock`'s folder if nothing in it that matches `finished` holds anything (without `finished`: if
+    it holds no file but the lock). Done while the lock is held: a second writer that opened the lock file
+    before it went is refused until this one is gone."""
+    if finished:
+        done = any(_holds_something(path) for pattern in finished for path in lock.folder.glob(pattern))
+    else:
+        done = any(path != lock.path for path in lock.folder.rglob("*") if not path.is_dir())
+    if not done:
         shutil.rmtree(lock.folder, ignore_errors=True)
+
+
+def _holds_something(path: Path) -> bool:
+    """A file with bytes in it, or a folder with anything in it."""
+    return any(path.iterdir()) if path.is_dir() else path.stat().st_size > 0
 
 
 def _lock(fd: int) -> None:

@@ -6,6 +6,7 @@ traceback from deep inside torch or transformers.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,3 +27,16 @@ def from_local(loader: Callable[..., T], path: str | Path, what: str, **options:
         return loader(str(path), local_files_only=True, **options)
     except Exception as error:  # noqa: BLE001 - whatever the files did wrong, the user gets one line
         raise ValueError(f"{what} at {path} could not be loaded ({type(error).__name__}: {first_line(error)})") from None
+
+
+def local_config(path: str | Path) -> dict[str, Any]:
+    """`path`/config.json (a transformers checkpoint's settings) as a dict. A file that is not JSON, or not a
+    JSON object, raises a one-line ValueError naming it; a missing or unreadable one, the OSError (which names it)."""
+    config_path = Path(path) / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except ValueError as error:  # not UTF-8, or not JSON
+        raise ValueError(f"{config_path}: not a JSON file ({first_line(error)})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a JSON object of settings, got {json.dumps(config)[:40]}")
+    return config

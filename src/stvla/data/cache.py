@@ -104,7 +104,7 @@ def verified(path: Path, spans: list[slice], say: bool = True) -> bool:
     changed since (its episodes' checksums differ) is said so on stderr (unless not `say`: a check made
     again), and the caller builds it again."""
     try:
-        if not path.is_file():
+        if not path.is_file() or not _manifest_path(path).is_file():  # (a pipe there would block the read)
             return False
         # Manifests written before they named their file are taken as this file's.
         written = {"file": path.name, **json.loads(_manifest_path(path).read_text())}

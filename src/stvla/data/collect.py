@@ -22,8 +22,9 @@ from tqdm import tqdm
 from stvla import features as F
 from stvla.config import KEY_NEUTRAL
 from stvla.data.roles import DataConfig, is_depth_feature, resolve_roles
-from stvla.data.store import EpisodeStore, EpisodeWriter, frame_dtype
+from stvla.data.store import EPISODES_META_PATH, EpisodeStore, EpisodeWriter, frame_dtype
 from stvla.envs import ROBOT_TYPE, EnvConfig, MetaWorldRGBDEnv, episode_seed, instruction_of, parse_tasks
+from stvla.files import naming_the_file
 from stvla.locks import writes_to_out
 
 FPS = 80  # Meta-World control rate: 5 MuJoCo steps of 2.5 ms per action
@@ -238,7 +239,9 @@ def _single_threaded_renderer() -> None:
     os.environ["LP_NUM_THREADS"] = "1"
 
 
-@writes_to_out("stvla collect")
+# The episodes table is written last, once an episode is whole (EpisodeWriter._write_meta): a new dataset
+# without it holds no finished episode, and a run that fails then removes it whole.
+@writes_to_out("stvla collect", finished=(EPISODES_META_PATH,))
 def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
     """Collect `config.episodes` expert episodes per task into `config.out` (see CollectConfig)."""
     tasks = config.task_list()
@@ -275,11 +278,13 @@ def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
                 stats.attempted += 1
                 stats.succeeded += episode.success
                 if episode.success or config.keep_failures:
-                    writer.add_episode(episode.frames, instruction_of(task), {
-                        "env_task": task, "seed": episode.seed, "attempt": episode.attempt,
-                        "success": episode.success, "near_object": episode.reached_near_object,
-                        "grasped": episode.reached_grasp,
-                    })
+                    # The parquet writer's errors name no file (a full disk): the dataset is named then.
+                    with naming_the_file(config.out):
+                        writer.add_episode(episode.frames, instruction_of(task), {
+                            "env_task": task, "seed": episode.seed, "attempt": episode.attempt,
+                            "success": episode.success, "near_object": episode.reached_near_object,
+                            "grasped": episode.reached_grasp,
+                        })
                     stats.kept += 1
                     stats.frames += episode.length
                     done[task] += 1

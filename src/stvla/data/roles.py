@@ -10,6 +10,8 @@ what the dataset has when the choice is missing or ambiguous.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +33,10 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check_fit(self.image_fit)
+        if self.intrinsics:  # checked where the config is made, so every command refuses what training would
+            _parse_intrinsics(self.intrinsics)
+        if not (self.fov == 0 or 0 < self.fov < 180):  # NaN fails both
+            raise ValueError(f"--fov {self.fov}: a vertical field of view in degrees, in (0, 180) (0 = not given)")
 
     @property
     def cameras(self) -> list[str]:
@@ -63,6 +69,8 @@ def _parse_intrinsics(text: str) -> np.ndarray:
         fx, fy, cx, cy = (float(part) for part in text.split(","))
     except ValueError:
         raise ValueError(f"--intrinsics {text!r}: expected four numbers fx,fy,cx,cy (pixels)") from None
+    if not all(math.isfinite(value) for value in (fx, fy, cx, cy)):
+        raise ValueError(f"--intrinsics {text!r}: every value must be a finite number of pixels")
     if fx <= 0 or fy <= 0:
         raise ValueError(f"--intrinsics {text!r}: focal lengths must be positive")
     return np.array([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=np.float32)

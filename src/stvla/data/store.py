@@ -509,8 +509,14 @@ class EpisodeStore:
             raise DatasetError(f"{info_path}: codebase_version {self.info['codebase_version']!r} is not v3")
         if not isinstance(self.info["features"], dict):
             raise DatasetError(f"{info_path}: field 'features' is not a mapping of feature keys to entries")
+        for key in (INDEX, EPISODE_INDEX, FRAME_INDEX, TIMESTAMP):
+            if key not in self.info["features"]:
+                raise DatasetError(f"{info_path}: feature {key!r} is missing: LeRobot writes it with every row, and "
+                                   f"without it the rows' episode and time order cannot be checked")
         for key, feature in self.info["features"].items():
             _check_feature_entry(key, feature, info_path)
+            if is_depth_feature(key, feature):
+                _check_depth_info(key, feature, info_path)
         self.info["features"] = {key: _channels_last(feature) for key, feature in self.info["features"].items()}
         fps = self.info.get("fps")
         if not _whole_number(fps) or fps <= 0:
@@ -782,17 +788,23 @@ class EpisodeStore:
         if not paths:
             raise DatasetError(f"file missing: {self.root / EPISODES_META_PATH}")
         tables = [self._read_table(path).to_pandas() for path in paths]
-        episodes = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
         required = (EPISODE_INDEX, "length", "data/chunk_index", "data/file_index")
-        for column in required:
-            if column not in episodes:
-                raise DatasetError(f"{paths[0]}: column {column!r} is missing")
-        video_files = [column for column in episodes.columns
-                       if column.startswith("videos/") and column.endswith(("/chunk_index", "/file_index"))]
-        for column in (*required, *video_files):
-            if not pd.api.types.is_integer_dtype(episodes[column]):  # 1.5 would be read as 1 (or as a NaN)
-                raise DatasetError(f"{paths[0]}: column {column!r} holds {episodes[column].dtype} values "
-                                   f"({_plain(episodes[column].iloc[0])!r}, ...), not integers")
+        for path, table in zip(paths, tables):  # each file by itself, so the one at fault is named
+            for column in required:
+                if column not in table:
+                    raise DatasetError(f"{path}: column {column!r} is missing")
+            video_files = [column for column in table.columns
+                           if column.startswith("videos/") and column.endswith(("/chunk_index", "/file_index"))]
+            for column in (*required, *video_files):
+                if not pd.api.types.is_integer_dtype(table[column]):  # 1.5 would be read as 1 (or as a NaN)
+                    raise DatasetError(f"{path}: column {column!r} holds {table[column].dtype} values "
+                                       f"({_plain(table[column].iloc[0])!r}, ...), not integers")
+        for path, table in zip(paths[1:], tables[1:]):  # a column one file lacks would be NaN for its episodes
+            differ = sorted(set(tables[0].columns) ^ set(table.columns))
+            if differ:
+                raise DatasetError(f"{path}: column {differ[0]!r} is in one of {paths[0]} and {path.name} only: "
+                                   f"the files of meta/episodes hold the same columns")
+        episodes = pd.concat(tables, ignore_index=True) if len(tables) > 1 else tables[0]
         episodes = episodes.sort_values(EPISODE_INDEX, ignore_index=True)
         if list(episodes[EPISODE_INDEX]) != list(range(len(episodes))):
             listed = episodes[EPISODE_INDEX].tolist()
@@ -856,14 +868,16 @@ class EpisodeStore:
     def _episode_rows(self, episode: int, columns: list[str]) -> tuple[Path, pa.Table]:
         """The data-file rows of one episode (its `index` span; LeRobot packs many episodes in a file)."""
         path = self.data_path(episode)
-        order = [key for key in (FRAME_INDEX, TIMESTAMP) if key in self.info["features"]]  # checked when present
-        wanted = tuple(sorted({*columns, *order, INDEX, EPISODE_INDEX}))
+        wanted = tuple(sorted({*columns, FRAME_INDEX, TIMESTAMP, INDEX, EPISODE_INDEX}))  # the order is checked
         if self._table is None or self._table[0] != path or not set(wanted) <= set(self._table[1]):
             self._table = (path, wanted, self._read_table(path, columns=list(wanted)))
         table = self._table[2]
         meta, episodes_meta = self.episodes.iloc[episode], self.root / "meta" / "episodes"
         length = int(meta["length"])
         index, owner = table.column(INDEX).to_numpy(), table.column(EPISODE_INDEX).to_numpy()
+        if ("dataset_from_index" in meta) != ("dataset_to_index" in meta):
+            raise DatasetError(f"{episodes_meta}: dataset_from_index and dataset_to_index come together (an "
+                               f"episode's index span); one of them is missing")
         if "dataset_from_index" in meta:
             start, stop = int(meta["dataset_from_index"]), int(meta["dataset_to_index"])
             if stop - start != length:
@@ -897,8 +911,13 @@ class EpisodeStore:
         """meta/episodes' `tasks` of an episode (where a writer keeps them) name the tasks its rows' task_index
         give: where they disagree, one of the two is another episode's."""
         listed = self.episodes.iloc[episode].get("tasks")
-        if listed is None or np.ndim(listed) != 1:
+        if listed is None or (isinstance(listed, float) and math.isnan(listed)):  # absent, or null in this row
             return
+        if isinstance(listed, str):  # LeRobot writes a list; one string is one task
+            listed = [listed]
+        if np.ndim(listed) != 1:
+            raise DatasetError(f"{self.root / 'meta' / 'episodes'}: episode {episode}'s tasks are "
+                               f"{str(listed)[:60]}, not a list of task strings")
         given = sorted({self.tasks[int(i)] for i in np.unique(task_index)})
         if set(listed) != set(given):
             raise DatasetError(f"{self.root / 'meta' / 'episodes'}: episode {episode}'s tasks are {list(listed)}, but "
@@ -909,17 +928,14 @@ class EpisodeStore:
         `frame_index` 0..n-1 row by row, `index` one apart, timestamps from 0, 1/fps apart (as LeRobot checks them)."""
         where = f"{path}: episode {episode}"
         count = rows.num_rows
-        if FRAME_INDEX in rows.column_names:
-            frame_index = rows.column(FRAME_INDEX).to_numpy().reshape(-1)
-            wrong = np.flatnonzero(frame_index != np.arange(count))
-            if len(wrong):
-                raise DatasetError(f"{where}'s rows are not in time order: row {wrong[0]} has frame_index "
-                                   f"{frame_index[wrong[0]]}, expected {wrong[0]}")
+        frame_index = rows.column(FRAME_INDEX).to_numpy().reshape(-1)
+        wrong = np.flatnonzero(frame_index != np.arange(count))
+        if len(wrong):
+            raise DatasetError(f"{where}'s rows are not in time order: row {wrong[0]} has frame_index "
+                               f"{frame_index[wrong[0]]}, expected {wrong[0]}")
         steps = np.diff(rows.column(INDEX).to_numpy().reshape(-1))
         if len(steps) and not (steps == 1).all():
             raise DatasetError(f"{where}: 'index' is not one apart from row to row (a step of {steps[steps != 1][0]})")
-        if TIMESTAMP not in rows.column_names:
-            return
         # Seconds from the episode's start (frame_index / fps), which LeRobot adds to the video span's start
         # to find a frame. A NaN would pass every comparison below.
         stamps = rows.column(TIMESTAMP).to_numpy().reshape(-1).astype(np.float64)
@@ -961,7 +977,8 @@ class EpisodeStore:
         feature = self.info["features"][stored_key]
         depth = None
         if is_depth_feature(stored_key, feature):
-            depth = DepthQuantization.from_info(feature.get("info") or {}, f"{self.root}: feature {stored_key!r}")
+            depth = DepthQuantization.from_info(feature.get("info") or {},
+                                                f"{self.root / 'meta' / 'info.json'}: feature {stored_key!r}")
         checksum = self._frames_checksum(episode, stored_key)
         path = self._stored_video_path(episode, stored_key)
         self._check_video_file(episode, path, stored_key, hub_hash=checksum is None)
@@ -1069,8 +1086,29 @@ def _check_feature_entry(key: str, feature: Any, info_path: Path) -> None:
     shape = feature.get("shape")
     if not isinstance(shape, list) or not all(_whole_number(size) and size >= 0 for size in shape):
         raise DatasetError(f"{where}: 'shape' is {json.dumps(shape)[:40]}, not a list of sizes")
+    names = feature.get("names")  # LeRobot's: none, a list, or lists under axis names ({"motors": [...]})
+    if not (names is None or isinstance(names, list)
+            or isinstance(names, dict) and all(isinstance(v, list) for v in names.values())):
+        raise DatasetError(f"{where}: 'names' is {json.dumps(names)[:40]}, not a list of names (or lists by axis)")
     if feature.get("info") is not None and not isinstance(feature["info"], dict):
         raise DatasetError(f"{where}: 'info' is {json.dumps(feature['info'])[:40]}, not a mapping")
+
+
+DEPTH_UNITS = {"m": 1.0, "mm": 0.001}  # info.depth_unit -> metres per stored unit
+
+
+def _check_depth_info(key: str, feature: dict, info_path: Path) -> None:
+    """A depth feature's unit is one this reader knows (anything else was read as metres), and a depth
+    video's quantisation fields are numbers and a flag (see DepthQuantization.from_info)."""
+    info = feature.get("info") or {}
+    if "depth_unit" in info and info["depth_unit"] not in DEPTH_UNITS:
+        raise DatasetError(f"{info_path}: feature {key!r} has depth_unit {json.dumps(info['depth_unit'])[:40]}, "
+                           f"not one of {sorted(DEPTH_UNITS)}")
+    if feature["dtype"] == "video":
+        try:
+            DepthQuantization.from_info(info, f"{info_path}: feature {key!r}")
+        except ValueError as error:
+            raise DatasetError(str(error)) from None
 
 
 def _channels_last(feature: dict) -> dict:
@@ -1108,7 +1146,7 @@ def _decode_images(column: pa.ChunkedArray, feature: dict, path: Path, key: str)
             raise DatasetError(f"{path}: cannot decode an image of {key!r}: {error}") from error
         if depth:
             unit = (feature.get("info") or {}).get("depth_unit", "mm" if array.dtype.kind in "iu" else "m")
-            array = array.astype(np.float32) * (0.001 if unit == "mm" else 1.0)
+            array = array.astype(np.float32) * DEPTH_UNITS[unit]
             array = array.reshape(array.shape[:2])
         images.append(array)
     shape = list(feature["shape"][:2])
@@ -1145,8 +1183,10 @@ def append_features(root: str | Path, features: dict[str, dict],
     to every episode of a dataset, in place; `episode_frames(e)` gives episode e's frames of them.
 
     Safe to kill and call again: the data files are rewritten first (each to a temporary name; a column
-    info.json does not list is ignored by every reader, and a file that has the columns is kept), then
-    meta/episodes with the features' stats, stats.json, and info.json last, which makes them visible.
+    info.json does not list is ignored by every reader), then meta/episodes with the features' stats,
+    stats.json, and info.json last, which makes them visible. A file that already holds one of the columns
+    (left by a run that stopped before info.json) gets this call's values: that run's may be another
+    model's.
     """
     store = EpisodeStore(root)
     clash = sorted(set(features) & set(store.info["features"]))
@@ -1161,7 +1201,6 @@ def append_features(root: str | Path, features: dict[str, dict],
     stats: dict[int, dict] = {}
     for path, episodes in tqdm(files.items(), desc="write", unit="file", disable=not progress):
         table = EpisodeStore._read_table(path)
-        done = all(key in table.column_names for key in features)
         owner = table.column(EPISODE_INDEX).to_numpy()
         frame = table.column(FRAME_INDEX).to_numpy()
         columns = {key: np.zeros((table.num_rows, *_frame_shape(key, f)), frame_dtype(key, f))
@@ -1177,12 +1216,13 @@ def append_features(root: str | Path, features: dict[str, dict],
                 rows = owner == episode
                 columns[key][rows] = np.asarray(frames[key])[frame[rows]]
             stats[episode] = episode_stats(frames, features)
-        if done:
-            continue
         for key, feature in features.items():
             column = _image_column(columns[key], key, feature) if feature["dtype"] == "image" else \
                 _arrow_column(columns[key], feature)
-            table = table.append_column(key, column)
+            if key in table.column_names:  # an unfinished earlier run's: replaced, never kept
+                table = table.set_column(table.column_names.index(key), key, column)
+            else:
+                table = table.append_column(key, column)
         metadata = json.loads((table.schema.metadata or {}).get(b"huggingface", b"{}") or "{}")
         metadata.setdefault("info", {}).setdefault("features", {}).update(
             {key: _hf_feature(feature) for key, feature in features.items()})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import av
 import numpy as np
+
+from stvla.files import naming_the_file
 
 DEPTH_CODE_MAX = (1 << 12) - 1  # LeRobot's depth streams hold 12-bit codes
 
@@ -65,8 +68,14 @@ class DepthQuantization:
         if missing:
             raise ValueError(f"{where}: a depth video needs {missing} in its feature info (LeRobot's quantisation)")
         values = {field: info[name] for field, name in fields.items()}
+        for field in ("depth_min", "depth_max", "shift"):  # a string or null would be read as some other number
+            value = values[field]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{where}: {fields[field]} is {json.dumps(value)[:40]}, not a number of metres")
+        if not isinstance(values["use_log"], bool):  # null or "false" would decode every depth on the wrong scale
+            raise ValueError(f"{where}: video.use_log is {json.dumps(values['use_log'])[:40]}, not true or false")
         quantization = cls(float(values["depth_min"]), float(values["depth_max"]), float(values["shift"]),
-                           bool(values["use_log"]))
+                           values["use_log"])
         if not quantization.depth_max > quantization.depth_min or (
                 quantization.use_log and quantization.depth_min + quantization.shift <= 0):
             raise ValueError(f"{where}: invalid depth quantisation {values}")
@@ -103,7 +112,8 @@ def mp4_written_atomically(path: str | Path) -> Iterator[av.container.OutputCont
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
+        # PyAV's errors name no file (a folder that takes no files, a full disk): the video's path is named.
+        with naming_the_file(path), av.open(str(tmp), mode="w", format="mp4") as container:
             yield container
         os.replace(tmp, path)
     finally:

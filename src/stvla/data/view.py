@@ -21,6 +21,7 @@ def render_episode_video(root: str | Path, episode: int, out: str | Path, height
                          data: DataConfig | None = None) -> Path:
     """Write an mp4 of one episode: RGB | depth (when the dataset has it), the end-effector pixel ringed
     (when recorded). `data` chooses the camera and depth of a dataset with several."""
+    refuse_writing_into_the_source(out, root)
     store = EpisodeStore(root, data or DataConfig())
     keys = [key for key in (F.RGB, F.DEPTH, F.EE_PIXEL) if key in store.features]
     frames = store.episode(episode, keys)
@@ -38,6 +39,17 @@ def render_episode_video(root: str | Path, episode: int, out: str | Path, height
     out = Path(out)
     write_video(out, video, fps=min(store.fps, 30), settings=VIEWING)
     return out
+
+
+def refuse_writing_into_the_source(out: str | Path, source: str | Path) -> None:
+    """Refuse, before anything is written, an `out` inside the dataset `source` (it would become part of the
+    dataset, or replace one of its own videos) or the very video `source` (replaced by what is read from it)."""
+    out_path, source_path = Path(out).resolve(), Path(source).resolve()
+    if source_path.is_dir() and out_path.is_relative_to(source_path):
+        raise ValueError(f"--out {out} is inside the dataset {source}: write it elsewhere")
+    # samefile: another name (a hard link) for the same file
+    if out_path == source_path or (out_path.is_file() and source_path.is_file() and out_path.samefile(source_path)):
+        raise ValueError(f"--out {out} is the video {source} it reads: write it elsewhere")
 
 
 def _depth_at_camera_size(store: EpisodeStore, depths: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -58,6 +70,7 @@ def render_trace_video(source: str | Path, out: str | Path, trace_config: TraceC
     depth), one without shows the traces on RGB. `data` chooses the camera and depth of a dataset, and
     the intrinsics of one that records none (handed to the tracer as a policy's processor would).
     """
+    refuse_writing_into_the_source(out, source)
     source = Path(source)
     tracer = OnlineTracer(trace_config)
     tracer.reset()

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import json
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from stvla.devices import torch_device
-from stvla.pretrained import from_local
+from stvla.pretrained import from_local, local_config
 from stvla.requirements import require
 
 PADDING_FACTOR = 3  # ZoeDepth pads int(sqrt(side / 2) * 3) pixels on each side against border artefacts
@@ -83,7 +81,7 @@ class DepthAnythingEstimator:
 
         path = Path(path)
         _require_files(path, "Depth Anything", "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf")
-        config = json.loads((path / "config.json").read_text())
+        config = local_config(path)
         if config.get("depth_estimation_type", "relative") != "metric":
             raise ValueError(f"{path}: a relative-depth Depth Anything checkpoint (its output is not in metres); "
                              f"use a metric one, e.g. Depth-Anything-V2-Metric-Indoor-Small-hf")
@@ -118,8 +116,8 @@ def load_depth_estimator(path: str | Path, device: str = "cpu") -> DepthEstimato
     if not config_path.is_file():
         raise FileNotFoundError(f"depth model: no config.json in {str(path)!r}; give the local directory of a "
                                 f"transformers checkpoint ({', '.join(ESTIMATORS)})")
-    model_type = json.loads(config_path.read_text()).get("model_type")
-    if model_type not in ESTIMATORS:
+    model_type = local_config(path).get("model_type")
+    if not isinstance(model_type, str) or model_type not in ESTIMATORS:  # a list or a mapping is no key
         raise ValueError(f"{config_path}: model_type {model_type!r} is not a depth model stvla runs; "
                          f"supported: {', '.join(ESTIMATORS)}")
     return ESTIMATORS[model_type](path, device=device)

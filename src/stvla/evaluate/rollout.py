@@ -37,6 +37,7 @@ from stvla.data.video import VIEWING, write_video
 from stvla.devices import torch_device
 from stvla.envs import MetaWorldRGBDEnv, episode_seed, has_subgoal, make_env, parse_tasks
 from stvla.evaluate.stats import rate_summary
+from stvla.files import naming_the_file, write_text_naming_the_file
 from stvla.locks import writes_to_out
 from stvla.policies.base import Policy, TraceDiagnostics, checkpoint_fingerprint
 from stvla.policies.registry import load_policy
@@ -392,12 +393,16 @@ def plot_success(per_task: dict[str, dict[str, Any]], path: Path, title: str) ->
     ax.set_ylabel("success % (95% CI)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with naming_the_file(path):
+            fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 
-@writes_to_out("stvla eval", settings=("eval_config.json", "resume_key.json"))
+# An evaluation's finished episodes are the lines of its log: a new --out without one is removed whole.
+@writes_to_out("stvla eval", finished=("episodes.jsonl",))
 def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) the evaluation and write its outputs; returns the eval_info dict."""
     tasks = parse_tasks(config.tasks)
@@ -426,7 +431,7 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         if earlier != key:
             raise ValueError(f"{out} holds episodes of another evaluation ({key_path}: {earlier}, now {key}); "
                              f"use another --out")
-    key_path.write_text(json.dumps(key) + "\n")
+    write_text_naming_the_file(key_path, json.dumps(key) + "\n")
     save_config(config, out / "eval_config.json")
     log_path = out / "episodes.jsonl"
     finished = {(e["task"], e["attempt"]): e for e in read_finished(log_path)}
@@ -450,14 +455,15 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         results = pool.imap_unordered(_episode_in_worker, jobs)
     completed = False
     try:
-        with log_path.open("a") as log:
-            for episode in results:
+        for episode in results:
+            # The log opened for each line: a write that fails (a full disk) fails once, naming the file, with the
+            # lines before it whole (a file kept open would fail again as it closes, naming none).
+            with naming_the_file(log_path), log_path.open("a") as log:
                 log.write(json.dumps(episode) + "\n")
-                log.flush()
-                finished[(episode["task"], episode["attempt"])] = episode
-                bar.update(1)
-                wins = sum(e["success"] for e in finished.values())
-                bar.set_postfix(success=f"{wins}/{len(finished)}")
+            finished[(episode["task"], episode["attempt"])] = episode
+            bar.update(1)
+            wins = sum(e["success"] for e in finished.values())
+            bar.set_postfix(success=f"{wins}/{len(finished)}")
         completed = True
     finally:
         bar.close()
@@ -476,5 +482,5 @@ def evaluate(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     info = {"config": asdict(config), **summarize(episodes, tasks), "episodes": episodes}
     plot_success(info["per_task"], out / "success_by_task.png",
                  config.server or f"{Path(config.policy).parent.name or config.policy}")
-    (out / "eval_info.json").write_text(json.dumps(info, indent=1) + "\n")
+    write_text_naming_the_file(out / "eval_info.json", json.dumps(info, indent=1) + "\n")
     return info

@@ -30,7 +30,7 @@ from stvla import features as F
 from stvla.config import KEY_NEUTRAL, config_from_dict, config_key
 from stvla.devices import batch_to
 from stvla.policies.normalizer import FittedNormalizer
-from stvla.policies.processor import CONTRACT_FILE, CameraConfig, InputProcessor, batch_of_one
+from stvla.policies.processor import CONTRACT_FILE, CameraConfig, InputProcessor, batch_of_one, checked_contract
 from stvla.policies.vla import SmallVLA, VLAConfig
 from stvla.traces import TraceConfig
 
@@ -174,7 +174,7 @@ class Policy(nn.Module):
         """Write config.json (type + config), model.safetensors (weights, normalisers, action grid) and
         processor.json (the input contract, for clients: written from the config, so a checkpoint without
         it, or from an older version, loads the same; `fps`, the control rate of the training data, is added
-        to it; `stvla serve` needs it, and refuses one that disagrees with the config).
+        to it; one that disagrees with the config is refused at load, and `stvla serve` needs it).
 
         The checkpoint is self-contained: with a PaliGemma backbone, its architecture (config.json) is
         copied to `backbone/` beside every weight, and the saved config points there."""
@@ -210,6 +210,7 @@ class Policy(nn.Module):
         except ValueError as error:  # a value the config refuses: said of the file that holds it
             raise ValueError(str(error) if where in str(error) else f"{where}: {error}") from None
         policy.load_weights(directory, strict=True)
+        checked_contract(Path(directory) / CONTRACT_FILE, policy.processor.contract(), required=False)
         return policy
 
     def load_weights(self, directory: str | Path, strict: bool = False, leave_out: tuple[str, ...] = ()) -> list[str]:

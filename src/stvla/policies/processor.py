@@ -24,8 +24,10 @@ client sends the camera's own images, depth and intrinsics, and may name them as
 from __future__ import annotations
 
 import copy
+import json
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -441,3 +443,47 @@ def checked_observation(feature: str, value: np.ndarray) -> np.ndarray:
 def batch_of_one(frame: dict[str, Any]) -> dict[str, Any]:
     """A single frame as a batch of one (the instruction as a list of one)."""
     return {key: [value] if key == F.TASK else np.asarray(value)[None] for key, value in frame.items()}
+
+
+def checked_contract(path: Path, computed: dict[str, Any], required: bool) -> dict[str, Any]:
+    """The contract clients are sent: the one computed from the policy's config, with the control rate
+    training wrote into processor.json (the data's fps). The file must agree with the config on every field
+    both hold (an older checkpoint may lack a field added since): a file changed after training would
+    otherwise be served as if it were true, or ignored without a word. A checkpoint without the file loads
+    (`required` False), but cannot be served: clients would not be told the control rate."""
+    if not path.is_file():
+        if not required:
+            return dict(computed)
+        raise ValueError(f"{path} is missing: a saved policy holds it (Policy.save_pretrained writes it, with the "
+                         f"control rate clients are told)")
+    try:
+        written = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not readable JSON ({' '.join(str(error).split())})") from None
+    if not isinstance(written, dict):
+        raise ValueError(f"{path} holds {type(written).__name__}, not the policy's contract (a JSON object)")
+    expected = json.loads(json.dumps(computed))  # tuples as lists, as the file holds them
+    for field, value in expected.items():
+        if field in written and written[field] != value:
+            where, said, given = first_difference(written[field], value, field)
+            raise ValueError(f"{path}: {where!r} is {said}, but the policy's config.json gives {given}: the file "
+                             f"was changed after training (save the policy again to rewrite it)")
+    fps = written.get("fps")
+    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000
+                            or fps != int(fps)):  # training writes the data's fps, a whole number as LeRobot's
+        raise ValueError(f"{path}: 'fps' must be a control rate in (0, 1000] Hz, a whole number as the training "
+                         f"data's fps, got {json.dumps(fps)[:40]}")
+    return {**computed, **({"fps": fps} if fps else {})}
+
+
+def first_difference(said: Any, given: Any, where: str) -> tuple[str, str, str]:
+    """The dotted path of the first place JSON values `said` and `given` differ, and both values there (a
+    missing entry shown as "nothing")."""
+    if isinstance(said, dict) and isinstance(given, dict):
+        for key in [*given, *(key for key in said if key not in given)]:
+            if said.get(key, ...) != given.get(key, ...):
+                if key not in said or key not in given:
+                    return (f"{where}.{key}", json.dumps(said[key])[:60] if key in said else "nothing",
+                            json.dumps(given[key])[:60] if key in given else "nothing")
+                return first_difference(said[key], given[key], f"{where}.{key}")
+    return where, json.dumps(said)[:60], json.dumps(given)[:60]

@@ -283,9 +283,10 @@ class PolicyServer:
         self.policy = load_policy(config.policy).to(device)
         self.policy.check_can_act(config.policy)
         self.policy.eval()
-        from stvla.policies.processor import CONTRACT_FILE
+        from stvla.policies.processor import CONTRACT_FILE, checked_contract
 
-        self.contract = checked_contract(Path(config.policy) / CONTRACT_FILE, self.policy.processor.contract())
+        self.contract = checked_contract(Path(config.policy) / CONTRACT_FILE, self.policy.processor.contract(),
+                                         required=True)
         from stvla.policies.base import checkpoint_fingerprint
 
         self.fingerprint = checkpoint_fingerprint(config.policy)  # what a client's results can be keyed on
@@ -518,45 +519,6 @@ class PolicyServer:
         if not self.started.wait(60):
             raise RuntimeError("the server did not start")
         return thread
-
-
-def checked_contract(path: Path, computed: dict[str, Any]) -> dict[str, Any]:
-    """The contract clients are sent: the one computed from the policy's config, with the control rate
-    training wrote into processor.json (the data's fps). The file must be there and agree with the config
-    on every field both hold (an older checkpoint may lack a field added since): a file changed after
-    training would otherwise be served as if it were true, or ignored without a word."""
-    if not path.is_file():
-        raise ValueError(f"{path} is missing: a saved policy holds it (Policy.save_pretrained writes it, with the "
-                         f"control rate clients are told)")
-    try:
-        written = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not readable JSON ({one_line(error)})") from None
-    if not isinstance(written, dict):
-        raise ValueError(f"{path} holds {type(written).__name__}, not the policy's contract (a JSON object)")
-    expected = json.loads(json.dumps(computed))  # tuples as lists, as the file holds them
-    for field, value in expected.items():
-        if field in written and written[field] != value:
-            where, said, given = first_difference(written[field], value, field)
-            raise ValueError(f"{path}: {where!r} is {said}, but the policy's config.json gives {given}: the file "
-                             f"was changed after training (save the policy again to rewrite it)")
-    fps = written.get("fps")
-    if fps is not None and (isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 1000):
-        raise ValueError(f"{path}: 'fps' must be a control rate in (0, 1000] Hz, got {json.dumps(fps)[:40]}")
-    return {**computed, **({"fps": fps} if fps else {})}
-
-
-def first_difference(said: Any, given: Any, where: str) -> tuple[str, str, str]:
-    """The dotted path of the first place JSON values `said` and `given` differ, and both values there (a
-    missing entry shown as "nothing")."""
-    if isinstance(said, dict) and isinstance(given, dict):
-        for key in [*given, *(key for key in said if key not in given)]:
-            if said.get(key, ...) != given.get(key, ...):
-                if key not in said or key not in given:
-                    return (f"{where}.{key}", json.dumps(said[key])[:60] if key in said else "nothing",
-                            json.dumps(given[key])[:60] if key in given else "nothing")
-                return first_difference(said[key], given[key], f"{where}.{key}")
-    return where, json.dumps(said)[:60], json.dumps(given)[:60]
 
 
 def release_memory() -> None:

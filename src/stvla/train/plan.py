@@ -5,15 +5,18 @@ One line each for the action (the layout read from its names and the tokenizer i
 which policy types can train without them), and the state. Each comes from the function training
 itself calls (`action_layout_for`, `model_image_side`, the episode store's roles and fit, each policy
 type's processor), so what is said is what training does; where training would refuse the dataset,
-the line says why, in the refusal's own words, and the others are still given. The depth is checked as
-training's decoding checks it (`check_decoded`), on the first episode only: a depth stream in millimetres
-is refused here without decoding the whole dataset.
+the line says why, in the refusal's own words, and the others are still given. The depth of every episode
+is decoded and checked as training's decoding checks it (`check_decoded`: millimetres, negative or no
+valid values), so `stvla info` refuses what training would, at the cost of decoding the depth once.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
+
+from tqdm import tqdm
 
 from stvla import features as F
 from stvla.data.cache import check_decoded
@@ -111,9 +114,10 @@ def _depth_line(store: EpisodeStore) -> str:
         return (f"none: {RGB_ONLY_POLICY} trains on RGB only; {', '.join(others)} with {without}; "
                 f"{', '.join(always)} cannot (record depth, or add an estimate with stvla depth)")
     depth = store.stored_key(F.DEPTH)
-    try:  # training checks every episode's depth as it decodes it (the cache); the first is a cheap sample
-        if store.num_episodes:
-            check_decoded(store, 0, F.DEPTH, store.episode(0, [F.DEPTH])[F.DEPTH])
+    try:  # as training checks every episode's depth as it decodes it (the cache)
+        for episode in tqdm(range(store.num_episodes), desc="info: depth", unit="ep", leave=False,
+                            disable=not sys.stderr.isatty()):
+            check_decoded(store, episode, F.DEPTH, store.episode(episode, [F.DEPTH])[F.DEPTH])
     except ValueError as error:
         return f"refused: {error}"
     if F.INTRINSICS not in store.features:

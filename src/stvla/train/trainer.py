@@ -52,8 +52,10 @@ from stvla.train.ema import WeightAverage
 from stvla.train.monitor import LogConfig, RunLog
 from stvla.train.samples import TrainingSamples
 from stvla.train.validation import (
+    MIN_TRAINING,
     RunRecord,
     closed_loop_success,
+    episodes_by_task,
     held_out_episodes,
     simulator_tasks,
     validation_frames,
@@ -438,8 +440,9 @@ def replace_directory(directory: Path, write: Callable[[Path], None], needed_byt
     except (OSError, SafetensorError) as error:
         shutil.rmtree(tmp, ignore_errors=True)
         free = shutil.disk_usage(directory.parent if directory.parent.exists() else Path.cwd()).free
+        kept = "; the previous one is kept" if directory.exists() else ""
         raise OSError(f"cannot write {directory} ({first_line(error)}): it needs about {needed_bytes / 2**20:.0f} MiB, "
-                      f"{free / 2**20:.0f} MiB are free there; the previous one is kept") from None
+                      f"{free / 2**20:.0f} MiB are free there{kept}") from None
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)
 
@@ -469,7 +472,9 @@ def load_optimizer_state(directory: Path, optimizer: torch.optim.Optimizer) -> i
     return int(meta["step"])
 
 
-@writes_to_out("stvla train", settings=("train_config.json", "tensorboard/events.out.tfevents.*"))
+# What a run keeps once it has trained: a checkpoint, the policy, the best by validation, an evaluated
+# policy. A new --out with none of them (a refusal, a full disk before the first checkpoint) is removed whole.
+@writes_to_out("stvla train", finished=("checkpoint", "policy", "best", "evals/*/policy"))
 def train(config: TrainConfig, progress: bool = True, stop_after: int | None = None) -> Path:
     """Train as configured; returns the final policy directory. `stop_after` ends early (for tests).
     Launched by torchrun, every process runs this with its share of each batch (stvla.train.distributed)."""
@@ -511,6 +516,22 @@ def check_dataset(store: EpisodeStore) -> None:
             check_decoded(store, episode, key, values[key])
 
 
+def no_validation_note(config: TrainConfig, store: EpisodeStore, held_out: list[int]) -> str:
+    """Where --val_episodes asks for validation and no task has the episodes to give it (a task keeps
+    MIN_TRAINING to train on), a line saying so; a number given by hand is refused then instead (the run
+    would have no validation at all), naming what a task needs and what the dataset has."""
+    if not config.val_episodes or held_out:
+        return ""
+    needed = config.val_episodes + MIN_TRAINING
+    most = max((len(episodes) for episodes in episodes_by_task(store).values()), default=0)
+    if config.val_episodes != TrainConfig.val_episodes:  # not the default: asked for on purpose
+        raise ValueError(f"--val_episodes {config.val_episodes} holds out nothing: a task needs {needed} episodes "
+                         f"to hold {config.val_episodes} out and keep {MIN_TRAINING} to train on, and the tasks of "
+                         f"dataset {store.root} have at most {most}: give --val_episodes 0 (no validation) or fewer")
+    return (f"dataset {store.root}: no task has {needed} episodes ({config.val_episodes} to hold out, {MIN_TRAINING} "
+            f"to train on): none is held out, and the run has no validation loss")
+
+
 def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, progress: bool,
            stop_after: int | None) -> Path:
     store = EpisodeStore(config.dataset, config.data)
@@ -532,6 +553,10 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
             # TraceVLA's paper reads RGB only: on a dataset without depth (or its camera) it trains so, without Ego3D.
             print(f"dataset {store.root} has no {lacks}: tracevla trains on RGB only (--model.use_ego3d false)")
             config = dataclasses.replace(config, model=dataclasses.replace(config.model, use_ego3d=False))
+    held_out = held_out_episodes(store, config.val_episodes)
+    note = no_validation_note(config, store, held_out)
+    if note and ranks.is_main:
+        print(note)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "train_config.json"
@@ -551,7 +576,6 @@ def _train(config: TrainConfig, ranks: distributed.Ranks, device: torch.device, 
         raise ValueError(f"checkpoint {config.init} reads {policy.config.vla.cameras} camera(s); dataset "
                          f"{store.root} gives {cameras} (--camera)")
 
-    held_out = held_out_episodes(store, config.val_episodes)
     eval_tasks = simulator_tasks(store) if config.eval_every else []
 
     def training_samples() -> TrainingSamples:

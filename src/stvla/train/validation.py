@@ -28,16 +28,21 @@ RUN_FILE = "run.json"
 BEST_DIR = "best"
 
 
-def held_out_episodes(store: EpisodeStore, per_task: int) -> list[int]:
-    """The episodes kept out of training: each task's last `per_task`, if it keeps MIN_TRAINING to train on."""
-    if per_task <= 0:
-        return []
+def episodes_by_task(store: EpisodeStore) -> dict[str, list[int]]:
+    """The dataset's episodes by task (the simulator task it was recorded on, else its first task string)."""
     by_task: dict[str, list[int]] = {}
     for episode in range(store.num_episodes):
         meta = store.episode_meta(episode)
         by_task.setdefault(str(meta.get("env_task") or meta["tasks"][0]), []).append(episode)
+    return by_task
+
+
+def held_out_episodes(store: EpisodeStore, per_task: int) -> list[int]:
+    """The episodes kept out of training: each task's last `per_task`, if it keeps MIN_TRAINING to train on."""
+    if per_task <= 0:
+        return []
     held = []
-    for episodes in by_task.values():
+    for episodes in episodes_by_task(store).values():
         if len(episodes) - per_task >= MIN_TRAINING:
             held += episodes[-per_task:]
     return sorted(held)
