@@ -674,3 +674,19 @@ def test_a_pipe_in_place_of_a_cache_manifest_does_not_block(tmp_path):
     reader.start()
     reader.join(timeout=10)
     assert answer == [False], "the check returned at once, with the file not known good"
+
+
+def test_a_nan_in_any_numeric_feature_training_reads_is_refused(small_dataset):
+    """NaN end-effector pixels (what LLARVA learns to predict) were read into training; every float feature a
+    run decodes is now checked as actions and states are."""
+    from stvla import features as F
+    from stvla.data.cache import check_decoded
+    from stvla.data.store import DatasetError, EpisodeStore
+
+    root, _ = small_dataset
+    store = EpisodeStore(root)
+    pixels = store.episode(0, [F.EE_PIXEL])[F.EE_PIXEL].copy()
+    check_decoded(store, 0, F.EE_PIXEL, pixels)
+    pixels[3, 1] = np.nan
+    with pytest.raises(DatasetError, match=r"episode 0 feature 'observation.ee.pixel': non-finite value at frame 3"):
+        check_decoded(store, 0, F.EE_PIXEL, pixels)

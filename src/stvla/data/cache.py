@@ -132,9 +132,11 @@ def verified(path: Path, spans: list[slice], say: bool = True) -> bool:
 
 
 def check_decoded(store: EpisodeStore, episode: int, key: str, values: np.ndarray) -> None:
-    """Refuse values training must not read: NaN/inf actions or states, depth that is not metres."""
+    """Refuse values training must not read: NaN/inf in any numeric feature it reads (actions, states, the
+    end-effector's pixel LLARVA learns to predict, ...), depth that is not metres, intrinsics that are no
+    camera matrix."""
     where = f"{store.root} episode {episode} feature {store.source_of(key)!r}"
-    if key in (F.ACTION, F.STATE):
+    if key not in (F.DEPTH, F.INTRINSICS) and np.asarray(values).dtype.kind == "f":
         bad = np.argwhere(~np.isfinite(values))
         if len(bad):
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
