@@ -256,6 +256,13 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(small_dataset, tmp_pat
                             "--steps", "2"], "/proc/stvla_run", "a folder on the way is missing or takes no new files")
 
 
+@pytest.mark.parametrize("command", [["collect", "--task", "reach-v3", "--episodes", "1"],
+                                     ["train", "--policy", "st", "--dataset", "d"], ["eval", "--policy", "p"]])
+def test_an_empty_out_is_refused(capsys, command):
+    """`--out ""` wrote into the working directory as if it were the run's folder."""
+    one_line_error(capsys, [*command, "--out", ""], "--out is empty")
+
+
 def test_a_folder_where_a_cache_file_goes_is_named_by_that_file(small_dataset, tmp_path, capsys):
     """The error names the cache file a folder stands in place of, not the temporary file renamed onto it."""
     from stvla.data.cache import DecodedCache

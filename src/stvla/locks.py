@@ -83,6 +83,8 @@ def writes_to_out(command: str, finished: tuple[str, ...] = ()) -> Callable:
     def decorate(function: Callable) -> Callable:
         @functools.wraps(function)
         def locked(config, *args, **kwargs):
+            if not str(config.out).strip():  # Path("") is the working directory: its files would be taken as ours
+                raise ValueError(f"--out is empty: give the folder {command} writes to")
             if int(os.environ.get("RANK", "0")) != 0:
                 return function(config, *args, **kwargs)
             made_here = not Path(config.out).exists()
