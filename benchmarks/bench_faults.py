@@ -90,7 +90,9 @@ def python_refused(call: Callable[[Path], object], needle: str) -> Callable[[Pat
 
 # --- what the cases work on ------------------------------------------------------------------------------
 def prepare(work: Path) -> None:
-    """A tiny dataset and a policy trained on it, copied by the cases that damage them."""
+    """A tiny dataset and a policy trained on it, copied by the cases that damage them; a user's folder."""
+    (work / "copies" / "users-folder").mkdir(parents=True, exist_ok=True)
+    (work / "copies" / "users-folder" / "thesis.txt").write_text("a user's own file")
     if not (work / "data" / "meta" / "info.json").is_file():
         done = stvla("collect", "--task", "reach-v3", "--episodes", 2, "--max_steps", 150, "--image_size", 64,
                      "--out", work / "data")
@@ -927,6 +929,22 @@ def cases() -> list[Case]:
                                                              "--out", "/proc/stvla_run", "--steps", 2,
                                                              needle="a folder on the way")),
         Case("train with a folder where a cache file goes", a_folder_where_a_cache_file_goes),
+        # the fifth probe's
+        Case("train --out ''", refused("train", "--policy", "st", "--dataset", "{work}/data", "--out", "",
+                                       needle="--out is empty")),
+        Case("eval --tasks reach-v3,reach-v3", refused("eval", "--policy", "{work}/policy", "--tasks", "reach-v3,reach-v3",
+                                                       "--out", "{work}/copies/e-twice", needle="given twice")),
+        Case("train --variant C --traces.variant C --variant A", refused(
+            "train", "--policy", "st", "--dataset", "{work}/data", "--variant", "C", "--traces.variant", "C",
+            "--variant", "A", needle="one setting")),
+        Case("train --lora.rank 4 without --init", refused("train", "--policy", "st", "--dataset", "{work}/data",
+                                                           "--out", "{work}/copies/t-lora", "--lora.rank", 4,
+                                                           needle="--init")),
+        Case("train --threads 100000", refused("train", "--policy", "st", "--dataset", "{work}/data", "--out",
+                                               "{work}/copies/t-threads", "--threads", 100000, needle="--threads")),
+        Case("collect into a folder of other files", refused("collect", "--task", "reach-v3", "--episodes", 1,
+                                                             "--out", "{work}/copies/users-folder",
+                                                             needle="no dataset's")),
         Case("train --out an existing file", refused("train", "--policy", "st", "--dataset", "{work}/data", "--out",
                                                      "{work}/policy/config.json", needle="a file stands where")),
         Case("trace --variant E (the old spelling)", refused("trace", "{work}/data", "--out", "{work}/copies/tr.mp4",

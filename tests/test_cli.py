@@ -200,7 +200,10 @@ def test_options_are_never_guessed_and_one_setting_takes_one_value(capsys):
                           "--variant and --traces.variant are one setting (traces.variant) given two values"),
                          (["train", "--cache_dir", "a", "--data.cache_dir", "b"],
                           "--cache_dir and --data.cache_dir are one setting (data.cache_dir)"),
-                         (["depth", "d", "--model", "a", "--depth_model", "b"], "--model and --depth_model")]:
+                         (["depth", "d", "--model", "a", "--depth_model", "b"], "--model and --depth_model"),
+                         # the first spelling repeated after the second agreed with it
+                         (["train", "--variant", "C", "--traces.variant", "C", "--variant", "A"],
+                          "--traces.variant and --variant are one setting")]:
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args(argv)
         assert exit_info.value.code == 2 and needle in capsys.readouterr().err, argv

@@ -697,3 +697,50 @@ def test_a_nan_in_any_numeric_feature_training_reads_is_refused(small_dataset):
     pixels[3, 1] = np.nan
     with pytest.raises(DatasetError, match=r"episode 0 feature 'observation.ee.pixel': non-finite value at frame 3"):
         check_decoded(store, 0, F.EE_PIXEL, pixels)
+    pixels[3, 1] = 1e30
+    with pytest.raises(DatasetError, match=r"value 1e\+30 at frame 3 is beyond \+-1e\+09"):
+        check_decoded(store, 0, F.EE_PIXEL, pixels)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["eval", "--policy", "p", "--tasks", "reach-v3,reach-v3"], "task 'reach-v3' is given twice"),
+    (["train", "--policy", "st", "--dataset", "d", "--threads", "100000"], "--threads must be at most 1024"),
+    (["train", "--policy", "st", "--dataset", "d", "--seed", "-1"], "--seed must be a whole number in [0, 2**32)"),
+    (["train", "--policy", "st", "--dataset", "d", "--lora.rank", "4"], "--lora.* settings apply when fine-tuning"),
+])
+def test_settings_that_would_mislead_are_refused(capsys, tmp_path, argv, needle):
+    """A task named twice counted its same-seed episodes as independent; --lora.* without --init was ignored;
+    --threads 100000 and --seed -1 ended in tracebacks."""
+    one_line_error(capsys, [*argv, "--out", str(tmp_path / "out")], needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_numpys_short_write_is_said_as_a_full_disk_naming_the_file():
+    """np.save on a full disk raises "184320 requested and 51168 written" with no errno nor file; written
+    inside naming_the_file it is ENOSPC naming the path, which the CLI says as a full disk."""
+    import errno
+
+    from stvla.files import naming_the_file
+
+    with pytest.raises(OSError) as raised:
+        with naming_the_file("/data/estimate.npy"):
+            raise OSError("184320 requested and 51168 written")
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename == "/data/estimate.npy"
+
+
+def test_a_config_json_that_is_a_symlink_loop_is_named_as_such(saved_policy, tmp_path):
+    policy_dir = copy_of(saved_policy, tmp_path)
+    (policy_dir / "config.json").unlink()
+    (policy_dir / "config.json").symlink_to(policy_dir / "config.json")
+    with pytest.raises(ValueError, match=r"config.json is a symbolic link that leads to no file"):
+        load_policy(policy_dir)
+
+
+def test_collect_into_a_folder_of_other_files_is_refused(capsys, tmp_path):
+    """A dataset written around a user's own files would be nobody's to delete; refused before any episode."""
+    folder = tmp_path / "my_folder"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("mine")
+    one_line_error(capsys, ["collect", "--task", "reach-v3", "--episodes", "1", "--out", str(folder)],
+                   f"{folder} holds files that are no dataset's (thesis.txt)")
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".stvla")) == ["thesis.txt"]

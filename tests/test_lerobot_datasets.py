@@ -777,3 +777,24 @@ def test_appending_features_again_after_a_stopped_run_writes_this_runs_values(tm
     (root / "meta/info.json").write_text(info)  # as if stopped before info.json made the column visible
     append_features(root, feature, lambda e: {"observation.extra": np.full((lengths[e], 2), 2.0, np.float32)})
     assert (EpisodeStore(root).episode(0, ["observation.extra"])["observation.extra"] == 2.0).all()
+
+
+def test_a_colour_image_among_depth_images_is_named(tmp_path):
+    """One depth image replaced by an RGB JPEG gave numpy's "cannot reshape array"; now the file, feature and
+    row are named."""
+    import io
+
+    from PIL import Image
+
+    root = Path(shutil.copytree(FIXTURES / "depth_image", tmp_path / "depth_image"))
+    path = root / "data/chunk-000/file-000.parquet"
+    table = pq.read_table(path)
+    images = table.column(DEPTH_KEY).to_pylist()
+    written = io.BytesIO()
+    Image.new("RGB", (96, 96), (10, 20, 30)).save(written, format="JPEG")
+    images[2] = {**images[2], "bytes": written.getvalue()}
+    pq.write_table(table.set_column(table.schema.get_field_index(DEPTH_KEY), DEPTH_KEY,
+                                    pa.array(images, type=table.schema.field(DEPTH_KEY).type)), path)
+    with pytest.raises(DatasetError, match=rf"file-000.parquet: row 2 of depth feature '{DEPTH_KEY}' is a "
+                                           r"\(96, 96, 3\) image \(RGB\), not one channel of depth"):
+        EpisodeStore(root, DataConfig(fov=60)).episode(0, [F.DEPTH])

@@ -112,10 +112,12 @@ class _SetField(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         value = self.const if values is None else values  # `--flag` alone
-        spellings = vars(namespace).setdefault("_spelled_as", {})
-        first = spellings.setdefault(self.dest, option_string)
-        if first != option_string and getattr(namespace, self.dest) != value:
-            parser.error(f"{first} and {option_string} are one setting ({self.dest}) given two values: give one")
+        spelled = vars(namespace).setdefault("_spelled_as", {}).setdefault(self.dest, [])
+        other = next((spelling for spelling in spelled if spelling != option_string), None)
+        if other is not None and getattr(namespace, self.dest) != value:  # whichever came first or last
+            parser.error(f"{other} and {option_string} are one setting ({self.dest}) given two values: give one")
+        if option_string not in spelled:
+            spelled.append(option_string)
         setattr(namespace, self.dest, value)
 
 

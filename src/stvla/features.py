@@ -93,3 +93,8 @@ def observation_key(feature: str) -> str:
     if feature in EXTRA_CAMERAS:
         return f"{OBS_RGB}{EXTRA_CAMERAS.index(feature) + 1}"
     return FEATURE_OF_OBSERVATION[feature]
+
+
+# No robot's actions or states are numbers this large (encoder ticks, millimetres and radians are far below):
+# beyond it a value is damage, and an action unnormalised with it would command anything.
+MAX_MAGNITUDE = 1e9

@@ -11,6 +11,8 @@ on device". Written inside `naming_the_file(path)`, it says which file:
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +24,9 @@ def naming_the_file(path: str | Path) -> Iterator[None]:
     try:
         yield
     except OSError as error:
+        if error.errno is None and " requested and " in str(error) and str(error).endswith(" written"):
+            # numpy's short write ("184320 requested and 51168 written"): the disk filled up under it
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from error
         if error.filename is not None or error.errno is None:
             raise
         # OSError(errno, ...) is built as the subclass of that errno (FileNotFoundError for 2), as Python's own.

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from stvla import features as F
 from stvla.data.roles import DataConfig
 from stvla.data.store import DatasetError, EpisodeStore, append_features
+from stvla.files import naming_the_file
 from stvla.locks import FolderLock
 
 if TYPE_CHECKING:  # torch and transformers: imported where the model is loaded
@@ -174,5 +175,10 @@ def _target(config: DepthConfig, source: EpisodeStore, made_here: list[Path]) ->
 def _save_atomically(path: Path, array: np.ndarray) -> None:
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.tmp-", suffix=".npy")
     os.close(handle)
-    np.save(temporary, array)
+    try:
+        with naming_the_file(path):
+            np.save(temporary, array)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)  # a full disk leaves no half-written estimate behind
+        raise
     os.replace(temporary, path)

@@ -141,6 +141,11 @@ def check_decoded(store: EpisodeStore, episode: int, key: str, values: np.ndarra
         if len(bad):
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             raise DatasetError(f"{where}: non-finite value at frame {bad[0][0]}{more}")
+        huge = np.argwhere(np.abs(values) > F.MAX_MAGNITUDE)
+        if len(huge):
+            value = np.asarray(values)[tuple(huge[0])]
+            raise DatasetError(f"{where}: value {value:.3g} at frame {huge[0][0]} is beyond +-{F.MAX_MAGNITUDE:g} "
+                               f"(no robot's; damage?)")
     elif key == F.DEPTH:
         geometry.check_metric_depth(values, where)
     elif key == F.INTRINSICS:  # one camera has few distinct matrices: each is checked once

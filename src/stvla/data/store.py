@@ -328,6 +328,12 @@ class EpisodeWriter:
             writer._stats = [existing.episode_stats(i) for i in range(existing.num_episodes)]
         else:
             root.mkdir(parents=True, exist_ok=True)
+            # Ours: the lock, and what a writer killed before its first info.json leaves (data, videos, meta).
+            foreign = sorted(entry.name for entry in root.iterdir()
+                             if entry.name not in ("meta", "data", "videos") and not entry.name.startswith(".stvla"))
+            if foreign:
+                raise DatasetError(f"{root} holds files that are no dataset's ({', '.join(foreign[:3])}"
+                                   f"{', ...' if len(foreign) > 3 else ''}): write the dataset into a new or empty folder")
             writer._episodes, writer._tasks, writer._stats = [], [], []
         return writer
 
@@ -1135,7 +1141,7 @@ def _decode_images(column: pa.ChunkedArray, feature: dict, path: Path, key: str)
     metres for a depth map (float images in `info.depth_unit`, default metres; integer ones millimetres)."""
     depth = is_depth_feature(key, feature)
     images = []
-    for value in column.to_pylist():
+    for row, value in enumerate(column.to_pylist()):
         data = (value or {}).get("bytes")
         if data is None:
             raise DatasetError(f"{path}: image feature {key!r} has a row without embedded bytes")
@@ -1145,13 +1151,16 @@ def _decode_images(column: pa.ChunkedArray, feature: dict, path: Path, key: str)
         except (OSError, ValueError) as error:
             raise DatasetError(f"{path}: cannot decode an image of {key!r}: {error}") from error
         if depth:
+            if array.ndim != 2 and not (array.ndim == 3 and array.shape[2] == 1):
+                raise DatasetError(f"{path}: row {row} of depth feature {key!r} is a {array.shape} image "
+                                   f"({image.mode}), not one channel of depth")
             unit = (feature.get("info") or {}).get("depth_unit", "mm" if array.dtype.kind in "iu" else "m")
             array = array.astype(np.float32) * DEPTH_UNITS[unit]
             array = array.reshape(array.shape[:2])
+        if list(array.shape[:2]) != list(feature["shape"][:2]):  # each: one of another size would not stack
+            raise DatasetError(f"{path}: images of {key!r} are {list(array.shape[:2])} (row {row}), info.json says "
+                               f"{list(feature['shape'][:2])}")
         images.append(array)
-    shape = list(feature["shape"][:2])
-    if images and list(images[0].shape[:2]) != shape:
-        raise DatasetError(f"{path}: images of {key!r} are {list(images[0].shape[:2])}, info.json says {shape}")
     return np.stack(images)
 
 

@@ -387,6 +387,9 @@ def parse_tasks(text: str) -> list[str]:
     if unknown or not names:
         raise ValueError(f"unknown task(s) {unknown or text!r}; valid tasks: mt10, all, "
                          f"{', '.join(TASKS + tuple(VARIANTS))}")
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # the same seeds twice: its episodes would count as independent ones
+        raise ValueError(f"task {twice[0]!r} is given twice in {text!r}: name each task once")
     return names
 
 

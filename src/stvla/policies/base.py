@@ -319,6 +319,8 @@ def read_checkpoint_config(directory: str | Path) -> tuple[str, dict]:
     """(policy type, config dict) of a checkpoint; a backbone path inside it is made absolute."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
+        if path.is_symlink():  # there, but leading nowhere (a loop, or a file since removed)
+            raise ValueError(f"{path} is a symbolic link that leads to no file: point it at the config, or remove it")
         raise FileNotFoundError(f"not a policy checkpoint: {path} is missing")
     try:
         data = json.loads(path.read_text())

@@ -16,15 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from stvla.features import MAX_MAGNITUDE
+
 ArrayLike = np.ndarray | torch.Tensor
 
 # Below this span a dimension counts as constant; it is then mapped to 0 (and back to `low`).
 _MIN_SPAN = 1e-8
 # Proprio std floor: a constant state dimension must not blow up to +-inf after normalisation.
 _MIN_STD = 1e-6
-# No robot's actions or states are numbers this large (encoder ticks, millimetres and radians are far below):
-# beyond it a value is damage, and an action unnormalised with it would command anything.
-_MAX_MAGNITUDE = 1e9
 
 
 def _as_2d_float64(values: ArrayLike, dim: int | None = None) -> np.ndarray:
@@ -37,8 +36,8 @@ def _as_2d_float64(values: ArrayLike, dim: int | None = None) -> np.ndarray:
         raise ValueError(f"expected {dim} dimensions, got {array.shape[1]}")
     if not np.isfinite(array).all():
         raise ValueError("cannot fit a normaliser on non-finite values")
-    if np.abs(array).max() > _MAX_MAGNITUDE:
-        raise ValueError(f"cannot fit a normaliser on values beyond +-{_MAX_MAGNITUDE:g} (got {np.abs(array).max():.3g})")
+    if np.abs(array).max() > MAX_MAGNITUDE:
+        raise ValueError(f"cannot fit a normaliser on values beyond +-{MAX_MAGNITUDE:g} (got {np.abs(array).max():.3g})")
     return array
 
 
@@ -62,10 +61,10 @@ class FittedNormalizer(nn.Module):
         if not bool(self.fitted):
             return
         for name, values in self.named_buffers():
-            if name != "fitted" and not bool((values.abs() <= _MAX_MAGNITUDE).all()):  # NaN fails it too
-                i = int(torch.nonzero(~(values.abs() <= _MAX_MAGNITUDE)).flatten()[0])
+            if name != "fitted" and not bool((values.abs() <= MAX_MAGNITUDE).all()):  # NaN fails it too
+                i = int(torch.nonzero(~(values.abs() <= MAX_MAGNITUDE)).flatten()[0])
                 raise ValueError(f"{where}.{name} is {float(values.reshape(-1)[i]):.4g} at dimension {i}: no fit "
-                                 f"gives a value beyond +-{_MAX_MAGNITUDE:g}")
+                                 f"gives a value beyond +-{MAX_MAGNITUDE:g}")
         self._check_fitted_values(where)
 
     def _check_fitted_values(self, where: str) -> None:

@@ -117,6 +117,13 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "warmup_steps", "save_every_minutes", "val_episodes", "eval_every"):
             if not 0 <= getattr(self, name) < math.inf:
                 raise ValueError(f"--{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if self.threads > 1024:  # beyond any machine's cores: torch would try to allocate for them all
+            raise ValueError(f"--threads must be at most 1024 (the CPU threads torch uses), got {self.threads}")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"--seed must be a whole number in [0, 2**32), got {self.seed}")
+        if self.lora != LoraSettings() and not self.init:  # LoRA adapts a pre-trained model: stage 2 only
+            raise ValueError("--lora.* settings apply when fine-tuning a pre-trained policy (stage 2): give --init "
+                             "CHECKPOINT, or leave them out to train every weight from scratch")
         if not 0 <= self.ema < 1:
             raise ValueError(f"--ema must be in [0, 1), got {self.ema}")
         if self.trace_points < -1:
