@@ -486,6 +486,7 @@ def test_caches_follow_the_data_files_and_refuse_forged_cache_files(small_datase
     assert later.directory != cache.directory
     with pytest.raises(ValueError, match=r"episode 0 feature 'action': non-finite value at frame 3"):
         later.require(["action"])
+    assert not later.dataset_directory.exists(), "a refused build leaves no empty folders in the cache"
     one_line_error(capsys, ["train", "--policy", "spatialvla", "--dataset", str(root), "--out", str(tmp_path / "run"),
                             "--steps", "2", "--cache_dir", str(tmp_path / "cache")], "non-finite value at frame 3")
     assert not (tmp_path / "run").exists(), "refused after its config was written: the new folder is removed"
@@ -743,4 +744,4 @@ def test_collect_into_a_folder_of_other_files_is_refused(capsys, tmp_path):
     (folder / "thesis.txt").write_text("mine")
     one_line_error(capsys, ["collect", "--task", "reach-v3", "--episodes", "1", "--out", str(folder)],
                    f"{folder} holds files that are no dataset's (thesis.txt)")
-    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".stvla")) == ["thesis.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["thesis.txt"], "refused before its lock was taken there"

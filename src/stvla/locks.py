@@ -71,7 +71,8 @@ class FolderLock:
             self._fd = None
 
 
-def writes_to_out(command: str, finished: tuple[str, ...] = ()) -> Callable:
+def writes_to_out(command: str, finished: tuple[str, ...] = (),
+                  check_out: Callable[[Path], None] | None = None) -> Callable:
     """Decorator for a function of a config with an `out` folder: it runs holding that folder's lock.
 
     A run that fails before it finished any work leaves nothing behind: when it made `out` itself and ends
@@ -79,12 +80,16 @@ def writes_to_out(command: str, finished: tuple[str, ...] = ()) -> Callable:
     work a run keeps: a checkpoint, an episode log; an empty file or folder is no finished work), the
     folder is removed with what it wrote so far (its config, logs, half-written files). Without
     `finished`, only a folder holding nothing but its lock is removed. A folder that was there before the
-    run is never removed. Under torchrun only rank 0 writes, so only rank 0 (RANK unset or 0) takes the lock."""
+    run is never removed. `check_out(out)`, if given, may refuse the folder before the lock is taken in it
+    (a refusal then leaves even the lock file out of a folder that is not the run's). Under torchrun only
+    rank 0 writes, so only rank 0 (RANK unset or 0) takes the lock."""
     def decorate(function: Callable) -> Callable:
         @functools.wraps(function)
         def locked(config, *args, **kwargs):
             if not str(config.out).strip():  # Path("") is the working directory: its files would be taken as ours
                 raise ValueError(f"--out is empty: give the folder {command} writes to")
+            if check_out is not None:
+                check_out(Path(config.out))
             if int(os.environ.get("RANK", "0")) != 0:
                 return function(config, *args, **kwargs)
             made_here = not Path(config.out).exists()

@@ -29,6 +29,7 @@ Decoding checks what it reads: actions and states must be finite, depth must loo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -232,10 +233,12 @@ class DecodedCache:
         return self.directory / f"{self.store.source_of(key)}.npy"
 
     def _decode(self, keys: list[str]) -> None:
+        made = [folder for folder in (self.directory, self.dataset_directory) if not folder.exists()]
         self.directory.mkdir(parents=True, exist_ok=True)
-        first = self.store.frame(0, 0, keys)
-        temporary = {key: _temporary_file(self.directory, self._file(key).name) for key in keys}
+        temporary: dict[str, Path] = {}
         try:
+            first = self.store.frame(0, 0, keys)
+            temporary = {key: _temporary_file(self.directory, self._file(key).name) for key in keys}
             arrays = {key: reserved_memmap(temporary[key], np.asarray(first[key]).dtype,
                                            (len(self), *np.shape(first[key]))) for key in keys}
             for episode in tqdm(range(self.store.num_episodes), desc="decode cache", unit="ep",
@@ -248,9 +251,12 @@ class DecodedCache:
                 array.flush()
                 os.replace(temporary[key], self._file(key))
                 write_manifest(self._file(key), self.spans)
-        finally:  # an error (or Ctrl-C) leaves no half-written file behind
+        finally:  # an error (or Ctrl-C) leaves no half-written file behind, nor the folders made for it if empty
             for path in temporary.values():
                 path.unlink(missing_ok=True)
+            for folder in made:
+                with contextlib.suppress(OSError):  # not empty: another key's finished file is kept
+                    folder.rmdir()
 
 
 class DerivedCache:

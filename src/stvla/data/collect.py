@@ -22,7 +22,7 @@ from tqdm import tqdm
 from stvla import features as F
 from stvla.config import KEY_NEUTRAL
 from stvla.data.roles import DataConfig, is_depth_feature, resolve_roles
-from stvla.data.store import EPISODES_META_PATH, EpisodeStore, EpisodeWriter, frame_dtype
+from stvla.data.store import EPISODES_META_PATH, EpisodeStore, EpisodeWriter, check_new_dataset_folder, frame_dtype
 from stvla.envs import ROBOT_TYPE, EnvConfig, MetaWorldRGBDEnv, episode_seed, instruction_of, parse_tasks
 from stvla.files import naming_the_file
 from stvla.locks import writes_to_out
@@ -241,7 +241,7 @@ def _single_threaded_renderer() -> None:
 
 # The episodes table is written last, once an episode is whole (EpisodeWriter._write_meta): a new dataset
 # without it holds no finished episode, and a run that fails then removes it whole.
-@writes_to_out("stvla collect", finished=(EPISODES_META_PATH,))
+@writes_to_out("stvla collect", finished=(EPISODES_META_PATH,), check_out=check_new_dataset_folder)
 def collect(config: CollectConfig, progress: bool = True) -> CollectSummary:
     """Collect `config.episodes` expert episodes per task into `config.out` (see CollectConfig)."""
     tasks = config.task_list()

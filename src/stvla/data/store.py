@@ -327,13 +327,8 @@ class EpisodeWriter:
             writer._tasks = list(existing.tasks)
             writer._stats = [existing.episode_stats(i) for i in range(existing.num_episodes)]
         else:
+            check_new_dataset_folder(root)
             root.mkdir(parents=True, exist_ok=True)
-            # Ours: the lock, and what a writer killed before its first info.json leaves (data, videos, meta).
-            foreign = sorted(entry.name for entry in root.iterdir()
-                             if entry.name not in ("meta", "data", "videos") and not entry.name.startswith(".stvla"))
-            if foreign:
-                raise DatasetError(f"{root} holds files that are no dataset's ({', '.join(foreign[:3])}"
-                                   f"{', ...' if len(foreign) > 3 else ''}): write the dataset into a new or empty folder")
             writer._episodes, writer._tasks, writer._stats = [], [], []
         return writer
 
@@ -1184,6 +1179,18 @@ def pack(source: str | Path, out: str | Path, episodes_per_file: int = 50, video
         writer.add_episode({k: frames[k] for k in features}, store.tasks[int(frames[TASK_INDEX][0])], extra)
     writer.flush()
     return Path(out)
+
+
+def check_new_dataset_folder(root: Path) -> None:
+    """A new dataset goes into a new or empty folder, or one a writer killed before its first info.json left
+    (the lock, data, videos, meta): never around a user's own files, which would become nobody's."""
+    if not root.is_dir() or (root / "meta" / "info.json").is_file():
+        return
+    foreign = sorted(entry.name for entry in root.iterdir()
+                     if entry.name not in ("meta", "data", "videos") and not entry.name.startswith(".stvla"))
+    if foreign:
+        raise DatasetError(f"{root} holds files that are no dataset's ({', '.join(foreign[:3])}"
+                           f"{', ...' if len(foreign) > 3 else ''}): write the dataset into a new or empty folder")
 
 
 def append_features(root: str | Path, features: dict[str, dict],
