@@ -304,10 +304,7 @@ class EpisodeWriter:
                          episodes_per_file: int = 1) -> "EpisodeWriter":
         """Start a new dataset at `root`, or with `resume` continue the one there (same features required)."""
         root = Path(root)
-        # A dataset's files are what its meta/ lists: one written inside another would be nobody's, or damage it.
-        holder = next((parent for parent in root.resolve().parents if (parent / "meta" / "info.json").is_file()), None)
-        if holder is not None:
-            raise DatasetError(f"{root} is inside the dataset {holder}: write the new dataset elsewhere")
+        check_new_dataset_folder(root)
         writer = cls(root, fps, features, robot_type, video, episodes_per_file)
         writer._pending = []
         if (root / "meta" / "info.json").exists():
@@ -327,7 +324,6 @@ class EpisodeWriter:
             writer._tasks = list(existing.tasks)
             writer._stats = [existing.episode_stats(i) for i in range(existing.num_episodes)]
         else:
-            check_new_dataset_folder(root)
             root.mkdir(parents=True, exist_ok=True)
             writer._episodes, writer._tasks, writer._stats = [], [], []
         return writer
@@ -1182,8 +1178,12 @@ def pack(source: str | Path, out: str | Path, episodes_per_file: int = 50, video
 
 
 def check_new_dataset_folder(root: Path) -> None:
-    """A new dataset goes into a new or empty folder, or one a writer killed before its first info.json left
-    (the lock, data, videos, meta): never around a user's own files, which would become nobody's."""
+    """Where a dataset may be written: not inside another dataset (its files are what its meta/ lists: one
+    written inside would be nobody's, or damage it), and a new one into a new or empty folder, or one a writer
+    killed before its first info.json left (the lock, data, videos, meta): never around a user's own files."""
+    holder = next((parent for parent in root.resolve().parents if (parent / "meta" / "info.json").is_file()), None)
+    if holder is not None:
+        raise DatasetError(f"{root} is inside the dataset {holder}: write the new dataset elsewhere")
     if not root.is_dir() or (root / "meta" / "info.json").is_file():
         return
     foreign = sorted(entry.name for entry in root.iterdir()
